@@ -1,0 +1,152 @@
+"""Every setting, read once from the environment and validated at start.
+
+This is the one home of configuration: the worker, the dialer, the CLI and the tests
+all build a `Settings` here, and a bad value stops the process with one clear line
+(`ConfigError`) before anything touches Kafka.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Callable, Mapping
+
+from .limiter_table import Rules
+
+#: The rule the whole project exists for: each business stays below this many calls.
+DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS = 3
+
+TABLE_STORES = ("memory://", "rocksdb://")
+_TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+def _int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, raw: str, minimum: float) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigError(f"{name} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def _bootstrap(name: str, raw: str) -> str:
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    if not servers or not all(re.fullmatch(r"[^\s:]+:\d{1,5}", s) for s in servers):
+        raise ConfigError(f"{name} must be host:port[,host:port...], got {raw!r}")
+    return ",".join(servers)
+
+
+def _prefix(name: str, raw: str) -> str:
+    if not _TOPIC_PREFIX_RE.match(raw):
+        raise ConfigError(f"{name} may only hold letters, digits, '.', '_' and '-', got {raw!r}")
+    return raw
+
+
+def _store(name: str, raw: str) -> str:
+    if raw not in TABLE_STORES:
+        raise ConfigError(f"{name} must be one of {', '.join(TABLE_STORES)}, got {raw!r}")
+    return raw
+
+
+def _port(name: str, raw: str) -> int:
+    port = _int(name, raw, 1)
+    if port > 65535:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), got {port}")
+    return port
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Validated settings; field metadata names the environment variable of each."""
+
+    kafka_bootstrap_servers: str = "localhost:9092"
+    max_outbound_calls_per_business: int = DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS
+    topic_prefix: str = ""
+    topic_partitions: int = 8
+    dial_deadline_seconds: float = 30.0
+    dial_ack_timeout_seconds: float = 5.0
+    ring_timeout_seconds: float = 30.0
+    call_time_limit_seconds: float = 600.0
+    lease_grace_seconds: float = 60.0
+    orphan_status_hold_seconds: float = 120.0
+    max_dial_attempts: int = 3
+    tick_interval_seconds: float = 1.0
+    table_store: str = "memory://"
+    worker_web_port: int = 6066
+    app_id: str = "call-limiter"
+    data_dir: str = ".streams-data"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Build settings from `environ` (default: the process environment)."""
+        env = os.environ if environ is None else environ
+        values = {}
+        for field_name, (var, parse) in _ENVIRONMENT.items():
+            raw = env.get(var)
+            if raw is not None and raw.strip() != "":
+                values[field_name] = parse(var, raw.strip())
+        settings = cls(**values)
+        if settings.dial_ack_timeout_seconds >= settings.dial_deadline_seconds:
+            raise ConfigError("DIAL_ACK_TIMEOUT_SECONDS must be shorter than"
+                              " DIAL_DEADLINE_SECONDS, or a lost dial is never resent")
+        return settings
+
+    def rules(self) -> Rules:
+        """The limiter core's rules, built from these settings."""
+        return Rules(
+            limit=self.max_outbound_calls_per_business,
+            dial_deadline=self.dial_deadline_seconds,
+            ack_timeout=self.dial_ack_timeout_seconds,
+            ring_timeout=self.ring_timeout_seconds,
+            call_time_limit=self.call_time_limit_seconds,
+            lease_grace=self.lease_grace_seconds,
+            orphan_hold=self.orphan_status_hold_seconds,
+            max_attempts=self.max_dial_attempts,
+        )
+
+
+_Parser = Callable[[str, str], object]
+
+#: field -> (environment variable, parser). The README's settings table mirrors this.
+_ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
+    "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", _bootstrap),
+    "max_outbound_calls_per_business": (
+        "MAX_OUTBOUND_CALLS_PER_BUSINESS", lambda n, r: _int(n, r, 1)),
+    "topic_prefix": ("TOPIC_PREFIX", _prefix),
+    "topic_partitions": ("TOPIC_PARTITIONS", lambda n, r: _int(n, r, 1)),
+    "dial_deadline_seconds": ("DIAL_DEADLINE_SECONDS", lambda n, r: _float(n, r, 1.0)),
+    "dial_ack_timeout_seconds": ("DIAL_ACK_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1)),
+    "ring_timeout_seconds": ("RING_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 1.0)),
+    "call_time_limit_seconds": ("CALL_TIME_LIMIT_SECONDS", lambda n, r: _float(n, r, 1.0)),
+    "lease_grace_seconds": ("LEASE_GRACE_SECONDS", lambda n, r: _float(n, r, 0.0)),
+    "orphan_status_hold_seconds": (
+        "ORPHAN_STATUS_HOLD_SECONDS", lambda n, r: _float(n, r, 1.0)),
+    "max_dial_attempts": ("MAX_DIAL_ATTEMPTS", lambda n, r: _int(n, r, 1)),
+    "tick_interval_seconds": ("TICK_INTERVAL_SECONDS", lambda n, r: _float(n, r, 0.05)),
+    "table_store": ("TABLE_STORE", _store),
+    "worker_web_port": ("WORKER_WEB_PORT", _port),
+    "app_id": ("STREAMS_APP_ID", _prefix),
+    "data_dir": ("STREAMS_DATA_DIR", lambda n, r: r),
+}
+
+
+def environment_variables() -> dict[str, str]:
+    """Environment variable -> default value, for `--help` texts and the README."""
+    defaults = Settings()
+    return {var: str(getattr(defaults, field)) for field, (var, _) in _ENVIRONMENT.items()}

@@ -1,0 +1,342 @@
+"""The contract: topic names, partitioning, and the JSON records on every topic.
+
+Every topic is keyed by the raw UTF-8 `business_id` and has the same partition count,
+so that one business's leads, call statuses and ticks always meet in one partition,
+on one worker, in one counter. Producers outside Faust (the CRM, the dialer, our CLI)
+must hash keys the way Faust/aiokafka and Java do: `murmur2_random` (see
+`producer_config`). confluent-kafka's default, `consistent_random`, would split a
+business across two partitions and so across two counters.
+
+Records are validated here and only here; `InvalidRecord` carries a one-line reason
+that ends up in the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import json
+import math
+import re
+from typing import Any, ClassVar
+
+# -- topic names ---------------------------------------------------------------------
+
+LEADS_REQUESTS = "leads.requests"
+CALLS_STATUS = "calls.status"
+LIMITER_TICKS = "limiter.ticks"
+CALLS_DIAL = "calls.dial"
+LEADS_OUTCOMES = "leads.outcomes"
+LEADS_DEADLETTER = "leads.deadletter"
+
+#: Topics the worker consumes; they must be co-partitioned (equal partition counts).
+INPUT_TOPICS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS)
+#: Topics the worker produces to.
+OUTPUT_TOPICS = (CALLS_DIAL, LEADS_OUTCOMES, LEADS_DEADLETTER)
+ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
+
+#: The only partitioner any producer of ours may use (the Java/aiokafka murmur2 hash).
+PARTITIONER = "murmur2_random"
+
+#: Faust table holding all limiter state; its changelog is `<app_id>-<name>-changelog`.
+LIMITER_TABLE = "limiter"
+
+
+def topic_name(base: str, prefix: str) -> str:
+    """The real name of topic `base` under `TOPIC_PREFIX`."""
+    return f"{prefix}{base}"
+
+
+def app_id(prefix: str, base_app_id: str) -> str:
+    """Faust app id; prefixed so that its changelog and internal topics are too."""
+    return f"{prefix}{base_app_id}"
+
+
+def record_key(business_id: str) -> bytes:
+    """The key of every record: the raw UTF-8 business id, nothing else."""
+    return business_id.encode("utf-8")
+
+
+def producer_config(bootstrap_servers: str, **extra: Any) -> dict[str, Any]:
+    """confluent-kafka producer settings every producer we ship starts from."""
+    return {
+        "bootstrap.servers": bootstrap_servers,
+        "partitioner": PARTITIONER,
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        **extra,
+    }
+
+
+# -- time on the wire ----------------------------------------------------------------
+
+
+def to_iso(ts: float) -> str:
+    """Epoch seconds -> ISO-8601 UTC with milliseconds, as used in every record."""
+    moment = _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def from_iso(text: str) -> float:
+    """ISO-8601 (with offset or Z) -> epoch seconds; ValueError when it is not one."""
+    moment = _dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no timezone")
+    return moment.timestamp()
+
+
+# -- records -------------------------------------------------------------------------
+
+LIVE_STATUSES = ("queued", "initiated", "ringing", "in-progress")
+TERMINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
+CALL_STATUSES = LIVE_STATUSES + TERMINAL_STATUSES
+OUTCOMES = TERMINAL_STATUSES + ("expired", "rejected")
+#: Reason a dialer gives when it refuses a command whose dial_by has passed.
+DIAL_DEADLINE_PASSED = "dial-deadline-passed"
+
+MIN_PRIORITY, MAX_PRIORITY = 0, 9
+_E164 = re.compile(r"^\+[1-9][0-9]{1,14}$")
+_MAX_ID_LENGTH = 200
+
+
+class InvalidRecord(ValueError):
+    """A record we cannot use. `reason` is one line; ids are kept when they were readable."""
+
+    def __init__(self, reason: str, *, lead_id: str | None = None,
+                 business_id: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.lead_id = lead_id
+        self.business_id = business_id
+
+
+def _load_object(value: bytes) -> dict:
+    try:
+        data = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRecord(f"value is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRecord(f"value must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _ident(data: dict, name: str, **ids: str | None) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRecord(f"{name} is missing or not a non-empty string", **ids)
+    if len(value) > _MAX_ID_LENGTH:
+        raise InvalidRecord(f"{name} is longer than {_MAX_ID_LENGTH} characters", **ids)
+    return value
+
+
+def _optional_str(data: dict, name: str, **ids: str | None) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidRecord(f"{name} must be a string when given", **ids)
+    return value
+
+
+def _check_key(key: bytes | None, *, business_id: str, lead_id: str | None) -> None:
+    if key != record_key(business_id):
+        raise InvalidRecord(
+            f"record key {key!r} is not the raw UTF-8 business_id {business_id!r}"
+            " (records must be keyed by business_id to reach the right partition)",
+            lead_id=lead_id, business_id=business_id)
+
+
+def _timestamp(data: dict, name: str, **ids: str | None) -> float:
+    raw = data.get(name)
+    try:
+        if isinstance(raw, str):
+            return from_iso(raw)
+        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+            return float(raw)
+    except ValueError:
+        pass
+    raise InvalidRecord(f"{name} must be an ISO-8601 timestamp with a timezone", **ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """Base: JSON encoding shared by every record type."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def encode(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":")).encode("utf-8")
+
+
+@dataclasses.dataclass(frozen=True)
+class LeadRequest(Record):
+    """`leads.requests`, from the CRM. Higher `priority` (0-9, default 0) dials first."""
+
+    lead_id: str
+    business_id: str
+    phone: str
+    priority: int = 0
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None) -> "LeadRequest":
+        data = _load_object(value)
+        lead_id = data.get("lead_id") if isinstance(data.get("lead_id"), str) else None
+        business_id = _ident(data, "business_id", lead_id=lead_id)
+        ids = {"lead_id": lead_id, "business_id": business_id}
+        lead_id = _ident(data, "lead_id", **ids)
+        _check_key(key, **ids)
+        phone = data.get("phone")
+        if not isinstance(phone, str) or not _E164.match(phone):
+            raise InvalidRecord(f"phone {phone!r} is not an E.164 number like +14155550100",
+                                **ids)
+        priority = data.get("priority", 0)
+        if priority is None:
+            priority = 0
+        if (not isinstance(priority, int) or isinstance(priority, bool)
+                or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
+            raise InvalidRecord(
+                f"priority must be an integer {MIN_PRIORITY}-{MAX_PRIORITY}, got {priority!r}",
+                **ids)
+        return cls(lead_id=lead_id, business_id=business_id, phone=phone, priority=priority)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallStatus(Record):
+    """`calls.status`, from the dialer: Twilio's CallStatus for one dial."""
+
+    dial_id: str
+    lead_id: str
+    business_id: str
+    status: str
+    at: str
+    call_sid: str | None = None
+    sequence: int | None = None
+    reason: str | None = None
+    error_code: int | None = None
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None) -> "CallStatus":
+        data = _load_object(value)
+        business_id = _ident(data, "business_id")
+        lead_id = _ident(data, "lead_id", business_id=business_id)
+        ids = {"lead_id": lead_id, "business_id": business_id}
+        dial_id = _ident(data, "dial_id", **ids)
+        _check_key(key, **ids)
+        status = data.get("status")
+        if status not in CALL_STATUSES:
+            raise InvalidRecord(f"unknown call status {status!r}; expected one of "
+                                + ", ".join(CALL_STATUSES), **ids)
+        _timestamp(data, "at", **ids)
+        sequence = data.get("sequence")
+        if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
+            raise InvalidRecord(f"sequence must be an integer, got {sequence!r}", **ids)
+        error_code = data.get("error_code")
+        if error_code is not None and (not isinstance(error_code, int)
+                                       or isinstance(error_code, bool)):
+            raise InvalidRecord(f"error_code must be an integer, got {error_code!r}", **ids)
+        return cls(dial_id=dial_id, lead_id=lead_id, business_id=business_id, status=status,
+                   at=data["at"], call_sid=_optional_str(data, "call_sid", **ids),
+                   sequence=sequence, reason=_optional_str(data, "reason", **ids),
+                   error_code=error_code)
+
+
+@dataclasses.dataclass(frozen=True)
+class Tick(Record):
+    """`limiter.ticks`: the clock, delivered as events so that only the agent writes state."""
+
+    partition: int
+    at: str
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None) -> "Tick":
+        data = _load_object(value)
+        partition = data.get("partition")
+        if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+            raise InvalidRecord(f"tick partition must be a non-negative integer, got {partition!r}")
+        _timestamp(data, "at")
+        return cls(partition=partition, at=data["at"])
+
+
+@dataclasses.dataclass(frozen=True)
+class DialCommand(Record):
+    """`calls.dial`, to the dialer. Never place it after `dial_by`; dedupe on `dial_id`."""
+
+    dial_id: str
+    lead_id: str
+    business_id: str
+    phone: str
+    attempt: int
+    granted_at: str
+    dial_by: str
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None = None) -> "DialCommand":
+        data = _load_object(value)
+        try:
+            command = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        except KeyError as exc:
+            raise InvalidRecord(f"dial command lacks {exc.args[0]}") from None
+        from_iso(command.dial_by)
+        return command
+
+
+@dataclasses.dataclass(frozen=True)
+class LeadOutcome(Record):
+    """`leads.outcomes`, to the CRM: the final word on one lead."""
+
+    lead_id: str
+    business_id: str
+    outcome: str
+    dial_id: str | None = None
+    call_sid: str | None = None
+    reason: str | None = None
+    attempt: int | None = None
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None = None) -> "LeadOutcome":
+        data = _load_object(value)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter(Record):
+    """`leads.deadletter`: a record we could not use, with where it came from, bytes intact.
+
+    `key` and `value` are base64 of the original bytes (null when the record had none).
+    """
+
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    key: str | None
+    value: str | None
+
+    @classmethod
+    def of(cls, reason: str, topic: str, partition: int, offset: int,
+           key: bytes | None, value: bytes | None) -> "DeadLetter":
+        return cls(reason=reason, topic=topic, partition=partition, offset=offset,
+                   key=_b64(key), value=_b64(value))
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None = None) -> "DeadLetter":
+        return cls(**_load_object(value))
+
+    def original_value(self) -> bytes | None:
+        return None if self.value is None else base64.b64decode(self.value)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _b64(data: bytes | None) -> str | None:
+    return None if data is None else base64.b64encode(data).decode("ascii")
+
+
+#: What the worker decodes from each input topic.
+INPUT_RECORDS: dict[str, type] = {
+    LEADS_REQUESTS: LeadRequest,
+    CALLS_STATUS: CallStatus,
+    LIMITER_TICKS: Tick,
+}
