@@ -1,0 +1,641 @@
+"""The limiter: a pure state machine. Every rule of the product lives in this module.
+
+No Faust, Kafka, clock or randomness here: the shell (`streams/app.py`) hands in an
+event, where it came from, a read function over the table, and the current time; it
+gets back the table writes and the records to emit, and does both.
+
+The rules
+=========
+
+1. Per business, never globally. A business holds at most `limit` slots (default 3,
+   see `streams.settings`); 1,000 businesses may each hold 3. Nothing counts across
+   businesses.
+2. A lead is dialed only into a free slot of its business. Otherwise it waits, in that
+   business's queue: highest priority first, then arrival. A slot that frees is refilled
+   in the same event, so a waiting lead never waits for a poll.
+3. A slot is a lease. Its deadline depends on the call's last known phase (LEASES):
+   granted-but-unacknowledged runs to `dial_by` plus the longest ring and call the
+   dialer allows, so when it runs out the call cannot be live; every status extends it.
+   At expiry the slot frees and the lead ends `expired`, never to be dialed again (the
+   call may have happened).
+4. A slot frees only on a terminal status, a dialer's refusal (`canceled` with
+   `dial-deadline-passed`, after which the lead goes back to the front of the queue as a
+   new attempt, up to `max_attempts`), or lease expiry. Terminal is final: later,
+   duplicate or reordered statuses change nothing (STATUS_ACTIONS, PHASE_RANK).
+5. A dial with no status after `ack_timeout` is resent with the same dial_id and
+   dial_by, until dial_by: a dial command lost in a crash is recovered, and the dialer
+   dedupes on dial_id. dial_id is deterministic per (business, lead, attempt).
+6. A lead id seen before never makes a second call. A status for a dial we do not know
+   is held for `orphan_hold` (after a crash it may arrive before the replayed grant) and
+   applied when the grant happens, or dead-lettered.
+7. Crash at any instruction. An event's writes all go to one table partition (one
+   changelog partition, written in order): first a `last` entry holding all of them and
+   the records to emit, then the writes, then a `done` entry. A crash leaves a prefix;
+   the partition's next event completes a cut-short one from `last`; a redelivered
+   event that is `done` only re-emits. Records are emitted only once the writes are
+   durable (the shell's duty), so no record escapes state a crash could lose. Outputs
+   are at-least-once and re-derivable from the table; consumers dedupe on dial_id or
+   lead_id.
+8. Per-event cost does not grow with a backlog: waiting leads are one table key each,
+   addressed by per-priority head/tail counters in the business's value, and time-based
+   work (expiry, resends, held statuses) is found through per-second wake buckets
+   delivered by tick events, never by scanning.
+
+Table keys (one Faust table, values JSON):
+    b␟BIZ                  business: active slots, queue counters, held dial ids, wake
+    l␟BIZ␟LEAD             lead: state, attempt, dial ids used, outcome (dedupe)
+    q␟BIZ␟LEVEL␟N          a waiting lead id at position N of a priority level
+    o␟BIZ␟DIAL             statuses held for a dial we do not know yet
+    wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P
+    jl␟P                   the partition's last event: its id, writes and emits
+    j␟TOPIC␟P␟SLOT         journal ring: "done" entries of recent input events
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from typing import Any, Callable, Iterable, Optional
+
+from .topics import (
+    CALLS_DIAL, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER, LEADS_OUTCOMES, MAX_PRIORITY,
+    CallStatus, DeadLetter, DialCommand, LeadOutcome, LeadRequest, Record, Tick, to_iso,
+)
+
+Read = Callable[[str], Any]
+
+# -- the tables of rules -------------------------------------------------------------
+
+#: How far a call has got. A status never moves a slot backwards in this order.
+PHASE_RANK = {"granted": 0, "queued": 1, "initiated": 1, "ringing": 2, "in-progress": 3}
+
+#: Lease deadline per phase: (measured from, durations added). "dial_by" means from the
+#: grant's dial_by deadline, "now" from the status that put the slot in this phase.
+LEASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "granted": ("dial_by", ("ring_timeout", "call_time_limit", "lease_grace")),
+    "queued": ("now", ("ring_timeout", "call_time_limit", "lease_grace")),
+    "initiated": ("now", ("ring_timeout", "call_time_limit", "lease_grace")),
+    "ringing": ("now", ("ring_timeout", "call_time_limit", "lease_grace")),
+    "in-progress": ("now", ("call_time_limit", "lease_grace")),
+}
+
+ADVANCE, END, RETRY = "advance", "end", "retry"
+#: (status, reason) -> what it does to an active slot; reason None matches any reason.
+STATUS_ACTIONS: dict[tuple[str, Optional[str]], str] = {
+    ("queued", None): ADVANCE,
+    ("initiated", None): ADVANCE,
+    ("ringing", None): ADVANCE,
+    ("in-progress", None): ADVANCE,
+    ("completed", None): END,
+    ("busy", None): END,
+    ("failed", None): END,
+    ("no-answer", None): END,
+    ("canceled", None): END,
+    ("canceled", DIAL_DEADLINE_PASSED): RETRY,
+}
+
+#: Queue level of leads put back after a dialer refused a stale command: above every
+#: priority, so they are next.
+FRONT_LEVEL = MAX_PRIORITY + 1
+
+_SEP = "\x1f"
+
+
+@dataclasses.dataclass(frozen=True)
+class Rules:
+    """The numbers the rules use; built by `streams.settings.Settings.rules()`."""
+
+    limit: int
+    dial_deadline: float
+    ack_timeout: float
+    ring_timeout: float
+    call_time_limit: float
+    lease_grace: float
+    orphan_hold: float
+    max_attempts: int
+    journal_slots: int = 8192
+    max_wakes_per_tick: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Where an event came from; identifies it across redeliveries."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes] = None
+    value: Optional[bytes] = None
+
+    @property
+    def id(self) -> str:
+        return f"{self.topic}/{self.partition}/{self.offset}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Emit:
+    """A record to produce to topic `topic` (base name) keyed by `key`."""
+
+    topic: str
+    key: str
+    record: Record
+
+
+@dataclasses.dataclass(frozen=True)
+class Note:
+    """Something worth a log line and a counter: `kind` is the counter's label."""
+
+    kind: str
+    business_id: Optional[str]
+    lead_id: Optional[str]
+    message: str
+
+
+@dataclasses.dataclass
+class Effects:
+    """What the shell must do for one event: the writes (in order), then the emits."""
+
+    writes: list[tuple[str, Any]]
+    emits: list[Emit]
+    notes: list[Note]
+    replayed: bool = False
+
+
+# -- keys ----------------------------------------------------------------------------
+
+
+def _key(*parts: object) -> str:
+    return _SEP.join(str(p) for p in parts)
+
+
+def business_key(business_id: str) -> str:
+    return _key("b", business_id)
+
+
+def lead_key(business_id: str, lead_id: str) -> str:
+    return _key("l", business_id, lead_id)
+
+
+def _queue_key(business_id: str, level: int | str, position: int) -> str:
+    return _key("q", business_id, level, position)
+
+
+def _held_key(business_id: str, dial_id: str) -> str:
+    return _key("o", business_id, dial_id)
+
+
+def _journal_key(source: Source, slots: int) -> str:
+    return _key("j", source.topic, source.partition, source.offset % slots)
+
+
+def dial_id_for(business_id: str, lead_id: str, attempt: int) -> str:
+    """Deterministic, so a resent or replayed grant is recognisably the same call."""
+    return f"{business_id}:{lead_id}:{attempt}"
+
+
+_RECORD_TYPES = {CALLS_DIAL: DialCommand, LEADS_OUTCOMES: LeadOutcome,
+                 LEADS_DEADLETTER: DeadLetter}
+
+
+# -- entry points --------------------------------------------------------------------
+
+
+def process(read: Read, event: LeadRequest | CallStatus | Tick, source: Source,
+            now: float, rules: Rules) -> Effects:
+    """Apply one input event. Pure: `read` is only read; the result says what to do.
+
+    Rule 7 in full. Writes are ordered: the partition's `last` entry (this event's id,
+    all its writes and emits), then the writes, then the event's `done` entry in the
+    journal ring. A crash can cut that sequence anywhere; the next event of the
+    partition first completes an interrupted one from `last`, and a redelivered event
+    whose `done` entry exists only re-emits what it emitted. The shell must make the
+    writes durable before it emits, so no record ever escapes state that could be lost.
+    """
+    writes, emits, notes = _complete_interrupted(read, source.partition)
+    if writes:
+        completed = replay_writes(writes)
+        plain_read = read
+        read = lambda key: completed[key] if key in completed else plain_read(key)  # noqa: E731
+    done_key = _journal_key(source, rules.journal_slots)
+    done = read(done_key)
+    if done is not None and done["id"] == source.id:
+        again = _decode_emits(done["emits"])
+        notes.append(Note("redelivered", None, None, f"{source.id} was applied before;"
+                          f" re-emitting its {len(again)} records"))
+        return Effects(writes, emits + again, notes, replayed=True)
+    step = _Step(read, source, now, rules)
+    _HANDLERS[type(event)](step, event)
+    own_writes = list(step.writes.items())
+    own_emits = [[e.topic, e.key, e.record.to_dict()] for e in step.emits]
+    last = {"id": source.id, "done_key": done_key, "writes": own_writes, "emits": own_emits}
+    writes += [(_key("jl", source.partition), last)] + own_writes
+    writes.append((done_key, {"id": source.id, "emits": own_emits}))
+    return Effects(writes, emits + step.emits, notes + step.notes)
+
+
+def _complete_interrupted(read: Read, partition: int) -> tuple[list, list, list]:
+    """The writes and emits that finish this partition's last event, if a crash cut it."""
+    last = read(_key("jl", partition))
+    if last is None:
+        return [], [], []
+    done = read(last["done_key"])
+    if done is not None and done["id"] == last["id"]:
+        return [], [], []
+    writes = [tuple(w) for w in last["writes"]]
+    writes.append((last["done_key"], {"id": last["id"], "emits": last["emits"]}))
+    emits = _decode_emits(last["emits"])
+    note = Note("interrupted-event-completed", None, None,
+                f"{last['id']} was cut short by a crash; completed its {len(writes) - 1}"
+                f" writes and re-emitted its {len(emits)} records")
+    return writes, emits, [note]
+
+
+def _decode_emits(encoded: list) -> list[Emit]:
+    return [Emit(topic, key, _RECORD_TYPES[topic](**record)) for topic, key, record in encoded]
+
+
+def reject(source: Source, reason: str, lead_id: str | None = None,
+           business_id: str | None = None) -> Effects:
+    """A record we cannot use: dead-letter it, and tell the CRM when it was a lead."""
+    emits = [Emit(LEADS_DEADLETTER, business_id or "", DeadLetter.of(
+        reason, source.topic, source.partition, source.offset, source.key, source.value))]
+    if lead_id and business_id and source.topic.endswith("leads.requests"):
+        emits.append(Emit(LEADS_OUTCOMES, business_id, LeadOutcome(
+            lead_id=lead_id, business_id=business_id, outcome="rejected", reason=reason)))
+    return Effects([], emits, [Note("dead-lettered", business_id, lead_id,
+                                    f"{source.id} dead-lettered: {reason}")])
+
+
+def describe_business(read: Read, business_id: str, now: float, rules: Rules) -> dict:
+    """What ops want to know about one business, from the table alone."""
+    business = read(business_key(business_id)) or _new_business()
+    return {
+        "business_id": business_id,
+        "limit": _limit(business, rules),
+        "paused": business["paused"],
+        "active": [
+            {"dial_id": dial_id, "lead_id": slot["lead_id"], "status": slot["status"],
+             "age_seconds": round(now - slot["granted_at"], 3),
+             "lease_left_seconds": round(slot["lease_until"] - now, 3)}
+            for dial_id, slot in business["active"].items()],
+        "waiting": _waiting(business),
+        "held_statuses": len(business["orphans"]),
+    }
+
+
+def is_business_key(key: str) -> bool:
+    return key.startswith("b" + _SEP)
+
+
+def business_id_of(key: str) -> str:
+    return key.split(_SEP, 1)[1]
+
+
+# -- one event's worth of work -------------------------------------------------------
+
+
+class _Step:
+    """Reads through to the table, collects writes and emits; never mutates what it read."""
+
+    def __init__(self, read: Read, source: Source, now: float, rules: Rules):
+        self._read = read
+        self.source = source
+        self.now = now
+        self.rules = rules
+        self.writes: dict[str, Any] = {}
+        self.emits: list[Emit] = []
+        self.notes: list[Note] = []
+
+    def get(self, key: str) -> Any:
+        value = self.writes[key] if key in self.writes else self._read(key)
+        return copy.deepcopy(value)
+
+    def put(self, key: str, value: Any) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: str) -> None:
+        self.writes[key] = None
+
+    def emit(self, topic: str, key: str, record: Record) -> None:
+        self.emits.append(Emit(topic, key, record))
+
+    def note(self, kind: str, business_id: str | None, lead_id: str | None,
+             message: str) -> None:
+        self.notes.append(Note(kind, business_id, lead_id, message))
+
+
+def _new_business() -> dict:
+    return {"active": {}, "queues": {}, "orphans": {}, "wake": None, "limit": None,
+            "paused": False}
+
+
+def _limit(business: dict, rules: Rules) -> int:
+    return business["limit"] if business["limit"] is not None else rules.limit
+
+
+def _waiting(business: dict) -> int:
+    return sum(tail - head for head, tail in business["queues"].values())
+
+
+def _load(step: _Step, business_id: str) -> dict:
+    return step.get(business_key(business_id)) or _new_business()
+
+
+def _save(step: _Step, business_id: str, business: dict) -> None:
+    """Write the business back, scheduling its next wake; drop it when it is idle."""
+    if not (business["active"] or business["queues"] or business["orphans"]
+            or business["limit"] is not None or business["paused"]):
+        step.delete(business_key(business_id))
+        return
+    wake = _next_wake(business)
+    if wake is not None:
+        bucket = math.ceil(wake)
+        if business["wake"] is None or bucket < business["wake"]:
+            business["wake"] = _schedule(step, business_id, bucket)
+    step.put(business_key(business_id), business)
+
+
+def _on_lead(step: _Step, lead: LeadRequest) -> None:
+    bid = lead.business_id
+    if step.get(lead_key(bid, lead.lead_id)) is not None:
+        step.note("duplicate-lead", bid, lead.lead_id,
+                  f"lead {lead.lead_id} of business {bid} was requested before; ignored")
+        return
+    business = _load(step, bid)
+    step.put(lead_key(bid, lead.lead_id), {
+        "state": "waiting", "phone": lead.phone, "priority": lead.priority, "attempt": 1,
+        "dials": [], "outcome": None})
+    _enqueue(step, business, bid, lead.priority, lead.lead_id, front=False)
+    _fill(step, business, bid)
+    if step.get(lead_key(bid, lead.lead_id))["state"] == "waiting":
+        step.note("waiting", bid, lead.lead_id,
+                  f"lead {lead.lead_id} of business {bid} waits: "
+                  f"{len(business['active'])}/{_limit(business, step.rules)} calls active,"
+                  f" {_waiting(business)} waiting")
+    _save(step, bid, business)
+
+
+def _on_status(step: _Step, status: CallStatus) -> None:
+    bid = status.business_id
+    business = _load(step, bid)
+    if status.dial_id in business["active"]:
+        _apply_status(step, business, bid, status)
+    else:
+        lead = step.get(lead_key(bid, status.lead_id))
+        if lead is not None and status.dial_id in lead["dials"]:
+            step.note("stale-status", bid, status.lead_id,
+                      f"{status.status} for dial {status.dial_id} arrived after the dial"
+                      f" ended; ignored")
+            return
+        _hold(step, business, bid, status)
+    _fill(step, business, bid)
+    _save(step, bid, business)
+
+
+def _on_tick(step: _Step, tick: Tick) -> None:
+    """Visit the businesses whose wake bucket is due, at most max_wakes_per_tick of them."""
+    partition = step.source.partition
+    cursor = step.get(_key("wc", partition))
+    if cursor is None:
+        return
+    second, index = cursor
+    visited = 0
+    while second <= math.floor(step.now) and visited < step.rules.max_wakes_per_tick:
+        size = step.get(_key("wn", partition, second)) or 0
+        while index < size and visited < step.rules.max_wakes_per_tick:
+            entry = _key("w", partition, second, index)
+            business_id = step.get(entry)
+            step.delete(entry)
+            index += 1
+            visited += 1
+            _wake(step, business_id, second)
+        if index < size:
+            break
+        if size:
+            step.delete(_key("wn", partition, second))
+        second, index = second + 1, 0
+    step.put(_key("wc", partition), [second, index])
+
+
+_HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
+    LeadRequest: _on_lead, CallStatus: _on_status, Tick: _on_tick}
+
+
+# -- queue ---------------------------------------------------------------------------
+
+
+def _enqueue(step: _Step, business: dict, bid: str, level: int, lead_id: str,
+             front: bool) -> None:
+    head, tail = business["queues"].get(str(level), (0, 0))
+    if front:
+        head -= 1
+        position = head
+    else:
+        position = tail
+        tail += 1
+    business["queues"][str(level)] = [head, tail]
+    step.put(_queue_key(bid, level, position), lead_id)
+
+
+def _dequeue(step: _Step, business: dict, bid: str) -> str:
+    level = max(business["queues"], key=int)
+    head, tail = business["queues"][level]
+    key = _queue_key(bid, level, head)
+    lead_id = step.get(key)
+    step.delete(key)
+    if head + 1 == tail:
+        del business["queues"][level]
+    else:
+        business["queues"][level] = [head + 1, tail]
+    return lead_id
+
+
+def _fill(step: _Step, business: dict, bid: str) -> None:
+    """Rule 2: refill free slots from the queue, right now."""
+    while (business["queues"] and not business["paused"]
+           and len(business["active"]) < _limit(business, step.rules)):
+        _grant(step, business, bid, _dequeue(step, business, bid))
+
+
+def _grant(step: _Step, business: dict, bid: str, lead_id: str) -> None:
+    lead = step.get(lead_key(bid, lead_id))
+    now, rules = step.now, step.rules
+    dial_id = dial_id_for(bid, lead_id, lead["attempt"])
+    dial_by = now + rules.dial_deadline
+    slot = {"lead_id": lead_id, "attempt": lead["attempt"], "phone": lead["phone"],
+            "granted_at": now, "dial_by": dial_by, "status": "granted", "sequence": None,
+            "call_sid": None, "resends": 0,
+            "resend_at": now + rules.ack_timeout if now + rules.ack_timeout < dial_by else None}
+    slot["lease_until"] = _lease(rules, "granted", slot, now)
+    business["active"][dial_id] = slot
+    lead.update(state="active", dials=lead["dials"] + [dial_id])
+    step.put(lead_key(bid, lead_id), lead)
+    step.emit(CALLS_DIAL, bid, _dial_command(bid, dial_id, slot))
+    step.note("dial-granted", bid, lead_id,
+              f"lead {lead_id} of business {bid} granted dial {dial_id}"
+              f" ({len(business['active'])}/{_limit(business, rules)} active)")
+    if dial_id in business["orphans"]:
+        del business["orphans"][dial_id]
+        held = step.get(_held_key(bid, dial_id)) or []
+        step.delete(_held_key(bid, dial_id))
+        held.sort(key=lambda h: (PHASE_RANK.get(h["status"]["status"], 9),
+                                 h["status"].get("sequence") or -1))
+        for entry in held:
+            if dial_id in business["active"]:
+                _apply_status(step, business, bid, CallStatus(**entry["status"]))
+
+
+def _dial_command(bid: str, dial_id: str, slot: dict) -> DialCommand:
+    return DialCommand(dial_id=dial_id, lead_id=slot["lead_id"], business_id=bid,
+                       phone=slot["phone"], attempt=slot["attempt"],
+                       granted_at=to_iso(slot["granted_at"]), dial_by=to_iso(slot["dial_by"]))
+
+
+# -- statuses ------------------------------------------------------------------------
+
+
+def _lease(rules: Rules, phase: str, slot: dict, now: float) -> float:
+    start, durations = LEASES[phase]
+    base = slot["dial_by"] if start == "dial_by" else now
+    return base + sum(getattr(rules, d) for d in durations)
+
+
+def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
+    slot = business["active"][status.dial_id]
+    action = (STATUS_ACTIONS.get((status.status, status.reason))
+              or STATUS_ACTIONS[(status.status, None)])
+    if status.call_sid:
+        slot["call_sid"] = status.call_sid
+    if action == ADVANCE:
+        rank, current = PHASE_RANK[status.status], PHASE_RANK[slot["status"]]
+        newer = (slot["sequence"] is None or status.sequence is None
+                 or status.sequence > slot["sequence"])
+        if rank > current or (rank == current and newer):
+            slot["status"] = status.status
+            if status.sequence is not None:
+                slot["sequence"] = status.sequence
+        slot["resend_at"] = None
+        slot["lease_until"] = max(slot["lease_until"],
+                                  _lease(step.rules, slot["status"], slot, step.now))
+        return
+    del business["active"][status.dial_id]
+    lead = step.get(lead_key(bid, slot["lead_id"]))
+    if action == RETRY and lead["attempt"] < step.rules.max_attempts:
+        lead.update(state="waiting", attempt=lead["attempt"] + 1)
+        step.put(lead_key(bid, slot["lead_id"]), lead)
+        _enqueue(step, business, bid, FRONT_LEVEL, slot["lead_id"], front=True)
+        step.note("dial-refused", bid, slot["lead_id"],
+                  f"dial {status.dial_id} was refused ({status.reason}); lead"
+                  f" {slot['lead_id']} goes back to the front as attempt {lead['attempt']}")
+        return
+    reason = status.reason
+    if action == RETRY:
+        reason = f"{status.reason} on all {lead['attempt']} attempts"
+    elif status.error_code is not None and not reason:
+        reason = f"error {status.error_code}"
+    _finish(step, bid, lead, slot, status.dial_id, status.status, reason)
+
+
+def _finish(step: _Step, bid: str, lead: dict, slot: dict, dial_id: str, outcome: str,
+            reason: str | None) -> None:
+    lead.update(state="done", outcome=outcome)
+    step.put(lead_key(bid, slot["lead_id"]), lead)
+    step.emit(LEADS_OUTCOMES, bid, LeadOutcome(
+        lead_id=slot["lead_id"], business_id=bid, outcome=outcome, dial_id=dial_id,
+        call_sid=slot["call_sid"], reason=reason, attempt=slot["attempt"]))
+    step.note("outcome-" + outcome, bid, slot["lead_id"],
+              f"lead {slot['lead_id']} of business {bid} ended {outcome}"
+              + (f" ({reason})" if reason else "") + f"; dial {dial_id} frees its slot")
+
+
+def _hold(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
+    """Rule 6: keep a status for an unknown dial until its grant shows up, for a while."""
+    held = step.get(_held_key(bid, status.dial_id)) or []
+    src = step.source
+    held.append({"status": status.to_dict(),
+                 "source": DeadLetter.of("", src.topic, src.partition, src.offset,
+                                         src.key, src.value).to_dict()})
+    step.put(_held_key(bid, status.dial_id), held)
+    business["orphans"].setdefault(status.dial_id, step.now + step.rules.orphan_hold)
+    step.note("status-held", bid, status.lead_id,
+              f"{status.status} for unknown dial {status.dial_id} held for up to"
+              f" {step.rules.orphan_hold:g}s until its grant appears")
+
+
+# -- time ----------------------------------------------------------------------------
+
+
+def _next_wake(business: dict) -> float | None:
+    times: list[float] = list(business["orphans"].values())
+    for slot in business["active"].values():
+        times.append(slot["lease_until"])
+        if slot["resend_at"] is not None:
+            times.append(slot["resend_at"])
+    return min(times) if times else None
+
+
+def _schedule(step: _Step, business_id: str, bucket: int) -> int:
+    """Append the business to the wake bucket of second `bucket` of this partition."""
+    partition = step.source.partition
+    cursor = step.get(_key("wc", partition))
+    if cursor is None:
+        step.put(_key("wc", partition), [bucket, 0])
+    elif bucket < cursor[0]:
+        bucket = cursor[0]
+    size = step.get(_key("wn", partition, bucket)) or 0
+    step.put(_key("w", partition, bucket, size), business_id)
+    step.put(_key("wn", partition, bucket), size + 1)
+    return bucket
+
+
+def _wake(step: _Step, bid: str, bucket: int) -> None:
+    """Rules 3, 5, 6 over time: expire leases, resend silent dials, drop held statuses."""
+    business = step.get(business_key(bid))
+    if business is None:
+        return
+    if business["wake"] == bucket:
+        business["wake"] = None
+    now = step.now
+    for dial_id, slot in list(business["active"].items()):
+        if now >= slot["lease_until"]:
+            del business["active"][dial_id]
+            reason = f"no final status; lease ran out in phase {slot['status']}"
+            _finish(step, bid, step.get(lead_key(bid, slot["lead_id"])), slot, dial_id,
+                    "expired", reason)
+            step.note("lease-expired", bid, slot["lead_id"],
+                      f"lease of dial {dial_id} expired in phase {slot['status']}")
+        elif slot["resend_at"] is not None and now >= slot["resend_at"]:
+            if now < slot["dial_by"]:
+                slot["resends"] += 1
+                slot["resend_at"] = now + step.rules.ack_timeout
+                step.emit(CALLS_DIAL, bid, _dial_command(bid, dial_id, slot))
+                step.note("dial-resent", bid, slot["lead_id"],
+                          f"dial {dial_id} had no status after"
+                          f" {now - slot['granted_at']:.1f}s; resent ({slot['resends']})")
+            else:
+                slot["resend_at"] = None
+    for dial_id, until in list(business["orphans"].items()):
+        if now >= until:
+            del business["orphans"][dial_id]
+            held = step.get(_held_key(bid, dial_id)) or []
+            step.delete(_held_key(bid, dial_id))
+            for entry in held:
+                letter = dict(entry["source"], reason=(
+                    f"status {entry['status']['status']} for unknown dial {dial_id}:"
+                    f" no grant claimed it within {step.rules.orphan_hold:g}s"))
+                step.emit(LEADS_DEADLETTER, bid, DeadLetter(**letter))
+                step.note("dead-lettered", bid, entry["status"]["lead_id"], letter["reason"])
+    _fill(step, business, bid)
+    _save(step, bid, business)
+
+
+def replay_writes(writes: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """Fold writes into a dict (None deletes): how tests and tools apply Effects."""
+    state: dict[str, Any] = {}
+    for key, value in writes:
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    return state

@@ -1,0 +1,185 @@
+"""Property tests of the limiter core's invariants over random interleavings.
+
+Hypothesis drives a model world (tests/unit/world.py): leads for a few businesses,
+an honest dialer whose reports are duplicated, reordered or lost, ticks, commits and
+crashes that keep only a prefix of unflushed writes. The checks read what the dialer
+really did, not the limiter's own counters.
+"""
+
+from __future__ import annotations
+
+import collections
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from streams.limiter_table import (
+    Rules, Source, business_key, describe_business, is_business_key, process,
+)
+from streams.topics import (
+    CALLS_DIAL, CALLS_STATUS, LEADS_DEADLETTER, LEADS_OUTCOMES, LEADS_REQUESTS,
+    CallStatus, LeadRequest, to_iso,
+)
+from tests.unit.world import World
+
+RULES = Rules(limit=3, dial_deadline=10, ack_timeout=2, ring_timeout=3,
+              call_time_limit=8, lease_grace=2, orphan_hold=20, max_attempts=2,
+              journal_slots=64, max_wakes_per_tick=4)
+BUSINESSES = ("A", "B", "C")
+
+ACTIONS = ("lead", "lead", "lead", "repeat-lead", "junk-status", "process", "process",
+           "process", "process", "dialer", "dialer", "report", "report", "report",
+           "report-fault", "tick", "advance", "advance", "commit", "crash")
+
+
+def run_world(data, rules: Rules, steps: int) -> World:
+    world = World(rules, lambda n: data.draw(st.integers(0, n - 1)) if n > 1 else 0)
+    for _ in range(steps):
+        action = data.draw(st.sampled_from(ACTIONS))
+        if action == "lead":
+            world.request_lead(data.draw(st.sampled_from(BUSINESSES)),
+                               data.draw(st.integers(0, 2)))
+        elif action == "repeat-lead":
+            world.repeat_lead()
+        elif action == "junk-status":
+            world.junk_status(data.draw(st.sampled_from(BUSINESSES)))
+        elif action == "process":
+            world.process_one()
+        elif action == "dialer":
+            world.dialer_consume()
+        elif action == "report":
+            world.deliver_report(fault=0)
+        elif action == "report-fault":
+            world.deliver_report(fault=data.draw(st.integers(1, 4)))
+        elif action == "tick":
+            world.tick()
+        elif action == "advance":
+            world.now += data.draw(st.sampled_from((0.5, 1.0, 3.0, 7.0)))
+        elif action == "commit":
+            world.commit()
+        elif action == "crash":
+            world.crash()
+    quiesce(world)
+    return world
+
+
+def quiesce(world: World) -> None:
+    """No more faults: let time pass until every lead is settled."""
+    for _ in range(400):
+        world.tick()
+        while world.process_one() or world.dialer_consume() or world.deliver_report(0):
+            pass
+        world.commit()
+        if not world.reports and all(world.position[t] == len(world.logs[t])
+                                     for t in world.logs) and _settled(world):
+            return
+        world.now += 1.0
+    raise AssertionError("the world never quiesced")
+
+
+def _settled(world: World) -> bool:
+    return not any(is_business_key(k) for k in world.state)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
+    world = run_world(data, RULES, steps=data.draw(st.integers(20, 160)))
+
+    # Never more live calls than the limit, per business, by the dialer's own record.
+    for business, peak in world.peak_concurrency().items():
+        assert peak <= RULES.limit, f"business {business} had {peak} calls at once"
+
+    # Every lead gets exactly one (distinct) outcome; redelivery may repeat it verbatim.
+    outcomes = collections.defaultdict(set)
+    for outcome in world.outputs[LEADS_OUTCOMES]:
+        outcomes[outcome.lead_id].add(outcome.outcome)
+    assert set(outcomes) == set(world.leads), "a lead was lost or invented"
+    assert all(len(v) == 1 for v in outcomes.values()), outcomes
+
+    # No lead is ever dialed twice (a refused dial is not a call).
+    calls_per_lead = collections.Counter(call.lead_id for call in world.calls)
+    assert max(calls_per_lead.values(), default=0) <= 1, calls_per_lead
+
+    # A lead that was really called never ends 'expired' unless a report was lost.
+    # At quiescence nothing holds a slot, a waiting lead or a held status.
+    assert not any(is_business_key(k) for k in world.state)
+
+    # Every junk status for a dial nobody granted is dead-lettered.
+    lettered = {letter.reason.split(" for unknown dial ")[1].split(": no grant")[0]
+                for letter in world.outputs[LEADS_DEADLETTER]}
+    assert lettered == world.junk_dial_ids
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(BUSINESSES), st.integers(0, 9)),
+                min_size=1, max_size=40))
+def test_waiting_leads_are_released_by_priority_then_arrival(requests):
+    """Fill each business, then free slots one by one: grants follow (-priority, arrival)."""
+    state: dict = {}
+    offsets = collections.Counter()
+
+    def feed(topic, event, now):
+        effects = process(state.get, event, Source(topic, 0, offsets[topic]), now, RULES)
+        offsets[topic] += 1
+        for key, value in effects.writes:
+            state.pop(key, None) if value is None else state.__setitem__(key, value)
+        return [e.record for e in effects.emits if e.topic == CALLS_DIAL]
+
+    granted, arrival = [], {}
+    for n, (business, priority) in enumerate(requests):
+        lead = LeadRequest(lead_id=f"L{n}", business_id=business, phone="+14155550100",
+                           priority=priority)
+        arrival[lead.lead_id] = (business, -priority, n)
+        granted += feed(LEADS_REQUESTS, lead, 10.0)
+    # Exactly min(limit, leads of the business) were granted at once, per business.
+    per_business = collections.Counter(b for b, _ in requests)
+    at_once = collections.Counter(d.business_id for d in granted)
+    assert at_once == {b: min(RULES.limit, c) for b, c in per_business.items()}
+
+    released = []
+    while granted:
+        dial = granted.pop(0)
+        finished = CallStatus(dial_id=dial.dial_id, lead_id=dial.lead_id,
+                              business_id=dial.business_id, status="completed",
+                              at=to_iso(11.0))
+        new = feed(CALLS_STATUS, finished, 11.0)
+        assert len(new) <= 1 and all(d.business_id == dial.business_id for d in new)
+        released += [d.lead_id for d in new]
+        granted += new
+    for business in BUSINESSES:
+        order = [lead for lead in released if arrival[lead][0] == business]
+        assert order == sorted(order, key=lambda lead: arrival[lead][1:])
+
+
+def test_per_event_writes_do_not_grow_with_backlog():
+    """A business with 10,000 waiting leads costs the same writes per event as one with 0."""
+
+    def cost(backlog: int) -> tuple[int, int, int]:
+        state: dict = {}
+        for n in range(RULES.limit + backlog + 1):
+            lead = LeadRequest(lead_id=f"L{n:06d}", business_id="A", phone="+14155550100")
+            effects = process(state.get, lead, Source(LEADS_REQUESTS, 0, n), 5.0, RULES)
+            for key, value in effects.writes:
+                state.pop(key, None) if value is None else state.__setitem__(key, value)
+        return (len(effects.writes), sum(len(repr(v)) for _, v in effects.writes),
+                len(repr(state[business_key("A")])))
+
+    writes_0, bytes_0, business_0 = cost(0)
+    writes_n, bytes_n, business_n = cost(10_000)
+    assert writes_n == writes_0
+    assert bytes_n <= bytes_0 * 1.1
+    assert business_n <= business_0 * 1.1
+
+
+def test_no_global_limit_thousand_businesses_each_get_their_slots():
+    state: dict = {}
+    dials = 0
+    for n in range(3_000):
+        lead = LeadRequest(lead_id=f"L{n}", business_id=f"biz{n % 1000}",
+                           phone="+14155550100")
+        effects = process(state.get, lead, Source(LEADS_REQUESTS, 0, n), 1.0, RULES)
+        for key, value in effects.writes:
+            state.pop(key, None) if value is None else state.__setitem__(key, value)
+        dials += sum(1 for e in effects.emits if e.topic == CALLS_DIAL)
+    assert dials == 3_000
+    assert describe_business(state.get, "biz7", 2.0, RULES)["waiting"] == 0
