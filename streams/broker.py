@@ -1,0 +1,374 @@
+"""Run a single-node Apache Kafka 4 broker locally, straight from Maven Central jars.
+
+Why: the stream processor and its integration tests need a real broker, and a developer
+machine or CI runner may have no Docker. Only ``java`` (17+) and ``mvn`` must be on PATH:
+the jars are resolved once into ``deploy/kafka/lib`` and the broker runs detached, so it
+outlives the command that started it and is stopped again through its pid file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+KAFKA_VERSION = "4.4.0"
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAFKA_DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
+POM = KAFKA_DEPLOY_DIR / "pom.xml"
+LOG4J_CONFIG = KAFKA_DEPLOY_DIR / "log4j2.properties"
+KAFKA_JAR = f"kafka_2.13-{KAFKA_VERSION}.jar"
+# Created and deleted while waiting for startup: a topic round trip proves the controller
+# accepts writes, which metadata alone does not.
+READY_PROBE_TOPIC = "streams-broker-ready-probe"
+
+
+class BrokerError(RuntimeError):
+    """The local broker could not be resolved, started or stopped; the message says why."""
+
+
+def _say(message: str, end: str = "\n") -> None:
+    """Progress goes to stderr so that stdout stays clean for callers printing results."""
+    print(message, end=end, file=sys.stderr, flush=True)
+
+
+def _require(tool: str, hint: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise BrokerError(f"{tool} not found on PATH; {hint}")
+    return path
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _command_line(pid: int) -> str:
+    """The command line of a process, empty if it is gone (/proc on Linux, ps elsewhere)."""
+    if Path("/proc/self").exists():
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            return ""
+    ps = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return ps.stdout
+
+
+@dataclass
+class Broker:
+    """One local KRaft broker (broker and controller in a single JVM) and its data directory.
+
+    ``host`` stays ``localhost`` for a local broker; set it only to point the same
+    interface (``bootstrap``, ``status``, an idempotent ``start``) at an existing broker.
+    """
+
+    port: int = 9092
+    controller_port: int = 9093
+    data_dir: Path | None = None
+    lib_dir: Path = KAFKA_DEPLOY_DIR / "lib"
+    heap: tuple[str, str] = ("256m", "512m")
+    host: str = "localhost"
+    # The JVM when this object started it: polling it reaps the child, which would
+    # otherwise linger as a zombie that still looks alive.
+    _process: subprocess.Popen | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir or REPO_ROOT / ".kafka" / f"data-{self.port}").resolve()
+        self.lib_dir = Path(self.lib_dir).resolve()
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def properties_file(self) -> Path:
+        return self.data_dir / "server.properties"
+
+    @property
+    def log_dirs(self) -> Path:
+        """Where Kafka keeps topic data and the KRaft metadata log."""
+        return self.data_dir / "kraft-combined-logs"
+
+    def resolve(self) -> None:
+        """Download the broker jars once; later runs reuse ``lib_dir`` and need no network."""
+        if (self.lib_dir / KAFKA_JAR).exists():
+            return
+        if self.lib_dir.exists() and any(self.lib_dir.iterdir()):
+            raise BrokerError(
+                f"{self.lib_dir} has no {KAFKA_JAR}; delete that directory to resolve the jars again"
+            )
+        mvn = _require("mvn", "install Maven 3.8+ to download the Kafka jars")
+        _say(f"resolving Apache Kafka {KAFKA_VERSION} jars with Maven (first run only)...")
+        began = time.monotonic()
+        # Download into a scratch directory and rename it at the end, so an interrupted
+        # download is not taken for a complete lib dir next time.
+        partial = self.lib_dir.with_name(self.lib_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        mvn_run = subprocess.run(
+            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+             f"-DoutputDirectory={partial}", "-DincludeScope=runtime"],
+            capture_output=True, text=True,
+        )
+        if mvn_run.returncode != 0 or not (partial / KAFKA_JAR).exists():
+            raise BrokerError(
+                f"Maven could not resolve the Kafka jars (exit {mvn_run.returncode}):\n"
+                + _tail(mvn_run.stdout + mvn_run.stderr)
+            )
+        with contextlib.suppress(FileNotFoundError):
+            self.lib_dir.rmdir()  # empty, checked above
+        partial.rename(self.lib_dir)
+        jars = len(list(self.lib_dir.glob("*.jar")))
+        _say(f"resolved {jars} jars into {self.lib_dir} in {time.monotonic() - began:.0f}s")
+
+    def start(self, timeout: float = 90) -> bool:
+        """Start the broker in the background unless one already answers; True if it started.
+
+        Returns only once clients can really use the broker (an open port is not enough:
+        the KRaft controller needs a few more seconds), waiting up to ``timeout`` seconds
+        after launch. A broker that dies or stays unusable raises ``BrokerError`` with the
+        end of its log, and one launched here is then stopped rather than left half-started.
+        """
+        if self._metadata() is not None:
+            _say(f"Kafka broker already running at {self.bootstrap}")
+            return False
+        pid = self._pid()
+        if pid is not None:
+            _say(f"Kafka broker (pid {pid}) is already starting; waiting for it")
+            self._wait_ready(pid, timeout)
+            return False
+        java = _require("java", "install a JDK 17+ (the Kafka 4 broker needs Java 17)")
+        self.resolve()
+        self._format(java)
+        pid = self._launch(java)
+        try:
+            self._wait_ready(pid, timeout)
+        except BaseException:
+            self._terminate(pid, timeout=10)
+            raise
+        return True
+
+    def stop(self, timeout: float = 30) -> bool:
+        """Stop with SIGTERM (a clean shutdown), SIGKILL after ``timeout``; False if none runs."""
+        pid = self._pid()
+        if pid is None:
+            _say(f"no Kafka broker running from {self.data_dir}")
+            return False
+        _say(f"stopping Kafka broker (pid {pid})...")
+        if not self._terminate(pid, timeout):
+            _say(f"Kafka broker did not stop within {timeout:g}s; killed it")
+        return True
+
+    def kill(self) -> bool:
+        """SIGKILL the broker without a clean shutdown, e.g. to test crash recovery."""
+        pid = self._pid()
+        if pid is None:
+            return False
+        self._signal(pid, signal.SIGKILL)
+        self._wait_exit(pid, timeout=10)
+        self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def restart(self, timeout: float = 90) -> bool:
+        """Stop the broker if it runs, then start it; True once it is back."""
+        self.stop()
+        return self.start(timeout)
+
+    def status(self) -> dict:
+        """What runs: ``running`` means some broker answers at ``bootstrap``, ``pid`` is this
+        data dir's JVM if alive, ``topics`` counts topics except Kafka's internal ``__`` ones."""
+        metadata = self._metadata()
+        return {
+            "running": metadata is not None,
+            "pid": self._pid(),
+            "bootstrap": self.bootstrap,
+            "data_dir": str(self.data_dir),
+            "topics": None if metadata is None else sum(not t.startswith("__") for t in metadata.topics),
+        }
+
+    def _server_properties(self) -> str:
+        controller = f"{self.host}:{self.controller_port}"
+        # Single node: every internal topic gets replication factor 1 (the defaults of 3
+        # would stall), few partitions so startup and first group join are quick. The
+        # offsets topic has no min ISR setting of its own; it uses min.insync.replicas.
+        return f"""\
+# Written by streams/broker.py on every start; edit the code, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers={controller}
+listeners=PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}
+advertised.listeners=PLAINTEXT://{self.bootstrap}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={self.log_dirs}
+num.partitions=8
+auto.create.topics.enable=false
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=4
+group.initial.rebalance.delay.ms=0
+"""
+
+    def _java_args(self, java: str) -> list[str]:
+        return [java, "-cp", str(self.lib_dir / "*"), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
+
+    def _format(self, java: str) -> None:
+        """KRaft storage is formatted once with a new cluster id; later starts reuse it."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.properties_file.write_text(self._server_properties())
+        if (self.log_dirs / "meta.properties").exists():
+            return
+        cluster_id = self._storage_tool(java, "random-uuid").split()[-1]
+        self._storage_tool(java, "format", "-t", cluster_id, "-c", str(self.properties_file), "--standalone")
+
+    def _storage_tool(self, java: str, *args: str) -> str:
+        command = [*self._java_args(java), "kafka.tools.StorageTool", *args]
+        run = subprocess.run(command, capture_output=True, text=True)
+        if run.returncode != 0 or not run.stdout.strip():
+            output = _tail(run.stdout + run.stderr)
+            raise BrokerError(f"kafka StorageTool {args[0]} failed (exit {run.returncode}):\n{output}")
+        return run.stdout
+
+    def _launch(self, java: str) -> int:
+        low, high = self.heap
+        command = [
+            *self._java_args(java), f"-Xms{low}", f"-Xmx{high}", "kafka.Kafka", str(self.properties_file),
+        ]
+        with open(self.log_file, "w") as log:
+            # A new session keeps the broker alive after this process exits and out of
+            # reach of Ctrl-C in the terminal that started it.
+            self._process = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                cwd=self.data_dir, start_new_session=True,
+            )
+        self.pid_file.write_text(f"{self._process.pid}\n")
+        _say(f"started Kafka broker (pid {self._process.pid}), log: {self.log_file}")
+        return self._process.pid
+
+    def _wait_ready(self, pid: int, timeout: float) -> None:
+        _say(f"waiting for Kafka at {self.bootstrap}", end="")
+        began = time.monotonic()
+        while not self._ready():
+            if not self._is_running(pid):
+                _say("")
+                self.pid_file.unlink(missing_ok=True)
+                raise BrokerError(
+                    f"Kafka broker exited during startup; end of {self.log_file}:\n{self._log_tail()}"
+                )
+            if time.monotonic() - began > timeout:
+                _say("")
+                raise BrokerError(
+                    f"Kafka broker did not become ready at {self.bootstrap} within {timeout:g}s; "
+                    f"end of {self.log_file}:\n{self._log_tail()}"
+                )
+            _say(".", end="")
+            time.sleep(1)
+        _say(f" ready after {time.monotonic() - began:.1f}s")
+
+    def _ready(self) -> bool:
+        metadata = self._metadata()
+        if metadata is None or not metadata.brokers:
+            return False
+        admin = self._admin()
+        try:
+            if READY_PROBE_TOPIC not in metadata.topics:
+                created = admin.create_topics([NewTopic(READY_PROBE_TOPIC, 1, 1)])
+                created[READY_PROBE_TOPIC].result(timeout=10)
+            admin.delete_topics([READY_PROBE_TOPIC])[READY_PROBE_TOPIC].result(timeout=10)
+        except (KafkaException, TimeoutError):
+            return False
+        return True
+
+    def _admin(self) -> AdminClient:
+        # log_level 4 (warning) hides librdkafka's info lines, such as purged late metadata
+        # replies, that would otherwise interleave with the progress output.
+        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 4})
+
+    def _metadata(self) -> ClusterMetadata | None:
+        """Cluster metadata from whatever answers at ``bootstrap``, or None.
+
+        A plain TCP connect first keeps the usual "nothing running" case instant, and
+        spares the terminal librdkafka's connection-refused log lines.
+        """
+        try:
+            socket.create_connection((self.host, self.port), timeout=1).close()
+        except OSError:
+            return None
+        try:
+            return self._admin().list_topics(timeout=3)
+        except KafkaException:
+            return None
+
+    def _pid(self) -> int | None:
+        """The pid from the pid file if that process is still this broker; a stale file is removed."""
+        try:
+            pid = int(self.pid_file.read_text())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            pid = None
+        if pid is not None and self._is_running(pid):
+            return pid
+        self.pid_file.unlink(missing_ok=True)
+        return None
+
+    def _is_running(self, pid: int) -> bool:
+        """Whether ``pid`` is still this broker's JVM: after a reboot or crash the pid in the
+        file may belong to another process, which must never be signalled."""
+        if self._process is not None and self._process.pid == pid:
+            return self._process.poll() is None
+        return str(self.properties_file) in _command_line(pid)
+
+    def _terminate(self, pid: int, timeout: float) -> bool:
+        """SIGTERM, then SIGKILL after ``timeout``; True if the broker shut down cleanly."""
+        self._signal(pid, signal.SIGTERM)
+        clean = self._wait_exit(pid, timeout)
+        if not clean:
+            self._signal(pid, signal.SIGKILL)
+            self._wait_exit(pid, timeout=10)
+        self.pid_file.unlink(missing_ok=True)
+        return clean
+
+    def _signal(self, pid: int, sig: signal.Signals) -> None:
+        if self._is_running(pid):
+            with contextlib.suppress(ProcessLookupError):  # it may exit in between
+                os.kill(pid, sig)
+
+    def _wait_exit(self, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._is_running(pid):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.2)
+        return True
+
+    def _log_tail(self) -> str:
+        try:
+            return _tail(self.log_file.read_text(errors="replace")) or "(empty)"
+        except FileNotFoundError:
+            return "(no log)"

@@ -1,0 +1,51 @@
+"""Shared pytest setup: the ``integration`` marker and one Kafka broker per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from streams.broker import Broker
+
+TEST_PORT = 19092
+TEST_CONTROLLER_PORT = 19093
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "integration: needs a Kafka broker (started on localhost:19092 unless STREAMS_TEST_BOOTSTRAP is set)",
+    )
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+    """A broker shared by the whole session, on its own ports and a fresh data dir, so tests
+    never see a developer's topics nor leave any behind.
+
+    Set ``STREAMS_TEST_BOOTSTRAP=host:port`` to use an already running broker instead (for
+    example a CI service, or a broker kept up between quick reruns); it is left running.
+    """
+    external = os.environ.get("STREAMS_TEST_BOOTSTRAP")
+    if external:
+        host, _, port = external.split(",")[0].rpartition(":")
+        if not host or not port.isdigit():
+            pytest.fail(f"STREAMS_TEST_BOOTSTRAP must be host:port, got {external!r}", pytrace=False)
+        yield Broker(host=host, port=int(port))
+        return
+    broker = Broker(
+        port=TEST_PORT,
+        controller_port=TEST_CONTROLLER_PORT,
+        data_dir=tmp_path_factory.mktemp("kafka"),
+    )
+    if not broker.start():
+        pytest.fail(
+            f"something already answers on {broker.bootstrap}; stop it, or reuse it with "
+            f"STREAMS_TEST_BOOTSTRAP={broker.bootstrap}",
+            pytrace=False,
+        )
+    try:
+        yield broker
+    finally:
+        broker.stop()
