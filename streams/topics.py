@@ -53,6 +53,11 @@ def app_id(prefix: str, base_app_id: str) -> str:
     return f"{prefix}{base_app_id}"
 
 
+def changelog_topic(prefix: str, base_app_id: str) -> str:
+    """Faust's changelog of the limiter table; co-partitioned with the inputs too."""
+    return f"{app_id(prefix, base_app_id)}-{LIMITER_TABLE}-changelog"
+
+
 def record_key(business_id: str) -> bytes:
     """The key of every record: the raw UTF-8 business id, nothing else."""
     return business_id.encode("utf-8")

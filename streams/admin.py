@@ -1,0 +1,91 @@
+"""Creating the contract's topics and refusing to run on a split business.
+
+A business is limited correctly only if all of its records meet in one partition of
+one worker; that holds only when every input topic has the same partition count.
+Faust itself notices a mismatch late (at the first table write, losing that event),
+so the worker checks here before it starts.
+"""
+
+from __future__ import annotations
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from .settings import Settings
+from .topics import ALL_TOPICS, INPUT_TOPICS, LIMITER_TICKS, changelog_topic, topic_name
+
+#: Ticks are worthless once processed; keep them an hour.
+TOPIC_CONFIGS = {LIMITER_TICKS: {"retention.ms": str(3_600_000)}}
+
+
+class TopicsError(RuntimeError):
+    """The topics cannot be used as they are; the message is one line saying why."""
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                        "log_level": 3})
+
+
+def partition_counts(settings: Settings, timeout: float = 15.0) -> dict[str, int]:
+    """Partition count of each contract topic that exists, by base name.
+
+    The limiter table's changelog appears under its full name when it exists.
+    """
+    try:
+        metadata = admin_client(settings).list_topics(timeout=timeout)
+    except KafkaException as exc:
+        raise TopicsError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}:"
+                          f" {exc.args[0].str() if exc.args else exc}") from None
+    counts = {}
+    changelog = changelog_topic(settings.topic_prefix, settings.app_id)
+    for base in ALL_TOPICS + (changelog,):
+        name = changelog if base == changelog else topic_name(base, settings.topic_prefix)
+        topic = metadata.topics.get(name)
+        if topic is not None and topic.error is None:
+            counts[base] = len(topic.partitions)
+    return counts
+
+
+def create_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
+    """Create the contract topics that do not exist yet; return the names created."""
+    existing = partition_counts(settings)
+    missing = [base for base in ALL_TOPICS if base not in existing]
+    if not missing:
+        return []
+    admin = admin_client(settings)  # must outlive the futures
+    futures = admin.create_topics([
+        NewTopic(topic_name(base, settings.topic_prefix),
+                 num_partitions=settings.topic_partitions,
+                 replication_factor=replication_factor,
+                 config=TOPIC_CONFIGS.get(base, {}))
+        for base in missing])
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=30)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
+                continue
+            raise TopicsError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+    return created
+
+
+def check_copartitioned(settings: Settings) -> int:
+    """The common partition count of the input topics, or TopicsError saying which differ."""
+    counts = partition_counts(settings)
+    missing = [topic_name(b, settings.topic_prefix) for b in INPUT_TOPICS if b not in counts]
+    if missing:
+        raise TopicsError(f"input topic(s) {', '.join(missing)} do not exist;"
+                          " run `streams topics create`")
+    inputs = {topic_name(b, settings.topic_prefix): counts[b] for b in INPUT_TOPICS}
+    changelog = changelog_topic(settings.topic_prefix, settings.app_id)
+    if changelog in counts:
+        inputs[changelog] = counts[changelog]
+    if len(set(inputs.values())) != 1:
+        listing = ", ".join(f"{name}={n}" for name, n in inputs.items())
+        raise TopicsError(
+            f"input topics are not co-partitioned ({listing}): a business would be split"
+            " across workers and could exceed its limit; give them equal partition counts")
+    return next(iter(inputs.values()))

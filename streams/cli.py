@@ -1,0 +1,311 @@
+"""`streams`: the one command line of the project.
+
+Settings come from the environment (`streams.settings`); flags only choose what to do.
+Bad flags or settings stop the command with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .settings import ConfigError, Settings, environment_variables
+
+EPILOG = "settings (environment variables, with defaults):\n" + "\n".join(
+    f"  {var}={default!s}" for var, default in environment_variables().items())
+
+
+class CliError(Exception):
+    """A usage or runtime problem to report as one line."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+
+
+def _logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+# -- worker --------------------------------------------------------------------------
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from . import admin
+    try:
+        created = admin.create_topics(settings)
+        partitions = admin.check_copartitioned(settings)
+    except admin.TopicsError as exc:
+        raise CliError(str(exc)) from None
+    if created:
+        print(f"created topics: {', '.join(created)}", file=sys.stderr)
+    import dataclasses
+
+    import faust
+
+    from .app import Limiter
+    limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions))
+    print(f"worker {limiter.app.conf.id}: {partitions} partitions on"
+          f" {settings.kafka_bootstrap_servers}, limit"
+          f" {settings.max_outbound_calls_per_business} calls per business,"
+          f" web on :{settings.worker_web_port}", file=sys.stderr)
+    quiet = {"level": args.loglevel.upper()}
+    worker = faust.Worker(limiter.app, loglevel="info", quiet=True, logging_config={
+        "version": 1, "merge": True, "disable_existing_loggers": False,
+        "loggers": {"faust": quiet, "mode": quiet, "aiokafka": quiet, "kafka": quiet,
+                    "streams": {"level": "INFO"}}})
+    worker.execute_from_commandline()
+    return 0
+
+
+# -- topics --------------------------------------------------------------------------
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from . import admin
+    from .topics import ALL_TOPICS
+    try:
+        created = admin.create_topics(settings)
+        admin.check_copartitioned(settings)
+        counts = admin.partition_counts(settings)
+    except admin.TopicsError as exc:
+        raise CliError(str(exc)) from None
+    for base, count in counts.items():
+        name = base if base not in ALL_TOPICS else f"{settings.topic_prefix}{base}"
+        print(f"{name}\t{count} partitions\t{'created' if name in created else 'exists'}")
+    return 0
+
+
+# -- broker --------------------------------------------------------------------------
+
+
+def _broker(args: argparse.Namespace):
+    from .broker import Broker
+    return Broker(port=args.port, controller_port=args.port + 1)
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from .broker import BrokerError
+    broker = _broker(args)
+    try:
+        if args.action == "start":
+            started = broker.start()
+            print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
+        elif args.action == "stop":
+            stopped = broker.stop()
+            print(f"broker on {broker.bootstrap} {'stopped' if stopped else 'was not running'}")
+        else:
+            print(json.dumps(broker.status(), indent=2))
+    except BrokerError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+# -- leads ---------------------------------------------------------------------------
+
+
+def generated_leads(count: int, businesses: int, run_id: str,
+                    seed: int | None) -> Iterator[dict]:
+    """`count` leads spread round-robin over `businesses` businesses."""
+    rng = random.Random(seed)
+    for n in range(count):
+        yield {"lead_id": f"{run_id}-{n}", "business_id": f"biz-{n % businesses}",
+               "phone": f"+1555{rng.randrange(10**7):07d}", "priority": 0}
+
+
+def file_leads(path: str) -> Iterator[dict]:
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise CliError(f"{path}:{number}: not JSON: {exc}") from None
+
+
+def produce_leads(settings: Settings, leads: Iterable[dict], progress: bool = True) -> int:
+    """Send leads keyed by business_id with the murmur2 partitioner; return the count."""
+    from confluent_kafka import Producer
+
+    from .topics import LEADS_REQUESTS, producer_config, record_key, topic_name
+    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+    topic = topic_name(LEADS_REQUESTS, settings.topic_prefix)
+    failures: list[str] = []
+
+    def delivered(err, _msg):
+        if err is not None:
+            failures.append(str(err))
+
+    sent = 0
+    for lead in leads:
+        business_id = str(lead.get("business_id", ""))
+        value = json.dumps(lead, separators=(",", ":")).encode()
+        while True:
+            try:
+                producer.produce(topic, key=record_key(business_id), value=value,
+                                 on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.1)
+        sent += 1
+        producer.poll(0)
+        if progress and sent % 10_000 == 0:
+            print(f"  {sent} leads sent...", file=sys.stderr)
+    producer.flush(60)
+    if failures:
+        raise CliError(f"{len(failures)} leads were not delivered: {failures[0]}")
+    return sent
+
+
+def cmd_produce_leads(args: argparse.Namespace) -> int:
+    settings = _settings()
+    if args.file:
+        leads = file_leads(args.file)
+    else:
+        if args.count < 1 or args.businesses < 1:
+            raise CliError("--count and --businesses must be at least 1")
+        leads = generated_leads(args.count, args.businesses, args.run_id, args.seed)
+    sent = produce_leads(settings, leads)
+    print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
+    return 0
+
+
+# -- dialer --------------------------------------------------------------------------
+
+
+def _span(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {text!r}") from None
+    if not 0 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
+    return low, high
+
+
+def cmd_dialer(args: argparse.Namespace) -> int:
+    if not args.simulate:
+        raise CliError("only the simulated dialer exists so far: use --simulate")
+    settings = _settings()
+    _logging(args.verbose)
+    from .simdialer import SimulatedDialer
+    try:
+        dialer = SimulatedDialer(settings, seed=args.seed, talk_seconds=args.talk_seconds,
+                                 ring_seconds=args.ring_seconds, ledger_path=args.ledger)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    dialer.run(stop)
+    print(json.dumps(dialer.snapshot()), file=sys.stderr)
+    return 0
+
+
+# -- demo ----------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+    return run_demo(_settings(), leads_per_business=args.leads_per_business,
+                    businesses=args.businesses, talk_seconds=args.talk_seconds)
+
+
+# -- parser --------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="streams", formatter_class=formatter, epilog=EPILOG,
+        description="Per-business outbound call limiter on Kafka: no business ever has"
+                    " more than its limit of calls in flight.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    worker = sub.add_parser("worker", formatter_class=formatter, epilog=EPILOG,
+                            help="run the limiter worker (Faust) until Ctrl-C")
+    worker.add_argument("--loglevel", default="warning",
+                        choices=["debug", "info", "warning", "error"],
+                        help="Faust's own log level (our decisions log at INFO)")
+    worker.set_defaults(func=cmd_worker)
+
+    topics = sub.add_parser("topics", help="manage the contract's topics")
+    topics_sub = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
+    create = topics_sub.add_parser("create", formatter_class=formatter, epilog=EPILOG,
+                                   help="create missing topics (TOPIC_PARTITIONS each)"
+                                        " and check co-partitioning")
+    create.set_defaults(func=cmd_topics_create)
+
+    broker = sub.add_parser("broker", help="a local single-node Kafka (KRaft) for"
+                                           " development and tests")
+    broker.add_argument("action", choices=["start", "stop", "status"])
+    broker.add_argument("--port", type=int, default=9092,
+                        help="client port; the controller uses PORT+1 (default 9092)")
+    broker.set_defaults(func=cmd_broker)
+
+    produce = sub.add_parser("produce-leads", formatter_class=formatter, epilog=EPILOG,
+                             help="send lead requests, generated or from a JSON-lines file")
+    produce.add_argument("--count", type=int, default=100, help="leads to generate")
+    produce.add_argument("--businesses", type=int, default=10,
+                         help="spread generated leads over this many businesses")
+    produce.add_argument("--run-id", default=uuid.uuid4().hex[:8],
+                         help="prefix of generated lead ids (default: random)")
+    produce.add_argument("--seed", type=int, help="seed for generated phone numbers")
+    produce.add_argument("--file", help="JSON-lines file of lead requests ('-' for stdin)")
+    produce.set_defaults(func=cmd_produce_leads)
+
+    dialer = sub.add_parser("dialer", formatter_class=formatter, epilog=EPILOG,
+                            help="consume dial commands and report call statuses")
+    dialer.add_argument("--simulate", action="store_true",
+                        help="simulate calls instead of dialing (no Twilio needed)")
+    dialer.add_argument("--talk-seconds", type=_span, default=(1.0, 4.0), metavar="MIN,MAX")
+    dialer.add_argument("--ring-seconds", type=_span, default=(0.1, 0.8), metavar="MIN,MAX")
+    dialer.add_argument("--ledger", help="append every placed/ended call to this JSON-lines"
+                                         " file (the independent concurrency record)")
+    dialer.add_argument("--seed", type=int)
+    dialer.add_argument("-v", "--verbose", action="store_true")
+    dialer.set_defaults(func=cmd_dialer)
+
+    demo = sub.add_parser("demo", formatter_class=formatter, epilog=EPILOG,
+                          help="start broker, worker and simulated dialer, send the seed"
+                               " scenario and watch it live")
+    demo.add_argument("--businesses", type=int, default=3,
+                      help="businesses A, B, C... (default 3)")
+    demo.add_argument("--leads-per-business", type=int, default=5)
+    demo.add_argument("--talk-seconds", type=_span, default=(2.0, 5.0), metavar="MIN,MAX")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except CliError as exc:
+        print(f"streams: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("streams: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
