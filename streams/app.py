@@ -74,6 +74,7 @@ class Limiter:
             web_port=settings.worker_web_port,
             web_in_thread=False,
             producer_acks=-1,
+            broker_session_timeout=15.0,  # a killed worker's partitions move on sooner
             key_serializer="raw",
             value_serializer="raw",
         )

@@ -1,0 +1,173 @@
+"""Running the real pieces in tests: worker processes, the simulated dialer, topic reads.
+
+Each test gets its own topic prefix, app id, web port and data dir, so tests share the
+session's broker without seeing each other's records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Callable
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from streams import admin
+from streams.settings import Settings
+from streams.simdialer import SimulatedDialer
+from streams.topics import producer_config, record_key, topic_name
+
+#: Short timings so that resends, leases and held statuses happen within a test.
+FAST_TIMINGS = {
+    "TOPIC_PARTITIONS": "4",
+    "DIAL_DEADLINE_SECONDS": "10",
+    "DIAL_ACK_TIMEOUT_SECONDS": "2",
+    "RING_TIMEOUT_SECONDS": "3",
+    "CALL_TIME_LIMIT_SECONDS": "5",
+    "LEASE_GRACE_SECONDS": "40",
+    "ORPHAN_STATUS_HOLD_SECONDS": "5",
+    "TICK_INTERVAL_SECONDS": "0.3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Deployment:
+    """One isolated limiter deployment on the shared broker."""
+
+    def __init__(self, bootstrap: str, workdir: Path, **overrides: str):
+        tag = uuid.uuid4().hex[:8]
+        self.workdir = workdir
+        self.env = {**os.environ, **FAST_TIMINGS,
+                    "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": f"t{tag}.",
+                    "STREAMS_APP_ID": f"limiter-{tag}", **overrides}
+        self.settings = Settings.from_env(self.env)
+        self.workers: list[WorkerProcess] = []
+        self.ledger = workdir / "dialer.jsonl"
+        self.dialer: SimulatedDialer | None = None
+        self._dialer_stop = threading.Event()
+        self._dialer_thread: threading.Thread | None = None
+
+    def topic(self, base: str) -> str:
+        return topic_name(base, self.settings.topic_prefix)
+
+    def create_topics(self) -> None:
+        admin.create_topics(self.settings)
+
+    def start_worker(self, name: str = "w1") -> "WorkerProcess":
+        worker = WorkerProcess(self, name)
+        self.workers.append(worker)
+        return worker
+
+    def start_dialer(self, talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.3)) -> None:
+        self.dialer = SimulatedDialer(self.settings, seed=7, talk_seconds=talk_seconds,
+                                      ring_seconds=ring_seconds, ledger_path=self.ledger)
+        self._dialer_thread = threading.Thread(target=self.dialer.run,
+                                               args=(self._dialer_stop,), daemon=True)
+        self._dialer_thread.start()
+
+    def produce(self, base_topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
+        producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
+        for key, value in records:
+            producer.produce(self.topic(base_topic), key=key, value=value)
+        assert producer.flush(30) == 0
+
+    def produce_leads(self, leads: list[dict]) -> None:
+        self.produce("leads.requests", [(record_key(lead["business_id"]),
+                                         json.dumps(lead).encode()) for lead in leads])
+
+    def read(self, base_topic: str, until: Callable[[list], bool], timeout: float = 90,
+             decode=json.loads) -> list:
+        """All records of a topic from the start, polled until `until(records)` holds."""
+        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                             "group.id": f"reader-{uuid.uuid4().hex}",
+                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        name = self.topic(base_topic)
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        consumer.assign([TopicPartition(name, p, 0) for p in partitions])
+        records: list = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                for message in consumer.consume(500, timeout=0.5):
+                    if message.error() is None:
+                        records.append(decode(message.value()))
+                if until(records):
+                    return records
+            return records
+        finally:
+            consumer.close()
+
+    def ledger_lines(self) -> list[dict]:
+        if not self.ledger.exists():
+            return []
+        return [json.loads(line) for line in self.ledger.read_text().splitlines()
+                if line.strip()]
+
+    def close(self) -> None:
+        self._dialer_stop.set()
+        if self._dialer_thread is not None:
+            self._dialer_thread.join(30)
+        for worker in self.workers:
+            worker.stop()
+
+
+class WorkerProcess:
+    """`streams worker` as a real process, with its own web port and data dir."""
+
+    def __init__(self, deployment: Deployment, name: str):
+        self.web_port = free_port()
+        self.log_path = deployment.workdir / f"worker-{name}.log"
+        env = {**deployment.env, "WORKER_WEB_PORT": str(self.web_port),
+               "STREAMS_DATA_DIR": str(deployment.workdir / f"data-{name}")}
+        self._log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "streams", "worker"],
+                                        env=env, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def businesses(self) -> list[dict] | None:
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{self.web_port}/businesses/", timeout=2) as reply:
+                return json.load(reply)["businesses"]
+        except OSError:
+            return None
+
+    def wait_serving(self, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.log()}")
+            if self.businesses() is not None:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"worker did not serve within {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self._log.close()

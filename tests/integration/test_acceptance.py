@@ -1,0 +1,183 @@
+"""Acceptance: the limiter on the real broker, checked against what the dialer really did.
+
+Every check of the limit reads the simulated dialer's ledger (placed/ended calls), never
+the worker's own counters.
+"""
+
+from __future__ import annotations
+
+import base64
+import collections
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from confluent_kafka.admin import NewTopic
+
+from streams import admin
+from streams.simdialer import concurrency_from_ledger
+from tests.integration.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+LIMIT = 3
+
+
+@pytest.fixture
+def deployment(kafka_broker, tmp_path):
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
+    deployment.create_topics()
+    yield deployment
+    deployment.close()
+
+
+def make_leads(businesses: list[str], per_business: int, run: str = "r") -> list[dict]:
+    return [{"lead_id": f"{b}-{run}-{n}", "business_id": b,
+             "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}"}
+            for n in range(per_business) for b in businesses]
+
+
+def wait_outcomes(deployment: Deployment, leads: list[dict], timeout: float = 120) -> dict:
+    wanted = {lead["lead_id"] for lead in leads}
+    records = deployment.read(
+        "leads.outcomes", timeout=timeout,
+        until=lambda recs: wanted <= {r["lead_id"] for r in recs})
+    outcomes = collections.defaultdict(set)
+    for record in records:
+        outcomes[record["lead_id"]].add(record["outcome"])
+    missing = wanted - set(outcomes)
+    assert not missing, f"{len(missing)} leads have no outcome, e.g. {sorted(missing)[:5]}"
+    return outcomes
+
+
+def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
+    """Peak concurrent placed-but-not-ended calls per key(line), from ledger lines."""
+    marks = sorted(((line["at"], 0 if line["event"] == "ended" else 1, line)
+                    for line in lines if line["event"] in ("placed", "ended")),
+                   key=lambda m: (m[0], m[1]))
+    live, peaks = collections.Counter(), collections.Counter()
+    for _, placed, line in marks:
+        live[key(line)] += 1 if placed else -1
+        peaks[key(line)] = max(peaks[key(line)], live[key(line)])
+    return dict(peaks)
+
+
+def assert_core_guarantees(deployment: Deployment, leads: list[dict], outcomes: dict):
+    lines = deployment.ledger_lines()
+    per_business = concurrency_from_ledger(deployment.ledger)
+    assert per_business and max(per_business.values()) <= LIMIT, per_business
+    assert all(len(kinds) == 1 for kinds in outcomes.values()), "a lead got two outcomes"
+    placed = collections.Counter(line["lead_id"] for line in lines if line["event"] == "placed")
+    assert max(placed.values()) == 1, [lead for lead, n in placed.items() if n > 1]
+    assert set(placed) <= {lead["lead_id"] for lead in leads}
+    return lines
+
+
+def test_seed_scenario_nine_calls_and_each_fourth_lead_waits(deployment):
+    worker = deployment.start_worker()
+    worker.wait_serving()
+    deployment.start_dialer(talk_seconds=(2.0, 3.0))
+    leads = make_leads(["A", "B", "C"], 4)
+    deployment.produce_leads(leads)
+    outcomes = wait_outcomes(deployment, leads)
+    lines = assert_core_guarantees(deployment, leads, outcomes)
+
+    placed = [line for line in lines if line["event"] == "placed"]
+    assert len(placed) == 12
+    assert concurrency_from_ledger(deployment.ledger) == {"A": 3, "B": 3, "C": 3}
+    assert peak(lines) == {"all": 9}, "9 calls at once overall: there is no global limit"
+    for business in "ABC":
+        fourth = next(line for line in placed if line["lead_id"] == f"{business}-r-3")
+        first_end = min(line["at"] for line in lines
+                        if line["event"] == "ended" and line["business_id"] == business)
+        assert fourth["at"] >= first_end, f"{business}'s 4th lead did not wait for a slot"
+
+
+def test_thousand_leads_over_fifty_businesses(deployment):
+    deployment.start_worker().wait_serving()
+    deployment.start_dialer(talk_seconds=(0.05, 0.4), ring_seconds=(0.02, 0.1))
+    leads = make_leads([f"biz{n}" for n in range(50)], 20)
+    deployment.produce_leads(leads)
+    outcomes = wait_outcomes(deployment, leads, timeout=240)
+    assert len(outcomes) == 1000
+    lines = assert_core_guarantees(deployment, leads, outcomes)
+    assert sum(1 for line in lines if line["event"] == "placed") == 1000
+    assert max(concurrency_from_ledger(deployment.ledger).values()) == LIMIT
+
+
+def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment):
+    first = deployment.start_worker("w1")
+    first.wait_serving()
+    deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
+    leads = make_leads([f"biz{n}" for n in range(30)], 15)
+    deployment.produce_leads(leads)
+    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 100, timeout=120)
+    first.kill()
+    second = deployment.start_worker("w1")  # same data dir, same group: a restart
+    second.wait_serving()
+    outcomes = wait_outcomes(deployment, leads, timeout=240)
+    assert_core_guarantees(deployment, leads, outcomes)
+    deadline = time.monotonic() + 30
+    while second.businesses() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert second.businesses() == [], "a business still holds a slot or a waiting lead"
+
+
+def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):
+    worker = deployment.start_worker()
+    worker.wait_serving()
+    deployment.start_dialer(talk_seconds=(0.1, 0.3))
+    good = make_leads(["G"], 4)
+    bad_leads = [
+        (b"G", b"{not json"),
+        (b"G", json.dumps({"business_id": "G", "phone": "+14155550100"}).encode()),
+        (b"G", json.dumps({"lead_id": "bad-phone", "business_id": "G",
+                           "phone": "555-0100"}).encode()),
+    ]
+    bad_statuses = [
+        (b"G", json.dumps({"dial_id": "G:x:1", "lead_id": "x", "business_id": "G",
+                           "status": "exploded", "at": "2026-01-01T00:00:00Z"}).encode()),
+        (b"G", json.dumps({"dial_id": "G:ghost:1", "lead_id": "ghost", "business_id": "G",
+                           "status": "ringing", "at": "2026-01-01T00:00:00Z"}).encode()),
+    ]
+    deployment.produce_leads(good[:2])
+    deployment.produce("leads.requests", bad_leads)
+    deployment.produce("calls.status", bad_statuses)
+    deployment.produce_leads(good[2:])
+
+    letters = deployment.read("leads.deadletter", until=lambda recs: len(recs) >= 5)
+    reasons = sorted(letter["reason"] for letter in letters)
+    assert len(letters) == 5, reasons
+    originals = {base64.b64decode(letter["value"]) for letter in letters}
+    assert originals == {value for _, value in bad_leads + bad_statuses}
+    for letter in letters:
+        assert letter["topic"].startswith(deployment.settings.topic_prefix)
+        assert letter["partition"] >= 0 and letter["offset"] >= 0 and letter["reason"]
+    assert any("not JSON" in r for r in reasons)
+    assert any("lead_id is missing" in r for r in reasons)
+    assert any("E.164" in r for r in reasons)
+    assert any("unknown call status 'exploded'" in r for r in reasons)
+    assert any("unknown dial G:ghost:1" in r for r in reasons)
+
+    outcomes = wait_outcomes(deployment, good + [{"lead_id": "bad-phone"}])
+    assert outcomes["bad-phone"] == {"rejected"}
+    assert all(outcomes[lead["lead_id"]] != {"rejected"} for lead in good)
+    assert worker.process.poll() is None, "the worker died of bad input"
+
+
+def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
+    client = admin.admin_client(deployment.settings)
+    futures = client.create_topics([
+        NewTopic(deployment.topic("leads.requests"), num_partitions=4, replication_factor=1),
+        NewTopic(deployment.topic("calls.status"), num_partitions=2, replication_factor=1)])
+    for future in futures.values():
+        future.result(30)
+    result = subprocess.run([sys.executable, "-m", "streams", "worker"], env=deployment.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "not co-partitioned" in lines[0] and "calls.status=2" in lines[0]
