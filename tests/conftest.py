@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import Phase, settings
 
 from streams.broker import Broker
 
@@ -49,3 +50,8 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
         yield broker
     finally:
         broker.stop()
+
+
+# `--hypothesis-profile=fail-fast` reports the first counterexample without shrinking it:
+# handy when checking that a deliberately broken rule is caught.
+settings.register_profile("fail-fast", phases=[Phase.explicit, Phase.reuse, Phase.generate])

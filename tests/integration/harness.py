@@ -111,6 +111,22 @@ class Deployment:
         finally:
             consumer.close()
 
+    def wait_group(self, members: int, timeout: float = 90) -> None:
+        """Wait until the workers' consumer group is stable with `members` members that
+        all own input partitions."""
+        client = admin.admin_client(self.settings)
+        group = self.settings.topic_prefix + self.settings.app_id
+        leads = self.topic("leads.requests")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            description = client.describe_consumer_groups([group])[group].result(10)
+            owners = [m for m in description.members
+                      if any(tp.topic == leads for tp in m.assignment.topic_partitions)]
+            if str(description.state).endswith("STABLE") and len(owners) == members:
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"group {group} never had {members} members owning partitions")
+
     def ledger_lines(self) -> list[dict]:
         if not self.ledger.exists():
             return []

@@ -34,9 +34,10 @@ def deployment(kafka_broker, tmp_path):
 
 
 def make_leads(businesses: list[str], per_business: int, run: str = "r") -> list[dict]:
+    """Each business's leads in one burst, so that every business saturates its slots."""
     return [{"lead_id": f"{b}-{run}-{n}", "business_id": b,
              "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}"}
-            for n in range(per_business) for b in businesses]
+            for b in businesses for n in range(per_business)]
 
 
 def wait_outcomes(deployment: Deployment, leads: list[dict], timeout: float = 120) -> dict:
@@ -97,7 +98,7 @@ def test_seed_scenario_nine_calls_and_each_fourth_lead_waits(deployment):
 
 def test_thousand_leads_over_fifty_businesses(deployment):
     deployment.start_worker().wait_serving()
-    deployment.start_dialer(talk_seconds=(0.05, 0.4), ring_seconds=(0.02, 0.1))
+    deployment.start_dialer(talk_seconds=(0.5, 1.5), ring_seconds=(0.05, 0.2))
     leads = make_leads([f"biz{n}" for n in range(50)], 20)
     deployment.produce_leads(leads)
     outcomes = wait_outcomes(deployment, leads, timeout=240)
@@ -107,7 +108,9 @@ def test_thousand_leads_over_fifty_businesses(deployment):
     assert max(concurrency_from_ledger(deployment.ledger).values()) == LIMIT
 
 
-def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment):
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store):
+    deployment.env["TABLE_STORE"] = store
     first = deployment.start_worker("w1")
     first.wait_serving()
     deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
@@ -123,6 +126,22 @@ def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment):
     while second.businesses() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert second.businesses() == [], "a business still holds a slot or a waiting lead"
+
+
+def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(deployment):
+    first, second = deployment.start_worker("w1"), deployment.start_worker("w2")
+    first.wait_serving()
+    second.wait_serving()
+    deployment.wait_group(members=2)
+    deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
+    leads = make_leads([f"biz{n}" for n in range(40)], 10)
+    deployment.produce_leads(leads)
+    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 80, timeout=120)
+    assert "granted dial" in first.log() and "granted dial" in second.log(), \
+        "both workers should have owned partitions with leads"
+    second.stop()  # a clean leave: its partitions rebalance to the first worker
+    outcomes = wait_outcomes(deployment, leads, timeout=240)
+    assert_core_guarantees(deployment, leads, outcomes)
 
 
 def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):

@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Needs python3 (>= 3.10), java (17+) and mvn on PATH; everything else is installed here.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test unit integration clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,rocksdb]'
+	touch $@
+
+demo: setup
+	$(BIN)/streams demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+unit: setup
+	$(BIN)/python -m pytest -m "not integration"
+
+integration: setup
+	$(BIN)/python -m pytest -m integration
+
+clean:
+	-$(BIN)/streams broker stop
+	rm -rf $(VENV) .kafka .streams-data .streams-demo deploy/kafka/lib
