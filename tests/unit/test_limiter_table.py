@@ -17,7 +17,7 @@ from streams.limiter_table import (
 )
 from streams.topics import (
     CALLS_DIAL, CALLS_STATUS, LEADS_DEADLETTER, LEADS_OUTCOMES, LEADS_REQUESTS,
-    CallStatus, LeadRequest, to_iso,
+    CallStatus, LeadRequest, Tick, to_iso,
 )
 from tests.unit.world import World
 
@@ -183,3 +183,88 @@ def test_no_global_limit_thousand_businesses_each_get_their_slots():
         dials += sum(1 for e in effects.emits if e.topic == CALLS_DIAL)
     assert dials == 3_000
     assert describe_business(state.get, "biz7", 2.0, RULES)["waiting"] == 0
+
+
+def _feed(state: dict, event, source: Source, now: float):
+    effects = process(state.get, event, source, now, RULES)
+    for key, value in effects.writes:
+        state.pop(key, None) if value is None else state.__setitem__(key, value)
+    return effects
+
+
+def test_an_unacknowledged_grant_outlives_dial_by_plus_the_longest_call():
+    """Rule 3: silence after a grant frees the slot only once the call cannot be live."""
+    state: dict = {}
+    lead = LeadRequest(lead_id="L", business_id="A", phone="+14155550100")
+    dial = _feed(state, lead, Source(LEADS_REQUESTS, 0, 0), 100.0).emits[0].record
+    last_possible_end = (100.0 + RULES.dial_deadline + RULES.ring_timeout
+                         + RULES.call_time_limit)
+    for offset, now in enumerate((last_possible_end - 0.5, last_possible_end + 0.01)):
+        _feed(state, Tick(partition=0, at=to_iso(now)), Source("limiter.ticks", 0, offset),
+              now)
+        assert describe_business(state.get, "A", now, RULES)["active"], now
+    expiry = last_possible_end + RULES.lease_grace + 1
+    effects = _feed(state, Tick(partition=0, at=to_iso(expiry)),
+                    Source("limiter.ticks", 0, 2), expiry)
+    assert [(e.record.lead_id, e.record.outcome) for e in effects.emits
+            if e.topic == LEADS_OUTCOMES] == [("L", "expired")]
+    assert dial.dial_id == "A:L:1"
+
+
+def _script() -> list[tuple[object, Source, float]]:
+    """Five leads for one business, calls ending, a refusal, ticks: every kind of write."""
+    events = []
+    offsets = collections.Counter()
+
+    def add(topic, event, now):
+        events.append((event, Source(topic, 0, offsets[topic]), now))
+        offsets[topic] += 1
+
+    for n in range(5):
+        add(LEADS_REQUESTS, LeadRequest(lead_id=f"L{n}", business_id="A",
+                                        phone="+14155550100", priority=n % 2), 1.0)
+    for n, status in ((1, "ringing"), (1, "completed"), (0, "in-progress"), (0, "busy")):
+        add(CALLS_STATUS, CallStatus(dial_id=f"A:L{n}:1", lead_id=f"L{n}", business_id="A",
+                                     status=status, at=to_iso(2.0)), 2.0)
+    add(CALLS_STATUS, CallStatus(dial_id="A:L2:1", lead_id="L2", business_id="A",
+                                 status="canceled", reason="dial-deadline-passed",
+                                 at=to_iso(3.0)), 3.0)
+    add("limiter.ticks", Tick(partition=0, at=to_iso(4.0)), 4.0)
+    add("limiter.ticks", Tick(partition=0, at=to_iso(500.0)), 500.0)
+    return events
+
+
+def _run(events, crash_at: int | None = None, keep: int = 0) -> tuple[set, set, dict]:
+    """Run the script; optionally crash inside event `crash_at` after `keep` of its writes,
+    then restart: redeliver from that event on (nothing after it was committed)."""
+    state: dict = {}
+    emitted = []
+    for index, (event, source, now) in enumerate(events):
+        if index == crash_at:
+            effects = process(state.get, event, source, now, RULES)
+            for key, value in effects.writes[:keep]:
+                state.pop(key, None) if value is None else state.__setitem__(key, value)
+        emitted += _feed(state, event, source, now).emits
+    outcomes = {(e.record.lead_id, e.record.outcome) for e in emitted
+                if e.topic == LEADS_OUTCOMES}
+    dials = {e.record.dial_id for e in emitted if e.topic == CALLS_DIAL}
+    business = {k: v for k, v in state.items() if is_business_key(k)}
+    return outcomes, dials, business
+
+
+def test_a_crash_cutting_any_event_after_any_write_is_recovered():
+    """Rule 7, exhaustively: every event, every prefix of its writes."""
+    events = _script()
+    baseline = _run(events)
+    assert len(baseline[0]) == 5 and not baseline[2]
+    for index in range(len(events)):
+        for keep in range(len(_writes_of(events, index)) + 1):
+            assert _run(events, index, keep) == baseline, (index, keep)
+
+
+def _writes_of(events, index: int) -> list:
+    state: dict = {}
+    for event, source, now in events[:index]:
+        _feed(state, event, source, now)
+    event, source, now = events[index]
+    return process(state.get, event, source, now, RULES).writes
