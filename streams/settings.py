@@ -64,6 +64,30 @@ def _store(name: str, raw: str) -> str:
     return raw
 
 
+def _account_sid(name: str, raw: str) -> str:
+    if not re.fullmatch(r"AC[0-9a-fA-F]{32}", raw):
+        raise ConfigError(f"{name} must look like AC followed by 32 hex digits")
+    return raw
+
+
+def _e164(name: str, raw: str) -> str:
+    if not re.fullmatch(r"\+[1-9][0-9]{1,14}", raw):
+        raise ConfigError(f"{name} must be an E.164 number like +14155550100, got {raw!r}")
+    return raw
+
+
+def _url(name: str, raw: str) -> str:
+    if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", raw):
+        raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _database_url(name: str, raw: str) -> str:
+    if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", raw):
+        raise ConfigError(f"{name} must be a sqlite:// or postgresql:// URL, got {raw!r}")
+    return raw
+
+
 def _port(name: str, raw: str) -> int:
     port = _int(name, raw, 1)
     if port > 65535:
@@ -91,6 +115,16 @@ class Settings:
     worker_web_port: int = 6066
     app_id: str = "call-limiter"
     data_dir: str = ".streams-data"
+    # The Twilio dialer's settings; `require_twilio()` insists on the ones without default.
+    twilio_account_sid: str | None = None
+    twilio_auth_token: str | None = None
+    twilio_from_number: str | None = None
+    public_base_url: str | None = None
+    twilio_api_base_url: str | None = None
+    twilio_cps: float = 1.0
+    database_url: str = "sqlite:///streams-ledger.db"
+    dialer_web_port: int = 8080
+    reconcile_after_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -106,6 +140,15 @@ class Settings:
             raise ConfigError("DIAL_ACK_TIMEOUT_SECONDS must be shorter than"
                               " DIAL_DEADLINE_SECONDS, or a lost dial is never resent")
         return settings
+
+    def require_twilio(self) -> "Settings":
+        """Stop the dialer before any call when a Twilio setting is missing."""
+        for field_name in ("twilio_account_sid", "twilio_auth_token", "twilio_from_number",
+                           "public_base_url"):
+            if getattr(self, field_name) is None:
+                raise ConfigError(f"{_ENVIRONMENT[field_name][0]} is required by the"
+                                  " Twilio dialer (or run `streams dialer --simulate`)")
+        return self
 
     def rules(self) -> Rules:
         """The limiter core's rules, built from these settings."""
@@ -143,10 +186,20 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "worker_web_port": ("WORKER_WEB_PORT", _port),
     "app_id": ("STREAMS_APP_ID", _prefix),
     "data_dir": ("STREAMS_DATA_DIR", lambda n, r: r),
+    "twilio_account_sid": ("TWILIO_ACCOUNT_SID", _account_sid),
+    "twilio_auth_token": ("TWILIO_AUTH_TOKEN", lambda n, r: r),
+    "twilio_from_number": ("TWILIO_FROM_NUMBER", _e164),
+    "public_base_url": ("PUBLIC_BASE_URL", _url),
+    "twilio_api_base_url": ("TWILIO_API_BASE_URL", _url),
+    "twilio_cps": ("TWILIO_CPS", lambda n, r: _float(n, r, 0.01)),
+    "database_url": ("DATABASE_URL", _database_url),
+    "dialer_web_port": ("DIALER_WEB_PORT", _port),
+    "reconcile_after_seconds": ("RECONCILE_AFTER_SECONDS", lambda n, r: _float(n, r, 1.0)),
 }
 
 
 def environment_variables() -> dict[str, str]:
     """Environment variable -> default value, for `--help` texts and the README."""
     defaults = Settings()
-    return {var: str(getattr(defaults, field)) for field, (var, _) in _ENVIRONMENT.items()}
+    return {var: "" if getattr(defaults, field) is None else str(getattr(defaults, field))
+            for field, (var, _) in _ENVIRONMENT.items()}
