@@ -12,10 +12,14 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from .settings import Settings
-from .topics import ALL_TOPICS, INPUT_TOPICS, LIMITER_TICKS, changelog_topic, topic_name
+from .topics import (
+    ALL_TOPICS, BUSINESS_CONTROL, INPUT_TOPICS, LIMITER_TICKS, changelog_topic, topic_name,
+)
 
-#: Ticks are worthless once processed; keep them an hour.
-TOPIC_CONFIGS = {LIMITER_TICKS: {"retention.ms": str(3_600_000)}}
+#: Ticks are worthless once processed; keep them an hour. Control records are the
+#: current configuration of each business: keep the latest per business forever.
+TOPIC_CONFIGS = {LIMITER_TICKS: {"retention.ms": str(3_600_000)},
+                 BUSINESS_CONTROL: {"cleanup.policy": "compact"}}
 
 
 class TopicsError(RuntimeError):

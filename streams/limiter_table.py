@@ -9,7 +9,9 @@ The rules
 
 1. Per business, never globally. A business holds at most `limit` slots (default 3,
    see `streams.settings`); 1,000 businesses may each hold 3. Nothing counts across
-   businesses.
+   businesses. A business's own limit (`business.control`) overrides the default;
+   lowering it never ends a live call (the business drains down to it); pausing stops
+   new dials and keeps the queue; resuming fills every free slot at once.
 2. A lead is dialed only into a free slot of its business. Otherwise it waits, in that
    business's queue: highest priority first, then arrival. A slot that frees is refilled
    in the same event, so a waiting lead never waits for a poll.
@@ -60,7 +62,8 @@ from typing import Any, Callable, Iterable, Optional
 
 from .topics import (
     CALLS_DIAL, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER, LEADS_OUTCOMES, MAX_PRIORITY,
-    CallStatus, DeadLetter, DialCommand, LeadOutcome, LeadRequest, Record, Tick, to_iso,
+    BusinessControl, CallStatus, DeadLetter, DialCommand, LeadOutcome, LeadRequest, Record,
+    Tick, to_iso,
 )
 
 Read = Callable[[str], Any]
@@ -201,7 +204,8 @@ _RECORD_TYPES = {CALLS_DIAL: DialCommand, LEADS_OUTCOMES: LeadOutcome,
 # -- entry points --------------------------------------------------------------------
 
 
-def process(read: Read, event: LeadRequest | CallStatus | Tick, source: Source,
+def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl,
+            source: Source,
             now: float, rules: Rules) -> Effects:
     """Apply one input event. Pure: `read` is only read; the result says what to do.
 
@@ -418,8 +422,22 @@ def _on_tick(step: _Step, tick: Tick) -> None:
     step.put(_key("wc", partition), [second, index])
 
 
+def _on_control(step: _Step, control: BusinessControl) -> None:
+    bid = control.business_id
+    business = _load(step, bid)
+    business.update(limit=control.limit, paused=control.paused)
+    step.note("control", bid, None,
+              f"business {bid}: limit {_limit(business, step.rules)}"
+              f"{' (default)' if control.limit is None else ''},"
+              f" {'paused' if control.paused else 'running'};"
+              f" {len(business['active'])} active, {_waiting(business)} waiting")
+    _fill(step, business, bid)
+    _save(step, bid, business)
+
+
 _HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
-    LeadRequest: _on_lead, CallStatus: _on_status, Tick: _on_tick}
+    LeadRequest: _on_lead, CallStatus: _on_status, Tick: _on_tick,
+    BusinessControl: _on_control}
 
 
 # -- queue ---------------------------------------------------------------------------

@@ -26,12 +26,13 @@ from typing import Any, ClassVar
 LEADS_REQUESTS = "leads.requests"
 CALLS_STATUS = "calls.status"
 LIMITER_TICKS = "limiter.ticks"
+BUSINESS_CONTROL = "business.control"
 CALLS_DIAL = "calls.dial"
 LEADS_OUTCOMES = "leads.outcomes"
 LEADS_DEADLETTER = "leads.deadletter"
 
 #: Topics the worker consumes; they must be co-partitioned (equal partition counts).
-INPUT_TOPICS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS)
+INPUT_TOPICS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS, BUSINESS_CONTROL)
 #: Topics the worker produces to.
 OUTPUT_TOPICS = (CALLS_DIAL, LEADS_OUTCOMES, LEADS_DEADLETTER)
 ALL_TOPICS = INPUT_TOPICS + OUTPUT_TOPICS
@@ -263,6 +264,38 @@ class Tick(Record):
 
 
 @dataclasses.dataclass(frozen=True)
+class BusinessControl(Record):
+    """`business.control` (compacted): the whole runtime configuration of one business.
+
+    Each record replaces the previous one, so compaction keeps exactly the current
+    configuration. `limit` null means the default (MAX_OUTBOUND_CALLS_PER_BUSINESS).
+    """
+
+    business_id: str
+    limit: int | None = None
+    paused: bool = False
+
+    @classmethod
+    def decode(cls, value: bytes, key: bytes | None) -> "BusinessControl":
+        data = _load_object(value)
+        business_id = _ident(data, "business_id")
+        ids = {"lead_id": None, "business_id": business_id}
+        _check_key(key, **ids)
+        limit = data.get("limit")
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+                                  or limit < 0):
+            raise InvalidRecord(f"limit must be a non-negative integer or null, got {limit!r}",
+                                **ids)
+        paused = data.get("paused", False)
+        if not isinstance(paused, bool):
+            raise InvalidRecord(f"paused must be true or false, got {paused!r}", **ids)
+        return cls(business_id=business_id, limit=limit, paused=paused)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class DialCommand(Record):
     """`calls.dial`, to the dialer. Never place it after `dial_by`; dedupe on `dial_id`."""
 
@@ -344,4 +377,5 @@ INPUT_RECORDS: dict[str, type] = {
     LEADS_REQUESTS: LeadRequest,
     CALLS_STATUS: CallStatus,
     LIMITER_TICKS: Tick,
+    BUSINESS_CONTROL: BusinessControl,
 }

@@ -17,7 +17,7 @@ from streams.limiter_table import (
 )
 from streams.topics import (
     CALLS_DIAL, CALLS_STATUS, LEADS_DEADLETTER, LEADS_OUTCOMES, LEADS_REQUESTS,
-    CallStatus, LeadRequest, Tick, to_iso,
+    BusinessControl, CallStatus, LeadRequest, Tick, to_iso,
 )
 from tests.unit.world import World
 
@@ -28,7 +28,7 @@ BUSINESSES = ("A", "B", "C")
 
 ACTIONS = ("lead", "lead", "lead", "repeat-lead", "junk-status", "process", "process",
            "process", "process", "dialer", "dialer", "report", "report", "report",
-           "report-fault", "tick", "advance", "advance", "commit", "crash")
+           "report-fault", "tick", "advance", "advance", "commit", "crash", "control")
 
 
 def run_world(data, rules: Rules, steps: int) -> World:
@@ -58,6 +58,12 @@ def run_world(data, rules: Rules, steps: int) -> World:
             world.commit()
         elif action == "crash":
             world.crash()
+        elif action == "control":
+            world.control(data.draw(st.sampled_from(BUSINESSES)),
+                          data.draw(st.one_of(st.none(), st.integers(0, 4))),
+                          data.draw(st.booleans()))
+    for business in BUSINESSES:  # back to defaults, so that every queue can drain
+        world.control(business, None, False)
     quiesce(world)
     return world
 
@@ -77,7 +83,8 @@ def quiesce(world: World) -> None:
 
 
 def _settled(world: World) -> bool:
-    return not any(is_business_key(k) for k in world.state)
+    return not any(is_business_key(k) and (v["active"] or v["queues"] or v["orphans"])
+                   for k, v in world.state.items())
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -85,9 +92,12 @@ def _settled(world: World) -> bool:
 def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     world = run_world(data, RULES, steps=data.draw(st.integers(20, 160)))
 
-    # Never more live calls than the limit, per business, by the dialer's own record.
+    # Never more live calls than the limit, per business, by the dialer's own record
+    # (a business's own limit may have been raised up to highest_limit for a while);
+    # and no grant ever filled a slot at or above the business's limit of the moment.
     for business, peak in world.peak_concurrency().items():
-        assert peak <= RULES.limit, f"business {business} had {peak} calls at once"
+        assert peak <= world.highest_limit, f"business {business} had {peak} calls at once"
+    assert not world.grants_over_limit, world.grants_over_limit
 
     # Every lead gets exactly one (distinct) outcome; redelivery may repeat it verbatim.
     outcomes = collections.defaultdict(set)
@@ -102,7 +112,7 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
 
     # A lead that was really called never ends 'expired' unless a report was lost.
     # At quiescence nothing holds a slot, a waiting lead or a held status.
-    assert not any(is_business_key(k) for k in world.state)
+    assert _settled(world)
 
     # Every junk status for a dial nobody granted is dead-lettered.
     lettered = {letter.reason.split(" for unknown dial ")[1].split(": no grant")[0]
@@ -183,6 +193,32 @@ def test_no_global_limit_thousand_businesses_each_get_their_slots():
         dials += sum(1 for e in effects.emits if e.topic == CALLS_DIAL)
     assert dials == 3_000
     assert describe_business(state.get, "biz7", 2.0, RULES)["waiting"] == 0
+
+
+def test_pause_keeps_the_queue_resume_fills_every_slot_and_lowering_drains():
+    state: dict = {}
+    offsets = collections.Counter()
+
+    def feed(topic, event):
+        effects = _feed(state, event, Source(topic, 0, offsets[topic]), 1.0)
+        offsets[topic] += 1
+        return [e.record.dial_id for e in effects.emits if e.topic == CALLS_DIAL]
+
+    assert feed("business.control", BusinessControl("A", None, paused=True)) == []
+    for n in range(5):
+        assert feed(LEADS_REQUESTS, LeadRequest(f"L{n}", "A", "+14155550100")) == []
+    assert describe_business(state.get, "A", 1.0, RULES)["waiting"] == 5
+    resumed = feed("business.control", BusinessControl("A", None, paused=False))
+    assert resumed == ["A:L0:1", "A:L1:1", "A:L2:1"], "resume fills every free slot at once"
+    assert feed("business.control", BusinessControl("A", 1, paused=False)) == []
+    view = describe_business(state.get, "A", 1.0, RULES)
+    assert len(view["active"]) == 3 and view["limit"] == 1, "lowering ends no live call"
+    for n in range(2):  # draining: ending calls frees no slot until below the new limit
+        assert feed(CALLS_STATUS, CallStatus(f"A:L{n}:1", f"L{n}", "A", "completed",
+                                             to_iso(1.0))) == []
+    assert feed(CALLS_STATUS, CallStatus("A:L2:1", "L2", "A", "completed",
+                                         to_iso(1.0))) == ["A:L3:1"]
+    assert feed("business.control", BusinessControl("A", 4, paused=False)) == ["A:L4:1"]
 
 
 def _feed(state: dict, event, source: Source, now: float):

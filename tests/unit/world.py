@@ -13,13 +13,14 @@ import collections
 import dataclasses
 from typing import Callable
 
-from streams.limiter_table import Rules, Source, process
+from streams.limiter_table import Rules, Source, business_key, process
 from streams.topics import (
-    CALLS_DIAL, CALLS_STATUS, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER, LEADS_OUTCOMES,
-    LEADS_REQUESTS, LIMITER_TICKS, CallStatus, LeadRequest, Tick, from_iso, to_iso,
+    BUSINESS_CONTROL, CALLS_DIAL, CALLS_STATUS, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER,
+    LEADS_OUTCOMES, LEADS_REQUESTS, LIMITER_TICKS, BusinessControl, CallStatus,
+    LeadRequest, Tick, from_iso, to_iso,
 )
 
-INPUTS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS)
+INPUTS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS, BUSINESS_CONTROL)
 
 
 @dataclasses.dataclass
@@ -54,7 +55,8 @@ class World:
         self.leads: dict[str, LeadRequest] = {}
         self.junk_dial_ids: set[str] = set()
         self.notes: list = []
-        self.sequence = 0
+        self.highest_limit = rules.limit
+        self.grants_over_limit: list[str] = []
 
     # -- the CRM -------------------------------------------------------------------
 
@@ -75,6 +77,11 @@ class World:
         self.logs[CALLS_STATUS].append(CallStatus(
             dial_id=dial_id, lead_id="ghost", business_id=business_id, status="ringing",
             at=to_iso(self.now)))
+
+    def control(self, business_id: str, limit: int | None, paused: bool) -> None:
+        if limit is not None:
+            self.highest_limit = max(self.highest_limit, limit)
+        self.logs[BUSINESS_CONTROL].append(BusinessControl(business_id, limit, paused))
 
     # -- the worker ----------------------------------------------------------------
 
@@ -99,6 +106,12 @@ class World:
             self.flush_writes()
             self.pending_emits.extend(effects.emits)
         self.notes.extend(effects.notes)
+        for note in effects.notes:  # a grant may only fill a slot below the current limit
+            if note.kind == "dial-granted":
+                business = self.state.get(business_key(note.business_id))
+                limit = business["limit"] if business["limit"] is not None else self.rules.limit
+                if len(business["active"]) > limit or business["paused"]:
+                    self.grants_over_limit.append(note.message)
         return True
 
     def flush_writes(self) -> None:
