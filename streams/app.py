@@ -96,8 +96,30 @@ class Limiter:
 
         @self.app.page("/businesses/")
         async def businesses(view: Any, request: Any) -> Any:
-            """Every business on this worker's partitions: active calls, waiting leads."""
+            """Every business on this worker's partitions: active calls, waiting leads.
+
+            503 until the table is restored: before that it is empty or half-replayed
+            from the changelog, and would show stale slots and queues."""
+            if not self.ready():
+                return view.json({"ready": False, "businesses": []}, status=503)
             return view.json({"businesses": self.businesses()})
+
+        @self.app.page("/businesses/{business_id}/")
+        async def business(view: Any, request: Any, business_id: str) -> Any:
+            """One business; with ?lead=ID also where that lead stands and why it waits.
+
+            404 when this worker does not own the business's partition (ask the others)
+            or knows nothing of it."""
+            if not self.ready():
+                return view.json({"ready": False}, status=503)
+            found = core.describe_business(self.table.get, business_id, time.time(),
+                                           self.rules)
+            lead_id = request.query.get("lead")
+            if lead_id:
+                found["lead"] = core.describe_lead(self.table.get, business_id, lead_id,
+                                                   self.rules)
+            known = found["active"] or found["waiting"] or found.get("lead")
+            return view.json(found, status=200 if known else 404)
 
         @self.app.page("/counters/")
         async def counters(view: Any, request: Any) -> Any:
@@ -167,6 +189,12 @@ class Limiter:
                 await self.ticks.send(value=tick.encode(), partition=tp.partition)
 
     # -- what ops see ------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """Whether the table holds this worker's partitions' current state."""
+        app = self.app
+        return (app.tables.recovery.completed.is_set() and not app.rebalancing
+                and not app.in_recovery)
 
     def businesses(self) -> list[dict]:
         now = time.time()

@@ -202,7 +202,7 @@ def _span(text: str) -> tuple[float, float]:
 
 def cmd_dialer(args: argparse.Namespace) -> int:
     if not args.simulate:
-        raise CliError("only the simulated dialer exists so far: use --simulate")
+        return _twilio_dialer(args)
     settings = _settings()
     _logging(args.verbose)
     from .simdialer import SimulatedDialer
@@ -217,6 +217,114 @@ def cmd_dialer(args: argparse.Namespace) -> int:
     dialer.run(stop)
     print(json.dumps(dialer.snapshot()), file=sys.stderr)
     return 0
+
+
+# -- business control ----------------------------------------------------------------
+
+
+def worker_view(settings: Settings, business_id: str) -> dict | None:
+    """What the local worker's web view says about one business (None: unreachable)."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    url = (f"http://localhost:{settings.worker_web_port}/businesses/"
+           f"{urllib.parse.quote(business_id, safe='')}/")
+    try:
+        with urllib.request.urlopen(url, timeout=3) as reply:
+            return json.load(reply)
+    except urllib.error.HTTPError as exc:
+        return json.load(exc) if exc.code == 404 else None
+    except OSError:
+        return None
+
+
+def cmd_business(args: argparse.Namespace) -> int:
+    settings = _settings()
+    from .control import change_control, current_control
+    changes = {"set-limit": {"limit": getattr(args, "limit", None)}, "pause": {"paused": True},
+               "resume": {"paused": False}, "reset-limit": {"limit": None}}.get(args.action)
+    if changes is None:
+        control = current_control(settings, args.business_id)
+    else:
+        control = change_control(settings, args.business_id, **changes)
+        print(f"business {args.business_id}: {args.action} sent", file=sys.stderr)
+    limit = (control.limit if control.limit is not None
+             else f"{settings.max_outbound_calls_per_business} (default)")
+    print(f"business {control.business_id}: limit {limit},"
+          f" {'paused' if control.paused else 'running'}")
+    if args.action == "show":
+        view = worker_view(settings, args.business_id)
+        print(json.dumps(view, indent=2) if view is not None else
+              f"(no worker answering on localhost:{settings.worker_web_port})")
+    return 0
+
+
+def _limit_arg(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"limit must be an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"limit must be 0 or more, got {value}")
+    return value
+
+
+def _twilio_dialer(args: argparse.Namespace) -> int:
+    """`streams dialer`: the Twilio dialer until SIGINT/SIGTERM."""
+    settings = _settings()
+    try:
+        settings.require_twilio()
+    except ConfigError as exc:
+        raise CliError(str(exc)) from None
+    _logging(args.verbose)
+    if not args.verbose:
+        for noisy in ("twilio", "aiohttp.access"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    from .twilio_dialer import DialerError, TwilioDialer
+    try:
+        dialer = TwilioDialer(settings, seed=args.seed)
+    except DialerError as exc:
+        raise CliError(str(exc)) from None
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        dialer.run(stop)
+    except DialerError as exc:
+        raise CliError(str(exc)) from None
+    return 0
+
+
+# -- ledger --------------------------------------------------------------------------
+
+
+def cmd_ledger_active(args: argparse.Namespace) -> int:
+    """The design note's verification query over the dialer's ledger."""
+    settings = _settings()
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .ledger import ACTIVE_CALLS_QUERY, Ledger, format_active_calls
+    url = make_url(settings.database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
+            and not Path(url.database).exists():
+        raise CliError(f"no ledger at {url.database} (DATABASE_URL); the dialer creates it")
+    ledger = Ledger(settings.database_url)
+    try:
+        rows = ledger.active_calls()
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot run the verification query: {str(exc).splitlines()[0]}") \
+            from None
+    finally:
+        ledger.close()
+    limit = settings.max_outbound_calls_per_business
+    if args.json:
+        print(json.dumps({"limit": limit, "active_calls": dict(rows),
+                          "within_limit": all(n <= limit for _, n in rows)}))
+    else:
+        print(f"-- {ACTIVE_CALLS_QUERY}")
+        print("\n".join(format_active_calls(rows, limit)))
+    return 0 if all(n <= limit for _, n in rows) else 1
 
 
 # -- demo ----------------------------------------------------------------------------
@@ -272,7 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     produce.set_defaults(func=cmd_produce_leads)
 
     dialer = sub.add_parser("dialer", formatter_class=formatter, epilog=EPILOG,
-                            help="consume dial commands and report call statuses")
+                            help="consume dial commands and report call statuses",
+                            description="Place a Twilio call for every dial command (needs"
+                                        " TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN,"
+                                        " TWILIO_FROM_NUMBER, PUBLIC_BASE_URL; keeps its"
+                                        " ledger at DATABASE_URL), or simulate calls.")
     dialer.add_argument("--simulate", action="store_true",
                         help="simulate calls instead of dialing (no Twilio needed)")
     dialer.add_argument("--talk-seconds", type=_span, default=(1.0, 4.0), metavar="MIN,MAX")
@@ -282,6 +394,30 @@ def build_parser() -> argparse.ArgumentParser:
     dialer.add_argument("--seed", type=int)
     dialer.add_argument("-v", "--verbose", action="store_true")
     dialer.set_defaults(func=cmd_dialer)
+
+    business = sub.add_parser("business", formatter_class=formatter, epilog=EPILOG,
+                              help="change or show one business's limit and pause state"
+                                   " at runtime (no restart)")
+    business_sub = business.add_subparsers(dest="action", metavar="ACTION", required=True)
+    set_limit = business_sub.add_parser(
+        "set-limit", help="override the default limit; lowering it ends no live call")
+    set_limit.add_argument("business_id")
+    set_limit.add_argument("limit", type=_limit_arg)
+    for action, text in (("reset-limit", "go back to the default limit"),
+                         ("pause", "stop new dials; waiting leads stay queued"),
+                         ("resume", "dial again, filling every free slot at once"),
+                         ("show", "the business's configuration and live state")):
+        business_sub.add_parser(action, help=text).add_argument("business_id")
+    business.set_defaults(func=cmd_business)
+
+    ledger = sub.add_parser("ledger", help="the Twilio dialer's SQL ledger (DATABASE_URL)")
+    ledger_sub = ledger.add_subparsers(dest="action", metavar="ACTION", required=True)
+    active = ledger_sub.add_parser(
+        "active", formatter_class=formatter, epilog=EPILOG,
+        help="live calls per business (the design note's verification query); exit 1"
+             " when a business is over MAX_OUTBOUND_CALLS_PER_BUSINESS")
+    active.add_argument("--json", action="store_true", help="one JSON object instead")
+    active.set_defaults(func=cmd_ledger_active)
 
     demo = sub.add_parser("demo", formatter_class=formatter, epilog=EPILOG,
                           help="start broker, worker and simulated dialer, send the seed"

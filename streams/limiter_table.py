@@ -274,6 +274,10 @@ def reject(source: Source, reason: str, lead_id: str | None = None,
 def describe_business(read: Read, business_id: str, now: float, rules: Rules) -> dict:
     """What ops want to know about one business, from the table alone."""
     business = read(business_key(business_id)) or _new_business()
+    heads = [read(_queue_key(business_id, level, head))
+             for level, (head, _) in business["queues"].items()]
+    since = [lead["waiting_since"] for lead in
+             (read(lead_key(business_id, lead_id)) for lead_id in heads if lead_id) if lead]
     return {
         "business_id": business_id,
         "limit": _limit(business, rules),
@@ -284,8 +288,31 @@ def describe_business(read: Read, business_id: str, now: float, rules: Rules) ->
              "lease_left_seconds": round(slot["lease_until"] - now, 3)}
             for dial_id, slot in business["active"].items()],
         "waiting": _waiting(business),
+        "oldest_waiting_seconds": round(now - min(since), 3) if since else None,
         "held_statuses": len(business["orphans"]),
     }
+
+
+def describe_lead(read: Read, business_id: str, lead_id: str, rules: Rules) -> dict | None:
+    """Where one lead stands and, when it waits, how many are ahead of it and why."""
+    lead = read(lead_key(business_id, lead_id))
+    if lead is None:
+        return None
+    view = {"lead_id": lead_id, "business_id": business_id, "state": lead["state"],
+            "attempt": lead["attempt"], "outcome": lead["outcome"],
+            "dial_id": lead["dials"][-1] if lead["dials"] else None}
+    if lead["state"] == "waiting":
+        business = read(business_key(business_id)) or _new_business()
+        level, position = lead["queued_at"]
+        ahead = position - business["queues"][str(level)][0] + sum(
+            tail - head for lvl, (head, tail) in business["queues"].items()
+            if int(lvl) > level)
+        view["ahead"] = ahead
+        view["waits_for"] = (
+            "the business is paused" if business["paused"] else
+            f"a free slot: {len(business['active'])} of {_limit(business, rules)} in use"
+            + (f", {ahead} lead(s) ahead" if ahead else ""))
+    return view
 
 
 def is_business_key(key: str) -> bool:
@@ -454,6 +481,9 @@ def _enqueue(step: _Step, business: dict, bid: str, level: int, lead_id: str,
         tail += 1
     business["queues"][str(level)] = [head, tail]
     step.put(_queue_key(bid, level, position), lead_id)
+    lead = step.get(lead_key(bid, lead_id))
+    lead.update(queued_at=[level, position], waiting_since=step.now)
+    step.put(lead_key(bid, lead_id), lead)
 
 
 def _dequeue(step: _Step, business: dict, bid: str) -> str:

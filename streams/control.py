@@ -1,0 +1,62 @@
+"""Reading and writing `business.control`, the compacted per-business configuration.
+
+Each record is a business's whole configuration, so a change reads the current record
+first and writes a complete new one; compaction then keeps exactly the latest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from .settings import Settings
+from .topics import (
+    BUSINESS_CONTROL, BusinessControl, InvalidRecord, producer_config, record_key, topic_name,
+)
+
+
+def current_control(settings: Settings, business_id: str,
+                    timeout: float = 15.0) -> BusinessControl:
+    """The latest control record of a business (defaults when it has none)."""
+    name = topic_name(BUSINESS_CONTROL, settings.topic_prefix)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+                         "group.id": "streams-control-reader", "enable.auto.commit": False})
+    latest = BusinessControl(business_id=business_id)
+    key = record_key(business_id)
+    try:
+        metadata = consumer.list_topics(name, timeout=timeout).topics[name]
+        for partition in metadata.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(name, partition),
+                                                       timeout=timeout)
+            if high <= low:
+                continue
+            consumer.assign([TopicPartition(name, partition, low)])
+            position = low
+            while position < high:
+                batch = consumer.consume(500, timeout=timeout)
+                if not batch:
+                    break
+                for message in batch:
+                    if message.error() is not None:
+                        continue
+                    position = message.offset() + 1
+                    if message.key() == key:
+                        try:
+                            latest = BusinessControl.decode(message.value(), key)
+                        except InvalidRecord:
+                            pass
+    finally:
+        consumer.close()
+    return latest
+
+
+def change_control(settings: Settings, business_id: str, **changes) -> BusinessControl:
+    """Write the business's configuration with `changes` applied; return it."""
+    control = dataclasses.replace(current_control(settings, business_id), **changes)
+    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+    producer.produce(topic_name(BUSINESS_CONTROL, settings.topic_prefix),
+                     key=record_key(business_id), value=control.encode())
+    if producer.flush(30) != 0:
+        raise RuntimeError("the control record was not delivered within 30 s")
+    return control

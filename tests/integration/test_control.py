@@ -1,0 +1,76 @@
+"""Runtime control through `streams business ...` on a running worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from streams.simdialer import concurrency_from_ledger
+from tests.integration.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+
+def cli(deployment: Deployment, worker, *args: str) -> str:
+    env = {**deployment.env, "WORKER_WEB_PORT": str(worker.web_port)}
+    result = subprocess.run([sys.executable, "-m", "streams", "business", *args], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def view(worker, business_id: str, lead: str | None = None) -> dict:
+    url = f"http://127.0.0.1:{worker.web_port}/businesses/{business_id}/"
+    with urllib.request.urlopen(url + (f"?lead={lead}" if lead else ""), timeout=5) as reply:
+        return json.load(reply)
+
+
+def eventually(check, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (AssertionError, OSError):
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("condition never held")
+        time.sleep(0.3)
+
+
+def test_pause_resume_and_lower_the_limit_of_one_business(kafka_broker, tmp_path):
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
+    deployment.create_topics()
+    worker = deployment.start_worker()
+    try:
+        worker.wait_serving()
+        assert "paused" in cli(deployment, worker, "pause", "P")
+        deployment.produce_leads([{"lead_id": f"P{n}", "business_id": "P",
+                                   "phone": "+14155550100"} for n in range(6)])
+        paused = eventually(lambda: (v := view(worker, "P"))["waiting"] == 6 and v)
+        assert paused["paused"] and paused["active"] == []
+        lead = view(worker, "P", lead="P4")["lead"]
+        assert lead["state"] == "waiting" and lead["ahead"] == 4
+        assert lead["waits_for"] == "the business is paused"
+        assert '"waiting": 6' in cli(deployment, worker, "show", "P")
+
+        cli(deployment, worker, "set-limit", "P", "2")
+        cli(deployment, worker, "resume", "P")
+        resumed = eventually(lambda: len((v := view(worker, "P"))["active"]) == 2 and v)
+        assert resumed["waiting"] == 4 and resumed["limit"] == 2
+        assert "limit 2, running" in cli(deployment, worker, "show", "P")
+
+        deployment.start_dialer(talk_seconds=(0.5, 1.0))
+        outcomes = deployment.read(
+            "leads.outcomes", until=lambda recs: len({r["lead_id"] for r in recs}) == 6)
+        assert len({r["lead_id"] for r in outcomes}) == 6
+        assert concurrency_from_ledger(deployment.ledger) == {"P": 2}
+    finally:
+        deployment.close()
