@@ -57,10 +57,13 @@ def create_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
     missing = [base for base in ALL_TOPICS if base not in existing]
     if not missing:
         return []
+    # A topic added to existing ones (a new input, say) must match them, not the default.
+    present = [existing[b] for b in INPUT_TOPICS if b in existing]
+    partitions = max(present) if present else settings.topic_partitions
     admin = admin_client(settings)  # must outlive the futures
     futures = admin.create_topics([
         NewTopic(topic_name(base, settings.topic_prefix),
-                 num_partitions=settings.topic_partitions,
+                 num_partitions=partitions,
                  replication_factor=replication_factor,
                  config=TOPIC_CONFIGS.get(base, {}))
         for base in missing])
