@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import queue
@@ -16,8 +17,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
-from streams.demo import seed_leads, total_peak_from_ledger
+from streams.demo import Scenario, seed_leads, summarize, total_peak_from_ledger
 from streams.simdialer import concurrency_from_ledger
 from streams.topics import LeadRequest, record_key
 
@@ -86,6 +88,23 @@ def test_demo_fails_clearly_when_kafka_is_not_there(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
 
 
+def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
+    """The verdict comes from the ledger: four overlapping calls of A must fail the run."""
+    ledger = tmp_path / "dialer-x.jsonl"
+    lines = [{"event": "placed", "at": 100.0 + n, "dial_id": f"A:A-x-{n}:1",
+              "lead_id": f"A-x-{n}", "business_id": "A", "phone": "+14155550101"}
+             for n in range(4)]
+    lines += [{**line, "event": "ended", "at": 110.0 + n, "status": "completed"}
+              for n, line in enumerate(lines)]
+    ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    scenario = Scenario("x", LIMIT, seed_leads(1, 4, "x"))
+    console = Console(file=io.StringIO(), width=100)
+    assert summarize(console, scenario, ledger, {}, LIMIT) is False
+    text = console.file.getvalue()
+    assert "LIMIT VIOLATED: business A had 4 calls at once (limit 3)" in text, text
+    assert "stayed within" not in text
+
+
 @pytest.mark.integration
 def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Path) -> None:
     env = demo_env(kafka_broker.bootstrap, tmp_path)
@@ -114,7 +133,8 @@ def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Pa
     # The live view, without a terminal, printed plain progress lines, not a flood.
     progress = [line for line in run.stdout.splitlines() if line.startswith("[")]
     assert 2 <= len(progress) <= 40, progress
-    assert re.search(r"A: 3 on a call, 2 waiting, 0/5 done", run.stdout), output
+    assert f"(peak {LIMIT * len(BUSINESSES)})" in progress[-1], progress
+    assert all(f"{b}: 0 on a call, 0 waiting, 5/5 done" in progress[-1] for b in BUSINESSES)
 
     # It stopped what it started: no process of this demo's worker is left.
     assert processes_with("STREAMS_APP_ID", env["STREAMS_APP_ID"]) == []
