@@ -304,3 +304,34 @@ def _writes_of(events, index: int) -> list:
         _feed(state, event, source, now)
     event, source, now = events[index]
     return process(state.get, event, source, now, RULES).writes
+
+
+def test_a_silent_dial_is_resent_until_dial_by_and_a_refusal_retries_it_first():
+    state: dict = {}
+    offsets = collections.Counter()
+
+    def feed(topic, event, now):
+        effects = _feed(state, event, Source(topic, 0, offsets[topic]), now)
+        offsets[topic] += 1
+        return [e.record for e in effects.emits if e.topic == CALLS_DIAL]
+
+    for n in range(4):
+        feed(LEADS_REQUESTS, LeadRequest(f"L{n}", "A", "+14155550100"), 0.0)
+    first = [d for d in feed("limiter.ticks", Tick(0, to_iso(0.0)), 0.0)]
+    assert first == []
+    resent = feed("limiter.ticks", Tick(0, to_iso(RULES.ack_timeout)), RULES.ack_timeout)
+    assert sorted(d.dial_id for d in resent) == ["A:L0:1", "A:L1:1", "A:L2:1"]
+    assert {d.dial_by for d in resent} == {to_iso(RULES.dial_deadline)}, "same dial_by"
+    acked = CallStatus("A:L1:1", "L1", "A", "queued", to_iso(3.0))
+    feed(CALLS_STATUS, acked, 3.0)
+    again = feed("limiter.ticks", Tick(0, to_iso(2 * RULES.ack_timeout)), 2 * RULES.ack_timeout)
+    assert sorted(d.dial_id for d in again) == ["A:L0:1", "A:L2:1"], "acked dials rest"
+    late = RULES.dial_deadline + 0.5
+    assert feed("limiter.ticks", Tick(0, to_iso(late)), late) == [], "never after dial_by"
+
+    refused = CallStatus("A:L2:1", "L2", "A", "canceled", to_iso(late),
+                         reason="dial-deadline-passed")
+    retried = feed(CALLS_STATUS, refused, late)
+    assert [(d.dial_id, d.attempt) for d in retried] == [("A:L2:2", 2)], \
+        "the refused lead goes back to the front, ahead of L3, as a new attempt"
+    assert describe_business(state.get, "A", late, RULES)["waiting"] == 1
