@@ -24,6 +24,7 @@ import faust
 from faust.types import EventT
 
 from . import limiter_table as core
+from . import metrics
 from .settings import Settings
 from .topics import (
     INPUT_RECORDS, INPUT_TOPICS, LIMITER_TABLE, LIMITER_TICKS, OUTPUT_TOPICS,
@@ -93,6 +94,8 @@ class Limiter:
                                     value_type=bytes)
         self.app.agent(self.inputs, name="limiter", concurrency=1)(self._agent)
         self.app.timer(settings.tick_interval_seconds, name="ticks")(self._send_ticks)
+        self.lag = metrics.LagTracker()
+        self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
 
         @self.app.page("/businesses/")
         async def businesses(view: Any, request: Any) -> Any:
@@ -126,6 +129,13 @@ class Limiter:
             """How often each kind of decision happened since this worker started."""
             return view.json(dict(self.counters))
 
+        @self.app.page("/metrics")
+        async def prometheus(view: Any, request: Any) -> Any:
+            """Prometheus text format (streams/metrics.py); gauges refresh on a timer."""
+            body, content_type = metrics.metrics_text()
+            # aiohttp refuses a charset in content_type=, so the header goes as is.
+            return view.bytes(body, headers={"Content-Type": content_type})
+
     # -- the agent -----------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT) -> None:
@@ -142,13 +152,16 @@ class Limiter:
 
     async def handle(self, event: EventT) -> None:
         source = self._source(event)
-        effects = self._decide(event, source)
-        for key, value in effects.writes:
-            if value is not None:
-                self.table[key] = value
-            elif key in self.table:
-                del self.table[key]
-        await self._emit(effects)
+        metrics.EVENTS.labels(topic=source.topic).inc()
+        with metrics.EVENT_SECONDS.time():
+            effects = self._decide(event, source)
+            for key, value in effects.writes:
+                if value is not None:
+                    self.table[key] = value
+                elif key in self.table:
+                    del self.table[key]
+            await self._emit(effects)
+        self.lag.processed(source.topic, source.partition, event.message.timestamp)
 
     def _decide(self, event: EventT, source: core.Source) -> core.Effects:
         base = self._base_names[source.topic]
@@ -171,6 +184,7 @@ class Limiter:
             self.counters[note.kind] += 1
             level = logging.WARNING if note.kind in _WARNING_NOTES else logging.INFO
             log.log(level, "%s", note.message)
+        metrics.observe_effects(effects)
 
     @staticmethod
     def _source(event: EventT) -> core.Source:
@@ -189,6 +203,15 @@ class Limiter:
                 await self.ticks.send(value=tick.encode(), partition=tp.partition)
 
     # -- what ops see ------------------------------------------------------------
+
+    async def _refresh_metrics(self) -> None:
+        """Recompute the gauges: consumer lag always, the table's figures when it is
+        recovered (reads only: timers never write the table)."""
+        ready = self.ready()
+        metrics.READY.set(1 if ready else 0)
+        self.lag.refresh(self.app.consumer, self._base_names)
+        if ready:
+            metrics.set_business_gauges(self.businesses())
 
     def ready(self) -> bool:
         """Whether the table holds this worker's partitions' current state."""
