@@ -327,6 +327,27 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
     return 0 if all(n <= limit for _, n in rows) else 1
 
 
+# -- lag -----------------------------------------------------------------------------
+
+
+def cmd_lag(args: argparse.Namespace) -> int:
+    """Consumer lag per group/topic/partition with a Burrow-style status per group."""
+    settings = _settings()
+    if args.interval is not None and not args.interval > 0:
+        raise CliError(f"--interval must be more than 0 seconds, got {args.interval:g}")
+    if args.samples is not None and args.samples < 1:
+        raise CliError(f"--samples must be at least 1, got {args.samples}")
+    if args.fail_over is not None and not args.fail_over >= 0:
+        raise CliError(f"--fail-over must be 0 seconds or more, got {args.fail_over:g}")
+    from .lag import LagError, run_lag
+    try:
+        return run_lag(settings, groups=args.group, as_json=args.json, watch=args.watch,
+                       interval=args.interval, samples=args.samples,
+                       fail_over=args.fail_over)
+    except LagError as exc:
+        raise CliError(str(exc)) from None
+
+
 # -- demo ----------------------------------------------------------------------------
 
 
@@ -418,6 +439,31 @@ def build_parser() -> argparse.ArgumentParser:
              " when a business is over MAX_OUTBOUND_CALLS_PER_BUSINESS")
     active.add_argument("--json", action="store_true", help="one JSON object instead")
     active.set_defaults(func=cmd_ledger_active)
+
+    lag = sub.add_parser(
+        "lag", formatter_class=formatter, epilog=EPILOG,
+        help="consumer lag (records and seconds) of the worker's and dialers' groups,"
+             " with a status per group (OK, WARN, REWIND, STALL, STOP, ERR)",
+        description="Per group, topic and partition: committed offset, log-end offset, lag"
+                    " in records and in time (age of the record at the committed offset)."
+                    " Groups: the worker (TOPIC_PREFIX + STREAMS_APP_ID) and the dialers"
+                    " (TOPIC_PREFIX + sim-dialer / twilio-dialer), those that exist."
+                    " Leads waiting for a slot are not lag.")
+    lag.add_argument("--group", action="append", metavar="NAME",
+                     help="show this consumer group instead (repeatable)")
+    lag.add_argument("--json", action="store_true",
+                     help="machine-readable JSON (one object per refresh with --watch)")
+    lag.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    lag.add_argument("--interval", type=float, metavar="SECONDS",
+                     help="seconds between samples (default 1, with --watch 2)")
+    lag.add_argument("--samples", type=int, metavar="N",
+                     help="samples per evaluation window (default 3, with --watch 10);"
+                          " STALL and WARN need a window of 5 s, so a single look takes"
+                          " more samples when it suspects one")
+    lag.add_argument("--fail-over", type=float, metavar="SECONDS",
+                     help="exit 1 when any partition's time lag exceeds SECONDS or a group"
+                          " is STALL or STOP (for scripts and probes)")
+    lag.set_defaults(func=cmd_lag)
 
     demo = sub.add_parser("demo", formatter_class=formatter, epilog=EPILOG,
                           help="start broker, worker and simulated dialer, send the seed"
