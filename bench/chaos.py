@@ -1,0 +1,262 @@
+"""Fault injection with an independent verifier, after Kafka's exactly-once system test.
+
+A driver sends a known workload (leads over many businesses, a few with big backlogs,
+some with their own limits) through the real broker to 2-3 workers in one group and the
+simulated dialer, while a seeded schedule SIGKILLs and restarts workers, adds and removes
+a third worker (rebalances), SIGKILLs the dialer and, when this run owns the broker,
+restarts the broker. The verifier then reads only the dialer's ledger (the calls that
+really happened) and the full history of the topics, never the workers' counters:
+
+* the true concurrent calls of every business never exceeded its limit;
+* every lead got exactly one outcome, none was lost, none was called twice;
+* at quiescence no business holds a slot or a waiting lead;
+* slot-free -> next dial delay p50/p99.
+
+It exits 1 on any violation and prints the seed that reproduces it.
+
+    python -m bench.chaos --leads 5000 --businesses 200 --seed 7
+    python -m bench.chaos --short --bootstrap localhost:29092      # what CI runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from streams.broker import Broker
+from streams.topics import BusinessControl, record_key
+from tests.integration.harness import Deployment, WorkerProcess
+
+
+def workload(rng: random.Random, leads: int, businesses: int) -> tuple[list[dict], dict]:
+    """Leads (3 businesses get a big backlog) and per-business limits (some not 3)."""
+    names = [f"biz{n:04d}" for n in range(businesses)]
+    heavy = names[:3]
+    weights = [40 if name in heavy else 1 for name in names]
+    limits = {name: rng.choice((1, 2, 5)) for name in rng.sample(names, businesses // 10)}
+    chosen = rng.choices(names, weights=weights, k=leads)
+    return ([{"lead_id": f"L{n:06d}", "business_id": b,
+              "phone": f"+1555{n:07d}", "priority": rng.choice((0, 0, 0, 5))}
+             for n, b in enumerate(chosen)], limits)
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace, workdir: Path):
+        self.args = args
+        self.rng = random.Random(args.seed)
+        self.broker: Broker | None = None
+        bootstrap = args.bootstrap
+        if bootstrap is None:  # our own broker, so that we may restart it
+            self.broker = Broker(port=args.broker_port, controller_port=args.broker_port + 1,
+                                 data_dir=workdir / "kafka")
+            self.broker.start()
+            bootstrap = self.broker.bootstrap
+        self.deployment = Deployment(bootstrap, workdir, LEASE_GRACE_SECONDS="20",
+                                     ORPHAN_STATUS_HOLD_SECONDS="30")
+        self.dialer: subprocess.Popen | None = None
+        self.faults: list[str] = []
+
+    # -- the pieces ------------------------------------------------------------------
+
+    def start_dialer(self) -> None:
+        log = open(self.deployment.workdir / "dialer.log", "ab")
+        self.dialer = subprocess.Popen(
+            [sys.executable, "-m", "streams", "dialer", "--simulate", "--ledger",
+             str(self.deployment.ledger), "--talk-seconds", "0.3,1.5",
+             "--seed", str(self.args.seed)],
+            env=self.deployment.env, stdout=log, stderr=subprocess.STDOUT)
+
+    def worker(self, name: str) -> WorkerProcess:
+        return next(w for w in reversed(self.deployment.workers)
+                    if w.log_path.name == f"worker-{name}.log")
+
+    # -- faults ----------------------------------------------------------------------
+
+    def fault_kill_worker(self) -> None:
+        name = self.rng.choice(["w1", "w2"])
+        self.worker(name).kill()
+        time.sleep(self.rng.uniform(0.5, 3))
+        self.deployment.start_worker(name)
+        self.faults.append(f"SIGKILL {name} and restart")
+
+    def fault_rebalance(self) -> None:
+        extra = self.deployment.start_worker("w3")
+        time.sleep(self.rng.uniform(8, 15))
+        extra.stop()
+        self.faults.append("w3 joined and left")
+
+    def fault_kill_dialer(self) -> None:
+        assert self.dialer is not None
+        self.dialer.send_signal(signal.SIGKILL)
+        self.dialer.wait(10)
+        time.sleep(self.rng.uniform(0.5, 2))
+        self.start_dialer()
+        self.faults.append("SIGKILL dialer and restart")
+
+    def fault_restart_broker(self) -> None:
+        assert self.broker is not None
+        self.broker.stop()
+        time.sleep(self.rng.uniform(1, 3))
+        self.broker.start()
+        self.faults.append("broker restart")
+
+    # -- the run ---------------------------------------------------------------------
+
+    def run(self) -> dict:
+        args, deployment = self.args, self.deployment
+        deployment.create_topics()
+        leads, limits = workload(self.rng, args.leads, args.businesses)
+        deployment.produce("business.control", [
+            (record_key(b), BusinessControl(b, limit, False).encode())
+            for b, limit in limits.items()])
+        for name in ("w1", "w2"):
+            deployment.start_worker(name)
+        for worker in deployment.workers:
+            worker.wait_serving()
+        self.start_dialer()
+
+        started = time.monotonic()
+        sender = threading.Thread(target=self._send, args=(leads,), daemon=True)
+        sender.start()
+        schedule = ["kill_worker", "rebalance"] if args.short else [
+            "kill_worker", "rebalance", "kill_dialer", "kill_worker"] + (
+            ["restart_broker"] if self.broker else [])
+        for fault in schedule:
+            time.sleep(self.rng.uniform(3, 8))
+            print(f"[{time.monotonic() - started:6.1f}s] fault: {fault}", flush=True)
+            getattr(self, f"fault_{fault}")()
+        sender.join()
+        wanted = {lead["lead_id"] for lead in leads}
+        outcomes = deployment.read(
+            "leads.outcomes", timeout=args.settle_seconds,
+            until=lambda recs: wanted <= {r["lead_id"] for r in recs})
+        report = verify(leads, limits, outcomes, deployment.ledger_lines(),
+                        [w for w in deployment.workers if w.process.poll() is None],
+                        default_limit=deployment.settings.max_outbound_calls_per_business)
+        report.update(seed=args.seed, faults=self.faults,
+                      seconds=round(time.monotonic() - started, 1))
+        return report
+
+    def _send(self, leads: list[dict]) -> None:
+        batch = max(1, self.args.leads_per_second // 10)
+        for start in range(0, len(leads), batch):
+            self.deployment.produce_leads(leads[start:start + batch])
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        if self.dialer is not None and self.dialer.poll() is None:
+            self.dialer.send_signal(signal.SIGTERM)
+            self.dialer.wait(30)
+        self.deployment.close()
+        if self.broker is not None:
+            self.broker.stop()
+
+
+def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[dict],
+           workers: list[WorkerProcess], default_limit: int) -> dict:
+    """Check the guarantees from what really happened; return figures and violations."""
+    violations: list[str] = []
+    outcome_kinds = collections.defaultdict(set)
+    for outcome in outcomes:
+        outcome_kinds[outcome["lead_id"]].add(outcome["outcome"])
+    lost = [lead["lead_id"] for lead in leads if lead["lead_id"] not in outcome_kinds]
+    if lost:
+        violations.append(f"{len(lost)} leads without an outcome, e.g. {lost[:5]}")
+    doubled = {lead: kinds for lead, kinds in outcome_kinds.items() if len(kinds) > 1}
+    if doubled:
+        violations.append(f"leads with two different outcomes: {list(doubled.items())[:5]}")
+
+    placed = [line for line in ledger if line["event"] == "placed"]
+    per_lead = collections.Counter(line["lead_id"] for line in placed)
+    twice = [lead for lead, n in per_lead.items() if n > 1]
+    if twice:
+        violations.append(f"leads called twice: {twice[:5]}")
+
+    marks = sorted(((line["at"], 0 if line["event"] == "ended" else 1, line)
+                    for line in ledger if line["event"] in ("placed", "ended")),
+                   key=lambda mark: mark[:2])
+    live, peak = collections.Counter(), collections.Counter()
+    for _, is_placed, line in marks:
+        live[line["business_id"]] += 1 if is_placed else -1
+        peak[line["business_id"]] = max(peak[line["business_id"]], live[line["business_id"]])
+    for business, most in peak.items():
+        if most > limits.get(business, default_limit):
+            violations.append(f"business {business} had {most} calls at once,"
+                              f" limit {limits.get(business, default_limit)}")
+
+    for worker in workers:
+        for business in worker.businesses() or []:
+            if business["active"] or business["waiting"]:
+                violations.append(f"at quiescence {business['business_id']} still holds"
+                                  f" {len(business['active'])} slots and"
+                                  f" {business['waiting']} waiting leads")
+
+    return {"leads": len(leads), "outcomes": len(outcome_kinds),
+            "calls_placed": len(placed), "peak_by_business_max": max(peak.values(), default=0),
+            "slot_free_to_dial_seconds": slot_free_delays(ledger),
+            "violations": violations}
+
+
+def slot_free_delays(ledger: list[dict]) -> dict:
+    """For each call end followed by another dial of the same business, the gap."""
+    by_business = collections.defaultdict(list)
+    for line in ledger:
+        if line["event"] in ("placed", "ended"):
+            by_business[line["business_id"]].append(line)
+    gaps = []
+    for lines in by_business.values():
+        lines.sort(key=lambda line: line["at"])
+        for index, line in enumerate(lines):
+            if line["event"] == "ended":
+                following = next((nxt for nxt in lines[index + 1:]
+                                  if nxt["event"] == "placed"), None)
+                if following is not None:
+                    gaps.append(following["at"] - line["at"])
+    gaps.sort()
+    if not gaps:
+        return {}
+    return {"count": len(gaps), "p50": round(gaps[len(gaps) // 2], 4),
+            "p99": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))], 4)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
+    parser.add_argument("--leads", type=int, default=5000)
+    parser.add_argument("--businesses", type=int, default=200)
+    parser.add_argument("--leads-per-second", type=int, default=300)
+    parser.add_argument("--short", action="store_true",
+                        help="one worker kill and one rebalance (the CI version)")
+    parser.add_argument("--bootstrap", help="use this broker (no broker restarts);"
+                                            " default: start one of our own")
+    parser.add_argument("--broker-port", type=int, default=39092)
+    parser.add_argument("--settle-seconds", type=float, default=300)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
+        chaos = Chaos(args, Path(workdir))
+        try:
+            report = chaos.run()
+        finally:
+            chaos.close()
+    print(json.dumps(report, indent=2))
+    if report["violations"]:
+        print(f"VIOLATIONS (reproduce with --seed {args.seed}):", file=sys.stderr)
+        for violation in report["violations"]:
+            print(f"  {violation}", file=sys.stderr)
+        return 1
+    print(f"all guarantees held under {len(report['faults'])} faults (seed {args.seed})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

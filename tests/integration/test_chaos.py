@@ -1,0 +1,18 @@
+"""The short fault-injection run (bench/chaos.py): one worker SIGKILL, one rebalance."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import chaos
+
+pytestmark = pytest.mark.integration
+
+
+def test_guarantees_hold_through_a_worker_kill_and_a_rebalance(kafka_broker, capsys):
+    code = chaos.main(["--short", "--leads", "400", "--businesses", "30", "--seed", "11",
+                       "--bootstrap", kafka_broker.bootstrap, "--settle-seconds", "240"])
+    output = capsys.readouterr()
+    assert code == 0, output.err + output.out
+    assert '"violations": []' in output.out
+    assert "SIGKILL" in output.out and "joined and left" in output.out
