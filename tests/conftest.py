@@ -55,3 +55,16 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
 # `--hypothesis-profile=fail-fast` reports the first counterexample without shrinking it:
 # handy when checking that a deliberately broken rule is caught.
 settings.register_profile("fail-fast", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A SQLAlchemy URL of a throwaway PostgreSQL database (Debian's package), for the
+    session; skipped when PostgreSQL is not installed, except in CI where it must be."""
+    from tests.postgres import postgres_or_skip
+
+    server = postgres_or_skip()
+    try:
+        yield server.url
+    finally:
+        server.stop()

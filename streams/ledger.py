@@ -1,0 +1,558 @@
+"""The dialer's SQL ledger: one row per dial command, the source of truth about our calls.
+
+Table `outbound_call_jobs` (the design note's name), one row per `dial_id`:
+
+* `status` is what the design note's verification query counts: `dialing` while the
+  call is being created or is queued/initiated/ringing at Twilio, `calling` once it is
+  answered (`in-progress`), and Twilio's terminal CallStatus (`completed`, `busy`,
+  `failed`, `no-answer`, `canceled`) once it is over. `twilio_status` keeps Twilio's raw
+  status (NULL until Twilio has accepted the call).
+* A row is written *before* its call is created (`claim`), so a `dial_id` is dialed at
+  most once: a resent or redelivered command finds its row and is not dialed again.
+* `create_requests` / `create_sent_at` count the create requests sent for the row. The
+  count is bumped (compare-and-set) right before each request goes out, so a row
+  without `call_sid` tells whether Twilio may have a call for it (see
+  `streams.twilio_dialer` for how such a row is recovered).
+* `reported_status` / `reported_sequence` are the last status the dialer delivered to
+  `calls.status`: a terminal row whose terminal status was not reported yet is reported
+  again (by the reconciler), a duplicate callback is not.
+
+Transitions (`transition`): a terminal row never changes again; a live row moves forward
+in Twilio's order (queued < initiated < ringing < in-progress < terminal) or, within one
+phase, to a higher `SequenceNumber`. Each change is one transaction that locks the row
+(`SELECT ... FOR UPDATE` on PostgreSQL; SQLite transactions take the database's write
+lock at `BEGIN IMMEDIATE`).
+
+The ops check (README): `SELECT business_id, COUNT(*) FROM outbound_call_jobs WHERE
+status IN ('dialing','calling') GROUP BY business_id` must never show more than
+`MAX_OUTBOUND_CALLS_PER_BUSINESS` for a business. It holds because a row becomes live
+only when the limiter granted its dial, and stops being live before the dialer tells the
+limiter that the call ended.
+
+Schema changes are migrations: `MIGRATIONS` is an ordered list of steps; `schema_version`
+records the ones applied; `Ledger.migrate()` (run by the dialer at start) applies the
+missing ones in order, in one transaction (PostgreSQL and SQLite both have transactional
+DDL) under a lock, so a failed step leaves the schema as it was.
+
+SQLite (`sqlite:///path`) is the embedded default; PostgreSQL
+(`postgresql://...` or `postgresql+psycopg://...`, driver psycopg 3) is supported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import threading
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    event,
+    func,
+    inspect,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import Connection, make_url
+
+from .topics import TERMINAL_STATUSES
+
+#: The design note's live statuses, counted by its verification query.
+DIALING, CALLING = "dialing", "calling"
+LIVE = (DIALING, CALLING)
+#: Twilio CallStatus -> ledger status.
+LEDGER_STATUS: dict[str, str] = {
+    "queued": DIALING, "initiated": DIALING, "ringing": DIALING, "in-progress": CALLING,
+    **{status: status for status in TERMINAL_STATUSES},
+}
+#: Order of Twilio's statuses; a live row only moves up (terminal is the top, and final).
+RANK: dict[str, int] = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3,
+                        **{status: 4 for status in TERMINAL_STATUSES}}
+
+#: The design note's verification query, verbatim (plus a stable order).
+ACTIVE_CALLS_QUERY = ("SELECT business_id, COUNT(*) AS active_calls FROM outbound_call_jobs"
+                      " WHERE status IN ('dialing','calling') GROUP BY business_id"
+                      " ORDER BY business_id")
+
+def _jobs_v1(meta: MetaData) -> Table:
+    """`outbound_call_jobs` as migration 1 creates it. Never edit: a change to the table
+    is a new migration step (and a new column in `jobs` below)."""
+    return Table(
+        "outbound_call_jobs", meta,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("dial_id", String(255), nullable=False, unique=True),
+        Column("lead_id", String(255), nullable=False),
+        Column("business_id", String(255), nullable=False),
+        Column("phone", String(32), nullable=False),
+        Column("attempt", Integer, nullable=False),
+        Column("dial_by", DateTime(timezone=True), nullable=False),
+        Column("call_sid", String(64), unique=True),
+        Column("status", String(16), nullable=False),
+        Column("twilio_status", String(16)),
+        Column("sequence", Integer),
+        Column("error_code", Integer),
+        Column("error_message", Text),
+        Column("create_requests", Integer, nullable=False, default=0),
+        Column("create_sent_at", DateTime(timezone=True)),
+        Column("reported_status", String(16)),
+        Column("reported_sequence", Integer),
+        Column("created_at", DateTime(timezone=True), nullable=False),
+        Column("updated_at", DateTime(timezone=True), nullable=False),
+        Column("last_heard_at", DateTime(timezone=True)),
+    )
+
+
+metadata = MetaData()
+#: The table as the queries see it: version 1's, so far.
+jobs = _jobs_v1(metadata)
+
+schema_version = Table(
+    "schema_version", metadata,
+    Column("version", Integer, primary_key=True),
+    Column("description", String(200), nullable=False),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
+)
+
+
+def _migration_1(conn: Connection) -> None:
+    _jobs_v1(MetaData()).create(conn)
+    conn.execute(text("CREATE INDEX ix_outbound_call_jobs_status_business"
+                      " ON outbound_call_jobs (status, business_id)"))
+
+
+def _migration_2(conn: Connection) -> None:
+    conn.execute(text("CREATE INDEX ix_outbound_call_jobs_status_last_heard"
+                      " ON outbound_call_jobs (status, last_heard_at)"))
+
+
+#: Ordered schema changes: (version, description, step). Append, never edit.
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "outbound_call_jobs with its status index", _migration_1),
+    (2, "index for the reconciler's scan of silent live calls", _migration_2),
+]
+
+
+#: Execution option marking a connection that only reads (SQLite: no write lock).
+READ_ONLY = "ledger_read_only"
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be used (unreachable, or a schema newer than this code)."""
+
+
+def utcnow() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _aware(moment: _dt.datetime | None) -> _dt.datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if moment is not None and moment.tzinfo is None:
+        return moment.replace(tzinfo=_dt.timezone.utc)
+    return moment
+
+
+def from_epoch(ts: float) -> _dt.datetime:
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One ledger row."""
+
+    dial_id: str
+    lead_id: str
+    business_id: str
+    phone: str
+    attempt: int
+    dial_by: _dt.datetime
+    status: str
+    call_sid: str | None = None
+    twilio_status: str | None = None
+    sequence: int | None = None
+    error_code: int | None = None
+    error_message: str | None = None
+    create_requests: int = 0
+    create_sent_at: _dt.datetime | None = None
+    reported_status: str | None = None
+    reported_sequence: int | None = None
+    created_at: _dt.datetime | None = None
+    updated_at: _dt.datetime | None = None
+    last_heard_at: _dt.datetime | None = None
+
+    @property
+    def live(self) -> bool:
+        return self.status in LIVE
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def unreported(self) -> bool:
+        """Its current Twilio status has not been delivered to `calls.status` yet."""
+        return self.twilio_status is not None and (
+            self.reported_status != self.twilio_status
+            or (not self.terminal and self.reported_sequence != self.sequence))
+
+    @classmethod
+    def from_row(cls, row: Any) -> "Job":
+        data = dict(row._mapping)
+        data.pop("id", None)
+        for name in ("dial_by", "create_sent_at", "created_at", "updated_at",
+                     "last_heard_at"):
+            data[name] = _aware(data[name])
+        return cls(**data)
+
+
+def transition(current: str | None, current_sequence: int | None, new: str,
+               new_sequence: int | None) -> bool:
+    """Whether a row whose Twilio status is `current` takes the status `new`.
+
+    Terminal is final; otherwise a later phase wins, and within one phase a higher
+    sequence (a status without a sequence, from a fetch, only wins by phase).
+    """
+    if current is not None and RANK[current] == 4:
+        return False
+    if current is None or RANK[new] > RANK[current]:
+        return True
+    if RANK[new] < RANK[current]:
+        return False
+    return (new_sequence is not None
+            and (current_sequence is None or new_sequence > current_sequence))
+
+
+def normalize_url(url: str) -> str:
+    """`postgresql://` is served by psycopg 3 (the driver we depend on)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, pool_size: int = 5) -> Engine:
+    """An engine with the transaction behaviour the ledger relies on."""
+    url = normalize_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
+            # Let SQLAlchemy, not pysqlite, decide when transactions begin, and let
+            # readers (the ops query, tests) read while the dialer writes.
+            dbapi_connection.isolation_level = None
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn):  # pragma: no cover - driver hook
+            # Writers take the write lock up front: a read-then-write transaction then
+            # cannot fail half-way on a lock upgrade, and rows read are rows we may
+            # update. Readers (`_reading`) only take a snapshot.
+            if conn.get_execution_options().get(READ_ONLY):
+                conn.exec_driver_sql("BEGIN")
+            else:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    return create_engine(url, pool_size=pool_size, max_overflow=2, pool_pre_ping=True)
+
+
+class Ledger:
+    """The ledger over one database. Thread-safe: each call is its own transaction."""
+
+    def __init__(self, url: str, *, pool_size: int = 5):
+        self.url = normalize_url(url)
+        self.engine = make_engine(self.url, pool_size=pool_size)
+        self.is_sqlite = self.engine.dialect.name == "sqlite"
+        self._migrate_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn:
+            yield conn.execution_options(**{READ_ONLY: True})
+
+    # -- schema --------------------------------------------------------------------------
+
+    def version(self) -> int:
+        with self._reading() as conn:
+            if not inspect(conn).has_table("schema_version"):
+                return 0
+            return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))
+                                ).scalar_one()
+
+    def migrate(self) -> list[int]:
+        """Apply the missing migrations in order; return the versions applied."""
+        applied: list[int] = []
+        with self._migrate_lock, self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # One migrating process at a time; others wait, then find nothing to do.
+                conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
+            if not inspect(conn).has_table("schema_version"):
+                schema_version.create(conn)
+            current = conn.execute(
+                select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+            latest = MIGRATIONS[-1][0]
+            if current > latest:
+                raise LedgerError(f"the ledger's schema is version {current}, newer than"
+                                  f" this code's {latest}: upgrade the dialer")
+            for version, description, step in MIGRATIONS:
+                if version <= current:
+                    continue
+                with conn.begin_nested():
+                    step(conn)
+                    conn.execute(schema_version.insert().values(
+                        version=version, description=description, applied_at=utcnow()))
+                applied.append(version)
+        return applied
+
+    def ping(self) -> None:
+        with self._reading() as conn:
+            conn.execute(text("SELECT 1"))
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get(self, dial_id: str) -> Job | None:
+        with self._reading() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).first()
+        return None if row is None else Job.from_row(row)
+
+    def by_call_sid(self, call_sid: str) -> Job | None:
+        with self._reading() as conn:
+            row = conn.execute(select(jobs).where(jobs.c.call_sid == call_sid)).first()
+        return None if row is None else Job.from_row(row)
+
+    def all(self) -> list[Job]:
+        with self._reading() as conn:
+            return [Job.from_row(r) for r in conn.execute(select(jobs).order_by(jobs.c.id))]
+
+    def active_calls(self) -> list[tuple[str, int]]:
+        """The design note's verification query: (business_id, active_calls) rows."""
+        with self._reading() as conn:
+            return [(r[0], int(r[1])) for r in conn.execute(text(ACTIVE_CALLS_QUERY))]
+
+    def silent_live(self, heard_before: _dt.datetime, limit: int = 500) -> list[Job]:
+        """Live rows with a call at Twilio that have heard nothing since `heard_before`."""
+        query = (select(jobs).where(jobs.c.status.in_(LIVE), jobs.c.call_sid.is_not(None),
+                                    jobs.c.last_heard_at < heard_before)
+                 .order_by(jobs.c.last_heard_at).limit(limit))
+        with self._reading() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def without_call_sid(self, created_before: _dt.datetime | None = None,
+                         limit: int = 500) -> list[Job]:
+        """Live rows whose call Twilio has not confirmed to us (or not created yet)."""
+        query = select(jobs).where(jobs.c.status.in_(LIVE), jobs.c.call_sid.is_(None))
+        if created_before is not None:
+            query = query.where(jobs.c.created_at < created_before)
+        with self._reading() as conn:
+            return [Job.from_row(r) for r in conn.execute(query.order_by(jobs.c.id).limit(limit))]
+
+    def unreported_terminal(self, updated_before: _dt.datetime, limit: int = 500) -> list[Job]:
+        """Terminal rows whose terminal status never reached `calls.status`."""
+        query = (select(jobs).where(
+            jobs.c.status.in_(TERMINAL_STATUSES), jobs.c.updated_at < updated_before,
+            (jobs.c.reported_status.is_(None)) | (jobs.c.reported_status != jobs.c.twilio_status))
+            .order_by(jobs.c.id).limit(limit))
+        with self._reading() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def known_call_sids(self, sids: Iterable[str], except_dial_id: str | None = None
+                        ) -> set[str]:
+        """Which of these call SIDs belong to a ledger row (other than `except_dial_id`)."""
+        sids = list(sids)
+        if not sids:
+            return set()
+        query = select(jobs.c.call_sid).where(jobs.c.call_sid.in_(sids))
+        if except_dial_id is not None:
+            query = query.where(jobs.c.dial_id != except_dial_id)
+        with self._reading() as conn:
+            return {r[0] for r in conn.execute(query)}
+
+    # -- writes --------------------------------------------------------------------------
+
+    def claim(self, *, dial_id: str, lead_id: str, business_id: str, phone: str,
+              attempt: int, dial_by: _dt.datetime, refused_reason: str | None = None,
+              now: _dt.datetime | None = None) -> tuple[bool, Job]:
+        """Insert the command's row: `dialing`, or directly `canceled` with
+        `refused_reason` for a command that will not be dialed. (False, existing row)
+        when the dial_id is already there."""
+        now = now or utcnow()
+        values = dict(dial_id=dial_id, lead_id=lead_id, business_id=business_id,
+                      phone=phone, attempt=attempt, dial_by=dial_by, create_requests=0,
+                      created_at=now, updated_at=now)
+        if refused_reason is None:
+            values.update(status=DIALING)
+        else:
+            values.update(status="canceled", twilio_status="canceled",
+                          error_message=refused_reason)
+        if self.is_sqlite:
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        statement = insert(jobs).values(**values).on_conflict_do_nothing(
+            index_elements=["dial_id"]).returning(jobs.c.id)
+        with self.engine.begin() as conn:
+            inserted = conn.execute(statement).first() is not None
+            row = conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).one()
+        return inserted, Job.from_row(row)
+
+    def _locked(self, conn: Connection, dial_id: str) -> Job | None:
+        query = select(jobs).where(jobs.c.dial_id == dial_id)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        row = conn.execute(query).first()
+        return None if row is None else Job.from_row(row)
+
+    def _update(self, conn: Connection, dial_id: str, **values: Any) -> Job:
+        conn.execute(update(jobs).where(jobs.c.dial_id == dial_id).values(**values))
+        return Job.from_row(conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).one())
+
+    def begin_create(self, dial_id: str, expected_requests: int,
+                     now: _dt.datetime | None = None) -> Job | None:
+        """Compare-and-set before sending a create request: bump `create_requests` from
+        `expected_requests` if the row is still live and without a call. None when
+        something else moved the row (another process took over, or it ended)."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(jobs).where(jobs.c.dial_id == dial_id, jobs.c.status.in_(LIVE),
+                                   jobs.c.call_sid.is_(None),
+                                   jobs.c.create_requests == expected_requests)
+                .values(create_requests=expected_requests + 1, create_sent_at=now,
+                        updated_at=now))
+            if result.rowcount != 1:
+                return None
+            return Job.from_row(conn.execute(
+                select(jobs).where(jobs.c.dial_id == dial_id)).one())
+
+    def adopt_call(self, dial_id: str, call_sid: str, status: str,
+                   sequence: int | None = None, now: _dt.datetime | None = None
+                   ) -> tuple[bool, Job | None]:
+        """Record that Twilio has call `call_sid` for this dial (from the create's answer,
+        a lookup, or a callback), with its status. (changed, row); the row keeps a call
+        it already has (a different sid is refused: (False, row))."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, dial_id)
+            if job is None:
+                return False, None
+            if job.call_sid not in (None, call_sid):
+                return False, job
+            values: dict[str, Any] = {"last_heard_at": now}
+            changed = False
+            if job.call_sid is None:
+                values["call_sid"] = call_sid
+                changed = True
+            if not job.terminal and transition(job.twilio_status, job.sequence, status,
+                                                sequence):
+                values.update(status=LEDGER_STATUS[status], twilio_status=status,
+                              sequence=sequence if sequence is not None else job.sequence)
+                changed = True
+            if changed:
+                values["updated_at"] = now
+            return changed, self._update(conn, dial_id, **values)
+
+    def apply_status(self, dial_id: str, status: str, *, sequence: int | None = None,
+                     call_sid: str | None = None, error_code: int | None = None,
+                     error_message: str | None = None, now: _dt.datetime | None = None
+                     ) -> tuple[bool, Job | None]:
+        """A status from Twilio (callback or fetch). (changed, row after); (False, None)
+        for an unknown dial_id. Hearing from Twilio refreshes `last_heard_at` even when
+        nothing changes; a terminal row changes nothing."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, dial_id)
+            if job is None:
+                return False, None
+            if call_sid is not None and job.call_sid not in (None, call_sid):
+                return False, job  # not this row's call
+            if job.terminal:
+                if call_sid is not None and job.call_sid is None:
+                    # A call for a dial we ended without one (reported stale or failed):
+                    # keep its SID for the record; the row stays as it is.
+                    return False, self._update(conn, dial_id, call_sid=call_sid,
+                                               last_heard_at=now)
+                return False, job
+            values: dict[str, Any] = {"last_heard_at": now}
+            changed = False
+            if call_sid is not None and job.call_sid is None:
+                values["call_sid"] = call_sid
+                changed = True
+            if transition(job.twilio_status, job.sequence, status, sequence):
+                changed = True
+                values.update(status=LEDGER_STATUS[status], twilio_status=status,
+                              sequence=sequence if sequence is not None else job.sequence)
+                if status in TERMINAL_STATUSES:
+                    values.update(error_code=error_code, error_message=error_message)
+            if changed:
+                values["updated_at"] = now
+            return changed, self._update(conn, dial_id, **values)
+
+    def finish(self, dial_id: str, status: str, *, error_code: int | None = None,
+               error_message: str | None = None, only_without_call: bool = False,
+               now: _dt.datetime | None = None) -> tuple[bool, Job | None]:
+        """End a live row that Twilio will never report on: a create Twilio refused
+        (`failed`), or a dial refused/abandoned at its deadline (`canceled`). With
+        `only_without_call`, a row that got its call meanwhile is left alone."""
+        now = now or utcnow()
+        with self.engine.begin() as conn:
+            job = self._locked(conn, dial_id)
+            if job is None or job.terminal or (only_without_call and job.call_sid):
+                return False, job
+            return True, self._update(conn, dial_id, status=status, twilio_status=status,
+                                      error_code=error_code, error_message=error_message,
+                                      updated_at=now)
+
+    def touch(self, dial_id: str, now: _dt.datetime | None = None) -> None:
+        """We heard from Twilio about this row (a fetch) without news."""
+        with self.engine.begin() as conn:
+            conn.execute(update(jobs).where(jobs.c.dial_id == dial_id)
+                         .values(last_heard_at=now or utcnow()))
+
+    def mark_reported(self, dial_id: str, status: str, sequence: int | None) -> None:
+        """`status` (with `sequence`) was delivered to `calls.status`."""
+        with self.engine.begin() as conn:
+            job = self._locked(conn, dial_id)
+            if job is None:
+                return
+            if (job.reported_status is not None and job.reported_status in TERMINAL_STATUSES):
+                return
+            if (job.reported_status is not None and not transition(
+                    job.reported_status, job.reported_sequence, status, sequence)
+                    and (job.reported_status, job.reported_sequence) != (status, sequence)):
+                return  # something newer was reported already
+            conn.execute(update(jobs).where(jobs.c.dial_id == dial_id)
+                         .values(reported_status=status, reported_sequence=sequence))
+
+
+def format_active_calls(rows: Sequence[tuple[str, int]], limit: int) -> list[str]:
+    """The verification query's answer as the design note shows it, one verdict a line."""
+    lines = [f"{'business_id':<24} | active_calls", f"{'-' * 24}-|-------------"]
+    for business_id, count in rows:
+        verdict = (f"\u2705 <= {limit}" if count <= limit
+                   else f"\u274c > {limit}: over the limit")
+        lines.append(f"{business_id:<24} | {count:>12}   {verdict}")
+    total = sum(count for _, count in rows)
+    if not rows:
+        lines.append("(no live calls)")
+    over = [b for b, count in rows if count > limit]
+    lines.append(f"{len(rows)} businesses, {total} live calls in all;"
+                 + (f" {len(over)} over the limit of {limit}" if over
+                    else f" each business <= {limit} \u2705"))
+    return lines
