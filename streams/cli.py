@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import signal
 import sys
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Iterable, Iterator

@@ -19,7 +19,7 @@ import datetime as _dt
 import json
 import math
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 # -- topic names ---------------------------------------------------------------------
 

@@ -104,6 +104,7 @@ from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
+from . import metrics
 from .ledger import Job, Ledger, from_epoch, utcnow
 from .settings import Settings
 from .topics import (
@@ -120,11 +121,6 @@ from .topics import (
     to_iso,
     topic_name,
 )
-
-try:  # Prometheus counters shared with the worker (streams/metrics.py)
-    from . import metrics as _metrics
-except ImportError:  # pragma: no cover - prometheus_client not installed
-    _metrics = None
 
 log = logging.getLogger("streams.dialer")
 
@@ -822,7 +818,7 @@ class TwilioDialer:
             asked = time.monotonic()
             got = await self.limiter.acquire(deadline, self._stopping)
             if time.monotonic() - asked > 0.005:
-                _count("TWILIO_CPS_THROTTLED")
+                metrics.TWILIO_CPS_THROTTLED.inc()
             if not got:
                 if self._stopping.is_set():
                     raise Stopping()
@@ -856,9 +852,9 @@ class TwilioDialer:
                 failure = TwilioFailure.of(exc)
                 kind = ("retry" if failure.rate_limited else
                         "unknown" if failure.server_error else "rejected")
-                _count("TWILIO_ERRORS", code=str(failure.code or failure.status))
+                metrics.TWILIO_ERRORS.labels(code=str(failure.code or failure.status)).inc()
                 if failure.rate_limited:
-                    _count("TWILIO_CPS_THROTTLED")
+                    metrics.TWILIO_CPS_THROTTLED.inc()
             except aiohttp.ClientConnectorError as exc:  # never reached Twilio
                 failure, kind = TwilioFailure(0, None, f"cannot connect: {exc}"), "retry"
             except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -867,7 +863,7 @@ class TwilioDialer:
             finally:
                 self.limiter.release(used=True)
             if kind == "ok":
-                _count("DIALER_CALLS_CREATED")
+                metrics.DIALER_CALLS_CREATED.inc()
                 self._created()
                 self.counters["dialed"] += 1
                 await self._change(job.dial_id, lambda: self.ledger.adopt_call(
@@ -1086,12 +1082,11 @@ class TwilioDialer:
         app = web.Application()
         app.router.add_post(STATUS_PATH, self._on_status_callback)
         app.router.add_get(HEALTH_PATH, self._on_health)
-        if _metrics is not None:
-            app.router.add_get("/metrics", self._on_metrics)
+        app.router.add_get("/metrics", self._on_metrics)
         return app
 
     async def _on_metrics(self, request: web.Request) -> web.Response:
-        body, content_type = _metrics.metrics_text()
+        body, content_type = metrics.metrics_text()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     def expected_url(self, request: web.Request) -> str:
@@ -1110,7 +1105,7 @@ class TwilioDialer:
         if not signature or not self._validator.validate(self.expected_url(request), params,
                                                          signature):
             self.counters["callback-forbidden"] += 1
-            _count("WEBHOOK_SIGNATURE_FAILURES")
+            metrics.WEBHOOK_SIGNATURE_FAILURES.inc()
             log.warning("refused a status callback with %s X-Twilio-Signature (from %s)",
                         "no" if not signature else "an invalid", request.remote)
             return web.Response(status=403, text="invalid X-Twilio-Signature\n")
@@ -1175,13 +1170,6 @@ class TwilioDialer:
         healthy = all(v == "ok" for v in checks.values())
         return web.json_response({"status": "ok" if healthy else "unhealthy", **checks},
                                  status=200 if healthy else 503)
-
-
-def _count(name: str, **labels: str) -> None:
-    """Increment the Prometheus counter `name` of streams/metrics.py, if it exists."""
-    counter = getattr(_metrics, name, None)
-    if counter is not None:
-        (counter.labels(**labels) if labels else counter).inc()
 
 
 def _safe_url(url: str) -> str:

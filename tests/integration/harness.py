@@ -6,6 +6,7 @@ session's broker without seeing each other's records.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import signal
@@ -110,6 +111,21 @@ class Deployment:
             return records
         finally:
             consumer.close()
+
+    def outcomes(self, leads: list[dict], timeout: float = 120) -> dict[str, dict]:
+        """Wait for every lead's outcome; each lead must have one (repeats are verbatim)."""
+        wanted = {lead["lead_id"] for lead in leads}
+        records = self.read("leads.outcomes", timeout=timeout,
+                            until=lambda recs: wanted <= {r["lead_id"] for r in recs})
+        by_lead = collections.defaultdict(list)
+        for record in records:
+            by_lead[record["lead_id"]].append(record)
+        missing = wanted - set(by_lead)
+        assert not missing, f"{len(missing)} leads have no outcome, e.g. {sorted(missing)[:5]}"
+        twice = {lead: {r["outcome"] for r in recs} for lead, recs in by_lead.items()
+                 if len({r["outcome"] for r in recs}) > 1}
+        assert not twice, f"leads with two different outcomes: {twice}"
+        return {lead: recs[0] for lead, recs in by_lead.items()}
 
     def wait_group(self, members: int, timeout: float = 90) -> None:
         """Wait until the workers' consumer group is stable with `members` members that

@@ -25,32 +25,11 @@ pytestmark = pytest.mark.integration
 LIMIT = 3
 
 
-@pytest.fixture
-def deployment(kafka_broker, tmp_path):
-    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
-    deployment.create_topics()
-    yield deployment
-    deployment.close()
-
-
 def make_leads(businesses: list[str], per_business: int, run: str = "r") -> list[dict]:
     """Each business's leads in one burst, so that every business saturates its slots."""
     return [{"lead_id": f"{b}-{run}-{n}", "business_id": b,
              "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}"}
             for b in businesses for n in range(per_business)]
-
-
-def wait_outcomes(deployment: Deployment, leads: list[dict], timeout: float = 120) -> dict:
-    wanted = {lead["lead_id"] for lead in leads}
-    records = deployment.read(
-        "leads.outcomes", timeout=timeout,
-        until=lambda recs: wanted <= {r["lead_id"] for r in recs})
-    outcomes = collections.defaultdict(set)
-    for record in records:
-        outcomes[record["lead_id"]].add(record["outcome"])
-    missing = wanted - set(outcomes)
-    assert not missing, f"{len(missing)} leads have no outcome, e.g. {sorted(missing)[:5]}"
-    return outcomes
 
 
 def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
@@ -65,11 +44,11 @@ def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
     return dict(peaks)
 
 
-def assert_core_guarantees(deployment: Deployment, leads: list[dict], outcomes: dict):
+def assert_core_guarantees(deployment: Deployment, leads: list[dict]) -> list[dict]:
+    """One outcome per lead (checked by Deployment.outcomes), the limit, no lead twice."""
     lines = deployment.ledger_lines()
     per_business = concurrency_from_ledger(deployment.ledger)
     assert per_business and max(per_business.values()) <= LIMIT, per_business
-    assert all(len(kinds) == 1 for kinds in outcomes.values()), "a lead got two outcomes"
     placed = collections.Counter(line["lead_id"] for line in lines if line["event"] == "placed")
     assert max(placed.values()) == 1, [lead for lead, n in placed.items() if n > 1]
     assert set(placed) <= {lead["lead_id"] for lead in leads}
@@ -82,8 +61,8 @@ def test_seed_scenario_nine_calls_and_each_fourth_lead_waits(deployment):
     deployment.start_dialer(talk_seconds=(2.0, 3.0))
     leads = make_leads(["A", "B", "C"], 4)
     deployment.produce_leads(leads)
-    outcomes = wait_outcomes(deployment, leads)
-    lines = assert_core_guarantees(deployment, leads, outcomes)
+    deployment.outcomes(leads)
+    lines = assert_core_guarantees(deployment, leads)
 
     placed = [line for line in lines if line["event"] == "placed"]
     assert len(placed) == 12
@@ -101,9 +80,9 @@ def test_thousand_leads_over_fifty_businesses(deployment):
     deployment.start_dialer(talk_seconds=(0.5, 1.5), ring_seconds=(0.05, 0.2))
     leads = make_leads([f"biz{n}" for n in range(50)], 20)
     deployment.produce_leads(leads)
-    outcomes = wait_outcomes(deployment, leads, timeout=240)
+    outcomes = deployment.outcomes(leads, timeout=240)
     assert len(outcomes) == 1000
-    lines = assert_core_guarantees(deployment, leads, outcomes)
+    lines = assert_core_guarantees(deployment, leads)
     assert sum(1 for line in lines if line["event"] == "placed") == 1000
     assert max(concurrency_from_ledger(deployment.ledger).values()) == LIMIT
 
@@ -120,8 +99,8 @@ def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store
     first.kill()
     second = deployment.start_worker("w1")  # same data dir, same group: a restart
     second.wait_serving()
-    outcomes = wait_outcomes(deployment, leads, timeout=240)
-    assert_core_guarantees(deployment, leads, outcomes)
+    deployment.outcomes(leads, timeout=240)
+    assert_core_guarantees(deployment, leads)
     deadline = time.monotonic() + 30
     while second.businesses() and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -140,8 +119,8 @@ def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(deployme
     assert "granted dial" in first.log() and "granted dial" in second.log(), \
         "both workers should have owned partitions with leads"
     second.stop()  # a clean leave: its partitions rebalance to the first worker
-    outcomes = wait_outcomes(deployment, leads, timeout=240)
-    assert_core_guarantees(deployment, leads, outcomes)
+    deployment.outcomes(leads, timeout=240)
+    assert_core_guarantees(deployment, leads)
 
 
 def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):
@@ -180,9 +159,9 @@ def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):
     assert any("unknown call status 'exploded'" in r for r in reasons)
     assert any("unknown dial G:ghost:1" in r for r in reasons)
 
-    outcomes = wait_outcomes(deployment, good + [{"lead_id": "bad-phone"}])
-    assert outcomes["bad-phone"] == {"rejected"}
-    assert all(outcomes[lead["lead_id"]] != {"rejected"} for lead in good)
+    outcomes = deployment.outcomes(good + [{"lead_id": "bad-phone"}])
+    assert outcomes["bad-phone"]["outcome"] == "rejected"
+    assert all(outcomes[lead["lead_id"]]["outcome"] != "rejected" for lead in good)
     assert worker.process.poll() is None, "the worker died of bad input"
 
 

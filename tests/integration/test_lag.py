@@ -45,14 +45,6 @@ def _lag(deployment: Deployment, *args: str) -> subprocess.CompletedProcess:
                           env=deployment.env, capture_output=True, text=True, timeout=60)
 
 
-@pytest.fixture
-def deployment(kafka_broker, tmp_path):
-    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
-    deployment.create_topics()
-    yield deployment
-    deployment.close()
-
-
 def test_lag_reports_offsets_time_lag_and_fails_over(deployment):
     leads = deployment.topic("leads.requests")
     _produce(deployment, leads, {0: 10, 1: 6})

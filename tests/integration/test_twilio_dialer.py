@@ -73,14 +73,6 @@ def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
-@pytest.fixture
-def deployment(kafka_broker, tmp_path):
-    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
-    deployment.create_topics()
-    yield deployment
-    deployment.close()
-
-
 class Dialer:
     """The Twilio dialer under test: in this process (a thread) or as `streams dialer`."""
 
@@ -198,20 +190,6 @@ def make_leads(businesses: int, per_business: int, run: str = "r") -> list[dict]
     return [{"lead_id": f"{run}-b{b}-{n}", "business_id": f"b{b}",
              "phone": f"+1415{b:03d}{n:04d}"}
             for b in range(businesses) for n in range(per_business)]
-
-
-def wait_outcomes(deployment: Deployment, leads: list[dict], timeout: float = 120) -> dict:
-    wanted = {lead["lead_id"] for lead in leads}
-    records = deployment.read("leads.outcomes", timeout=timeout,
-                              until=lambda recs: wanted <= {r["lead_id"] for r in recs})
-    outcomes = collections.defaultdict(list)
-    for record in records:
-        outcomes[record["lead_id"]].append(record)
-    missing = wanted - set(outcomes)
-    assert not missing, f"{len(missing)} leads have no outcome, e.g. {sorted(missing)[:5]}"
-    distinct = {lead: {r["outcome"] for r in recs} for lead, recs in outcomes.items()}
-    assert all(len(kinds) == 1 for kinds in distinct.values()), "a lead got two outcomes"
-    return {lead: recs[0] for lead, recs in outcomes.items()}
 
 
 def dial_commands(count: int, businesses: int = 4, dial_by_in: float = 30.0,
@@ -349,7 +327,7 @@ def test_two_hundred_leads_end_to_end(deployment, fake, ledger_url):
         dialer.start_thread()
         started = time.monotonic()
         deployment.produce_leads(leads)
-        outcomes = wait_outcomes(deployment, leads, timeout=150)
+        outcomes = deployment.outcomes(leads, timeout=150)
         elapsed = time.monotonic() - started
         assert fake.wait_idle(20)
     try:
@@ -398,7 +376,7 @@ def test_sigkilled_dialer_never_calls_twice_and_loses_no_lead(deployment, fake, 
         dialer.kill()
         time.sleep(0.5)
         dialer.start_process()
-        wait_outcomes(deployment, leads, timeout=150)
+        deployment.outcomes(leads, timeout=150)
         assert "recovered dial" in dialer.log(tail=None)
         assert fake.wait_idle(20)
         assert_no_double_dial(fake)
@@ -431,7 +409,7 @@ def test_backlog_longer_than_dial_by_is_refused_never_dialed(deployment, fake, s
     dialer.start_thread()
     try:
         deployment.produce_leads(leads)
-        outcomes = wait_outcomes(deployment, leads, timeout=120)
+        outcomes = deployment.outcomes(leads, timeout=120)
         statuses = deployment.read("calls.status", until=lambda recs: True, timeout=5)
         refused = {s["dial_id"] for s in statuses
                    if s["status"] == "canceled" and s.get("reason") == DIAL_DEADLINE_PASSED}
@@ -465,7 +443,7 @@ def test_rate_storm_server_errors_and_a_rejected_number(deployment, fake, sqlite
         fake.fail_next(3, 503, 20503)
         fake.fail_next(2, 429, 20429)
         deployment.produce_leads(leads)
-        outcomes = wait_outcomes(deployment, leads, timeout=120)
+        outcomes = deployment.outcomes(leads, timeout=120)
         answers = collections.Counter(r["http_status"] for r in fake.create_requests())
         assert answers[429] == 16 and answers[503] == 3, answers
         assert outcomes[rejected["lead_id"]]["outcome"] == "failed"
