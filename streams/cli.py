@@ -346,6 +346,47 @@ def cmd_lag(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
 
 
+# -- status and top ------------------------------------------------------------------
+
+
+def _workers(args: argparse.Namespace, settings: Settings) -> list[str]:
+    from .status import StatusError, parse_workers
+    if not args.timeout > 0:
+        raise CliError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
+    try:
+        return parse_workers(args.workers, settings.worker_web_port)
+    except StatusError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per business: active calls, waiting leads, limit, paused, from every worker."""
+    settings = _settings()
+    from .status import StatusError, run_status
+    try:
+        return run_status(_workers(args, settings), args.business_id, args.lead,
+                          as_json=args.json, timeout=args.timeout)
+    except StatusError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    """Live view of every business, with lag in the header."""
+    settings = _settings()
+    if not args.interval > 0:
+        raise CliError(f"--interval must be more than 0 seconds, got {args.interval:g}")
+    if args.limit_rows is not None and args.limit_rows < 1:
+        raise CliError(f"--limit-rows must be at least 1, got {args.limit_rows}")
+    from .status import StatusError
+    from .top import run_top
+    try:
+        return run_top(settings, _workers(args, settings), sort=args.sort,
+                       limit_rows=args.limit_rows, interval=args.interval,
+                       timeout=args.timeout, lag=not args.no_lag)
+    except StatusError as exc:
+        raise CliError(str(exc)) from None
+
+
 # -- demo ----------------------------------------------------------------------------
 
 
@@ -462,6 +503,48 @@ def build_parser() -> argparse.ArgumentParser:
                      help="exit 1 when any partition's time lag exceeds SECONDS or a group"
                           " is STALL or STOP (for scripts and probes)")
     lag.set_defaults(func=cmd_lag)
+
+    workers_help = ("the workers' web views, host:port[,host:port...]; each serves the"
+                    " partitions it owns (default: localhost:WORKER_WEB_PORT)")
+    status = sub.add_parser(
+        "status", formatter_class=formatter, epilog=EPILOG,
+        help="per business: active calls, waiting leads, oldest wait, limit, paused"
+             " (from every worker's web view)",
+        description="Asks every worker's GET /businesses/ (or /businesses/BUSINESS/) and"
+                    " merges the answers; a worker that is down or not ready is reported,"
+                    " not fatal. Exit 1: BUSINESS (or --lead) not found on any worker that"
+                    " answered; exit 2: no worker answered.")
+    status.add_argument("business_id", nargs="?", metavar="BUSINESS",
+                        help="only this business")
+    status.add_argument("--workers", metavar="HOST:PORT,...", help=workers_help)
+    status.add_argument("--lead", metavar="LEAD_ID",
+                        help="with BUSINESS: where this lead stands and why it waits")
+    status.add_argument("--json", action="store_true", help="one JSON object instead")
+    status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                        help="wait this long for each worker (default 3)")
+    status.set_defaults(func=cmd_status)
+
+    top = sub.add_parser(
+        "top", formatter_class=formatter, epilog=EPILOG,
+        help="live view of all businesses (active, waiting, oldest wait, dials per"
+             " minute, outcomes) with consumer lag in the header; Ctrl-C or q quits",
+        description="Refreshes every --interval seconds from the workers' /businesses/ and"
+                    " /counters/, and the worker group's lag from the broker"
+                    " (KAFKA_BOOTSTRAP_SERVERS) in the background. Keys 1-5 change the"
+                    " sort. Without a terminal (a pipe) it prints one plain snapshot with"
+                    " every row (or --limit-rows) and exits.")
+    top.add_argument("--workers", metavar="HOST:PORT,...", help=workers_help)
+    top.add_argument("--sort", choices=["active", "waiting", "oldest", "dials", "business"],
+                     default="waiting", help="row order (default waiting; keys 1-5)")
+    top.add_argument("--limit-rows", type=int, metavar="N",
+                     help="show the top N rows (default: what fits the terminal)")
+    top.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
+                     help="seconds between refreshes (default 2)")
+    top.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                     help="wait this long for each worker (default 3)")
+    top.add_argument("--no-lag", action="store_true",
+                     help="do not read consumer lag from the broker")
+    top.set_defaults(func=cmd_top)
 
     demo = sub.add_parser("demo", formatter_class=formatter, epilog=EPILOG,
                           help="start broker, worker and simulated dialer, send the seed"
