@@ -1,11 +1,14 @@
 """Fault injection with an independent verifier, after Kafka's exactly-once system test.
 
 A driver sends a known workload (leads over many businesses, a few with big backlogs,
-some with their own limits) through the real broker to 2-3 workers in one group and the
-simulated dialer, while a seeded schedule SIGKILLs and restarts workers, adds and removes
-a third worker (rebalances), SIGKILLs the dialer and, when this run owns the broker,
-restarts the broker. The verifier then reads only the dialer's ledger (the calls that
-really happened) and the full history of the topics, never the workers' counters:
+some with their own limits) through the real broker to 2-3 workers in one group and a
+dialer (the simulated one, or the Twilio dialer on the fake Twilio server, whose status
+callbacks are then duplicated, reordered, delayed and lost), while a seeded schedule
+SIGKILLs and restarts workers, adds and removes a third worker (rebalances), SIGKILLs
+the dialer and, when this run owns the broker, restarts the broker. The verifier then
+reads only the calls that really happened (the simulated dialer's ledger, or what the
+fake Twilio server recorded) and the full history of the topics, never the workers'
+counters:
 
 * the true concurrent calls of every business never exceeded its limit;
 * every lead got exactly one outcome, none was lost, none was called twice;
@@ -15,6 +18,7 @@ really happened) and the full history of the topics, never the workers' counters
 It exits 1 on any violation and prints the seed that reproduces it.
 
     python -m bench.chaos --leads 5000 --businesses 200 --seed 7
+    python -m bench.chaos --dialer twilio --leads 2000 --businesses 100 --seed 7
     python -m bench.chaos --short --bootstrap localhost:29092      # what CI runs
 """
 
@@ -34,7 +38,8 @@ from pathlib import Path
 
 from streams.broker import Broker
 from streams.topics import BusinessControl, record_key
-from tests.integration.harness import Deployment, WorkerProcess
+from tests.fake_twilio import FakeTwilio
+from tests.integration.harness import Deployment, Dialer, WorkerProcess
 
 
 def workload(rng: random.Random, leads: int, businesses: int) -> tuple[list[dict], dict]:
@@ -63,11 +68,22 @@ class Chaos:
         self.deployment = Deployment(bootstrap, workdir, LEASE_GRACE_SECONDS="20",
                                      ORPHAN_STATUS_HOLD_SECONDS="30")
         self.dialer: subprocess.Popen | None = None
+        self.fake: FakeTwilio | None = None
+        self.twilio: Dialer | None = None
+        if args.dialer == "twilio":
+            self.fake = FakeTwilio(seed=args.seed, ring_seconds=(0.1, 0.5),
+                                   talk_seconds=(0.3, 1.5), duplicate_ratio=0.1,
+                                   reorder_ratio=0.1, drop_ratio=0.03).start()
+            self.twilio = Dialer(self.deployment, self.fake,
+                                 f"sqlite:///{workdir / 'ledger.db'}")
         self.faults: list[str] = []
 
     # -- the pieces ------------------------------------------------------------------
 
     def start_dialer(self) -> None:
+        if self.twilio is not None:
+            self.twilio.start_process()
+            return
         log = open(self.deployment.workdir / "dialer.log", "ab")
         self.dialer = subprocess.Popen(
             [sys.executable, "-m", "streams", "dialer", "--simulate", "--ledger",
@@ -95,9 +111,11 @@ class Chaos:
         self.faults.append("w3 joined and left")
 
     def fault_kill_dialer(self) -> None:
-        assert self.dialer is not None
-        self.dialer.send_signal(signal.SIGKILL)
-        self.dialer.wait(10)
+        if self.twilio is not None:
+            self.twilio.kill()
+        else:
+            self.dialer.send_signal(signal.SIGKILL)
+            self.dialer.wait(10)
         time.sleep(self.rng.uniform(0.5, 2))
         self.start_dialer()
         self.faults.append("SIGKILL dialer and restart")
@@ -127,7 +145,8 @@ class Chaos:
         started = time.monotonic()
         sender = threading.Thread(target=self._send, args=(leads,), daemon=True)
         sender.start()
-        schedule = ["kill_worker", "rebalance"] if args.short else [
+        schedule = ["kill_worker", "rebalance"] + (
+            ["kill_dialer"] if self.twilio else []) if args.short else [
             "kill_worker", "rebalance", "kill_dialer", "kill_worker"] + (
             ["restart_broker"] if self.broker else [])
         for fault in schedule:
@@ -139,12 +158,29 @@ class Chaos:
         outcomes = deployment.read(
             "leads.outcomes", timeout=args.settle_seconds,
             until=lambda recs: wanted <= {r["lead_id"] for r in recs})
-        report = verify(leads, limits, outcomes, deployment.ledger_lines(),
+        if self.fake is not None:
+            self.fake.wait_idle(60)
+        calls = self.calls_made()
+        report = verify(leads, limits, outcomes, calls,
                         [w for w in deployment.workers if w.process.poll() is None],
                         default_limit=deployment.settings.max_outbound_calls_per_business)
         report.update(seed=args.seed, faults=self.faults,
                       seconds=round(time.monotonic() - started, 1))
         return report
+
+    def calls_made(self) -> list[dict]:
+        """What really happened, as placed/ended lines: the fake's record or the ledger."""
+        if self.fake is None:
+            return self.deployment.ledger_lines()
+        lines = []
+        for call in self.fake.calls():
+            lead_id = call["dial_id"].split(":")[1]
+            common = {"dial_id": call["dial_id"], "business_id": call["business_id"],
+                      "lead_id": lead_id, "phone": call["to"]}
+            lines.append({"event": "placed", "at": call["created_at"], **common})
+            if call["ended_at"] is not None:
+                lines.append({"event": "ended", "at": call["ended_at"], **common})
+        return lines
 
     def _send(self, leads: list[dict]) -> None:
         batch = max(1, self.args.leads_per_second // 10)
@@ -156,6 +192,10 @@ class Chaos:
         if self.dialer is not None and self.dialer.poll() is None:
             self.dialer.send_signal(signal.SIGTERM)
             self.dialer.wait(30)
+        if self.twilio is not None:
+            self.twilio.stop()
+        if self.fake is not None:
+            self.fake.stop()
         self.deployment.close()
         if self.broker is not None:
             self.broker.stop()
@@ -180,6 +220,14 @@ def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[d
     twice = [lead for lead, n in per_lead.items() if n > 1]
     if twice:
         violations.append(f"leads called twice: {twice[:5]}")
+    per_attempt = collections.Counter((line["dial_id"], line["phone"]) for line in placed)
+    repeated = [dial for dial, n in per_attempt.items() if n > 1]
+    if repeated:
+        violations.append(f"a number called twice for one attempt: {repeated[:5]}")
+    ended = {line["dial_id"] for line in ledger if line["event"] == "ended"}
+    unended = [line["dial_id"] for line in placed if line["dial_id"] not in ended]
+    if unended:
+        violations.append(f"calls still live at quiescence: {unended[:5]}")
 
     marks = sorted(((line["at"], 0 if line["event"] == "ended" else 1, line)
                     for line in ledger if line["event"] in ("placed", "ended")),
@@ -235,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leads", type=int, default=5000)
     parser.add_argument("--businesses", type=int, default=200)
     parser.add_argument("--leads-per-second", type=int, default=300)
+    parser.add_argument("--dialer", choices=("simulated", "twilio"), default="simulated",
+                        help="the simulated dialer, or the Twilio dialer on a fake Twilio"
+                             " server with duplicated/reordered/lost callbacks")
     parser.add_argument("--short", action="store_true",
                         help="one worker kill and one rebalance (the CI version)")
     parser.add_argument("--bootstrap", help="use this broker (no broker restarts);"

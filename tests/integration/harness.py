@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from pathlib import Path
@@ -26,6 +27,11 @@ from streams import admin
 from streams.settings import Settings
 from streams.simdialer import SimulatedDialer
 from streams.topics import producer_config, record_key, topic_name
+from streams.twilio_dialer import TwilioDialer
+from tests.fake_twilio import FakeTwilio
+
+#: The caller id the Twilio dialer uses against the fake Twilio server.
+FROM_NUMBER = "+14155550199"
 
 #: Short timings so that resends, leases and held statuses happen within a test.
 FAST_TIMINGS = {
@@ -203,3 +209,85 @@ class WorkerProcess:
                 self.process.kill()
                 self.process.wait(10)
         self._log.close()
+
+
+class Dialer:
+    """The Twilio dialer under test: in this process (a thread) or as `streams dialer`."""
+
+    def __init__(self, deployment: Deployment, fake: FakeTwilio, ledger_url: str, **env: str):
+        self.deployment = deployment
+        self.port = free_port()
+        self.env = {**deployment.env,
+                    "TWILIO_ACCOUNT_SID": fake.account_sid,
+                    "TWILIO_AUTH_TOKEN": fake.auth_token,
+                    "TWILIO_FROM_NUMBER": FROM_NUMBER,
+                    "TWILIO_API_BASE_URL": fake.base_url,
+                    "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
+                    "DIALER_WEB_PORT": str(self.port),
+                    "DATABASE_URL": ledger_url,
+                    "TWILIO_CPS": "50",
+                    "RECONCILE_AFTER_SECONDS": "2",
+                    **env}
+        for name in ("TWILIO_EDGE", "TWILIO_REGION", "STREAMS_DIALER_CRASH_AFTER_CREATE"):
+            self.env.pop(name, None)
+        self.settings = Settings.from_env(self.env)
+        self.dialer: TwilioDialer | None = None
+        self.process: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.logs: list[Path] = []
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_thread(self) -> "Dialer":
+        self.dialer = TwilioDialer(self.settings, seed=5)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self.dialer.run, args=(self._stop,), daemon=True)
+        self._thread.start()
+        assert self.dialer.started.wait(30), "dialer did not start"
+        return self
+
+    def start_process(self, **extra_env: str) -> "Dialer":
+        log = self.deployment.workdir / f"dialer-{len(self.logs)}.log"
+        self.logs.append(log)
+        with open(log, "ab") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "streams", "dialer"],
+                                            env={**self.env, **extra_env}, stdout=out,
+                                            stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                return self  # e.g. crashed on purpose already
+            if self.health()[0] == 200:
+                return self
+            time.sleep(0.1)
+        raise AssertionError(f"dialer did not serve:\n{self.log()}")
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=5) as reply:
+                return reply.status, json.load(reply)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+        except OSError:
+            return 0, {}
+
+    def log(self, tail: int | None = 3000) -> str:
+        return "\n".join(p.read_text(errors="replace")[-(tail or 0):]
+                         for p in self.logs if p.exists())
+
+    def kill(self) -> None:
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join(60)
+            assert not self._thread.is_alive(), "dialer did not stop"
+            self._thread = None
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            self.process.wait(60)

@@ -13,7 +13,6 @@ import collections
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -21,13 +20,11 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 from twilio.request_validator import RequestValidator
 
 from streams.ledger import Ledger
-from streams.settings import Settings
 from streams.topics import (
     DIAL_DEADLINE_PASSED,
     TERMINAL_STATUSES,
@@ -38,18 +35,16 @@ from streams.topics import (
 from streams.twilio_dialer import (
     STATUS_PATH,
     CreateRateLimiter,
-    TwilioDialer,
     TwilioFailure,
     backoff_seconds,
 )
 from tests.fake_twilio import FakeTwilio
-from tests.integration.harness import Deployment, free_port
+from tests.integration.harness import FROM_NUMBER, Deployment, Dialer
 from tests.postgres import fresh_database
 
 integration = pytest.mark.integration
 
 LIMIT = 3
-FROM_NUMBER = "+14155550199"
 
 
 # -- pieces ----------------------------------------------------------------------------
@@ -71,88 +66,6 @@ def ledger_url(request, tmp_path):
 @pytest.fixture
 def sqlite_url(tmp_path):
     return f"sqlite:///{tmp_path / 'ledger.db'}"
-
-
-class Dialer:
-    """The Twilio dialer under test: in this process (a thread) or as `streams dialer`."""
-
-    def __init__(self, deployment: Deployment, fake: FakeTwilio, ledger_url: str, **env: str):
-        self.deployment = deployment
-        self.port = free_port()
-        self.env = {**deployment.env,
-                    "TWILIO_ACCOUNT_SID": fake.account_sid,
-                    "TWILIO_AUTH_TOKEN": fake.auth_token,
-                    "TWILIO_FROM_NUMBER": FROM_NUMBER,
-                    "TWILIO_API_BASE_URL": fake.base_url,
-                    "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
-                    "DIALER_WEB_PORT": str(self.port),
-                    "DATABASE_URL": ledger_url,
-                    "TWILIO_CPS": "50",
-                    "RECONCILE_AFTER_SECONDS": "2",
-                    **env}
-        for name in ("TWILIO_EDGE", "TWILIO_REGION", "STREAMS_DIALER_CRASH_AFTER_CREATE"):
-            self.env.pop(name, None)
-        self.settings = Settings.from_env(self.env)
-        self.dialer: TwilioDialer | None = None
-        self.process: subprocess.Popen | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.logs: list[Path] = []
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start_thread(self) -> "Dialer":
-        self.dialer = TwilioDialer(self.settings, seed=5)
-        self._stop.clear()
-        self._thread = threading.Thread(target=self.dialer.run, args=(self._stop,), daemon=True)
-        self._thread.start()
-        assert self.dialer.started.wait(30), "dialer did not start"
-        return self
-
-    def start_process(self, **extra_env: str) -> "Dialer":
-        log = self.deployment.workdir / f"dialer-{len(self.logs)}.log"
-        self.logs.append(log)
-        with open(log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "streams", "dialer"],
-                                            env={**self.env, **extra_env}, stdout=out,
-                                            stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return self  # e.g. crashed on purpose already
-            if self.health()[0] == 200:
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"dialer did not serve:\n{self.log()}")
-
-    def health(self) -> tuple[int, dict]:
-        try:
-            with urllib.request.urlopen(f"{self.base_url}/healthz", timeout=5) as reply:
-                return reply.status, json.load(reply)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
-        except OSError:
-            return 0, {}
-
-    def log(self, tail: int | None = 3000) -> str:
-        return "\n".join(p.read_text(errors="replace")[-(tail or 0):]
-                         for p in self.logs if p.exists())
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._stop.set()
-            self._thread.join(60)
-            assert not self._thread.is_alive(), "dialer did not stop"
-            self._thread = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(60)
 
 
 class SeedQuerySampler:
