@@ -64,6 +64,10 @@ class Limiter:
         self.rules = settings.rules()
         prefix = settings.topic_prefix
         self.counters: collections.Counter[str] = collections.Counter()
+        #: Outcomes per business since this worker started, for `streams top`; a
+        #: business that finished everything leaves the table but not this.
+        self.outcomes_by_business: collections.defaultdict[str, collections.Counter[str]] = (
+            collections.defaultdict(collections.Counter))
         self.app = faust.App(
             app_id(prefix, settings.app_id),
             broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -182,6 +186,8 @@ class Limiter:
                                                 value=emit.record.encode())
         for note in effects.notes:
             self.counters[note.kind] += 1
+            if note.kind.startswith("outcome-") and note.business_id is not None:
+                self.outcomes_by_business[note.business_id][note.kind[8:]] += 1
             level = logging.WARNING if note.kind in _WARNING_NOTES else logging.INFO
             log.log(level, "%s", note.message)
         metrics.observe_effects(effects)
@@ -220,7 +226,10 @@ class Limiter:
                 and not app.in_recovery)
 
     def businesses(self) -> list[dict]:
+        """Businesses in the table, and those that ended calls here since start."""
         now = time.time()
-        return [core.describe_business(self.table.get, core.business_id_of(key), now,
-                                       self.rules)
-                for key in list(self.table.keys()) if core.is_business_key(key)]
+        ids = {core.business_id_of(key) for key in list(self.table.keys())
+               if core.is_business_key(key)} | set(self.outcomes_by_business)
+        return [dict(core.describe_business(self.table.get, business_id, now, self.rules),
+                     outcomes=dict(self.outcomes_by_business.get(business_id, {})))
+                for business_id in sorted(ids)]

@@ -75,6 +75,7 @@ class Row:
     dials: int                 # dials granted within the last DIAL_WINDOW seconds (seen)
     paused: bool
     worker: str = ""
+    outcomes: tuple[tuple[str, int], ...] = ()   # since the worker started, most first
 
     @property
     def state(self) -> str:
@@ -204,8 +205,14 @@ def build_rows(merged: Merged, dials: DialCounter) -> list[Row]:
         append(Row(bid, len(business.get("active") or ()),
                    limit if isinstance(limit, int) else None,
                    int(business.get("waiting") or 0), business.get("oldest_waiting_seconds"),
-                   dials.count(bid), bool(business.get("paused")), business.get("worker", "")))
+                   dials.count(bid), bool(business.get("paused")), business.get("worker", ""),
+                   tuple(sorted((business.get("outcomes") or {}).items(),
+                                key=lambda kv: (-kv[1], kv[0])))))
     return rows
+
+
+def outcome_text(outcomes: Iterable[tuple[str, int]]) -> str:
+    return " ".join(f"{kind} {n:,}" for kind, n in outcomes)
 
 
 # -- the lag header ------------------------------------------------------------------------
@@ -406,7 +413,7 @@ class Top:
     def columns(self) -> list[str]:
         several = len(self.workers) > 1
         return (["business"] + (["worker"] if several else [])
-                + ["active", "limit", "waiting", "oldest", "dials/min", "state"])
+                + ["active", "limit", "waiting", "oldest", "dials/min", "state", "outcomes"])
 
     def plain(self, n: int | None, lag: LagWatcher | None = None) -> str:
         """One plain-text snapshot (no colours, no icons): for pipes and tests."""
@@ -418,13 +425,14 @@ class Top:
         for r in rows:
             table.append([r.business_id] + ([r.worker] if several else [])
                          + [f"{r.active:,}", "-" if r.limit is None else str(r.limit),
-                            f"{r.waiting:,}", _age(r.oldest), f"{r.dials:,}", r.state])
+                            f"{r.waiting:,}", _age(r.oldest), f"{r.dials:,}", r.state,
+                            outcome_text(r.outcomes)])
         t = self.totals
         table.append(["total"] + ([""] if several else [])
                      + [f"{t.active:,}", "", f"{t.waiting:,}", _age(t.oldest),
-                        f"{t.dials:,}", ""])
+                        f"{t.dials:,}", "", ""])
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-        left = {0, len(widths) - 1} | ({1} if several else set())
+        left = {0, len(widths) - 2, len(widths) - 1} | ({1} if several else set())
         for row in table:
             lines.append("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
                                    for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
@@ -473,6 +481,7 @@ class Top:
         table.add_column("dials/min", justify="right", footer=f"{t.dials:,}", min_width=9,
                          **fixed)
         table.add_column("state", min_width=8, **fixed)
+        table.add_column("outcomes", no_wrap=True, overflow="ellipsis", max_width=40)
         for r in rows:
             over = r.limit is not None and r.active > r.limit
             at_limit = r.limit is not None and r.active >= r.limit and r.active
@@ -486,7 +495,9 @@ class Top:
             cells = [Text(r.business_id, style="bold")] + ([r.worker] if several else [])
             cells += [active, "-" if r.limit is None else str(r.limit), waiting,
                       _age(r.oldest), f"{r.dials:,}" if r.dials else Text("0", style="dim"),
-                      Text(r.state, style=_STATE_STYLES.get(r.state, ""))]
+                      Text(r.state, style=_STATE_STYLES.get(r.state, "")),
+                      Text.assemble(*[(f"{kind} {n:,} ", _OUTCOME_STYLES.get(kind, ""))
+                                      for kind, n in r.outcomes])]
             table.add_row(*cells)
         parts.append(table)
         return Group(*parts)

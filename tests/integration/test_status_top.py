@@ -106,7 +106,7 @@ def test_status_and_top_show_active_calls_and_queues(deployment):
     assert lines[4] == "sorted by waiting, top 2 of 2"
     table = [line.split() for line in lines[5:]]
     assert table[0] == ["business", "active", "limit", "waiting", "oldest", "dials/min",
-                        "state"]
+                        "state", "outcomes"]
     assert [row[:4] for row in table[1:3]] == [["S1", "3", "3", "2"], ["S2", "3", "3", "1"]]
     assert [(row[5], row[6]) for row in table[1:3]] == [("3", "full"), ("3", "full")]
     assert table[3][0] == "total" and table[3][1:3] == ["6", "3"]

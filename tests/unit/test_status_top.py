@@ -30,9 +30,11 @@ def call(business: str, lead: str, age: float, status: str = "in-progress",
 
 
 def business(bid: str, active: list[dict] = (), waiting: int = 0, oldest: float | None = None,
-             limit: int = 3, paused: bool = False, held: int = 0) -> dict:
+             limit: int = 3, paused: bool = False, held: int = 0,
+             outcomes: dict | None = None) -> dict:
     return {"business_id": bid, "limit": limit, "paused": paused, "active": list(active),
-            "waiting": waiting, "oldest_waiting_seconds": oldest, "held_statuses": held}
+            "waiting": waiting, "oldest_waiting_seconds": oldest, "held_statuses": held,
+            "outcomes": outcomes or {}}
 
 
 W1, W2, W3 = "10.0.0.1:6066", "10.0.0.2:6066", "10.0.0.3:6066"
@@ -40,7 +42,7 @@ W1, W2, W3 = "10.0.0.1:6066", "10.0.0.2:6066", "10.0.0.3:6066"
 A = business("A", [call("A", "a1", 40.0, "in-progress"), call("A", "a2", 12.5, "ringing"),
                    call("A", "a3", 1.2, "granted")], waiting=2, oldest=30.0)
 B = business("biz-10", [call("biz-10", "b1", 5.0)], waiting=0)
-C = business("biz-2", [], waiting=0)
+C = business("biz-2", [], waiting=0, outcomes={"busy": 1, "completed": 4})
 P = business("P", [], waiting=4, oldest=300.0, paused=True)
 
 
@@ -398,9 +400,10 @@ def test_plain_snapshot_has_header_rows_and_totals():
     assert lines[2] == ("outcomes since start: completed 4 · busy 1  dead-lettered 2")
     assert lines[3] == "sorted by waiting, top 2 of 2"
     assert lines[4].split() == ["business", "worker", "active", "limit", "waiting",
-                                "oldest", "dials/min", "state"]
+                                "oldest", "dials/min", "state", "outcomes"]
     assert lines[5].split() == ["A", W1, "3", "3", "2", "30s", "3", "full"]
-    assert lines[6].split() == ["biz-2", W1, "0", "3", "0", "-", "0", "idle"]
+    assert lines[6].split() == ["biz-2", W1, "0", "3", "0", "-", "0", "idle",
+                                "completed", "4", "busy", "1"]
     assert lines[7].split() == ["total", "3", "2", "30s", "3"]
     assert "✅" not in text and "⏳" not in text
 
