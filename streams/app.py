@@ -55,6 +55,28 @@ class DurableTable(faust.Table):
         if pending:
             await asyncio.gather(*pending)
 
+    def guard_commits(self, producer: Any) -> None:
+        """Make the producer's flush, which Faust awaits before committing offsets, also
+        wait for every changelog write of this table.
+
+        Faust's own flush gives up on its send buffer after 0.1 s without progress
+        (faust/transport/producer.py, ProducerBuffer.flush_atmost) and then commits the
+        offsets anyway: under load, an event's table writes could still sit in that
+        buffer when its offset is committed, and a crash would lose them for good (a
+        lead accepted, then forgotten). With this guard an offset is committed only
+        after the writes of the events before it are in the changelog.
+        """
+        if getattr(producer, "_streams_guarded", False):
+            return
+        flush = producer.flush
+
+        async def flush_then_confirm() -> None:
+            await flush()
+            await self.changelog_confirmed()
+
+        producer.flush = flush_then_confirm
+        producer._streams_guarded = True
+
 
 class Limiter:
     """The worker: a Faust app, its table, topics, agent, tick timer and web views."""
@@ -143,6 +165,7 @@ class Limiter:
     # -- the agent -----------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT) -> None:
+        self.table.guard_commits(self.app.producer)
         async for event in stream.events():
             try:
                 await self.handle(event)
