@@ -242,7 +242,10 @@ def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[d
                               f" limit {limits.get(business, default_limit)}")
 
     for worker in workers:
-        for business in worker.businesses() or []:
+        answer = worker.businesses()
+        if answer is None:
+            violations.append(f"worker {worker.log_path.name} did not answer at quiescence")
+        for business in answer or []:
             if business["active"] or business["waiting"]:
                 violations.append(f"at quiescence {business['business_id']} still holds"
                                   f" {len(business['active'])} slots and"
