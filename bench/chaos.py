@@ -36,7 +36,7 @@ import threading
 import time
 from pathlib import Path
 
-from streams.broker import Broker
+from streams.broker import Broker, BrokerError
 from streams.topics import BusinessControl, record_key
 from tests.fake_twilio import FakeTwilio
 from tests.integration.harness import Deployment, Dialer, WorkerProcess
@@ -124,7 +124,14 @@ class Chaos:
         assert self.broker is not None
         self.broker.stop()
         time.sleep(self.rng.uniform(1, 3))
-        self.broker.start()
+        for attempt in range(5):  # the old listener's port can take a moment to free up
+            try:
+                self.broker.start()
+                break
+            except BrokerError:
+                if attempt == 4:
+                    raise
+                time.sleep(3)
         self.faults.append("broker restart")
 
     # -- the run ---------------------------------------------------------------------
@@ -293,7 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one worker kill and one rebalance (the CI version)")
     parser.add_argument("--bootstrap", help="use this broker (no broker restarts);"
                                             " default: start one of our own")
-    parser.add_argument("--broker-port", type=int, default=39092)
+    parser.add_argument("--broker-port", type=int, default=24092,
+                        help="below Linux's ephemeral range, so that no client connection"
+                             " takes the port while the broker restarts")
     parser.add_argument("--settle-seconds", type=float, default=300)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
