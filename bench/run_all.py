@@ -1,0 +1,119 @@
+"""Every benchmark in one run, on one broker, into one results directory.
+
+    python -m bench.run_all [--bootstrap localhost:29092] [--out bench/results/RUN]
+                            [--quick]
+
+Runs, in order, each as its own process (its command is logged in commands.txt):
+  1. bench.core          per-event cost at backlog 0 / 1 / 100,000; state bytes
+  2. bench.throughput    raw Kafka, Faust pass-through, ours (+ diagnostic variants),
+                         with py-spy profiles of the Faust pass-through and ours
+  3. bench.seed_poller   the seed (1 and 2 pollers) and ours at 100 / 1,000 / 10,000
+                         businesses
+  4. bench.profile       summaries of the profiles
+  5. bench.plot          bench/slot_free_delay.png
+Each step's stdout (JSON lines + summary) goes to STEP.out, its stderr to STEP.err, and
+every JSON line also to results.jsonl. --quick shrinks every size for a smoke test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import DEFAULT_BOOTSTRAP  # noqa: E402
+
+
+def machine() -> dict:
+    load = os.getloadavg()
+    mem = {}
+    for line in Path("/proc/meminfo").read_text().splitlines()[:2]:
+        key, value = line.split(":")
+        mem[key] = value.strip()
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return {"bench": "machine", "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
+            "kernel": platform.release(), "loadavg_1_5_15": [round(x, 2) for x in load], **mem}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
+    parser.add_argument("--out", default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--skip", default="", help="comma-separated steps to skip")
+    args = parser.parse_args(argv)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(args.out or HERE / "results" / stamp)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    py = [sys.executable, "-m"]
+    work = Path(f"/tmp/bench-work-{stamp}")  # worker logs are large; kept out of the repo
+    q = args.quick
+    steps = [
+        ("core", py + ["bench.core"] + (["--backlog", "5000", "--cycles", "300", "--repeats", "3",
+                                         "--businesses", "5000"] if q else [])),
+        ("throughput", py + ["bench.throughput", "--bootstrap", args.bootstrap,
+                             "--only", "raw,faust,faust-table1,faust-table5,ours",
+                             "-n", "3000" if q else "20000",
+                             "--variants", "no-wait,quiet,no-wait+quiet",
+                             "--profile", "3" if q else "8", "--workdir", str(work / "throughput")]),
+        ("seed_poller", py + ["bench.seed_poller", "--bootstrap", args.bootstrap, "--ours",
+                              "--out", str(out / "slot_free.jsonl"), "--businesses"]
+         + (["20", "200", "--leads", "6", "4", "--cap", "60"] if q else
+            ["100", "1000", "10000", "--leads", "12", "6", "4", "--cap", "150"])),
+        ("profile", py + ["bench.profile", str(out / "ours.pyspy.txt"),
+                          str(out / "faust.pyspy.txt"), "--top", "40"]),
+        ("plot", py + ["bench.plot", str(out / "slot_free.jsonl"), "-o",
+                       str(out / "slot_free_delay.png")]),
+    ]
+    skip = {s for s in args.skip.split(",") if s}
+    with open(results, "a") as jsonl, open(out / "commands.txt", "a") as commands:
+        info = machine()
+        jsonl.write(json.dumps(info) + "\n")
+        print(json.dumps(info), flush=True)
+        for name, command in steps:
+            if name in skip:
+                continue
+            shown = " ".join(["python"] + command[1:]).replace(str(REPO) + "/", "")
+            commands.write(f"{name}: {shown}\n")
+            commands.flush()
+            print(f"# {name}: {shown}", file=sys.stderr, flush=True)
+            began = time.monotonic()
+            with open(out / f"{name}.out", "w") as stdout, open(out / f"{name}.err", "w") as stderr:
+                code = subprocess.run(command, cwd=REPO, stdout=stdout, stderr=stderr).returncode
+            seconds = time.monotonic() - began
+            if name == "throughput":
+                for profile in (work / "throughput").glob("*.pyspy.txt"):
+                    shutil.copy(profile, out / profile.name)
+            for line in (out / f"{name}.out").read_text().splitlines():
+                if line.startswith("{"):
+                    jsonl.write(line + "\n")
+            status = {"bench": "step", "step": name, "exit": code, "seconds": round(seconds, 1),
+                      "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+            jsonl.write(json.dumps(status) + "\n")
+            jsonl.flush()
+            print(json.dumps(status), flush=True)
+    print(f"results in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

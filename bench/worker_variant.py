@@ -1,0 +1,49 @@
+"""`streams worker` with one thing switched off, to measure what that thing costs.
+
+Diagnostic only: these variants are NOT safe to run in production, and nothing in
+streams/ changes. `bench/throughput.py --variants ...` runs them beside the real worker.
+
+    BENCH_VARIANT=no-wait python bench/worker_variant.py      # env as for `streams worker`
+
+Variants (combine with "+"):
+  no-wait  emit without awaiting the changelog's acknowledgement of the event's writes
+           (DurableTable.changelog_confirmed returns at once). Breaks rule 7 (a dial
+           could escape state a crash loses); shows what the per-event wait costs.
+  quiet    no per-event log lines from the worker (streams.worker logger off).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def apply(variant: str) -> None:
+    from streams import app
+    parts = {p for p in variant.split("+") if p}
+    unknown = parts - {"no-wait", "quiet"}
+    if unknown:
+        raise SystemExit(f"unknown variant(s): {', '.join(sorted(unknown))}")
+    if "no-wait" in parts:
+        async def changelog_confirmed(self) -> None:
+            self._unconfirmed = []
+        app.DurableTable.changelog_confirmed = changelog_confirmed
+    if "quiet" in parts:
+        quiet = logging.getLogger("bench.quiet-worker")
+        quiet.setLevel(logging.CRITICAL + 1)
+        quiet.propagate = False
+        app.log = quiet
+
+
+def main() -> int:
+    apply(os.environ.get("BENCH_VARIANT", ""))
+    from streams.cli import main as cli_main
+    return cli_main(["worker"])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
