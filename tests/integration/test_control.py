@@ -45,32 +45,27 @@ def eventually(check, timeout: float = 30):
         time.sleep(0.3)
 
 
-def test_pause_resume_and_lower_the_limit_of_one_business(kafka_broker, tmp_path):
-    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
-    deployment.create_topics()
+def test_pause_resume_and_lower_the_limit_of_one_business(deployment):
     worker = deployment.start_worker()
-    try:
-        worker.wait_serving()
-        assert "paused" in cli(deployment, worker, "pause", "P")
-        deployment.produce_leads([{"lead_id": f"P{n}", "business_id": "P",
-                                   "phone": "+14155550100"} for n in range(6)])
-        paused = eventually(lambda: (v := view(worker, "P"))["waiting"] == 6 and v)
-        assert paused["paused"] and paused["active"] == []
-        lead = view(worker, "P", lead="P4")["lead"]
-        assert lead["state"] == "waiting" and lead["ahead"] == 4
-        assert lead["waits_for"] == "the business is paused"
-        assert '"waiting": 6' in cli(deployment, worker, "show", "P")
+    worker.wait_serving()
+    assert "paused" in cli(deployment, worker, "pause", "P")
+    deployment.produce_leads([{"lead_id": f"P{n}", "business_id": "P",
+                               "phone": "+14155550100"} for n in range(6)])
+    paused = eventually(lambda: (v := view(worker, "P"))["waiting"] == 6 and v)
+    assert paused["paused"] and paused["active"] == []
+    lead = view(worker, "P", lead="P4")["lead"]
+    assert lead["state"] == "waiting" and lead["ahead"] == 4
+    assert lead["waits_for"] == "the business is paused"
+    assert '"waiting": 6' in cli(deployment, worker, "show", "P")
 
-        cli(deployment, worker, "set-limit", "P", "2")
-        cli(deployment, worker, "resume", "P")
-        resumed = eventually(lambda: len((v := view(worker, "P"))["active"]) == 2 and v)
-        assert resumed["waiting"] == 4 and resumed["limit"] == 2
-        assert "limit 2, running" in cli(deployment, worker, "show", "P")
+    cli(deployment, worker, "set-limit", "P", "2")
+    cli(deployment, worker, "resume", "P")
+    resumed = eventually(lambda: len((v := view(worker, "P"))["active"]) == 2 and v)
+    assert resumed["waiting"] == 4 and resumed["limit"] == 2
+    assert "limit 2, running" in cli(deployment, worker, "show", "P")
 
-        deployment.start_dialer(talk_seconds=(0.5, 1.0))
-        outcomes = deployment.read(
-            "leads.outcomes", until=lambda recs: len({r["lead_id"] for r in recs}) == 6)
-        assert len({r["lead_id"] for r in outcomes}) == 6
-        assert concurrency_from_ledger(deployment.ledger) == {"P": 2}
-    finally:
-        deployment.close()
+    deployment.start_dialer(talk_seconds=(0.5, 1.0))
+    outcomes = deployment.read(
+        "leads.outcomes", until=lambda recs: len({r["lead_id"] for r in recs}) == 6)
+    assert len({r["lead_id"] for r in outcomes}) == 6
+    assert concurrency_from_ledger(deployment.ledger) == {"P": 2}
