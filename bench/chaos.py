@@ -304,9 +304,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="below Linux's ephemeral range, so that no client connection"
                              " takes the port while the broker restarts")
     parser.add_argument("--settle-seconds", type=float, default=300)
+    parser.add_argument("--keep", metavar="DIR",
+                        help="run in DIR and keep it (worker and dialer logs, the broker's"
+                             " data when this run owns it) for a post-mortem")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="chaos-") as workdir:
-        chaos = Chaos(args, Path(workdir))
+    with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
+        workdir = Path(args.keep or scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
+        chaos = Chaos(args, workdir)
         try:
             report = chaos.run()
         finally:
