@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
 from streams.ledger import Ledger
@@ -367,6 +368,15 @@ def test_rate_storm_server_errors_and_a_rejected_number(deployment, fake, sqlite
         job = next(j for j in Ledger(sqlite_url).all() if j.lead_id == rejected["lead_id"])
         assert (job.status, job.error_code) == ("failed", 21211)
         assert dialer.dialer.counters["create-retried"] >= 19
+        # The dialer's Prometheus endpoint counts the same story (the registry is this
+        # process's, so earlier tests may have added to it: at least, never less).
+        with urllib.request.urlopen(f"{dialer.base_url}/metrics", timeout=5) as reply:
+            exposed = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                       for family in text_string_to_metric_families(reply.read().decode())
+                       for sample in family.samples}
+        assert exposed[("streams_twilio_errors_total", (("code", "21211"),))] >= 1
+        assert exposed[("streams_twilio_errors_total", (("code", "20429"),))] >= 16
+        assert exposed[("streams_dialer_calls_created_total", ())] >= 15
     finally:
         dialer.stop()
 
