@@ -41,7 +41,6 @@ from streams.twilio_dialer import (
 )
 from tests.fake_twilio import FakeTwilio
 from tests.integration.harness import FROM_NUMBER, Deployment, Dialer
-from tests.postgres import fresh_database
 
 integration = pytest.mark.integration
 
@@ -55,18 +54,6 @@ LIMIT = 3
 def fake():
     with FakeTwilio(seed=11) as server:
         yield server
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return fresh_database(request.getfixturevalue("postgres_url"))
-
-
-@pytest.fixture
-def sqlite_url(tmp_path):
-    return f"sqlite:///{tmp_path / 'ledger.db'}"
 
 
 class SeedQuerySampler:

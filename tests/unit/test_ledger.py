@@ -21,19 +21,11 @@ from streams.ledger import (
     utcnow,
 )
 from streams.topics import CALL_STATUSES, DIAL_DEADLINE_PASSED, TERMINAL_STATUSES
-from tests.postgres import fresh_database
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'ledger.db'}"
-    return fresh_database(request.getfixturevalue("postgres_url"))
 
 
 @pytest.fixture
-def ledger(url):
-    ledger = Ledger(url)
+def ledger(ledger_url):
+    ledger = Ledger(ledger_url)
     ledger.migrate()
     yield ledger
     ledger.close()
@@ -93,8 +85,8 @@ def test_format_active_calls_gives_a_verdict_per_business():
 # -- schema ----------------------------------------------------------------------------
 
 
-def test_migrations_create_the_schema_once(url):
-    ledger = Ledger(url)
+def test_migrations_create_the_schema_once(ledger_url):
+    ledger = Ledger(ledger_url)
     try:
         assert ledger.version() == 0
         assert ledger.migrate() == [v for v, _, _ in ledger_module.MIGRATIONS]
@@ -109,9 +101,9 @@ def test_migrations_create_the_schema_once(url):
         ledger.close()
 
 
-def test_a_ledger_at_an_older_version_gets_the_missing_steps(url, monkeypatch):
+def test_a_ledger_at_an_older_version_gets_the_missing_steps(ledger_url, monkeypatch):
     first = ledger_module.MIGRATIONS[:1]
-    ledger = Ledger(url)
+    ledger = Ledger(ledger_url)
     try:
         monkeypatch.setattr(ledger_module, "MIGRATIONS", first)
         assert ledger.migrate() == [1]
