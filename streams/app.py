@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
 import time
 from typing import Any
 
@@ -25,6 +26,8 @@ from faust.types import EventT
 
 from . import limiter_table as core
 from . import metrics
+from .progress import HandledOffsets
+from .reread import BrokerReader
 from .settings import Settings
 from .topics import (
     INPUT_RECORDS, INPUT_TOPICS, LIMITER_TABLE, LIMITER_TICKS, OUTPUT_TOPICS,
@@ -33,38 +36,55 @@ from .topics import (
 
 log = logging.getLogger("streams.worker")
 
+#: Fault injection for tests: "base_topic:offset,..." records (of every partition)
+#: whose first delivery the agent drops unhandled, letting Faust ack them, which is what
+#: faust-streaming itself can do around a rebalance. Unset in production.
+DROP_FIRST_DELIVERY_ENV = "STREAMS_WORKER_DROP_FIRST_DELIVERY"
+
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
 _WARNING_NOTES = {"lease-expired", "dead-lettered", "interrupted-event-completed",
                   "redelivered"}
 
 
 class DurableTable(faust.Table):
-    """A table whose changelog sends can be awaited, so records leave only after them."""
+    """A table whose changelog sends can be awaited, so records leave only after them,
+    and whose commits wait for the records the worker emitted, too."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[asyncio.Future] = []
+        self._unconfirmed_emits: list[asyncio.Future] = []
 
     def send_changelog(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         future = super().send_changelog(*args, **kwargs)
         self._unconfirmed.append(future)
         return future
 
+    def emitted(self, future: asyncio.Future) -> None:
+        """Track a record the worker produced; commits wait for it."""
+        self._unconfirmed_emits.append(future)
+
     async def changelog_confirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, []
         if pending:
             await asyncio.gather(*pending)
 
+    async def emits_confirmed(self) -> None:
+        pending, self._unconfirmed_emits = self._unconfirmed_emits, []
+        if pending:
+            await asyncio.gather(*pending)
+
     def guard_commits(self, producer: Any) -> None:
         """Make the producer's flush, which Faust awaits before committing offsets, also
-        wait for every changelog write of this table.
+        wait for every changelog write of this table and every record emitted.
 
         Faust's own flush gives up on its send buffer after 0.1 s without progress
         (faust/transport/producer.py, ProducerBuffer.flush_atmost) and then commits the
-        offsets anyway: under load, an event's table writes could still sit in that
-        buffer when its offset is committed, and a crash would lose them for good (a
-        lead accepted, then forgotten). With this guard an offset is committed only
-        after the writes of the events before it are in the changelog.
+        offsets anyway: under load, an event's table writes or records could still sit
+        in that buffer when its offset is committed, and a crash would lose them for
+        good (a lead accepted, then forgotten; an outcome never told). With this guard
+        an offset is committed only after the writes and records of the events before
+        it are on the broker.
         """
         if getattr(producer, "_streams_guarded", False):
             return
@@ -73,6 +93,7 @@ class DurableTable(faust.Table):
         async def flush_then_confirm() -> None:
             await flush()
             await self.changelog_confirmed()
+            await self.emits_confirmed()
 
         producer.flush = flush_then_confirm
         producer._streams_guarded = True
@@ -121,6 +142,11 @@ class Limiter:
         self.app.agent(self.inputs, name="limiter", concurrency=1)(self._agent)
         self.app.timer(settings.tick_interval_seconds, name="ticks")(self._send_ticks)
         self.lag = metrics.LagTracker()
+        self.reader = BrokerReader(settings.kafka_bootstrap_servers, self.app.conf.id)
+        self.handled = HandledOffsets()
+        self._to_drop = {(topic_name(base, prefix), int(offset)) for base, offset in (
+            item.rsplit(":", 1) for item in
+            os.environ.get(DROP_FIRST_DELIVERY_ENV, "").split(",") if item)}
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
 
         @self.app.page("/businesses/")
@@ -166,47 +192,67 @@ class Limiter:
 
     async def _agent(self, stream: faust.StreamT) -> None:
         self.table.guard_commits(self.app.producer)
+        self._cap_commits(self.app.consumer)
         async for event in stream.events():
-            try:
-                await self.handle(event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # one bad event must not kill the agent
-                log.exception("event %s/%s/%s failed; dead-lettering it",
-                              event.message.topic, event.message.partition,
-                              event.message.offset)
-                await self._emit(core.reject(self._source(event), f"internal error: {exc!r}"))
+            source = self._source(event)
+            if self._to_drop and (source.topic, source.offset) in self._to_drop:
+                self._to_drop.discard((source.topic, source.offset))
+                log.warning("%s: dropped unhandled (%s)", source.id, DROP_FIRST_DELIVERY_ENV)
+                continue
+            key = (source.topic, source.partition)
+            generation = event.message.generation_id
+            if self.handled.needs_start(key, generation):
+                committed = await asyncio.to_thread(self.reader.committed, *key)
+                self.handled.start(key, generation, committed)
+            skipped = self.handled.missing(key, source.offset)
+            if skipped:
+                await self._recover_skipped(key, *skipped)
+            await self.handle(source)
+            if self._base_names[source.topic] == LIMITER_TICKS:
+                for tail_key, start, end in self.handled.unrevealed(source.partition):
+                    await self._recover_skipped(tail_key, start, end)
 
-    async def handle(self, event: EventT) -> None:
-        source = self._source(event)
+    async def handle(self, source: core.Source) -> None:
+        """Apply one record; any exception dead-letters it and the agent goes on
+        (Faust would otherwise ack the event and lose it)."""
         metrics.EVENTS.labels(topic=source.topic).inc()
-        with metrics.EVENT_SECONDS.time():
-            effects = self._decide(event, source)
-            for key, value in effects.writes:
-                if value is not None:
-                    self.table[key] = value
-                elif key in self.table:
-                    del self.table[key]
-            await self._emit(effects)
-        self.lag.processed(source.topic, source.partition, event.message.timestamp)
+        try:
+            with metrics.EVENT_SECONDS.time():
+                await self._apply(self._decide(source))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("event %s failed; dead-lettering it", source.id)
+            await self._apply(core.reject(self.table.get, source,
+                                          f"internal error: {exc!r}", time.time(),
+                                          self.rules))
+        self.handled.handled((source.topic, source.partition), source.offset)
+        self.lag.processed(source.topic, source.partition, source.timestamp)
 
-    def _decide(self, event: EventT, source: core.Source) -> core.Effects:
+    def _decide(self, source: core.Source) -> core.Effects:
         base = self._base_names[source.topic]
+        now = time.time()
         try:
             record = INPUT_RECORDS[base].decode(source.value, source.key)
             if isinstance(record, Tick) and record.partition != source.partition:
                 raise InvalidRecord(f"tick for partition {record.partition} arrived on"
                                     f" partition {source.partition}")
         except InvalidRecord as exc:
-            return core.reject(source, exc.reason, exc.lead_id, exc.business_id)
-        return core.process(self.table.get, record, source, time.time(), self.rules)
+            return core.reject(self.table.get, source, exc.reason, now, self.rules,
+                               exc.lead_id, exc.business_id)
+        return core.process(self.table.get, record, source, now, self.rules)
 
-    async def _emit(self, effects: core.Effects) -> None:
+    async def _apply(self, effects: core.Effects) -> None:
+        for key, value in effects.writes:
+            if value is not None:
+                self.table[key] = value
+            elif key in self.table:
+                del self.table[key]
         if effects.emits:
             await self.table.changelog_confirmed()
         for emit in effects.emits:
-            await self.outputs[emit.topic].send(key=emit.key.encode("utf-8"),
-                                                value=emit.record.encode())
+            self.table.emitted(await self.outputs[emit.topic].send(
+                key=emit.key.encode("utf-8"), value=emit.record.encode()))
         for note in effects.notes:
             self.counters[note.kind] += 1
             if note.kind.startswith("outcome-") and note.business_id is not None:
@@ -215,11 +261,39 @@ class Limiter:
             log.log(level, "%s", note.message)
         metrics.observe_effects(effects)
 
+    # -- records the consumer skipped (streams/progress.py) ------------------------
+
+    async def _recover_skipped(self, key: tuple[str, int], start: int, end: int) -> None:
+        """Read offsets [start, end) from the broker and handle them, in order."""
+        sources = await asyncio.to_thread(self.reader.read, *key, start, end)
+        log.warning("the consumer skipped %s/%s offsets %d-%d; handling the %d records"
+                    " the broker has there", *key, start, end - 1, len(sources))
+        metrics.SKIPPED_RECORDS.labels(topic=key[0]).inc(len(sources))
+        for source in sources:
+            await self.handle(source)
+        self.handled.absent_below(key, end)
+
+    def _cap_commits(self, consumer: Any) -> None:
+        """Commit no offset past a record this process has not handled (`handled.cap`).
+
+        Wraps the driver's `_commit`, which Faust calls after its pre-commit flush with
+        the offsets it computed from its acks, skipped records included."""
+        if getattr(consumer, "_streams_capped", False):
+            return
+        commit = consumer._commit
+
+        async def capped_commit(offsets: Any) -> bool:
+            safe = self.handled.cap(offsets)
+            return await commit(safe) if safe else False
+
+        consumer._commit = capped_commit
+        consumer._streams_capped = True
+
     @staticmethod
     def _source(event: EventT) -> core.Source:
         message = event.message
         return core.Source(message.topic, message.partition, message.offset,
-                           message.key, message.value)
+                           message.key, message.value, message.timestamp)
 
     # -- time ----------------------------------------------------------------------
 

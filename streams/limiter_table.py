@@ -42,15 +42,12 @@ The rules
    addressed by per-priority head/tail counters in the business's value, and time-based
    work (expiry, resends, held statuses) is found through per-second wake buckets
    delivered by tick events, never by scanning.
+9. An input record is applied at most once. The partition's `last` entry carries, per
+   input topic, the next offset to apply (its cursor): a redelivered record below it
+   re-emits from its done entry, or, older than the journal ring, is ignored. (That
+   no record is skipped is the shell's duty: `streams/progress.py`.) Rejected records
+   are journaled like any other.
 
-Table keys (one Faust table, values JSON):
-    b␟BIZ                  business: active slots, queue counters, held dial ids, wake
-    l␟BIZ␟LEAD             lead: state, attempt, dial ids used, outcome (dedupe)
-    q␟BIZ␟LEVEL␟N          a waiting lead id at position N of a priority level
-    o␟BIZ␟DIAL             statuses held for a dial we do not know yet
-    wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P
-    jl␟P                   the partition's last event: its id, writes and emits
-    j␟TOPIC␟P␟SLOT         journal ring: "done" entries of recent input events
 """
 
 from __future__ import annotations
@@ -130,6 +127,8 @@ class Source:
     offset: int
     key: Optional[bytes] = None
     value: Optional[bytes] = None
+    #: The record's Kafka timestamp in seconds, for lag figures; not used by the rules.
+    timestamp: Optional[float] = None
 
     @property
     def id(self) -> str:
@@ -210,13 +209,41 @@ def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl
     """Apply one input event. Pure: `read` is only read; the result says what to do.
 
     Rule 7 in full. Writes are ordered: the partition's `last` entry (this event's id,
-    all its writes and emits), then the writes, then the event's `done` entry in the
-    journal ring. A crash can cut that sequence anywhere; the next event of the
-    partition first completes an interrupted one from `last`, and a redelivered event
-    whose `done` entry exists only re-emits what it emitted. The shell must make the
-    writes durable before it emits, so no record ever escapes state that could be lost.
+    all its writes and emits, the cursors), then the writes, then the event's `done`
+    entry in the journal ring. A crash can cut that sequence anywhere; the next event
+    of the partition first completes an interrupted one from `last`, and a redelivered
+    event whose `done` entry exists only re-emits what it emitted. The shell must make
+    the writes durable before it emits, so no record ever escapes state that could be
+    lost. Rule 9: one below its topic's cursor is never applied again.
     """
-    writes, emits, notes = _complete_interrupted(read, source.partition)
+    handler = _HANDLERS[type(event)]
+    return _journaled(read, source, now, rules, lambda step: handler(step, event))
+
+
+def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,
+           lead_id: str | None = None, business_id: str | None = None) -> Effects:
+    """A record we cannot use: dead-letter it, and tell the CRM when it was a lead.
+
+    Journaled like any event, so a redelivered bad record is dead-lettered once and the
+    cursor moves past it."""
+    def dead_letter(step: _Step) -> None:
+        step.emit(LEADS_DEADLETTER, business_id or "", DeadLetter.of(
+            reason, source.topic, source.partition, source.offset, source.key,
+            source.value))
+        if lead_id and business_id and source.topic.endswith("leads.requests"):
+            step.emit(LEADS_OUTCOMES, business_id, LeadOutcome(
+                lead_id=lead_id, business_id=business_id, outcome="rejected",
+                reason=reason))
+        step.note("dead-lettered", business_id, lead_id,
+                  f"{source.id} dead-lettered: {reason}")
+    return _journaled(read, source, now, rules, dead_letter)
+
+
+def _journaled(read: Read, source: Source, now: float, rules: Rules,
+               handle: Callable[["_Step"], None]) -> Effects:
+    last = read(_key("jl", source.partition))
+    cursors = dict(last.get("cursors", {})) if last else {}
+    writes, emits, notes = _complete_interrupted(read, last)
     if writes:
         completed = replay_writes(writes)
         plain_read = read
@@ -228,19 +255,24 @@ def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl
         notes.append(Note("redelivered", None, None, f"{source.id} was applied before;"
                           f" re-emitting its {len(again)} records"))
         return Effects(writes, emits + again, notes, replayed=True)
+    if source.offset < cursors.get(source.topic, 0):
+        notes.append(Note("redelivered", None, None, f"{source.id} was applied before,"
+                          " longer ago than the journal ring remembers; ignored"))
+        return Effects(writes, emits, notes, replayed=True)
     step = _Step(read, source, now, rules)
-    _HANDLERS[type(event)](step, event)
+    handle(step)
     own_writes = list(step.writes.items())
     own_emits = [[e.topic, e.key, e.record.to_dict()] for e in step.emits]
-    last = {"id": source.id, "done_key": done_key, "writes": own_writes, "emits": own_emits}
-    writes += [(_key("jl", source.partition), last)] + own_writes
+    cursors[source.topic] = source.offset + 1
+    entry = {"id": source.id, "done_key": done_key, "writes": own_writes,
+             "emits": own_emits, "cursors": cursors}
+    writes += [(_key("jl", source.partition), entry)] + own_writes
     writes.append((done_key, {"id": source.id, "emits": own_emits}))
     return Effects(writes, emits + step.emits, notes + step.notes)
 
 
-def _complete_interrupted(read: Read, partition: int) -> tuple[list, list, list]:
+def _complete_interrupted(read: Read, last: dict | None) -> tuple[list, list, list]:
     """The writes and emits that finish this partition's last event, if a crash cut it."""
-    last = read(_key("jl", partition))
     if last is None:
         return [], [], []
     done = read(last["done_key"])
@@ -257,18 +289,6 @@ def _complete_interrupted(read: Read, partition: int) -> tuple[list, list, list]
 
 def _decode_emits(encoded: list) -> list[Emit]:
     return [Emit(topic, key, _RECORD_TYPES[topic](**record)) for topic, key, record in encoded]
-
-
-def reject(source: Source, reason: str, lead_id: str | None = None,
-           business_id: str | None = None) -> Effects:
-    """A record we cannot use: dead-letter it, and tell the CRM when it was a lead."""
-    emits = [Emit(LEADS_DEADLETTER, business_id or "", DeadLetter.of(
-        reason, source.topic, source.partition, source.offset, source.key, source.value))]
-    if lead_id and business_id and source.topic.endswith("leads.requests"):
-        emits.append(Emit(LEADS_OUTCOMES, business_id, LeadOutcome(
-            lead_id=lead_id, business_id=business_id, outcome="rejected", reason=reason)))
-    return Effects([], emits, [Note("dead-lettered", business_id, lead_id,
-                                    f"{source.id} dead-lettered: {reason}")])
 
 
 def describe_business(read: Read, business_id: str, now: float, rules: Rules) -> dict:

@@ -70,6 +70,11 @@ EVENT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
              5.0, 10.0),
     registry=REGISTRY)
+SKIPPED_RECORDS = Counter(
+    "streams_skipped_records_recovered_total",
+    "Input records the Kafka consumer skipped (faust-streaming, around rebalances) that"
+    " the worker read again from the broker and applied (core rule 9).",
+    ["topic"], registry=REGISTRY)
 DECISIONS = Counter(
     "streams_decisions_total",
     "Every decision of the limiter core, by kind (the same as GET /counters/).",

@@ -28,7 +28,8 @@ BUSINESSES = ("A", "B", "C")
 
 ACTIONS = ("lead", "lead", "lead", "repeat-lead", "junk-status", "process", "process",
            "process", "process", "dialer", "dialer", "report", "report", "report",
-           "report-fault", "tick", "advance", "advance", "commit", "crash", "control")
+           "report-fault", "tick", "advance", "advance", "commit", "crash", "control",
+           "skip", "marker")
 
 
 def run_world(data, rules: Rules, steps: int) -> World:
@@ -58,6 +59,10 @@ def run_world(data, rules: Rules, steps: int) -> World:
             world.commit()
         elif action == "crash":
             world.crash()
+        elif action == "skip":
+            world.skip(data.draw(st.integers(1, 3)))
+        elif action == "marker":
+            world.marker(data.draw(st.sampled_from(sorted(world.logs))))
         elif action == "control":
             world.control(data.draw(st.sampled_from(BUSINESSES)),
                           data.draw(st.one_of(st.none(), st.integers(0, 4))),

@@ -26,8 +26,10 @@ def test_note_kinds_count_into_their_metrics():
         "dial-granted", "dial-granted", "outcome-expired", "lease-expired", "dial-resent",
         "waiting")]
     metrics.observe_effects(core.Effects([], [], notes))
-    metrics.observe_effects(core.reject(core.Source("leads.requests", 0, 7), "bad phone",
-                                        "L2", "B"))
+    rules = core.Rules(limit=3, dial_deadline=10, ack_timeout=2, ring_timeout=3,
+                       call_time_limit=8, lease_grace=2, orphan_hold=20, max_attempts=2)
+    metrics.observe_effects(core.reject({}.get, core.Source("leads.requests", 0, 0),
+                                        "bad phone", 1.0, rules, "L2", "B"))
     assert sample("streams_dials_granted_total") == before["streams_dials_granted_total"] + 2
     assert sample("streams_lease_expiries_total") == before["streams_lease_expiries_total"] + 1
     assert sample("streams_dial_resends_total") == before["streams_dial_resends_total"] + 1

@@ -1,7 +1,9 @@
 """A model of everything around the limiter core, for property tests.
 
-Kafka topics are lists, the changelog is a list of writes of which only a prefix
-survives a crash, the dialer is an honest one (dedupes on dial_id, honours dial_by,
+Kafka topics are lists (a None entry is an offset without a record, like a transaction
+marker), the consumer may skip records and ack them (as faust-streaming can around a
+rebalance) while the shell keeps its own account (`streams.progress`), the changelog is
+a list of writes of which only a prefix survives a crash, the dialer is an honest one (dedupes on dial_id, honours dial_by,
 calls never ring or talk longer than allowed) whose status reports can be duplicated,
 delayed (so reordered) or lost. The true calls it places are recorded as intervals,
 independently of anything the limiter says.
@@ -13,7 +15,8 @@ import collections
 import dataclasses
 from typing import Callable
 
-from streams.limiter_table import Rules, Source, business_key, process
+from streams.limiter_table import Effects, Rules, Source, business_key, process
+from streams.progress import HandledOffsets
 from streams.topics import (
     BUSINESS_CONTROL, CALLS_DIAL, CALLS_STATUS, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER,
     LEADS_OUTCOMES, LEADS_REQUESTS, LIMITER_TICKS, BusinessControl, CallStatus,
@@ -41,7 +44,9 @@ class World:
         self.now = 1_000.0
         self.logs: dict[str, list] = {t: [] for t in INPUTS}
         self.position = {t: 0 for t in INPUTS}
-        self.committed = {t: 0 for t in INPUTS}
+        self.committed = {t: 0 for t in INPUTS}  # on the broker
+        self.handled = HandledOffsets()  # the shell's account; a crash starts a new one
+        self.generation = 0
         self.state: dict = {}
         self.durable: dict = {}
         self.pending_writes: list = []
@@ -88,7 +93,19 @@ class World:
     def tick(self) -> None:
         self.logs[LIMITER_TICKS].append(Tick(partition=0, at=to_iso(self.now)))
 
+    def marker(self, topic: str) -> None:
+        """An offset with no record for the consumer (a transaction marker)."""
+        self.logs[topic].append(None)
+
+    def skip(self, count: int) -> None:
+        """The consumer drops the next `count` offsets of a topic unhandled, and acks them."""
+        ready = [t for t in INPUTS if self.position[t] < len(self.logs[t])]
+        if ready:
+            topic = ready[self.choose(len(ready))]
+            self.position[topic] = min(self.position[topic] + count, len(self.logs[topic]))
+
     def process_one(self) -> bool:
+        """The consumer delivers the next record of a topic to the shell (streams/app.py)."""
         ready = [t for t in INPUTS if self.position[t] < len(self.logs[t])]
         if not ready:
             return False
@@ -96,9 +113,35 @@ class World:
         offset = self.position[topic]
         event = self.logs[topic][offset]
         self.position[topic] += 1
-        effects = process(self.state.get, event, Source(topic, 0, offset,
-                                                         key=b"k", value=b"v"),
+        if event is None:
+            return True
+        key = (topic, 0)
+        if self.handled.needs_start(key, self.generation):
+            self.handled.start(key, self.generation, self.committed[topic])
+        skipped = self.handled.missing(key, offset)
+        if skipped:
+            self.recover(key, *skipped)
+        self.handle(topic, offset, event)
+        if topic == LIMITER_TICKS:
+            for tail_key, start, end in self.handled.unrevealed(0):
+                self.recover(tail_key, start, end)
+        return True
+
+    def recover(self, key: tuple[str, int], start: int, end: int) -> None:
+        """Read a skipped range from the 'broker' and handle it in order."""
+        for offset in range(start, end):
+            if self.logs[key[0]][offset] is not None:
+                self.handle(key[0], offset, self.logs[key[0]][offset])
+        self.handled.absent_below(key, end)
+
+    def handle(self, topic: str, offset: int, event) -> None:
+        effects = process(self.state.get, event, Source(topic, 0, offset, key=b"k",
+                                                         value=b"v"),
                           self.now, self.rules)
+        self.apply(effects)
+        self.handled.handled((topic, 0), offset)
+
+    def apply(self, effects: Effects) -> None:
         for key, value in effects.writes:
             _apply(self.state, key, value)
             self.pending_writes.append((key, value))
@@ -112,7 +155,6 @@ class World:
                 limit = business["limit"] if business["limit"] is not None else self.rules.limit
                 if len(business["active"]) > limit or business["paused"]:
                     self.grants_over_limit.append(note.message)
-        return True
 
     def flush_writes(self) -> None:
         for key, value in self.pending_writes:
@@ -120,10 +162,12 @@ class World:
         self.pending_writes.clear()
 
     def commit(self) -> None:
-        """Faust's commit: flush everything, then commit offsets."""
+        """Faust's commit: flush everything, then commit offsets, which the shell caps
+        at what it handled."""
         self.flush_writes()
         self.deliver_emits(len(self.pending_emits))
-        self.committed = dict(self.position)
+        safe = self.handled.cap({(t, 0): offset for t, offset in self.position.items()})
+        self.committed.update({t: offset for (t, _), offset in safe.items()})
 
     def deliver_emits(self, count: int) -> None:
         for emit in self.pending_emits[:count]:
@@ -140,6 +184,8 @@ class World:
         self.pending_emits.clear()
         self.state = dict(self.durable)
         self.position = dict(self.committed)
+        self.handled = HandledOffsets()
+        self.generation += 1
 
     # -- the dialer ----------------------------------------------------------------
 

@@ -1,0 +1,86 @@
+"""Which input records this worker process has handled, per partition. Sans-I/O.
+
+faust-streaming can skip input records around a rebalance: records fetched in one
+generation are dropped while the consumer's position has moved past them, and their
+offsets can still be acked and committed (the family of faust-streaming #216, #221,
+#253; `bench/chaos.py` lost leads this way). So the worker keeps its own account: since
+a partition was assigned, at the group's committed offset, this process has handled
+every record below `through` (applied it, or replayed it from the journal and
+re-emitted what it emitted). The shell (`streams/app.py`) uses it three ways:
+
+* a delivered record beyond `through` reveals skipped records: the shell reads
+  [through, offset) from the broker (`streams/reread.py`) and handles them first;
+* the offsets Faust commits are capped at `through`, so no record this process has
+  not handled is committed past: after a crash it is delivered again, and the journal
+  re-emits its records (a record applied by an earlier process, whose emits that
+  process may have lost, counts as not handled until this one replays it);
+* an offset Faust wanted to commit past `through` with no later record to reveal the
+  gap (skipped at the tail) is recovered on the partition's next tick.
+"""
+
+from __future__ import annotations
+
+from typing import Hashable, Mapping
+
+#: (topic, partition); Faust's TP named tuples compare and hash equal to these.
+Key = tuple[str, int]
+
+
+class HandledOffsets:
+    """Per input partition: the generation it was assigned in and the offset below which
+    this process handled every record."""
+
+    def __init__(self) -> None:
+        self._through: dict[Key, int] = {}
+        self._generation: dict[Key, Hashable] = {}
+        self._wanted: dict[Key, int] = {}
+
+    def needs_start(self, key: Key, generation: Hashable) -> bool:
+        """Whether `key` has no start in this consumer generation: every rebalance
+        assigns partitions afresh, at the committed offset."""
+        return key not in self._through or self._generation[key] != generation
+
+    def start(self, key: Key, generation: Hashable, committed: int) -> None:
+        """The partition was assigned at `committed`: nothing from there is handled."""
+        self._through[key] = committed
+        self._generation[key] = generation
+        self._wanted.pop(key, None)
+
+    def missing(self, key: Key, offset: int) -> tuple[int, int] | None:
+        """Offsets [start, end) skipped before the record at `offset`, if any."""
+        through = self._through.get(key)
+        if through is not None and offset > through:
+            return through, offset
+        return None
+
+    def handled(self, key: Key, offset: int) -> None:
+        """The record at `offset` was handled (everything before it was, too)."""
+        self.absent_below(key, offset + 1)
+
+    def absent_below(self, key: Key, offset: int) -> None:
+        """The broker holds no record before `offset` that was not handled (what is
+        left in a range read again are transaction markers and compacted records)."""
+        if key in self._through and offset > self._through[key]:
+            self._through[key] = offset
+
+    def cap(self, offsets: Mapping[Key, int]) -> dict[Key, int]:
+        """The part of `offsets` (Faust's commit) that is safe to commit: none past a
+        record this process has not handled; partitions without a start are left out.
+        What Faust wanted beyond is remembered for `unrevealed`."""
+        safe = {}
+        for key, offset in offsets.items():
+            through = self._through.get(key)
+            if through is None:
+                continue
+            if offset > through:
+                self._wanted[key] = max(offset, self._wanted.get(key, offset))
+            safe[key] = min(offset, through)
+        return safe
+
+    def unrevealed(self, partition: int) -> list[tuple[Key, int, int]]:
+        """Ranges of `partition`'s topics Faust acked without this process handling
+        them, and that no later record revealed: (key, start, end)."""
+        return [(key, self._through[key], wanted)
+                for key, wanted in list(self._wanted.items())
+                if key[1] == partition and key in self._through
+                and wanted > self._through[key]]

@@ -1,0 +1,39 @@
+"""Records the Kafka consumer skips are still handled (streams/progress.py).
+
+faust-streaming can drop records around a rebalance and ack them. The worker is told
+(STREAMS_WORKER_DROP_FIRST_DELIVERY) to drop some first deliveries the same way: two in
+the middle of the stream, revealed by the next record, and the very last lead, which no
+later record reveals and only the capped commit and the next tick catch. Every lead
+must still get its outcome, within the limit, and never be dialed twice.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.harness import Deployment
+from tests.integration.test_acceptance import assert_core_guarantees, make_leads
+
+pytestmark = pytest.mark.integration
+
+
+def test_records_the_consumer_skipped_are_read_again_and_handled(kafka_broker, tmp_path):
+    leads = make_leads(["A", "B", "C"], 4, run="skip")  # offsets 0..11 of one partition
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
+                            STREAMS_WORKER_DROP_FIRST_DELIVERY=(
+                                "leads.requests:2,leads.requests:3,leads.requests:11"))
+    try:
+        deployment.create_topics()
+        worker = deployment.start_worker()
+        worker.wait_serving()
+        deployment.start_dialer()
+        deployment.produce_leads(leads)
+        outcomes = deployment.outcomes(leads)
+        assert set(outcomes) == {lead["lead_id"] for lead in leads}
+        assert_core_guarantees(deployment, leads)
+        log = worker.log()
+        assert log.count("dropped unhandled") == 3, log[-3000:]
+        assert "the consumer skipped" in log and "offsets 2-3;" in log, log[-3000:]
+        assert "offsets 11-11;" in log, log[-3000:]
+    finally:
+        deployment.close()
