@@ -32,12 +32,13 @@ The rules
    applied when the grant happens, or dead-lettered.
 7. Crash at any instruction. An event's writes all go to one table partition (one
    changelog partition, written in order): first a `last` entry holding all of them and
-   the records to emit, then the writes, then a `done` entry. A crash leaves a prefix;
-   the partition's next event completes a cut-short one from `last`; a redelivered
-   event that is `done` only re-emits. Records are emitted only once the writes are
-   durable (the shell's duty), so no record escapes state a crash could lose. Outputs
-   are at-least-once and re-derivable from the table; consumers dedupe on dial_id or
-   lead_id.
+   the records to emit, then the writes, ending with a `done` entry in the journal ring
+   when the event emitted anything. A crash leaves a prefix; the partition's next event
+   completes a cut-short one from `last` (cut short: some write of `last` is not in the
+   table); a redelivered event that is `done` only re-emits. Records are emitted only
+   once the writes are durable (the shell's duty), so no record escapes state a crash
+   could lose. Outputs are at-least-once and re-derivable from the table; consumers
+   dedupe on dial_id or lead_id.
 8. Per-event cost does not grow with a backlog: waiting leads are one table key each,
    addressed by per-priority head/tail counters in the business's value, and time-based
    work (expiry, resends, held statuses) is found through per-second wake buckets
@@ -263,26 +264,23 @@ def _journaled(read: Read, source: Source, now: float, rules: Rules,
     handle(step)
     own_writes = list(step.writes.items())
     own_emits = [[e.topic, e.key, e.record.to_dict()] for e in step.emits]
+    if own_emits:  # what a redelivery must re-emit; without emits the cursor suffices
+        own_writes.append((done_key, {"id": source.id, "emits": own_emits}))
     cursors[source.topic] = source.offset + 1
-    entry = {"id": source.id, "done_key": done_key, "writes": own_writes,
-             "emits": own_emits, "cursors": cursors}
+    entry = {"id": source.id, "writes": own_writes, "emits": own_emits, "cursors": cursors}
     writes += [(_key("jl", source.partition), entry)] + own_writes
-    writes.append((done_key, {"id": source.id, "emits": own_emits}))
     return Effects(writes, emits + step.emits, notes + step.notes)
 
 
 def _complete_interrupted(read: Read, last: dict | None) -> tuple[list, list, list]:
-    """The writes and emits that finish this partition's last event, if a crash cut it."""
-    if last is None:
-        return [], [], []
-    done = read(last["done_key"])
-    if done is not None and done["id"] == last["id"]:
+    """The writes and emits that finish this partition's last event, if a crash cut it:
+    it is complete when every one of its writes is in the table."""
+    if last is None or all(read(key) == value for key, value in last["writes"]):
         return [], [], []
     writes = [tuple(w) for w in last["writes"]]
-    writes.append((last["done_key"], {"id": last["id"], "emits": last["emits"]}))
     emits = _decode_emits(last["emits"])
     note = Note("interrupted-event-completed", None, None,
-                f"{last['id']} was cut short by a crash; completed its {len(writes) - 1}"
+                f"{last['id']} was cut short by a crash; completed its {len(writes)}"
                 f" writes and re-emitted its {len(emits)} records")
     return writes, emits, [note]
 
