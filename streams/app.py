@@ -1,11 +1,13 @@
-"""The Faust shell: decode, call the core, write the table, wait, emit. Nothing else.
+"""The Faust shell: decode, call the core, write the table, emit. Nothing else.
 
 One agent (concurrency 1) consumes the co-partitioned inputs: lead requests, call
 statuses and ticks. Each event is decoded (`streams.topics`), handed to
 `limiter_table.process` with the table as a read function and the wall clock, and its
-writes applied to the table. When the event emits anything, the shell first waits until
-the table's changelog has those writes (rule 7 of the core: no record escapes state a
-crash could lose), then produces. An exception for one event dead-letters that event;
+writes applied to the table. Records to emit go to an outbox that sends them only once
+the table's changelog has every write made before them (rule 7 of the core: no record
+escapes state a crash could lose), in batches, so the agent never waits for the broker
+per event; commits wait for the outbox. Records Faust skips are read again from the
+broker and handled (`streams.progress`). An exception for one event dead-letters that event;
 the agent never dies of it, because Faust would ack the event and lose it.
 
 Ticks come from a timer that only *sends* a tick record to each partition this worker
@@ -18,8 +20,10 @@ import asyncio
 import collections
 import logging
 import os
+import shutil
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Awaitable, Callable
 
 import faust
 from faust.types import EventT
@@ -47,36 +51,82 @@ _WARNING_NOTES = {"lease-expired", "dead-lettered", "interrupted-event-completed
 
 
 class DurableTable(faust.Table):
-    """A table whose changelog sends can be awaited, so records leave only after them,
-    and whose commits wait for the records the worker emitted, too."""
+    """A table whose changelog sends can be awaited, so records leave only after them."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[asyncio.Future] = []
-        self._unconfirmed_emits: list[asyncio.Future] = []
 
     def send_changelog(self, *args: Any, **kwargs: Any):  # type: ignore[override]
         future = super().send_changelog(*args, **kwargs)
         self._unconfirmed.append(future)
         return future
 
-    def emitted(self, future: asyncio.Future) -> None:
-        """Track a record the worker produced; commits wait for it."""
-        self._unconfirmed_emits.append(future)
-
     async def changelog_confirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, []
         if pending:
             await asyncio.gather(*pending)
 
-    async def emits_confirmed(self) -> None:
-        pending, self._unconfirmed_emits = self._unconfirmed_emits, []
-        if pending:
-            await asyncio.gather(*pending)
+
+class Outbox:
+    """Records to emit, each sent only once the changelog has every write made before it
+    (core rule 7), in batches.
+
+    Waiting for the changelog before each event's records cost a broker round trip per
+    event, a quarter of the worker's time (bench/RESULTS.md); with the outbox the agent
+    goes on while a batch waits, and the next batch collects meanwhile. Commits wait
+    until everything queued is sent and acknowledged (`guard_commits`)."""
+
+    def __init__(self, table: DurableTable,
+                 send: Callable[[core.Emit], Awaitable[asyncio.Future]]):
+        self._table = table
+        self._send = send
+        self._queued: list[core.Emit] = []
+        self._sent: list[asyncio.Future] = []
+        self._lock = asyncio.Lock()
+        self._waiting = asyncio.Event()
+
+    def queue(self, emits: list[core.Emit]) -> None:
+        self._queued.extend(emits)
+        self._waiting.set()
+
+    async def flush(self) -> None:
+        """Send what is queued, once the changelog has the writes made before it."""
+        async with self._lock:
+            batch, self._queued = self._queued, []
+            sent = 0
+            try:
+                await self._table.changelog_confirmed()
+                for emit in batch:
+                    self._sent.append(await self._send(emit))
+                    sent += 1
+            finally:  # what could not be sent stays first in line
+                self._queued[:0] = batch[sent:]
+
+    async def confirmed(self) -> None:
+        """Flush, then wait until the broker acknowledged every record sent."""
+        await self.flush()
+        sent, self._sent = self._sent, []
+        if sent:
+            await asyncio.gather(*sent)
+
+    async def run(self) -> None:
+        """Send batches as they come; the agent only queues."""
+        while True:
+            await self._waiting.wait()
+            self._waiting.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sending records failed; retrying in 1 s")
+                self._waiting.set()
+                await asyncio.sleep(1)
 
     def guard_commits(self, producer: Any) -> None:
         """Make the producer's flush, which Faust awaits before committing offsets, also
-        wait for every changelog write of this table and every record emitted.
+        wait for every changelog write and every record queued before it.
 
         Faust's own flush gives up on its send buffer after 0.1 s without progress
         (faust/transport/producer.py, ProducerBuffer.flush_atmost) and then commits the
@@ -92,11 +142,14 @@ class DurableTable(faust.Table):
 
         async def flush_then_confirm() -> None:
             await flush()
-            await self.changelog_confirmed()
-            await self.emits_confirmed()
+            await self.confirmed()
 
         producer.flush = flush_then_confirm
         producer._streams_guarded = True
+
+
+#: Written in the worker's data dir when it stops cleanly, removed when it starts.
+CLEAN_STOP_MARKER = "stopped-cleanly"
 
 
 class Limiter:
@@ -131,6 +184,8 @@ class Limiter:
             partitions=settings.topic_partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
             help="All limiter state: businesses, leads, queues, wake buckets, journal."))
+        self.outbox = Outbox(self.table, self._send)
+        self.app.task(self.outbox.run)
         self._base_names = {topic_name(b, prefix): b for b in INPUT_TOPICS}
         self.inputs = self.app.topic(*self._base_names, key_type=bytes, value_type=bytes,
                                      partitions=settings.topic_partitions)
@@ -188,10 +243,38 @@ class Limiter:
             # aiohttp refuses a charset in content_type=, so the header goes as is.
             return view.bytes(body, headers={"Content-Type": content_type})
 
+    # -- local state across restarts ------------------------------------------------
+
+    def discard_local_state_after_crash(self) -> None:
+        """Drop the local RocksDB tables unless the last run stopped cleanly.
+
+        RocksDB applies a table write locally before the changelog has it, and Faust
+        replays the changelog only from the offset it last recorded: after a SIGKILL the
+        local store can hold writes the changelog never got next to older, replayed
+        values of other keys, a state no sequence of events produced (we saw a queue
+        naming a lead that had no record). Recovering from the changelog alone is
+        slower and right. A clean stop flushes and commits everything, so its local
+        state is kept."""
+        if self.settings.table_store != "rocksdb://":
+            return
+        tables = Path(self.app.conf.tabledir)
+        marker = Path(self.app.conf.appdir) / CLEAN_STOP_MARKER
+        if tables.exists() and not marker.exists():
+            log.warning("the last run did not stop cleanly: discarding local tables in"
+                        " %s and recovering them from the changelog", tables)
+            shutil.rmtree(tables)
+        marker.unlink(missing_ok=True)
+
+    def mark_clean_stop(self) -> None:
+        """Note that the worker stopped cleanly, so its local state can be kept."""
+        appdir = Path(self.app.conf.appdir)
+        appdir.mkdir(parents=True, exist_ok=True)
+        (appdir / CLEAN_STOP_MARKER).touch()
+
     # -- the agent -----------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        self.table.guard_commits(self.app.producer)
+        self.outbox.guard_commits(self.app.producer)
         self._cap_commits(self.app.consumer)
         async for event in stream.events():
             source = self._source(event)
@@ -249,10 +332,7 @@ class Limiter:
             elif key in self.table:
                 del self.table[key]
         if effects.emits:
-            await self.table.changelog_confirmed()
-        for emit in effects.emits:
-            self.table.emitted(await self.outputs[emit.topic].send(
-                key=emit.key.encode("utf-8"), value=emit.record.encode()))
+            self.outbox.queue(effects.emits)
         for note in effects.notes:
             self.counters[note.kind] += 1
             if note.kind.startswith("outcome-") and note.business_id is not None:
@@ -288,6 +368,10 @@ class Limiter:
 
         consumer._commit = capped_commit
         consumer._streams_capped = True
+
+    async def _send(self, emit: core.Emit) -> asyncio.Future:
+        return await self.outputs[emit.topic].send(key=emit.key.encode("utf-8"),
+                                                   value=emit.record.encode())
 
     @staticmethod
     def _source(event: EventT) -> core.Source:

@@ -67,7 +67,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "version": 1, "merge": True, "disable_existing_loggers": False,
         "loggers": {"faust": quiet, "mode": quiet, "aiokafka": quiet, "kafka": quiet,
                     "streams": {"level": "INFO"}}})
-    worker.execute_from_commandline()
+    limiter.discard_local_state_after_crash()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            limiter.mark_clean_stop()
+        raise
+    limiter.mark_clean_stop()
     return 0
 
 
