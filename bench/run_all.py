@@ -9,8 +9,11 @@ Runs, in order, each as its own process (its command is logged in commands.txt):
                          with py-spy profiles of the Faust pass-through and ours
   3. bench.seed_poller   the seed (1 and 2 pollers) and ours at 100 / 1,000 / 10,000
                          businesses
-  4. bench.profile       summaries of the profiles
-  5. bench.plot          bench/slot_free_delay.png
+  4. bench.latency       lead -> dial latency at fixed offered loads, 3 workers, and
+                         the true concurrency per business from the dialer's ledger
+  5. bench.recovery      recovery time, state bytes and memory at 100,000 businesses
+  6. bench.profile       summaries of the profiles
+  7. bench.plot          bench/slot_free_delay.png
 Each step's stdout (JSON lines + summary) goes to STEP.out, its stderr to STEP.err, and
 every JSON line also to results.jsonl. --quick shrinks every size for a smoke test.
 """
@@ -79,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
                               "--out", str(out / "slot_free.jsonl"), "--businesses"]
          + (["20", "200", "--leads", "6", "4", "--cap", "60"] if q else
             ["100", "1000", "10000", "--leads", "12", "6", "4", "--cap", "150"])),
+        ("latency", py + ["bench.latency", "--bootstrap", args.bootstrap, "--rates"]
+         + (["50", "--seconds", "5"] if q else ["50,100,200,500,2000"])),
+        ("recovery", py + ["bench.recovery", "--bootstrap", args.bootstrap, "--businesses",
+                           "2000" if q else "100000"]),
         ("profile", py + ["bench.profile", str(out / "ours.pyspy.txt"),
                           str(out / "faust.pyspy.txt"), "--top", "40"]),
         ("plot", py + ["bench.plot", str(out / "slot_free.jsonl"), "-o",

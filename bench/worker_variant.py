@@ -6,9 +6,9 @@ streams/ changes. `bench/throughput.py --variants ...` runs them beside the real
     BENCH_VARIANT=no-wait python bench/worker_variant.py      # env as for `streams worker`
 
 Variants (combine with "+"):
-  no-wait  emit without awaiting the changelog's acknowledgement of the event's writes
-           (DurableTable.changelog_confirmed returns at once). Breaks rule 7 (a dial
-           could escape state a crash loses); shows what the per-event wait costs.
+  no-wait  the outbox sends without awaiting the changelog's acknowledgement of the
+           writes before (DurableTable.changelog_confirmed returns at once). Breaks
+           rule 7 (a dial could escape state a crash loses); shows what the wait costs.
   quiet    no per-event log lines from the worker (streams.worker logger off).
 """
 
