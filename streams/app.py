@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import faust
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from . import limiter_table as core
 from . import metrics
@@ -34,7 +34,7 @@ from .progress import HandledOffsets
 from .reread import BrokerReader
 from .settings import Settings
 from .topics import (
-    INPUT_RECORDS, INPUT_TOPICS, LIMITER_TABLE, LIMITER_TICKS, OUTPUT_TOPICS,
+    CALLS_STATUS, INPUT_RECORDS, INPUT_TOPICS, LIMITER_TABLE, LIMITER_TICKS, OUTPUT_TOPICS,
     InvalidRecord, Tick, app_id, to_iso, topic_name,
 )
 
@@ -57,10 +57,29 @@ class DurableTable(faust.Table):
         super().__init__(*args, **kwargs)
         self._unconfirmed: list[asyncio.Future] = []
 
-    def send_changelog(self, *args: Any, **kwargs: Any):  # type: ignore[override]
-        future = super().send_changelog(*args, **kwargs)
+    def send_changelog(self, partition: int | None, key: Any, value: Any,  # type: ignore[override]
+                       *args: Any, **kwargs: Any):
+        future = super().send_changelog(partition, key, value, *args, **kwargs)
         self._unconfirmed.append(future)
+        self._remember_partition(partition, key, value)
         return future
+
+    def _remember_partition(self, partition: int | None, key: Any, value: Any) -> None:
+        """Note each key's partition in the memory store's own bookkeeping.
+
+        Faust's memory store drops the keys of partitions this worker no longer owns
+        after each rebalance, but knows the partition only of keys it read from the
+        changelog (faust/stores/memory.py): keys written here stayed behind when their
+        partition moved, stale. They showed in /businesses/ (a slot the new owner had
+        long freed), and could come back into the table if the partition returned after
+        the broker compacted their tombstones away."""
+        key_partitions = getattr(self.data, "_key_partition", None)
+        if key_partitions is None or partition is None:
+            return
+        if value is None:
+            key_partitions.pop(key, None)
+        else:
+            key_partitions[key] = partition
 
     async def changelog_confirmed(self) -> None:
         pending, self._unconfirmed = self._unconfirmed, []
@@ -187,6 +206,7 @@ class Limiter:
         self.outbox = Outbox(self.table, self._send)
         self.app.task(self.outbox.run)
         self._base_names = {topic_name(b, prefix): b for b in INPUT_TOPICS}
+        self._status_topic = topic_name(CALLS_STATUS, prefix)
         self.inputs = self.app.topic(*self._base_names, key_type=bytes, value_type=bytes,
                                      partitions=settings.topic_partitions)
         self.outputs = {b: self.app.topic(topic_name(b, prefix), key_type=bytes,
@@ -323,7 +343,8 @@ class Limiter:
         except InvalidRecord as exc:
             return core.reject(self.table.get, source, exc.reason, now, self.rules,
                                exc.lead_id, exc.business_id)
-        return core.process(self.table.get, record, source, now, self.rules)
+        return core.process(self.table.get, record, source, now, self.rules,
+                            self._statuses_read_until(source.partition))
 
     async def _apply(self, effects: core.Effects) -> None:
         for key, value in effects.writes:
@@ -340,6 +361,17 @@ class Limiter:
             level = logging.WARNING if note.kind in _WARNING_NOTES else logging.INFO
             log.log(level, "%s", note.message)
         metrics.observe_effects(effects)
+
+    def _statuses_read_until(self, partition: int) -> float | None:
+        """Up to when this partition's statuses have been read (core rule 5): all of them
+        (None) when the worker has handled up to the status topic's high watermark,
+        else the Kafka timestamp of the last status it handled."""
+        key = (self._status_topic, partition)
+        through = self.handled.through(key)
+        highwater = self.app.consumer.highwater(TP(*key))
+        if through is None or highwater is None or through >= highwater:
+            return None
+        return self.lag.last_timestamp(*key) or 0.0
 
     # -- records the consumer skipped (streams/progress.py) ------------------------
 

@@ -26,7 +26,10 @@ The rules
    duplicate or reordered statuses change nothing (STATUS_ACTIONS, PHASE_RANK).
 5. A dial with no status after `ack_timeout` is resent with the same dial_id and
    dial_by, until dial_by: a dial command lost in a crash is recovered, and the dialer
-   dedupes on dial_id. dial_id is deterministic per (business, lead, attempt).
+   dedupes on dial_id. dial_id is deterministic per (business, lead, attempt). Silence
+   counts only once the worker has read the status input up to the resend time
+   (`statuses_read_until`): a status still waiting in its own backlog is not lost, and
+   resending then only adds load to a worker already behind.
 6. A lead id seen before never makes a second call. A status for a dial we do not know
    is held for `orphan_hold` (after a crash it may arrive before the replayed grant) and
    applied when the grant happens, or dead-lettered.
@@ -205,8 +208,8 @@ _RECORD_TYPES = {CALLS_DIAL: DialCommand, LEADS_OUTCOMES: LeadOutcome,
 
 
 def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl,
-            source: Source,
-            now: float, rules: Rules) -> Effects:
+            source: Source, now: float, rules: Rules,
+            statuses_read_until: float | None = None) -> Effects:
     """Apply one input event. Pure: `read` is only read; the result says what to do.
 
     Rule 7 in full. Writes are ordered: the partition's `last` entry (this event's id,
@@ -216,9 +219,13 @@ def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl
     event whose `done` entry exists only re-emits what it emitted. The shell must make
     the writes durable before it emits, so no record ever escapes state that could be
     lost. Rule 9: one below its topic's cursor is never applied again.
+    `statuses_read_until`: the time up to which the partition's status input has been
+    read (rule 5); None means all of it, i.e. `now`.
     """
     handler = _HANDLERS[type(event)]
-    return _journaled(read, source, now, rules, lambda step: handler(step, event))
+    read_until = now if statuses_read_until is None else statuses_read_until
+    return _journaled(read, source, now, rules, lambda step: handler(step, event),
+                      read_until)
 
 
 def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,
@@ -241,7 +248,8 @@ def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,
 
 
 def _journaled(read: Read, source: Source, now: float, rules: Rules,
-               handle: Callable[["_Step"], None]) -> Effects:
+               handle: Callable[["_Step"], None],
+               statuses_read_until: float | None = None) -> Effects:
     last = read(_key("jl", source.partition))
     cursors = dict(last.get("cursors", {})) if last else {}
     writes, emits, notes = _complete_interrupted(read, last)
@@ -260,7 +268,8 @@ def _journaled(read: Read, source: Source, now: float, rules: Rules,
         notes.append(Note("redelivered", None, None, f"{source.id} was applied before,"
                           " longer ago than the journal ring remembers; ignored"))
         return Effects(writes, emits, notes, replayed=True)
-    step = _Step(read, source, now, rules)
+    step = _Step(read, source, now, rules,
+                 now if statuses_read_until is None else statuses_read_until)
     handle(step)
     own_writes = list(step.writes.items())
     own_emits = [[e.topic, e.key, e.record.to_dict()] for e in step.emits]
@@ -347,11 +356,13 @@ def business_id_of(key: str) -> str:
 class _Step:
     """Reads through to the table, collects writes and emits; never mutates what it read."""
 
-    def __init__(self, read: Read, source: Source, now: float, rules: Rules):
+    def __init__(self, read: Read, source: Source, now: float, rules: Rules,
+                 statuses_read_until: float):
         self._read = read
         self.source = source
         self.now = now
         self.rules = rules
+        self.statuses_read_until = statuses_read_until
         self.writes: dict[str, Any] = {}
         self.emits: list[Emit] = []
         self.notes: list[Note] = []
@@ -672,15 +683,19 @@ def _wake(step: _Step, bid: str, bucket: int) -> None:
             step.note("lease-expired", bid, slot["lead_id"],
                       f"lease of dial {dial_id} expired in phase {slot['status']}")
         elif slot["resend_at"] is not None and now >= slot["resend_at"]:
-            if now < slot["dial_by"]:
+            if now >= slot["dial_by"]:
+                slot["resend_at"] = None
+            elif step.statuses_read_until < slot["resend_at"]:
+                # Its status may be in the backlog: look again a second later, once
+                # statuses up to then have been read too.
+                slot["resend_at"] = now + 1
+            else:
                 slot["resends"] += 1
                 slot["resend_at"] = now + step.rules.ack_timeout
                 step.emit(CALLS_DIAL, bid, _dial_command(bid, dial_id, slot))
                 step.note("dial-resent", bid, slot["lead_id"],
                           f"dial {dial_id} had no status after"
                           f" {now - slot['granted_at']:.1f}s; resent ({slot['resends']})")
-            else:
-                slot["resend_at"] = None
     for dial_id, until in list(business["orphans"].items()):
         if now >= until:
             del business["orphans"][dial_id]

@@ -251,6 +251,10 @@ class LagTracker:
         if timestamp:
             self._last_event[(topic, partition)] = timestamp
 
+    def last_timestamp(self, topic: str, partition: int) -> float | None:
+        """The Kafka timestamp of the last event processed from that partition."""
+        return self._last_event.get((topic, partition))
+
     def refresh(self, consumer: Any, topics: Iterable[str], now: float | None = None) -> None:
         """Set the lag gauges for the partitions of `topics` the consumer owns now."""
         now = time.time() if now is None else now

@@ -46,6 +46,10 @@ class HandledOffsets:
         self._generation[key] = generation
         self._wanted.pop(key, None)
 
+    def through(self, key: Key) -> int | None:
+        """The offset below which every record was handled (None: not started)."""
+        return self._through.get(key)
+
     def missing(self, key: Key, offset: int) -> tuple[int, int] | None:
         """Offsets [start, end) skipped before the record at `offset`, if any."""
         through = self._through.get(key)

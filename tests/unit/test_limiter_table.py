@@ -340,3 +340,23 @@ def test_a_silent_dial_is_resent_until_dial_by_and_a_refusal_retries_it_first():
     assert [(d.dial_id, d.attempt) for d in retried] == [("A:L2:2", 2)], \
         "the refused lead goes back to the front, ahead of L3, as a new attempt"
     assert describe_business(state.get, "A", late, RULES)["waiting"] == 1
+
+
+def test_a_dial_is_resent_only_once_statuses_up_to_the_resend_time_were_read():
+    """Rule 5: a status waiting in the worker's own backlog is not silence."""
+    state: dict = {}
+    lead = LeadRequest(lead_id="L", business_id="A", phone="+14155550100")
+    _feed(state, lead, Source(LEADS_REQUESTS, 0, 0), 100.0)
+    resend_at = 100.0 + RULES.ack_timeout
+
+    def tick(offset: int, now: float, read_until: float | None) -> list:
+        effects = process(state.get, Tick(partition=0, at=to_iso(now)),
+                          Source("limiter.ticks", 0, offset), now, RULES, read_until)
+        for key, value in effects.writes:
+            state.pop(key, None) if value is None else state.__setitem__(key, value)
+        return [e.record.dial_id for e in effects.emits if e.topic == CALLS_DIAL]
+
+    assert tick(0, resend_at + 0.5, read_until=resend_at - 1) == [], "lagging: deferred"
+    # deferred by a second: the next look must find statuses read past that, too
+    assert tick(1, resend_at + 2.1, read_until=resend_at + 0.2) == [], "still behind"
+    assert tick(2, resend_at + 4.5, read_until=None) == ["A:L:1"], "caught up: resent"
