@@ -305,8 +305,7 @@ class Limiter:
             key = (source.topic, source.partition)
             generation = event.message.generation_id
             if self.handled.needs_start(key, generation):
-                committed = await asyncio.to_thread(self.reader.committed, *key)
-                self.handled.start(key, generation, committed)
+                await self._start(key, generation)
             skipped = self.handled.missing(key, source.offset)
             if skipped:
                 await self._recover_skipped(key, *skipped)
@@ -368,16 +367,39 @@ class Limiter:
         else the Kafka timestamp of the last status it handled."""
         key = (self._status_topic, partition)
         through = self.handled.through(key)
-        highwater = self.app.consumer.highwater(TP(*key))
+        try:
+            highwater = self.app.consumer.highwater(TP(*key))
+        except Exception:  # not assigned (any more): nothing to defer for
+            return None
         if through is None or highwater is None or through >= highwater:
             return None
         return self.lag.last_timestamp(*key) or 0.0
 
     # -- records the consumer skipped (streams/progress.py) ------------------------
 
+    async def _start(self, key: tuple[str, int], generation: Any) -> None:
+        """Start the partition's account at the group's committed offset. If the broker
+        cannot say now (its coordinator busy in a rebalance), the partition stays
+        unstarted: nothing of it is committed, and the next record tries again."""
+        try:
+            committed = await asyncio.to_thread(self.reader.committed, *key)
+        except Exception as exc:
+            log.warning("could not read the committed offset of %s/%s (%s); will retry",
+                        *key, exc)
+            return
+        self.handled.start(key, generation, committed)
+
     async def _recover_skipped(self, key: tuple[str, int], start: int, end: int) -> None:
-        """Read offsets [start, end) from the broker and handle them, in order."""
-        sources = await asyncio.to_thread(self.reader.read, *key, start, end)
+        """Read offsets [start, end) from the broker and handle them, in order. Until
+        the broker answers nothing else is handled: going on would hide the gap."""
+        while True:
+            try:
+                sources = await asyncio.to_thread(self.reader.read, *key, start, end)
+                break
+            except Exception as exc:
+                log.warning("could not read %s/%s offsets %d-%d again (%s); retrying in"
+                            " 1 s", *key, start, end - 1, exc)
+                await asyncio.sleep(1)
         log.warning("the consumer skipped %s/%s offsets %d-%d; handling the %d records"
                     " the broker has there", *key, start, end - 1, len(sources))
         metrics.SKIPPED_RECORDS.labels(topic=key[0]).inc(len(sources))

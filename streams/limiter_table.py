@@ -265,8 +265,8 @@ def _journaled(read: Read, source: Source, now: float, rules: Rules,
                           f" re-emitting its {len(again)} records"))
         return Effects(writes, emits + again, notes, replayed=True)
     if source.offset < cursors.get(source.topic, 0):
-        notes.append(Note("redelivered", None, None, f"{source.id} was applied before,"
-                          " longer ago than the journal ring remembers; ignored"))
+        notes.append(Note("redelivered", None, None, f"{source.id} was applied before"
+                          " and its journal entry has nothing to re-emit; ignored"))
         return Effects(writes, emits, notes, replayed=True)
     step = _Step(read, source, now, rules,
                  now if statuses_read_until is None else statuses_read_until)
