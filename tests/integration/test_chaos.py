@@ -13,10 +13,13 @@ from bench import chaos
 pytestmark = pytest.mark.integration
 
 
-def test_guarantees_hold_through_a_worker_kill_and_a_rebalance(kafka_broker, capsys):
+def test_guarantees_hold_through_a_worker_kill_and_a_rebalance(kafka_broker, capsys,
+                                                               tmp_path):
+    keep = tmp_path / "chaos"  # worker and dialer logs, for a post-mortem if it fails
     code = chaos.main(["--short", "--leads", "400", "--businesses", "30", "--seed", "11",
-                       "--bootstrap", kafka_broker.bootstrap, "--settle-seconds", "240"])
+                       "--bootstrap", kafka_broker.bootstrap, "--settle-seconds", "240",
+                       "--keep", str(keep)])
     output = capsys.readouterr()
-    assert code == 0, output.err + output.out
+    assert code == 0, f"logs in {keep}\n" + output.err + output.out
     assert '"violations": []' in output.out
     assert "SIGKILL" in output.out and "joined and left" in output.out
