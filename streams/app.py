@@ -342,8 +342,9 @@ class Limiter:
         except InvalidRecord as exc:
             return core.reject(self.table.get, source, exc.reason, now, self.rules,
                                exc.lead_id, exc.business_id)
-        return core.process(self.table.get, record, source, now, self.rules,
-                            self._statuses_read_until(source.partition))
+        read_until = (self._statuses_read_until(source.partition)
+                      if isinstance(record, Tick) else None)  # only ticks resend
+        return core.process(self.table.get, record, source, now, self.rules, read_until)
 
     async def _apply(self, effects: core.Effects) -> None:
         for key, value in effects.writes:

@@ -52,6 +52,14 @@ The rules
    no record is skipped is the shell's duty: `streams/progress.py`.) Rejected records
    are journaled like any other.
 
+Table keys (one Faust table, values JSON):
+    b␟BIZ                  business: active slots, queue counters, held dial ids, wake
+    l␟BIZ␟LEAD             lead: state, attempt, dial ids used, outcome (dedupe)
+    q␟BIZ␟LEVEL␟N          a waiting lead id at position N of a priority level
+    o␟BIZ␟DIAL             statuses held for a dial we do not know yet
+    wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P
+    jl␟P                   the partition's last event: id, writes, emits; input cursors
+    j␟TOPIC␟P␟SLOT         journal ring: "done" entries of recent events that emitted
 """
 
 from __future__ import annotations
@@ -223,9 +231,8 @@ def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl
     read (rule 5); None means all of it, i.e. `now`.
     """
     handler = _HANDLERS[type(event)]
-    read_until = now if statuses_read_until is None else statuses_read_until
     return _journaled(read, source, now, rules, lambda step: handler(step, event),
-                      read_until)
+                      statuses_read_until)
 
 
 def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,

@@ -73,7 +73,7 @@ EVENT_SECONDS = Histogram(
 SKIPPED_RECORDS = Counter(
     "streams_skipped_records_recovered_total",
     "Input records the Kafka consumer skipped (faust-streaming, around rebalances) that"
-    " the worker read again from the broker and applied (core rule 9).",
+    " the worker read again from the broker and handled (streams/progress.py).",
     ["topic"], registry=REGISTRY)
 DECISIONS = Counter(
     "streams_decisions_total",
