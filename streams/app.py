@@ -40,10 +40,17 @@ from .topics import (
 
 log = logging.getLogger("streams.worker")
 
-#: Fault injection for tests: "base_topic:offset,..." records (of every partition)
-#: whose first delivery the agent drops unhandled, letting Faust ack them, which is what
-#: faust-streaming itself can do around a rebalance. Unset in production.
+#: Fault injection for tests: "base_topic:offset[:unacked],..." records (of every
+#: partition) whose first delivery is dropped unhandled, as faust-streaming itself can
+#: around a rebalance: by the agent, letting Faust ack them, or with ":unacked" in
+#: Faust's consumer before any stream sees them, never acked. Unset in production.
 DROP_FIRST_DELIVERY_ENV = "STREAMS_WORKER_DROP_FIRST_DELIVERY"
+
+#: A partition whose handled offset stood still this long while the broker holds
+#: records beyond it has had records dropped unacked; they are read again on a tick.
+STALLED_PARTITION_SECONDS = 10.0
+#: At most this many records are read again at once (the next tick reads on).
+STALLED_RECORDS_AT_ONCE = 2000
 
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
 _WARNING_NOTES = {"lease-expired", "dead-lettered", "interrupted-event-completed",
@@ -219,9 +226,13 @@ class Limiter:
         self.lag = metrics.LagTracker()
         self.reader = BrokerReader(settings.kafka_bootstrap_servers, self.app.conf.id)
         self.handled = HandledOffsets()
-        self._to_drop = {(topic_name(base, prefix), int(offset)) for base, offset in (
-            item.rsplit(":", 1) for item in
-            os.environ.get(DROP_FIRST_DELIVERY_ENV, "").split(",") if item)}
+        self._to_drop: dict[tuple[str, int], str] = {}
+        for item in os.environ.get(DROP_FIRST_DELIVERY_ENV, "").split(","):
+            if item:
+                base, offset, *mode = item.split(":")
+                self._to_drop[(topic_name(base, prefix), int(offset))] = "".join(mode)
+        if "unacked" in self._to_drop.values():
+            self._drop_in_consumer()
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
 
         @self.app.page("/businesses/")
@@ -298,8 +309,8 @@ class Limiter:
         self._cap_commits(self.app.consumer)
         async for event in stream.events():
             source = self._source(event)
-            if self._to_drop and (source.topic, source.offset) in self._to_drop:
-                self._to_drop.discard((source.topic, source.offset))
+            if self._to_drop.get((source.topic, source.offset)) == "":
+                del self._to_drop[(source.topic, source.offset)]
                 log.warning("%s: dropped unhandled (%s)", source.id, DROP_FIRST_DELIVERY_ENV)
                 continue
             key = (source.topic, source.partition)
@@ -311,7 +322,8 @@ class Limiter:
                 await self._recover_skipped(key, *skipped)
             await self.handle(source)
             if self._base_names[source.topic] == LIMITER_TICKS:
-                for tail_key, start, end in self.handled.unrevealed(source.partition):
+                for tail_key, start, end in (self.handled.unrevealed(source.partition)
+                                             + self._stalled(source.partition)):
                     await self._recover_skipped(tail_key, start, end)
 
     async def handle(self, source: core.Source) -> None:
@@ -408,6 +420,24 @@ class Limiter:
             await self.handle(source)
         self.handled.absent_below(key, end)
 
+    def _stalled(self, partition: int) -> list[tuple[tuple[str, int], int, int]]:
+        """Ranges of `partition`'s input topics the consumer dropped unacked: records
+        on the broker beyond a handled offset that stood still (`handled.stalled`)."""
+        found = []
+        for topic in self._base_names:
+            key = (topic, partition)
+            try:
+                end = self.app.consumer.highwater(TP(*key))
+            except Exception:  # not assigned (any more)
+                continue
+            stall = self.handled.stalled(key, end, time.monotonic(),
+                                         STALLED_PARTITION_SECONDS, STALLED_RECORDS_AT_ONCE)
+            if stall:
+                log.warning("%s/%s stood still at offset %d with records up to %d on the"
+                            " broker", *key, stall[0], end - 1)
+                found.append((key, *stall))
+        return found
+
     def _cap_commits(self, consumer: Any) -> None:
         """Commit no offset past a record this process has not handled (`handled.cap`).
 
@@ -423,6 +453,25 @@ class Limiter:
 
         consumer._commit = capped_commit
         consumer._streams_capped = True
+
+    def _drop_in_consumer(self) -> None:
+        """Test fault (DROP_FIRST_DELIVERY_ENV ":unacked"): Faust's consumer drops the
+        records before any stream sees them, as its `getmany` does with the rest of a
+        fetch when the generation changes. Patches the class: one worker per process."""
+        from faust.transport.consumer import Consumer
+
+        getmany, to_drop = Consumer.getmany, self._to_drop
+
+        async def dropping_getmany(consumer: Any, timeout: float) -> Any:
+            async for tp, message in getmany(consumer, timeout):
+                if to_drop.get((tp.topic, message.offset)) == "unacked":
+                    del to_drop[(tp.topic, message.offset)]
+                    log.warning("%s/%s/%s: dropped unacked (%s)", tp.topic, tp.partition,
+                                message.offset, DROP_FIRST_DELIVERY_ENV)
+                    continue
+                yield tp, message
+
+        Consumer.getmany = dropping_getmany  # type: ignore[method-assign]
 
     async def _send(self, emit: core.Emit) -> asyncio.Future:
         return await self.outputs[emit.topic].send(key=emit.key.encode("utf-8"),

@@ -15,7 +15,12 @@ re-emitted what it emitted). The shell (`streams/app.py`) uses it three ways:
   re-emits its records (a record applied by an earlier process, whose emits that
   process may have lost, counts as not handled until this one replays it);
 * an offset Faust wanted to commit past `through` with no later record to reveal the
-  gap (skipped at the tail) is recovered on the partition's next tick.
+  gap (skipped at the tail) is recovered on the partition's next tick;
+* records Faust fetched and dropped without acking them (its consumer drops the rest
+  of a fetch when the generation changes or flow stops, faust/transport/consumer.py
+  `getmany`) are revealed neither by a later record nor by a commit: when the broker
+  holds records beyond `through` and `through` stood still for a while, the shell
+  reads them itself (`stalled`).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class HandledOffsets:
         self._through: dict[Key, int] = {}
         self._generation: dict[Key, Hashable] = {}
         self._wanted: dict[Key, int] = {}
+        self._still: dict[Key, tuple[int, float]] = {}
 
     def needs_start(self, key: Key, generation: Hashable) -> bool:
         """Whether `key` has no start in this consumer generation: every rebalance
@@ -45,6 +51,7 @@ class HandledOffsets:
         self._through[key] = committed
         self._generation[key] = generation
         self._wanted.pop(key, None)
+        self._still.pop(key, None)
 
     def through(self, key: Key) -> int | None:
         """The offset below which every record was handled (None: not started)."""
@@ -88,3 +95,20 @@ class HandledOffsets:
                 for key, wanted in list(self._wanted.items())
                 if key[1] == partition and key in self._through
                 and wanted > self._through[key]]
+
+    def stalled(self, key: Key, end: int | None, now: float, after: float,
+                most: int) -> tuple[int, int] | None:
+        """Offsets [through, end), at most `most` of them, when the broker holds records
+        up to `end` and `through` has not moved for `after` seconds (time is `now`,
+        any monotonic clock): records the consumer dropped without acking them."""
+        through = self._through.get(key)
+        if through is None or end is None or end <= through:
+            self._still.pop(key, None)
+            return None
+        since = self._still.get(key)
+        if since is None or since[0] != through:
+            self._still[key] = (through, now)
+            return None
+        if now - since[1] < after:
+            return None
+        return through, min(end, through + most)

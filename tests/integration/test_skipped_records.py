@@ -3,8 +3,10 @@
 faust-streaming can drop records around a rebalance and ack them. The worker is told
 (STREAMS_WORKER_DROP_FIRST_DELIVERY) to drop some first deliveries the same way: two in
 the middle of the stream, revealed by the next record, and the very last lead, which no
-later record reveals and only the capped commit and the next tick catch. Every lead
-must still get its outcome, within the limit, and never be dialed twice.
+later record reveals and only the capped commit and the next tick catch. Faust's
+consumer can also drop the rest of a fetch without acking it (":unacked"): at the tail
+nothing reveals that, and only the partition standing still with records beyond it does.
+Every lead must still get its outcome, within the limit, and never be dialed twice.
 """
 
 from __future__ import annotations
@@ -35,5 +37,26 @@ def test_records_the_consumer_skipped_are_read_again_and_handled(kafka_broker, t
         assert log.count("dropped unhandled") == 3, log[-3000:]
         assert "the consumer skipped" in log and "offsets 2-3;" in log, log[-3000:]
         assert "offsets 11-11;" in log, log[-3000:]
+    finally:
+        deployment.close()
+
+
+def test_records_the_consumer_dropped_unacked_at_the_tail_are_found(kafka_broker, tmp_path):
+    leads = make_leads(["A", "B"], 3, run="stall")  # offsets 0..5 of one partition
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
+                            STREAMS_WORKER_DROP_FIRST_DELIVERY="leads.requests:5:unacked")
+    try:
+        deployment.create_topics()
+        worker = deployment.start_worker()
+        worker.wait_serving()
+        deployment.start_dialer()
+        deployment.produce_leads(leads)
+        outcomes = deployment.outcomes(leads)
+        assert set(outcomes) == {lead["lead_id"] for lead in leads}
+        assert_core_guarantees(deployment, leads)
+        log = worker.log()
+        assert log.count("dropped unacked") == 1, log[-3000:]
+        assert "stood still at offset 5 with records up to 5" in log, log[-3000:]
+        assert "offsets 5-5;" in log, log[-3000:]
     finally:
         deployment.close()

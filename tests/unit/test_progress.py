@@ -39,3 +39,21 @@ def test_every_rebalance_starts_again_at_the_committed_offset():
     assert handled.needs_start(KEY, 2)
     handled.start(KEY, 2, committed=12)
     assert handled.cap({KEY: 30}) == {KEY: 12}
+
+
+def test_records_beyond_a_standing_still_offset_are_found_after_a_while():
+    handled = HandledOffsets()
+    handled.start(KEY, 1, committed=10)
+    assert handled.stalled(KEY, end=10, now=0, after=5, most=100) is None, "nothing beyond"
+    assert handled.stalled(KEY, end=14, now=1, after=5, most=100) is None, "watch starts"
+    assert handled.stalled(KEY, end=14, now=5.9, after=5, most=100) is None
+    handled.handled(KEY, 10)  # the consumer delivers: not stalled
+    assert handled.stalled(KEY, end=14, now=7, after=5, most=100) is None
+    assert handled.stalled(KEY, end=14, now=11.9, after=5, most=100) is None
+    assert handled.stalled(KEY, end=14, now=12, after=5, most=100) == (11, 14)
+    assert handled.stalled(KEY, end=500, now=13, after=5, most=100) == (11, 111)
+    handled.start(KEY, 2, committed=11)  # a rebalance: watch afresh
+    assert handled.stalled(KEY, end=14, now=14, after=5, most=100) is None
+    assert handled.stalled(KEY, end=14, now=18, after=5, most=100) is None
+    assert handled.stalled(KEY, end=14, now=19, after=5, most=100) == (11, 14)
+    assert handled.stalled(("calls.status", 2), 9, now=30, after=5, most=100) is None
