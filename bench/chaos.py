@@ -37,9 +37,15 @@ import time
 from pathlib import Path
 
 from streams.broker import Broker, BrokerError
-from streams.topics import BusinessControl, record_key
+from streams.lag import LagReader
+from streams.settings import Settings
+from streams.topics import BusinessControl, app_id, record_key
 from tests.fake_twilio import FakeTwilio
 from tests.integration.harness import Deployment, Dialer, WorkerProcess
+
+
+#: Faust's own rebalance and recovery lines in the worker logs, for a post-mortem.
+WORKER_ARGS = ("--loglevel", "info")
 
 
 def workload(rng: random.Random, leads: int, businesses: int) -> tuple[list[dict], dict]:
@@ -101,11 +107,11 @@ class Chaos:
         name = self.rng.choice(["w1", "w2"])
         self.worker(name).kill()
         time.sleep(self.rng.uniform(0.5, 3))
-        self.deployment.start_worker(name)
+        self.deployment.start_worker(name, *WORKER_ARGS)
         self.faults.append(f"SIGKILL {name} and restart")
 
     def fault_rebalance(self) -> None:
-        extra = self.deployment.start_worker("w3")
+        extra = self.deployment.start_worker("w3", *WORKER_ARGS)
         time.sleep(self.rng.uniform(8, 15))
         extra.stop()
         self.faults.append("w3 joined and left")
@@ -144,7 +150,7 @@ class Chaos:
             (record_key(b), BusinessControl(b, limit, False).encode())
             for b, limit in limits.items()])
         for name in ("w1", "w2"):
-            deployment.start_worker(name)
+            deployment.start_worker(name, *WORKER_ARGS)
         for worker in deployment.workers:
             worker.wait_serving()
         self.start_dialer()
@@ -173,6 +179,9 @@ class Chaos:
                         default_limit=deployment.settings.max_outbound_calls_per_business)
         report.update(seed=args.seed, faults=self.faults,
                       seconds=round(time.monotonic() - started, 1))
+        if report["violations"]:
+            report["post_mortem"] = (post_mortem(deployment.workdir, leads, outcomes)
+                                     + group_lag(deployment.settings))
         return report
 
     def calls_made(self) -> list[dict]:
@@ -264,6 +273,46 @@ def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[d
             "violations": violations}
 
 
+def post_mortem(workdir: Path, leads: list[dict], outcomes: list[dict]) -> list[str]:
+    """What the worker logs say about the first leads without an outcome, and each
+    log's last warnings: enough to start on a failure seen only in CI's output."""
+    answered = {outcome["lead_id"] for outcome in outcomes}
+    lost = [lead for lead in leads if lead["lead_id"] not in answered]
+    lines = [f"leads without an outcome per business: "
+             f"{dict(collections.Counter(lead['business_id'] for lead in lost))}"]
+    logs = {path.name: path.read_text(errors="replace").splitlines()
+            for path in sorted(workdir.glob("worker-*.log"))}
+    for lead in lost[:3]:
+        mentions = [f"{name}: {line}" for name, text in logs.items() for line in text
+                    if lead["lead_id"] in line]
+        lines.append(f"{lead['lead_id']} ({lead['business_id']}) in the worker logs:"
+                     f" {len(mentions)} lines")
+        lines.extend(f"  {line[:240]}" for line in mentions[-4:])
+    for name, text in logs.items():
+        warnings = [line for line in text if ("WARNING" in line or "ERROR" in line)
+                    and "was applied before" not in line]
+        lines.append(f"{name}: {len(text)} lines, last warnings:")
+        lines.extend(f"  {line[:240]}" for line in warnings[-8:])
+    return lines
+
+
+def group_lag(settings: Settings) -> list[str]:
+    """Input partitions the worker group has not committed to the end: records it never
+    handled, or handled without committing (`streams lag` reads the same)."""
+    group = app_id(settings.topic_prefix, settings.app_id)
+    reader = LagReader(settings.kafka_bootstrap_servers)
+    try:
+        sample = reader.sample([group])[group]
+    except Exception as exc:  # a post-mortem must not hide the violations
+        return [f"group lag of {group}: could not be read ({exc})"]
+    finally:
+        reader.close()
+    behind = [f"  {p.topic}/{p.partition}: committed {p.committed}, end {p.end}"
+              for p in sample.partitions if p.lag]
+    return [f"group {group} ({sample.state}, {sample.members} members):"
+            f" {len(behind)} partitions not committed to the end", *behind]
+
+
 def slot_free_delays(ledger: list[dict]) -> dict:
     """For each call end followed by another dial of the same business, the gap."""
     by_business = collections.defaultdict(list)
@@ -316,11 +365,13 @@ def main(argv: list[str] | None = None) -> int:
             report = chaos.run()
         finally:
             chaos.close()
+    post_mortem_lines = report.pop("post_mortem", [])
     print(json.dumps(report, indent=2))
     if report["violations"]:
         print(f"VIOLATIONS (reproduce with --seed {args.seed}):", file=sys.stderr)
         for violation in report["violations"]:
             print(f"  {violation}", file=sys.stderr)
+        print("POST-MORTEM:", *post_mortem_lines, sep="\n  ", file=sys.stderr)
         return 1
     print(f"all guarantees held under {len(report['faults'])} faults (seed {args.seed})")
     return 0

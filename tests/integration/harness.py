@@ -74,8 +74,8 @@ class Deployment:
     def create_topics(self) -> None:
         admin.create_topics(self.settings)
 
-    def start_worker(self, name: str = "w1") -> "WorkerProcess":
-        worker = WorkerProcess(self, name)
+    def start_worker(self, name: str = "w1", *args: str) -> "WorkerProcess":
+        worker = WorkerProcess(self, name, *args)
         self.workers.append(worker)
         return worker
 
@@ -166,13 +166,13 @@ class Deployment:
 class WorkerProcess:
     """`streams worker` as a real process, with its own web port and data dir."""
 
-    def __init__(self, deployment: Deployment, name: str):
+    def __init__(self, deployment: Deployment, name: str, *args: str):
         self.web_port = free_port()
         self.log_path = deployment.workdir / f"worker-{name}.log"
         env = {**deployment.env, "WORKER_WEB_PORT": str(self.web_port),
                "STREAMS_DATA_DIR": str(deployment.workdir / f"data-{name}")}
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "streams", "worker"],
+        self.process = subprocess.Popen([sys.executable, "-m", "streams", "worker", *args],
                                         env=env, stdout=self._log, stderr=subprocess.STDOUT)
 
     def businesses(self) -> list[dict] | None:
