@@ -322,6 +322,7 @@ class Limiter:
                 await self._recover_skipped(key, *skipped)
             await self.handle(source)
             if self._base_names[source.topic] == LIMITER_TICKS:
+                await self._start_quiet_partitions(source.partition, generation)
                 for tail_key, start, end in (self.handled.unrevealed(source.partition)
                                              + self._stalled(source.partition)):
                     await self._recover_skipped(tail_key, start, end)
@@ -419,6 +420,16 @@ class Limiter:
         for source in sources:
             await self.handle(source)
         self.handled.absent_below(key, end)
+
+    async def _start_quiet_partitions(self, partition: int, generation: Any) -> None:
+        """Start the account of `partition`'s other input topics in this generation
+        even if no record of theirs was delivered yet: one whose every record the
+        consumer dropped would otherwise never be watched (`_stalled`)."""
+        assignment = self.app.consumer.assignment()
+        for topic in self._base_names:
+            key = (topic, partition)
+            if TP(*key) in assignment and self.handled.needs_start(key, generation):
+                await self._start(key, generation)
 
     def _stalled(self, partition: int) -> list[tuple[tuple[str, int], int, int]]:
         """Ranges of `partition`'s input topics the consumer dropped unacked: records

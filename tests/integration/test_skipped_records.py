@@ -41,10 +41,17 @@ def test_records_the_consumer_skipped_are_read_again_and_handled(kafka_broker, t
         deployment.close()
 
 
-def test_records_the_consumer_dropped_unacked_at_the_tail_are_found(kafka_broker, tmp_path):
-    leads = make_leads(["A", "B"], 3, run="stall")  # offsets 0..5 of one partition
+
+@pytest.mark.parametrize("businesses, each, dropped", [
+    (["A", "B"], 3, 5),  # the last of six: the partition had deliveries before
+    (["A"], 1, 0),       # the only record: nothing of the partition was ever delivered
+], ids=["last-of-six", "only-record"])
+def test_records_the_consumer_dropped_unacked_at_the_tail_are_found(
+        kafka_broker, tmp_path, businesses, each, dropped):
+    leads = make_leads(businesses, each, run=f"stall{dropped}")  # one partition
     deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
-                            STREAMS_WORKER_DROP_FIRST_DELIVERY="leads.requests:5:unacked")
+                            STREAMS_WORKER_DROP_FIRST_DELIVERY=(
+                                f"leads.requests:{dropped}:unacked"))
     try:
         deployment.create_topics()
         worker = deployment.start_worker()
@@ -56,7 +63,8 @@ def test_records_the_consumer_dropped_unacked_at_the_tail_are_found(kafka_broker
         assert_core_guarantees(deployment, leads)
         log = worker.log()
         assert log.count("dropped unacked") == 1, log[-3000:]
-        assert "stood still at offset 5 with records up to 5" in log, log[-3000:]
-        assert "offsets 5-5;" in log, log[-3000:]
+        assert (f"stood still at offset {dropped} with records up to {dropped}"
+                in log), log[-3000:]
+        assert f"offsets {dropped}-{dropped};" in log, log[-3000:]
     finally:
         deployment.close()
