@@ -62,10 +62,17 @@ class BrokerReader:
                     if position.offset >= end:
                         break
                     continue
+                if (message.topic(), message.partition()) != (topic, partition):
+                    continue  # left over from an earlier read's assignment
                 if message.error():
-                    if message.error().code() == KafkaError._PARTITION_EOF:
+                    # The end of the log: final only once it is at or past `end`, so
+                    # that an early end-of-partition never hides records still wanted.
+                    if (message.error().code() == KafkaError._PARTITION_EOF
+                            and message.offset() >= end):
                         break
-                    raise KafkaException(message.error())
+                    if message.error().code() != KafkaError._PARTITION_EOF:
+                        raise KafkaException(message.error())
+                    continue
                 if message.offset() >= end:
                     break
                 _, timestamp_ms = message.timestamp()

@@ -92,6 +92,13 @@ class Deployment:
             producer.produce(self.topic(base_topic), key=key, value=value)
         assert producer.flush(30) == 0
 
+    def produce_to(self, topic: str, partition: int, values: list[bytes]) -> None:
+        """Records straight to one partition of a topic (full name), in order."""
+        producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
+        for value in values:
+            producer.produce(topic, value=value, partition=partition)
+        assert producer.flush(30) == 0
+
     def produce_leads(self, leads: list[dict]) -> None:
         self.produce("leads.requests", [(record_key(lead["business_id"]),
                                          json.dumps(lead).encode()) for lead in leads])
