@@ -439,11 +439,9 @@ def test_ten_thousand_businesses_render_only_the_rows_shown():
     answer = Reply(W1, *listing(*many))
     top = make_top(sort="waiting")
     try:
-        started = time.perf_counter()
         top.update([answer], [Reply(W1, 200, counters(dial_granted=15_000))], now=time.time())
         console = Console(width=120, height=40, record=True, file=io.StringIO())
         console.print(top.render(tp.rows_for_height(40, lag=False)))
-        elapsed = time.perf_counter() - started
     finally:
         top.close()
     text = console.export_text()
@@ -453,7 +451,6 @@ def test_ten_thousand_businesses_render_only_the_rows_shown():
     assert top.totals.businesses == 10_000
     assert top.totals.active == sum(n % 4 for n in range(10_000))
     assert f"sorted by waiting, top {40 - tp.OVERHEAD_LINES} of 10,000" in text
-    assert elapsed < 5.0, f"a refresh of 10,000 businesses took {elapsed:.2f} s"
 
 
 def test_keys_choose_the_sort():
