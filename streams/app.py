@@ -34,17 +34,19 @@ from .progress import HandledOffsets
 from .reread import BrokerReader
 from .settings import Settings
 from .topics import (
-    CALLS_STATUS, INPUT_RECORDS, INPUT_TOPICS, LIMITER_TABLE, LIMITER_TICKS, OUTPUT_TOPICS,
-    InvalidRecord, Tick, app_id, to_iso, topic_name,
+    CALLS_STATUS, INPUT_RECORDS, INPUT_TOPICS, LEADS_REQUESTS, LIMITER_TABLE, LIMITER_TICKS,
+    OUTPUT_TOPICS, InvalidRecord, Tick, app_id, to_iso, topic_name,
 )
 
 log = logging.getLogger("streams.worker")
 
-#: Fault injection for tests: "base_topic:offset[:unacked],..." records (of every
-#: partition) whose first delivery is dropped unhandled, as faust-streaming itself can
-#: around a rebalance: by the agent, letting Faust ack them, or with ":unacked" in
-#: Faust's consumer before any stream sees them, never acked. Unset in production.
-DROP_FIRST_DELIVERY_ENV = "STREAMS_WORKER_DROP_FIRST_DELIVERY"
+#: Fault injection for tests, unset in production: "base_topic:offset:kind,...", a fault
+#: on the first delivery of that offset (of the first partition to deliver it). Kinds:
+#: "drop", the agent drops it unhandled and Faust acks it; "drop-unacked", Faust's
+#: consumer drops it before any stream sees it, never acked (both as faust-streaming
+#: itself can around a rebalance); "raise", handling it raises (a bug in our code).
+FAULTS_ENV = "STREAMS_WORKER_FAULTS"
+FAULT_KINDS = ("drop", "drop-unacked", "raise")
 
 #: A partition whose handled offset stood still this long while the broker holds
 #: records beyond it has had records dropped unacked; they are read again on a tick.
@@ -226,12 +228,13 @@ class Limiter:
         self.lag = metrics.LagTracker()
         self.reader = BrokerReader(settings.kafka_bootstrap_servers, self.app.conf.id)
         self.handled = HandledOffsets()
-        self._to_drop: dict[tuple[str, int], str] = {}
-        for item in os.environ.get(DROP_FIRST_DELIVERY_ENV, "").split(","):
+        self._faults: dict[tuple[str, int], str] = {}
+        for item in os.environ.get(FAULTS_ENV, "").split(","):
             if item:
-                base, offset, *mode = item.split(":")
-                self._to_drop[(topic_name(base, prefix), int(offset))] = "".join(mode)
-        if "unacked" in self._to_drop.values():
+                base, offset, kind = item.split(":")
+                assert kind in FAULT_KINDS, f"{FAULTS_ENV}: unknown fault {kind!r}"
+                self._faults[(topic_name(base, prefix), int(offset))] = kind
+        if "drop-unacked" in self._faults.values():
             self._drop_in_consumer()
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
 
@@ -309,9 +312,7 @@ class Limiter:
         self._cap_commits(self.app.consumer)
         async for event in stream.events():
             source = self._source(event)
-            if self._to_drop.get((source.topic, source.offset)) == "":
-                del self._to_drop[(source.topic, source.offset)]
-                log.warning("%s: dropped unhandled (%s)", source.id, DROP_FIRST_DELIVERY_ENV)
+            if self._fault(source.topic, source.partition, source.offset, "drop"):
                 continue
             key = (source.topic, source.partition)
             generation = event.message.generation_id
@@ -329,22 +330,29 @@ class Limiter:
 
     async def handle(self, source: core.Source) -> None:
         """Apply one record; any exception dead-letters it and the agent goes on
-        (Faust would otherwise ack the event and lose it)."""
+        (Faust would otherwise ack the event and lose it). A lead that failed before
+        anything of it was applied also gets its outcome, `rejected`."""
         metrics.EVENTS.labels(topic=source.topic).inc()
+        decided = False
         try:
             with metrics.EVENT_SECONDS.time():
-                await self._apply(self._decide(source))
+                effects = self._decide(source)
+                decided = True
+                await self._apply(effects)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("event %s failed; dead-lettering it", source.id)
+            lead = None if decided else self._lead_of(source)
             await self._apply(core.reject(self.table.get, source,
                                           f"internal error: {exc!r}", time.time(),
-                                          self.rules))
+                                          self.rules, *(lead or (None, None))))
         self.handled.handled((source.topic, source.partition), source.offset)
         self.lag.processed(source.topic, source.partition, source.timestamp)
 
     def _decide(self, source: core.Source) -> core.Effects:
+        if self._fault(source.topic, source.partition, source.offset, "raise"):
+            raise RuntimeError(f"injected fault ({FAULTS_ENV})")
         base = self._base_names[source.topic]
         now = time.time()
         try:
@@ -374,6 +382,16 @@ class Limiter:
             level = logging.WARNING if note.kind in _WARNING_NOTES else logging.INFO
             log.log(level, "%s", note.message)
         metrics.observe_effects(effects)
+
+    def _lead_of(self, source: core.Source) -> tuple[str, str] | None:
+        """(lead_id, business_id) when `source` is a readable lead request."""
+        if self._base_names[source.topic] != LEADS_REQUESTS:
+            return None
+        try:
+            lead = INPUT_RECORDS[LEADS_REQUESTS].decode(source.value, source.key)
+        except InvalidRecord:
+            return None
+        return lead.lead_id, lead.business_id
 
     def _statuses_read_until(self, partition: int) -> float | None:
         """Up to when this partition's statuses have been read (core rule 5): all of them
@@ -466,23 +484,28 @@ class Limiter:
         consumer._streams_capped = True
 
     def _drop_in_consumer(self) -> None:
-        """Test fault (DROP_FIRST_DELIVERY_ENV ":unacked"): Faust's consumer drops the
-        records before any stream sees them, as its `getmany` does with the rest of a
-        fetch when the generation changes. Patches the class: one worker per process."""
+        """Test fault "drop-unacked" (FAULTS_ENV): Faust's consumer drops the records
+        before any stream sees them, as its `getmany` does with the rest of a fetch when
+        the generation changes. Patches the class: one worker per process."""
         from faust.transport.consumer import Consumer
 
-        getmany, to_drop = Consumer.getmany, self._to_drop
+        getmany, fault = Consumer.getmany, self._fault
 
         async def dropping_getmany(consumer: Any, timeout: float) -> Any:
             async for tp, message in getmany(consumer, timeout):
-                if to_drop.get((tp.topic, message.offset)) == "unacked":
-                    del to_drop[(tp.topic, message.offset)]
-                    log.warning("%s/%s/%s: dropped unacked (%s)", tp.topic, tp.partition,
-                                message.offset, DROP_FIRST_DELIVERY_ENV)
-                    continue
-                yield tp, message
+                if not fault(tp.topic, tp.partition, message.offset, "drop-unacked"):
+                    yield tp, message
 
         Consumer.getmany = dropping_getmany  # type: ignore[method-assign]
+
+    def _fault(self, topic: str, partition: int, offset: int, kind: str) -> bool:
+        """Whether to inject fault `kind` now (once per record, FAULTS_ENV)."""
+        if not self._faults or self._faults.get((topic, offset)) != kind:
+            return False
+        del self._faults[(topic, offset)]
+        log.warning("%s/%d/%d: injected fault %r (%s)", topic, partition, offset, kind,
+                    FAULTS_ENV)
+        return True
 
     async def _send(self, emit: core.Emit) -> asyncio.Future:
         return await self.outputs[emit.topic].send(key=emit.key.encode("utf-8"),

@@ -172,6 +172,50 @@ def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):
     assert worker.process.poll() is None, "the worker died of bad input"
 
 
+def test_an_exception_in_our_code_dead_letters_the_event_and_the_worker_goes_on(
+        kafka_broker, tmp_path):
+    """Faust acks an event whose agent raised, and it is gone: the worker catches per
+    event. Here handling the second lead and the first status raise (STREAMS_WORKER_
+    FAULTS "raise"): both are dead-lettered, the lead is told `rejected`, the call
+    whose status was lost still ends and frees its slot, and the other leads go on."""
+    leads = make_leads(["E"], 5, run="raise")  # offsets 0..4 of one partition
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
+                            STREAMS_WORKER_FAULTS="leads.requests:1:raise,calls.status:0:raise")
+    try:
+        deployment.create_topics()
+        worker = deployment.start_worker()
+        worker.wait_serving()
+        deployment.start_dialer(talk_seconds=(0.1, 0.3))
+        deployment.produce_leads(leads)
+        outcomes = deployment.outcomes(leads)
+        failed = leads[1]["lead_id"]
+        assert outcomes[failed]["outcome"] == "rejected", outcomes[failed]
+        assert "internal error" in outcomes[failed]["reason"]
+        assert all(outcome["outcome"] != "rejected" for lead_id, outcome in outcomes.items()
+                   if lead_id != failed), outcomes
+        lines = assert_core_guarantees(deployment, leads)
+        assert failed not in {line["lead_id"] for line in lines}
+
+        letters = deployment.read("leads.deadletter", until=lambda recs: len(recs) >= 2)
+        assert sorted((letter["topic"], letter["offset"]) for letter in letters) == [
+            (deployment.topic("calls.status"), 0), (deployment.topic("leads.requests"), 1)]
+        assert all("internal error" in letter["reason"] for letter in letters)
+        lead_letter = next(letter for letter in letters
+                           if letter["topic"] == deployment.topic("leads.requests"))
+        assert json.loads(base64.b64decode(lead_letter["value"]))["lead_id"] == failed
+
+        def busy(state: list[dict] | None) -> bool:
+            return state is None or any(b["active"] or b["waiting"] for b in state)
+
+        deadline = time.monotonic() + 30
+        while busy(state := worker.businesses()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not busy(state), state
+        assert worker.process.poll() is None
+    finally:
+        deployment.close()
+
+
 def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
     deployment = Deployment(kafka_broker.bootstrap, tmp_path)
     client = admin.admin_client(deployment.settings)

@@ -1,10 +1,10 @@
 """Records the Kafka consumer skips are still handled (streams/progress.py).
 
 faust-streaming can drop records around a rebalance and ack them. The worker is told
-(STREAMS_WORKER_DROP_FIRST_DELIVERY) to drop some first deliveries the same way: two in
+(STREAMS_WORKER_FAULTS) to drop some first deliveries the same way: two in
 the middle of the stream, revealed by the next record, and the very last lead, which no
 later record reveals and only the capped commit and the next tick catch. Faust's
-consumer can also drop the rest of a fetch without acking it (":unacked"): at the tail
+consumer can also drop the rest of a fetch without acking it ("drop-unacked"): at the tail
 nothing reveals that, and only the partition standing still with records beyond it does.
 Every lead must still get its outcome, within the limit, and never be dialed twice.
 """
@@ -22,8 +22,9 @@ pytestmark = pytest.mark.integration
 def test_records_the_consumer_skipped_are_read_again_and_handled(kafka_broker, tmp_path):
     leads = make_leads(["A", "B", "C"], 4, run="skip")  # offsets 0..11 of one partition
     deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
-                            STREAMS_WORKER_DROP_FIRST_DELIVERY=(
-                                "leads.requests:2,leads.requests:3,leads.requests:11"))
+                            STREAMS_WORKER_FAULTS=(
+                                "leads.requests:2:drop,leads.requests:3:drop,"
+                                "leads.requests:11:drop"))
     try:
         deployment.create_topics()
         worker = deployment.start_worker()
@@ -34,7 +35,7 @@ def test_records_the_consumer_skipped_are_read_again_and_handled(kafka_broker, t
         assert set(outcomes) == {lead["lead_id"] for lead in leads}
         assert_core_guarantees(deployment, leads)
         log = worker.log()
-        assert log.count("dropped unhandled") == 3, log[-3000:]
+        assert log.count("injected fault 'drop'") == 3, log[-3000:]
         assert "the consumer skipped" in log and "offsets 2-3;" in log, log[-3000:]
         assert "offsets 11-11;" in log, log[-3000:]
     finally:
@@ -50,8 +51,8 @@ def test_records_the_consumer_dropped_unacked_at_the_tail_are_found(
         kafka_broker, tmp_path, businesses, each, dropped):
     leads = make_leads(businesses, each, run=f"stall{dropped}")  # one partition
     deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
-                            STREAMS_WORKER_DROP_FIRST_DELIVERY=(
-                                f"leads.requests:{dropped}:unacked"))
+                            STREAMS_WORKER_FAULTS=(
+                                f"leads.requests:{dropped}:drop-unacked"))
     try:
         deployment.create_topics()
         worker = deployment.start_worker()
@@ -62,7 +63,7 @@ def test_records_the_consumer_dropped_unacked_at_the_tail_are_found(
         assert set(outcomes) == {lead["lead_id"] for lead in leads}
         assert_core_guarantees(deployment, leads)
         log = worker.log()
-        assert log.count("dropped unacked") == 1, log[-3000:]
+        assert log.count("injected fault 'drop-unacked'") == 1, log[-3000:]
         assert (f"stood still at offset {dropped} with records up to {dropped}"
                 in log), log[-3000:]
         assert f"offsets {dropped}-{dropped};" in log, log[-3000:]
