@@ -76,10 +76,17 @@ def _e164(name: str, raw: str) -> str:
     return raw
 
 
-def _url(name: str, raw: str) -> str:
+def _url(name: str, raw: str, keep_slash: bool = False) -> str:
     if not re.fullmatch(r"https?://[^\s/]+(/[^\s]*)?", raw):
         raise ConfigError(f"{name} must be an http(s) URL, got {raw!r}")
-    return raw.rstrip("/")
+    return raw if keep_slash else raw.rstrip("/")
+
+
+def _twiml(name: str, raw: str) -> str:
+    if not re.fullmatch(r"<Response\b.*</Response>|<Response\b[^>]*/>", raw, re.DOTALL):
+        raise ConfigError(f"{name} must be a TwiML document, <Response>...</Response>,"
+                          f" got {raw[:40]!r}")
+    return raw
 
 
 def _database_url(name: str, raw: str) -> str:
@@ -122,6 +129,10 @@ class Settings:
     public_base_url: str | None = None
     twilio_api_base_url: str | None = None
     twilio_cps: float = 1.0
+    #: What an answered call does: Twilio fetches TwiML from this URL, or runs this
+    #: TwiML; one of the two (neither: a one-second pause, for demos and tests).
+    twilio_voice_url: str | None = None
+    twilio_twiml: str | None = None
     database_url: str = "sqlite:///streams-ledger.db"
     dialer_web_port: int = 8080
     reconcile_after_seconds: float = 30.0
@@ -136,6 +147,9 @@ class Settings:
             if raw is not None and raw.strip() != "":
                 values[field_name] = parse(var, raw.strip())
         settings = cls(**values)
+        if settings.twilio_voice_url and settings.twilio_twiml:
+            raise ConfigError("set TWILIO_VOICE_URL or TWILIO_TWIML, not both: an answered"
+                              " call runs one voice flow")
         if settings.dial_ack_timeout_seconds >= settings.dial_deadline_seconds:
             raise ConfigError("DIAL_ACK_TIMEOUT_SECONDS must be shorter than"
                               " DIAL_DEADLINE_SECONDS, or a lost dial is never resent")
@@ -192,6 +206,8 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "public_base_url": ("PUBLIC_BASE_URL", _url),
     "twilio_api_base_url": ("TWILIO_API_BASE_URL", _url),
     "twilio_cps": ("TWILIO_CPS", lambda n, r: _float(n, r, 0.01)),
+    "twilio_voice_url": ("TWILIO_VOICE_URL", lambda n, r: _url(n, r, keep_slash=True)),
+    "twilio_twiml": ("TWILIO_TWIML", _twiml),
     "database_url": ("DATABASE_URL", _database_url),
     "dialer_web_port": ("DIALER_WEB_PORT", _port),
     "reconcile_after_seconds": ("RECONCILE_AFTER_SECONDS", lambda n, r: _float(n, r, 1.0)),

@@ -127,7 +127,7 @@ log = logging.getLogger("streams.dialer")
 STATUS_PATH = "/twilio/status"
 HEALTH_PATH = "/healthz"
 CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
-#: What an answered call does until the product has its own voice flow.
+#: What an answered call does when neither TWILIO_VOICE_URL nor TWILIO_TWIML is set.
 DEFAULT_TWIML = "<Response><Pause length=\"1\"/></Response>"
 
 #: One Twilio REST request may take this long.
@@ -541,7 +541,7 @@ class TwilioDialer:
 
     def __init__(self, settings: Settings, *, ledger: Ledger | None = None,
                  group_id: str | None = None, instance_id: str | None = None,
-                 twiml: str = DEFAULT_TWIML, crash_after_create: int | None = None,
+                 crash_after_create: int | None = None,
                  seed: int | None = None):
         self.settings = settings.require_twilio()
         self.group_id = group_id or f"{settings.topic_prefix}twilio-dialer"
@@ -549,7 +549,9 @@ class TwilioDialer:
         self.instance_id = instance_id or (f"{self.group_id}@{socket.gethostname()}"
                                            f":{settings.dialer_web_port}")
         self.dial_topic = topic_name(CALLS_DIAL, settings.topic_prefix)
-        self.twiml = twiml
+        #: The answered call's voice flow, as calls.create takes it.
+        self.voice = ({"url": settings.twilio_voice_url} if settings.twilio_voice_url
+                      else {"twiml": settings.twilio_twiml or DEFAULT_TWIML})
         if crash_after_create is None and os.environ.get(CRASH_AFTER_CREATE_ENV):
             crash_after_create = int(os.environ[CRASH_AFTER_CREATE_ENV])
         self.crash_after_create = crash_after_create
@@ -843,7 +845,7 @@ class TwilioDialer:
             kind = "ok"
             try:
                 call = await self.client.calls.create_async(
-                    to=job.phone, from_=self.settings.twilio_from_number, twiml=self.twiml,
+                    to=job.phone, from_=self.settings.twilio_from_number, **self.voice,
                     status_callback=self.status_callback_url(job),
                     status_callback_event=CALLBACK_EVENTS, status_callback_method="POST",
                     time_limit=int(self.settings.call_time_limit_seconds),

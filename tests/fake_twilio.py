@@ -136,6 +136,7 @@ class _Call:
     callback_url: str | None
     callback_method: str
     events: tuple[str, ...]
+    voice: dict  # the Url or Twiml it was created with
     rng: random.Random
     # the script drawn at creation
     ring: float
@@ -473,7 +474,8 @@ class FakeTwilio:
                          business_id=business_id, dial_id=dial_id, created_at=now,
                          timeout=timeout, time_limit=time_limit, callback_url=callback_url,
                          callback_method=method, events=tuple(e for e in EVENTS if e in events),
-                         rng=rng, ring=ring, talk=talk_or_none, final=final, updated_at=now)
+                         voice={k: one(k) for k in ("Url", "Twiml") if one(k)}, rng=rng,
+                         ring=ring, talk=talk_or_none, final=final, updated_at=now)
             self._calls[sid] = call
             self._live[business_id] += 1
             self._peak[business_id] = max(self._peak.get(business_id, 0), self._live[business_id])
@@ -569,7 +571,8 @@ class FakeTwilio:
                 "created_at": call.created_at, "answered_at": call.answered_at,
                 "ended_at": call.ended_at, "started_at": call.started_at,
                 "timeout": call.timeout, "time_limit": call.time_limit,
-                "status_callback": call.callback_url, "events": list(call.events)}
+                "status_callback": call.callback_url, "events": list(call.events),
+                "voice": dict(call.voice)}
 
     # ---------------------------------------------------------------- the call's clock
 

@@ -34,6 +34,7 @@ from streams.topics import (
     to_iso,
 )
 from streams.twilio_dialer import (
+    DEFAULT_TWIML,
     STATUS_PATH,
     CreateRateLimiter,
     TwilioFailure,
@@ -236,6 +237,7 @@ def test_two_hundred_leads_end_to_end(deployment, fake, ledger_url):
         assert {o["outcome"] for o in outcomes.values()} <= set(TERMINAL_STATUSES)
         assert_no_double_dial(fake)
         assert len(fake.calls()) == 200
+        assert all(call["voice"] == {"Twiml": DEFAULT_TWIML} for call in fake.calls())
         # sampled all along (aiming at 10/s; a loaded machine manages fewer)
         assert sampler.samples >= 2 * elapsed, (sampler.samples, elapsed)
         assert sampler.peak and max(sampler.peak.values()) <= LIMIT, sampler.peak
@@ -440,13 +442,16 @@ def test_lost_webhooks_are_recovered_by_the_reconciler(deployment, fake, ledger_
 
 @integration
 def test_twilio_cps_two_means_two_creates_in_any_second(deployment, fake, sqlite_url):
-    dialer = Dialer(deployment, fake, sqlite_url, TWILIO_CPS="2").start_thread()
+    voice_url = "https://voice.example.com/flows/outbound/"
+    dialer = Dialer(deployment, fake, sqlite_url, TWILIO_CPS="2",
+                    TWILIO_VOICE_URL=voice_url).start_thread()
     try:
         commands = dial_commands(12, businesses=12)
         produce_commands(deployment, commands)
         statuses_until(deployment, lambda recs: sum(r["status"] == "queued" for r in recs) == 12,
                        timeout=30)
         assert len(fake.create_requests()) == 12
+        assert [call["voice"] for call in fake.calls()] == [{"Url": voice_url}] * 12
         assert fake.max_creates_in_any_second() <= 2
         times = sorted(r["at"] for r in fake.create_requests())
         assert times[-1] - times[0] >= 4.9, "12 creates at 2 per second take 5 s at least"

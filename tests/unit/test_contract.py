@@ -22,6 +22,10 @@ from streams.topics import CallStatus, InvalidRecord, LeadRequest, record_key
     ({"WORKER_WEB_PORT": "70000"}, "TCP port"),
     ({"DIAL_ACK_TIMEOUT_SECONDS": "40"}, "shorter than DIAL_DEADLINE_SECONDS"),
     ({"TICK_INTERVAL_SECONDS": "nan"}, "TICK_INTERVAL_SECONDS"),
+    ({"TWILIO_VOICE_URL": "voice.example.com/flow"}, "TWILIO_VOICE_URL must be an http"),
+    ({"TWILIO_TWIML": "<Say>hello</Say>"}, "TWILIO_TWIML must be a TwiML document"),
+    ({"TWILIO_VOICE_URL": "https://voice.example.com/flow",
+      "TWILIO_TWIML": "<Response><Say>hi</Say></Response>"}, "not both"),
 ])
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
@@ -33,6 +37,14 @@ def test_defaults_are_the_documented_ones():
     assert settings.max_outbound_calls_per_business == 3
     assert settings.kafka_bootstrap_servers == "localhost:9092"
     assert settings.topic_partitions == 8 and settings.table_store == "memory://"
+
+
+def test_the_voice_flow_is_a_url_or_twiml_kept_as_given():
+    settings = Settings.from_env({"TWILIO_VOICE_URL": "https://voice.example.com/flows/out/"})
+    assert settings.twilio_voice_url == "https://voice.example.com/flows/out/"
+    assert settings.twilio_twiml is None
+    twiml = '<Response>\n  <Say voice="alice">Hello</Say>\n</Response>'
+    assert Settings.from_env({"TWILIO_TWIML": twiml}).twilio_twiml == twiml
 
 
 def lead(**fields) -> bytes:
