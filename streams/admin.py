@@ -8,6 +8,8 @@ so the worker checks here before it starts.
 
 from __future__ import annotations
 
+import logging
+
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
@@ -24,6 +26,16 @@ TOPIC_CONFIGS = {LIMITER_TICKS: {"retention.ms": str(3_600_000)},
 
 class TopicsError(RuntimeError):
     """The topics cannot be used as they are; the message is one line saying why."""
+
+
+def quiet_client_config(bootstrap: str) -> dict:
+    """confluent-kafka settings for a client whose failures reach the caller as
+    exceptions: librdkafka's own log lines (a refused connection, once a second)
+    would bury the one line the command prints."""
+    logger = logging.getLogger("streams.librdkafka")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+    return {"bootstrap.servers": bootstrap, "logger": logger, "error_cb": lambda _err: None}
 
 
 def admin_client(settings: Settings) -> AdminClient:

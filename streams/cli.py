@@ -304,7 +304,8 @@ def _twilio_dialer(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_active(args: argparse.Namespace) -> int:
-    """The design note's verification query over the dialer's ledger."""
+    """The design note's verification query over the dialer's ledger, each business
+    judged against its own limit (`business.control`, or the default)."""
     settings = _settings()
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -314,6 +315,7 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
             and not Path(url.database).exists():
         raise CliError(f"no ledger at {url.database} (DATABASE_URL); the dialer creates it")
+    limits = {} if args.default_limit else _business_limits(settings)
     ledger = Ledger(settings.database_url)
     try:
         rows = ledger.active_calls()
@@ -322,14 +324,31 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
             from None
     finally:
         ledger.close()
-    limit = settings.max_outbound_calls_per_business
+    default = settings.max_outbound_calls_per_business
+    within = all(n <= limits.get(business, default) for business, n in rows)
     if args.json:
-        print(json.dumps({"limit": limit, "active_calls": dict(rows),
-                          "within_limit": all(n <= limit for _, n in rows)}))
+        print(json.dumps({"limit": default, "limits": limits, "active_calls": dict(rows),
+                          "within_limit": within}))
     else:
         print(f"-- {ACTIVE_CALLS_QUERY}")
-        print("\n".join(format_active_calls(rows, limit)))
-    return 0 if all(n <= limit for _, n in rows) else 1
+        print("\n".join(format_active_calls(rows, default, limits)))
+    return 0 if within else 1
+
+
+def _business_limits(settings: Settings) -> dict[str, int]:
+    """Per-business limits set in `business.control`; one clear line if unreadable."""
+    from confluent_kafka import KafkaException
+
+    from .control import current_controls
+    try:
+        controls = current_controls(settings, timeout=5.0)
+    except KafkaException as exc:
+        raise CliError(f"cannot read the per-business limits from business.control on"
+                       f" {settings.kafka_bootstrap_servers} ({exc.args[0].str()}); add"
+                       " --default-limit to judge every business by"
+                       " MAX_OUTBOUND_CALLS_PER_BUSINESS") from None
+    return {business: control.limit for business, control in controls.items()
+            if control.limit is not None}
 
 
 # -- lag -----------------------------------------------------------------------------
@@ -482,8 +501,12 @@ def build_parser() -> argparse.ArgumentParser:
     active = ledger_sub.add_parser(
         "active", formatter_class=formatter, epilog=EPILOG,
         help="live calls per business (the design note's verification query); exit 1"
-             " when a business is over MAX_OUTBOUND_CALLS_PER_BUSINESS")
+             " when a business is over its limit (business.control, or"
+             " MAX_OUTBOUND_CALLS_PER_BUSINESS)")
     active.add_argument("--json", action="store_true", help="one JSON object instead")
+    active.add_argument("--default-limit", action="store_true",
+                        help="judge every business by MAX_OUTBOUND_CALLS_PER_BUSINESS,"
+                             " without reading business.control from Kafka")
     active.set_defaults(func=cmd_ledger_active)
 
     lag = sub.add_parser(

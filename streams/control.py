@@ -10,20 +10,19 @@ import dataclasses
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from .admin import quiet_client_config
 from .settings import Settings
 from .topics import (
     BUSINESS_CONTROL, BusinessControl, InvalidRecord, producer_config, record_key, topic_name,
 )
 
 
-def current_control(settings: Settings, business_id: str,
-                    timeout: float = 15.0) -> BusinessControl:
-    """The latest control record of a business (defaults when it has none)."""
+def current_controls(settings: Settings, timeout: float = 15.0) -> dict[str, BusinessControl]:
+    """The latest control record of every business that has one (read to the end)."""
     name = topic_name(BUSINESS_CONTROL, settings.topic_prefix)
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
+    consumer = Consumer({**quiet_client_config(settings.kafka_bootstrap_servers),
                          "group.id": "streams-control-reader", "enable.auto.commit": False})
-    latest = BusinessControl(business_id=business_id)
-    key = record_key(business_id)
+    latest: dict[str, BusinessControl] = {}
     try:
         metadata = consumer.list_topics(name, timeout=timeout).topics[name]
         for partition in metadata.partitions:
@@ -41,14 +40,21 @@ def current_control(settings: Settings, business_id: str,
                     if message.error() is not None:
                         continue
                     position = message.offset() + 1
-                    if message.key() == key:
-                        try:
-                            latest = BusinessControl.decode(message.value(), key)
-                        except InvalidRecord:
-                            pass
+                    try:
+                        control = BusinessControl.decode(message.value(), message.key())
+                    except InvalidRecord:
+                        continue
+                    latest[control.business_id] = control
     finally:
         consumer.close()
     return latest
+
+
+def current_control(settings: Settings, business_id: str,
+                    timeout: float = 15.0) -> BusinessControl:
+    """The latest control record of a business (defaults when it has none)."""
+    return current_controls(settings, timeout).get(
+        business_id, BusinessControl(business_id=business_id))
 
 
 def change_control(settings: Settings, business_id: str, **changes) -> BusinessControl:

@@ -31,13 +31,13 @@ import concurrent.futures
 import dataclasses
 import enum
 import json
-import logging
 import signal
 import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from .admin import quiet_client_config
 from .settings import Settings
 from .topics import app_id, to_iso
 
@@ -360,13 +360,6 @@ def _num(value: int | None) -> str:
 # -- reading the broker --------------------------------------------------------------
 
 
-def _quiet_logger() -> logging.Logger:
-    logger = logging.getLogger("streams.lag.librdkafka")
-    logger.addHandler(logging.NullHandler())
-    logger.propagate = False
-    return logger
-
-
 class LagReader:
     """Samples consumer groups with confluent-kafka's AdminClient and a peek Consumer."""
 
@@ -376,8 +369,7 @@ class LagReader:
 
         self.bootstrap = bootstrap
         self.timeout = timeout
-        quiet = {"bootstrap.servers": bootstrap, "logger": _quiet_logger(),
-                 "error_cb": lambda _err: None}
+        quiet = quiet_client_config(bootstrap)
         self.admin = AdminClient(quiet)
         # Only ever assigned (never subscribed, never commits): it joins no group.
         self.peek = Consumer({**quiet, "group.id": "streams-lag-peek",

@@ -44,7 +44,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import threading
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy import (
     Column,
@@ -541,18 +541,25 @@ class Ledger:
                          .values(reported_status=status, reported_sequence=sequence))
 
 
-def format_active_calls(rows: Sequence[tuple[str, int]], limit: int) -> list[str]:
-    """The verification query's answer as the design note shows it, one verdict a line."""
+def format_active_calls(rows: Sequence[tuple[str, int]], default: int,
+                        limits: Mapping[str, int] | None = None) -> list[str]:
+    """The verification query's answer as the design note shows it, one verdict a line,
+    each business judged by its own limit (`limits`, else `default`)."""
+    limits = limits or {}
     lines = [f"{'business_id':<24} | active_calls", f"{'-' * 24}-|-------------"]
+    over = []
     for business_id, count in rows:
+        limit = limits.get(business_id, default)
+        if count > limit:
+            over.append(business_id)
         verdict = (f"\u2705 <= {limit}" if count <= limit
                    else f"\u274c > {limit}: over the limit")
         lines.append(f"{business_id:<24} | {count:>12}   {verdict}")
     total = sum(count for _, count in rows)
     if not rows:
         lines.append("(no live calls)")
-    over = [b for b, count in rows if count > limit]
+    own = f" ({len(limits)} with their own limit)" if limits else ""
     lines.append(f"{len(rows)} businesses, {total} live calls in all;"
-                 + (f" {len(over)} over the limit of {limit}" if over
-                    else f" each business <= {limit} \u2705"))
+                 + (f" {len(over)} over their limit" if over
+                    else f" each within its limit (default {default}{own}) \u2705"))
     return lines

@@ -29,6 +29,7 @@ from streams.ledger import Ledger
 from streams.topics import (
     DIAL_DEADLINE_PASSED,
     TERMINAL_STATUSES,
+    BusinessControl,
     DialCommand,
     record_key,
     to_iso,
@@ -497,7 +498,8 @@ def test_missing_twilio_settings_stop_the_dialer_with_one_line(tmp_path):
     assert "TWILIO_FROM_NUMBER must be an E.164 number" in result.stderr
 
 
-def test_ledger_active_prints_the_design_note_query(tmp_path):
+@integration
+def test_ledger_active_prints_the_design_note_query(kafka_broker, tmp_path):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)
     ledger.migrate()
@@ -506,17 +508,33 @@ def test_ledger_active_prints_the_design_note_query(tmp_path):
         ledger.claim(dial_id=f"{business}:{n}:1", lead_id=str(n), business_id=business,
                      phone="+14155550100", attempt=1, dial_by=from_epoch(time.time() + 30))
     ledger.close()
-    env = {**os.environ, "DATABASE_URL": url}
-    result = subprocess.run([sys.executable, "-m", "streams", "ledger", "active"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path)
+    deployment.create_topics()
+    env = {**deployment.env, "DATABASE_URL": url}
+
+    def active(*args: str, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "streams", "ledger", "active", *args],
+                              env={**env, **extra}, capture_output=True, text=True,
+                              timeout=60)
+
+    result = active()
     assert result.returncode == 0, result.stderr
     assert "SELECT business_id, COUNT(*)" in result.stdout
     lines = result.stdout.splitlines()
     assert any(line.startswith("1 ") and " 3 " in line and "<= 3" in line for line in lines)
     assert any(line.startswith("2 ") and " 1 " in line for line in lines)
-    result = subprocess.run([sys.executable, "-m", "streams", "ledger", "active", "--json"],
-                            env={**env, "MAX_OUTBOUND_CALLS_PER_BUSINESS": "2"},
-                            capture_output=True, text=True, timeout=60)
+    # Business 1 gets its own limit of 2 (business.control): now it is over.
+    deployment.produce("business.control", [(record_key("1"),
+                                             BusinessControl("1", 2, False).encode())])
+    result = active("--json")
     assert result.returncode == 1
-    assert json.loads(result.stdout) == {"limit": 2, "active_calls": {"1": 3, "2": 1},
+    assert json.loads(result.stdout) == {"limit": 3, "limits": {"1": 2},
+                                         "active_calls": {"1": 3, "2": 1},
                                          "within_limit": False}
+    # --default-limit judges by MAX_OUTBOUND_CALLS_PER_BUSINESS and needs no broker.
+    result = active("--json", "--default-limit", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["limits"] == {}
+    result = active(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "--default-limit" in result.stderr

@@ -78,8 +78,17 @@ def test_format_active_calls_gives_a_verdict_per_business():
     lines = format_active_calls([("1", 3), ("2", 4)], 3)
     assert any(line.startswith("1 ") and "\u2705" in line for line in lines)
     assert any(line.startswith("2 ") and "\u274c" in line for line in lines)
-    assert "1 over the limit of 3" in lines[-1]
+    assert "1 over their limit" in lines[-1]
     assert "(no live calls)" in format_active_calls([], 3)
+
+
+def test_format_active_calls_judges_each_business_by_its_own_limit():
+    lines = format_active_calls([("big", 5), ("small", 2), ("plain", 3)], 3,
+                                {"big": 5, "small": 1})
+    assert any(line.startswith("big ") and "\u2705 <= 5" in line for line in lines)
+    assert any(line.startswith("small ") and "\u274c > 1" in line for line in lines)
+    assert any(line.startswith("plain ") and "\u2705 <= 3" in line for line in lines)
+    assert "1 over their limit" in lines[-1]
 
 
 # -- schema ----------------------------------------------------------------------------
