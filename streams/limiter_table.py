@@ -30,7 +30,14 @@ The rules
    counts only once the worker has read the status input up to the resend time
    (`statuses_read_until`): a status still waiting in its own backlog is not lost, and
    resending then only adds load to a worker already behind.
-6. A lead id seen before never makes a second call. A status for a dial we do not know
+6. A lead id seen before never makes a second call, for `lead_retention` after its
+   outcome: then its record is forgotten (through the wake buckets), so the table does
+   not grow with every lead ever handled; the same id sent again after that is a new
+   lead here, granted under the same dial_id, which a dialer deduping on dial_id never
+   calls again (the Twilio dialer answers with the first call's status; the simulated
+   one stays silent and the lease ends it). (A redelivered record is never applied
+   twice, whatever its age: rule 9.)
+   A status for a dial we do not know
    is held for `orphan_hold` (after a crash it may arrive before the replayed grant) and
    applied when the grant happens, or dead-lettered.
 7. Crash at any instruction. An event's writes all go to one table partition (one
@@ -57,7 +64,8 @@ Table keys (one Faust table, values JSON):
     l␟BIZ␟LEAD             lead: state, attempt, dial ids used, outcome (dedupe)
     q␟BIZ␟LEVEL␟N          a waiting lead id at position N of a priority level
     o␟BIZ␟DIAL             statuses held for a dial we do not know yet
-    wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P
+    wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P: a
+                           business id to wake, or ["lead", BIZ, LEAD] to forget
     jl␟P                   the partition's last event: id, writes, emits; input cursors
     j␟TOPIC␟P␟SLOT         journal ring: "done" entries of recent events that emitted
 """
@@ -128,6 +136,7 @@ class Rules:
     max_attempts: int
     journal_slots: int = 8192
     max_wakes_per_tick: int = 256
+    lead_retention: float = 7 * 24 * 3600.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,11 +481,14 @@ def _on_tick(step: _Step, tick: Tick) -> None:
         size = step.get(_key("wn", partition, second)) or 0
         while index < size and visited < step.rules.max_wakes_per_tick:
             entry = _key("w", partition, second, index)
-            business_id = step.get(entry)
+            due = step.get(entry)
             step.delete(entry)
             index += 1
             visited += 1
-            _wake(step, business_id, second)
+            if isinstance(due, list):
+                _forget(step, *due[1:])
+            else:
+                _wake(step, due, second)
         if index < size:
             break
         if size:
@@ -625,6 +637,8 @@ def _finish(step: _Step, bid: str, lead: dict, slot: dict, dial_id: str, outcome
             reason: str | None) -> None:
     lead.update(state="done", outcome=outcome)
     step.put(lead_key(bid, slot["lead_id"]), lead)
+    _schedule(step, ["lead", bid, slot["lead_id"]],
+              math.ceil(step.now + step.rules.lead_retention))
     step.emit(LEADS_OUTCOMES, bid, LeadOutcome(
         lead_id=slot["lead_id"], business_id=bid, outcome=outcome, dial_id=dial_id,
         call_sid=slot["call_sid"], reason=reason, attempt=slot["attempt"]))
@@ -659,8 +673,9 @@ def _next_wake(business: dict) -> float | None:
     return min(times) if times else None
 
 
-def _schedule(step: _Step, business_id: str, bucket: int) -> int:
-    """Append the business to the wake bucket of second `bucket` of this partition."""
+def _schedule(step: _Step, due: str | list, bucket: int) -> int:
+    """Append `due` (a business id, or a lead to forget) to the wake bucket of second
+    `bucket` of this partition."""
     partition = step.source.partition
     cursor = step.get(_key("wc", partition))
     if cursor is None:
@@ -668,9 +683,19 @@ def _schedule(step: _Step, business_id: str, bucket: int) -> int:
     elif bucket < cursor[0]:
         bucket = cursor[0]
     size = step.get(_key("wn", partition, bucket)) or 0
-    step.put(_key("w", partition, bucket, size), business_id)
+    step.put(_key("w", partition, bucket, size), due)
     step.put(_key("wn", partition, bucket), size + 1)
     return bucket
+
+
+def _forget(step: _Step, bid: str, lead_id: str) -> None:
+    """Rule 6: a lead's record goes `lead_retention` after its outcome."""
+    lead = step.get(lead_key(bid, lead_id))
+    if lead is not None and lead["state"] == "done":
+        step.delete(lead_key(bid, lead_id))
+        step.note("lead-forgotten", bid, lead_id,
+                  f"lead {lead_id} of business {bid} forgotten"
+                  f" {step.rules.lead_retention:g}s after its outcome ({lead['outcome']})")
 
 
 def _wake(step: _Step, bid: str, bucket: int) -> None:

@@ -117,6 +117,7 @@ class Settings:
     lease_grace_seconds: float = 60.0
     orphan_status_hold_seconds: float = 120.0
     max_dial_attempts: int = 3
+    lead_retention_seconds: float = 7 * 24 * 3600.0
     tick_interval_seconds: float = 1.0
     table_store: str = "memory://"
     worker_web_port: int = 6066
@@ -175,6 +176,7 @@ class Settings:
             lease_grace=self.lease_grace_seconds,
             orphan_hold=self.orphan_status_hold_seconds,
             max_attempts=self.max_dial_attempts,
+            lead_retention=self.lead_retention_seconds,
         )
 
 
@@ -195,6 +197,7 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "orphan_status_hold_seconds": (
         "ORPHAN_STATUS_HOLD_SECONDS", lambda n, r: _float(n, r, 1.0)),
     "max_dial_attempts": ("MAX_DIAL_ATTEMPTS", lambda n, r: _int(n, r, 1)),
+    "lead_retention_seconds": ("LEAD_RETENTION_SECONDS", lambda n, r: _float(n, r, 1.0)),
     "tick_interval_seconds": ("TICK_INTERVAL_SECONDS", lambda n, r: _float(n, r, 0.05)),
     "table_store": ("TABLE_STORE", _store),
     "worker_web_port": ("WORKER_WEB_PORT", _port),

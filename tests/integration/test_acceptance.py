@@ -216,6 +216,39 @@ def test_an_exception_in_our_code_dead_letters_the_event_and_the_worker_goes_on(
         deployment.close()
 
 
+def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path):
+    """The table does not keep every lead forever: LEAD_RETENTION_SECONDS after its
+    outcome a lead's record goes, and the same lead id sent again is a new lead to the
+    limiter. Its dial_id is the same, so the dialer (deduping on dial_id) does not call
+    it again: still one call per lead (the simulated dialer stays silent, the lease
+    ends it)."""
+    deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
+                            LEAD_RETENTION_SECONDS="3", LEASE_GRACE_SECONDS="1")
+    try:
+        deployment.create_topics()
+        worker = deployment.start_worker()
+        worker.wait_serving()
+        deployment.start_dialer(talk_seconds=(0.1, 0.2))
+        leads = make_leads(["R"], 2, run="retain")
+        deployment.produce_leads(leads)
+        deployment.outcomes(leads)
+        deadline = time.monotonic() + 30
+        while worker.log().count("forgotten 3s after its outcome") < 2:
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.5)
+        deployment.produce_leads(leads[:1])  # the CRM sends the first one again
+        outcomes = deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 3)
+        assert [o["lead_id"] for o in outcomes].count(leads[0]["lead_id"]) == 2
+        dials = deployment.read("calls.dial", until=lambda recs: len(recs) >= 3)
+        first = f"R:{leads[0]['lead_id']}:1"
+        assert [d["dial_id"] for d in dials].count(first) >= 2, "granted again (and resent)"
+        placed = [line["lead_id"] for line in deployment.ledger_lines()
+                  if line["event"] == "placed"]
+        assert sorted(placed) == sorted(lead["lead_id"] for lead in leads)
+    finally:
+        deployment.close()
+
+
 def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
     deployment = Deployment(kafka_broker.bootstrap, tmp_path)
     client = admin.admin_client(deployment.settings)

@@ -13,17 +13,17 @@ import collections
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from streams.limiter_table import (
-    Rules, Source, business_key, describe_business, is_business_key, process,
+    Rules, Source, business_key, describe_business, is_business_key, lead_key, process,
 )
 from streams.topics import (
     CALLS_DIAL, CALLS_STATUS, LEADS_DEADLETTER, LEADS_OUTCOMES, LEADS_REQUESTS,
-    BusinessControl, CallStatus, LeadRequest, Tick, to_iso,
+    LIMITER_TICKS, BusinessControl, CallStatus, LeadRequest, Tick, to_iso,
 )
 from tests.unit.world import World
 
 RULES = Rules(limit=3, dial_deadline=10, ack_timeout=2, ring_timeout=3,
               call_time_limit=8, lease_grace=2, orphan_hold=20, max_attempts=2,
-              journal_slots=64, max_wakes_per_tick=4)
+              journal_slots=64, max_wakes_per_tick=4, lead_retention=3600)
 BUSINESSES = ("A", "B", "C")
 
 ACTIONS = ("lead", "lead", "lead", "repeat-lead", "junk-status", "process", "process",
@@ -123,6 +123,22 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     lettered = {letter.reason.split(" for unknown dial ")[1].split(": no grant")[0]
                 for letter in world.outputs[LEADS_DEADLETTER]}
     assert lettered == world.junk_dial_ids
+
+    # Once the retention has passed, the leads are forgotten and the state holds only
+    # the partition's bookkeeping: it does not grow with the leads ever handled.
+    world.now += RULES.lead_retention + 1
+
+    def leftovers() -> dict:
+        return {k: v for k, v in world.state.items()
+                if k.split("\x1f")[0] in ("l", "b", "w", "wn", "o")}
+
+    for _ in range(1000):  # each tick visits at most max_wakes_per_tick entries
+        world.tick()
+        while world.process_one():
+            pass
+        if not leftovers():
+            break
+    assert not leftovers(), leftovers()
 
 
 @settings(max_examples=100, deadline=None)
@@ -360,3 +376,36 @@ def test_a_dial_is_resent_only_once_statuses_up_to_the_resend_time_were_read():
     # deferred by a second: the next look must find statuses read past that, too
     assert tick(1, resend_at + 2.1, read_until=resend_at + 0.2) == [], "still behind"
     assert tick(2, resend_at + 4.5, read_until=None) == ["A:L:1"], "caught up: resent"
+
+
+class Partition:
+    """One partition's table, fed event by event (what the shell does, without Kafka)."""
+
+    def __init__(self) -> None:
+        self.state: dict = {}
+        self.offsets: collections.Counter[str] = collections.Counter()
+
+    def feed(self, topic: str, event, now: float) -> list:
+        effects = process(self.state.get, event, Source(topic, 0, self.offsets[topic]), now,
+                          RULES)
+        self.offsets[topic] += 1
+        for key, value in effects.writes:
+            self.state.pop(key, None) if value is None else self.state.__setitem__(key, value)
+        return effects.emits
+
+
+def test_a_finished_lead_is_forgotten_after_the_retention_and_may_come_again():
+    table = Partition()
+    lead = LeadRequest(lead_id="L1", business_id="A", phone="+14155550100")
+    dial = table.feed(LEADS_REQUESTS, lead, 100.0)[0].record
+    table.feed(CALLS_STATUS, CallStatus(dial_id=dial.dial_id, lead_id="L1", business_id="A",
+                                        status="completed", at=to_iso(101.0)), 101.0)
+    assert table.state[lead_key("A", "L1")]["outcome"] == "completed"
+    # Within the retention the same lead id is a duplicate...
+    table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3000.0)), 3000.0)
+    assert not [e for e in table.feed(LEADS_REQUESTS, lead, 3000.0) if e.topic == CALLS_DIAL]
+    # ...after it the record is gone (and only it), and the id is a new lead.
+    table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3702.0)), 3702.0)
+    assert lead_key("A", "L1") not in table.state
+    again = [e for e in table.feed(LEADS_REQUESTS, lead, 3703.0) if e.topic == CALLS_DIAL]
+    assert [e.record.lead_id for e in again] == ["L1"]
