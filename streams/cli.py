@@ -310,7 +310,9 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .ledger import ACTIVE_CALLS_QUERY, Ledger, format_active_calls
+    from .ledger import (
+        ACTIVE_CALLS_QUERY, Ledger, businesses_over_limit, format_active_calls,
+    )
     url = make_url(settings.database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
             and not Path(url.database).exists():
@@ -325,7 +327,7 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
     finally:
         ledger.close()
     default = settings.max_outbound_calls_per_business
-    within = all(n <= limits.get(business, default) for business, n in rows)
+    within = not businesses_over_limit(rows, default, limits)
     if args.json:
         print(json.dumps({"limit": default, "limits": limits, "active_calls": dict(rows),
                           "within_limit": within}))

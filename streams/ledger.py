@@ -541,17 +541,23 @@ class Ledger:
                          .values(reported_status=status, reported_sequence=sequence))
 
 
+def businesses_over_limit(rows: Sequence[tuple[str, int]], default: int,
+                          limits: Mapping[str, int] | None = None) -> list[str]:
+    """The businesses of the verification query's answer above their own limit
+    (`limits`, else `default`)."""
+    limits = limits or {}
+    return [business for business, count in rows if count > limits.get(business, default)]
+
+
 def format_active_calls(rows: Sequence[tuple[str, int]], default: int,
                         limits: Mapping[str, int] | None = None) -> list[str]:
     """The verification query's answer as the design note shows it, one verdict a line,
     each business judged by its own limit (`limits`, else `default`)."""
     limits = limits or {}
     lines = [f"{'business_id':<24} | active_calls", f"{'-' * 24}-|-------------"]
-    over = []
+    over = businesses_over_limit(rows, default, limits)
     for business_id, count in rows:
         limit = limits.get(business_id, default)
-        if count > limit:
-            over.append(business_id)
         verdict = (f"\u2705 <= {limit}" if count <= limit
                    else f"\u274c > {limit}: over the limit")
         lines.append(f"{business_id:<24} | {count:>12}   {verdict}")

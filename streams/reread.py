@@ -65,13 +65,12 @@ class BrokerReader:
                 if (message.topic(), message.partition()) != (topic, partition):
                     continue  # left over from an earlier read's assignment
                 if message.error():
-                    # The end of the log: final only once it is at or past `end`, so
-                    # that an early end-of-partition never hides records still wanted.
-                    if (message.error().code() == KafkaError._PARTITION_EOF
-                            and message.offset() >= end):
-                        break
                     if message.error().code() != KafkaError._PARTITION_EOF:
                         raise KafkaException(message.error())
+                    # The end of the log is final only at or past `end`: an early one
+                    # must never hide records still wanted.
+                    if message.offset() >= end:
+                        break
                     continue
                 if message.offset() >= end:
                     break
