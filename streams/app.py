@@ -1,14 +1,15 @@
-"""The Faust shell: decode, call the core, write the table, emit. Nothing else.
+"""The Faust shell: decode, call the core, hand its writes and records on. Nothing else.
 
 One agent (concurrency 1) consumes the co-partitioned inputs: lead requests, call
-statuses and ticks. Each event is decoded (`streams.topics`), handed to
-`limiter_table.process` with the table as a read function and the wall clock, and its
-writes applied to the table. Records to emit go to an outbox that sends them only once
-the table's changelog has every write made before them (rule 7 of the core: no record
-escapes state a crash could lose), in batches, so the agent never waits for the broker
-per event; commits wait for the outbox. Records Faust skips are read again from the
-broker and handled (`streams.progress`). An exception for one event dead-letters that event;
-the agent never dies of it, because Faust would ack the event and lose it.
+statuses, ticks and business controls. Each event is decoded (`streams.topics`),
+handed to `limiter_table.process` with the table as a read function and the wall
+clock, and its writes and records go to `streams.units`: the writes of a partition's
+consecutive events become one unit, sent as one record batch to the table's changelog
+(core rule 7: all of an event's writes or none), and its records leave once the unit is
+on the broker (`streams.outbox`); commits wait for both. Records Faust skips are read
+again from the broker and handled (`streams.progress`). An exception for one event
+dead-letters that event; the agent never dies of it, because Faust would ack the event
+and lose it.
 
 Ticks come from a timer that only *sends* a tick record to each partition this worker
 owns; the agent processes them like any event (timers cannot write tables).
@@ -20,23 +21,24 @@ import asyncio
 import collections
 import logging
 import os
-import shutil
 import time
-from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import faust
+import orjson
 from faust.types import TP, EventT
 
 from . import limiter_table as core
 from . import metrics
+from .outbox import Outbox
 from .progress import HandledOffsets
 from .reread import BrokerReader
 from .settings import Settings
 from .topics import (
     CALLS_STATUS, INPUT_RECORDS, INPUT_TOPICS, LEADS_REQUESTS, LIMITER_TABLE, LIMITER_TICKS,
-    OUTPUT_TOPICS, InvalidRecord, Tick, app_id, to_iso, topic_name,
+    OUTPUT_TOPICS, InvalidRecord, Tick, app_id, changelog_topic, to_iso, topic_name,
 )
+from .units import Units
 
 log = logging.getLogger("streams.worker")
 
@@ -55,129 +57,14 @@ STALLED_PARTITION_SECONDS = 10.0
 STALLED_RECORDS_AT_ONCE = 2000
 
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
-_WARNING_NOTES = {"lease-expired", "dead-lettered", "interrupted-event-completed",
-                  "redelivered"}
+_WARNING_NOTES = {"lease-expired", "dead-lettered", "redelivered"}
 
-
-class DurableTable(faust.Table):
-    """A table whose changelog sends can be awaited, so records leave only after them."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._unconfirmed: list[asyncio.Future] = []
-
-    def send_changelog(self, partition: int | None, key: Any, value: Any,  # type: ignore[override]
-                       *args: Any, **kwargs: Any):
-        future = super().send_changelog(partition, key, value, *args, **kwargs)
-        self._unconfirmed.append(future)
-        self._remember_partition(partition, key, value)
-        return future
-
-    def _remember_partition(self, partition: int | None, key: Any, value: Any) -> None:
-        """Note each key's partition in the memory store's own bookkeeping.
-
-        Faust's memory store drops the keys of partitions this worker no longer owns
-        after each rebalance, but knows the partition only of keys it read from the
-        changelog (faust/stores/memory.py): keys written here stayed behind when their
-        partition moved, stale. They showed in /businesses/ (a slot the new owner had
-        long freed), and could come back into the table if the partition returned after
-        the broker compacted their tombstones away."""
-        key_partitions = getattr(self.data, "_key_partition", None)
-        if key_partitions is None or partition is None:
-            return
-        if value is None:
-            key_partitions.pop(key, None)
-        else:
-            key_partitions[key] = partition
-
-    async def changelog_confirmed(self) -> None:
-        pending, self._unconfirmed = self._unconfirmed, []
-        if pending:
-            await asyncio.gather(*pending)
-
-
-class Outbox:
-    """Records to emit, each sent only once the changelog has every write made before it
-    (core rule 7), in batches.
-
-    Waiting for the changelog before each event's records cost a broker round trip per
-    event, a quarter of the worker's time (bench/RESULTS.md); with the outbox the agent
-    goes on while a batch waits, and the next batch collects meanwhile. Commits wait
-    until everything queued is sent and acknowledged (`guard_commits`)."""
-
-    def __init__(self, table: DurableTable,
-                 send: Callable[[core.Emit], Awaitable[asyncio.Future]]):
-        self._table = table
-        self._send = send
-        self._queued: list[core.Emit] = []
-        self._sent: list[asyncio.Future] = []
-        self._lock = asyncio.Lock()
-        self._waiting = asyncio.Event()
-
-    def queue(self, emits: list[core.Emit]) -> None:
-        self._queued.extend(emits)
-        self._waiting.set()
-
-    async def flush(self) -> None:
-        """Send what is queued, once the changelog has the writes made before it."""
-        async with self._lock:
-            batch, self._queued = self._queued, []
-            sent = 0
-            try:
-                await self._table.changelog_confirmed()
-                for emit in batch:
-                    self._sent.append(await self._send(emit))
-                    sent += 1
-            finally:  # what could not be sent stays first in line
-                self._queued[:0] = batch[sent:]
-
-    async def confirmed(self) -> None:
-        """Flush, then wait until the broker acknowledged every record sent."""
-        await self.flush()
-        sent, self._sent = self._sent, []
-        if sent:
-            await asyncio.gather(*sent)
-
-    async def run(self) -> None:
-        """Send batches as they come; the agent only queues."""
-        while True:
-            await self._waiting.wait()
-            self._waiting.clear()
-            try:
-                await self.flush()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("sending records failed; retrying in 1 s")
-                self._waiting.set()
-                await asyncio.sleep(1)
-
-    def guard_commits(self, producer: Any) -> None:
-        """Make the producer's flush, which Faust awaits before committing offsets, also
-        wait for every changelog write and every record queued before it.
-
-        Faust's own flush gives up on its send buffer after 0.1 s without progress
-        (faust/transport/producer.py, ProducerBuffer.flush_atmost) and then commits the
-        offsets anyway: under load, an event's table writes or records could still sit
-        in that buffer when its offset is committed, and a crash would lose them for
-        good (a lead accepted, then forgotten; an outcome never told). With this guard
-        an offset is committed only after the writes and records of the events before
-        it are on the broker.
-        """
-        if getattr(producer, "_streams_guarded", False):
-            return
-        flush = producer.flush
-
-        async def flush_then_confirm() -> None:
-            await flush()
-            await self.confirmed()
-
-        producer.flush = flush_then_confirm
-        producer._streams_guarded = True
-
-
-#: Written in the worker's data dir when it stops cleanly, removed when it starts.
-CLEAN_STOP_MARKER = "stopped-cleanly"
+def encode_json(value: Any) -> bytes:
+    """The table's codec (its schema below), as faust.utils.json calls orjson: changelog
+    records must be byte for byte what Faust itself would write, or a RocksDB store
+    would not find their keys (tests/unit/test_units.py checks the two agree). Faust's
+    own codec wrapper cost four times the encoding."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
 
 
 class Limiter:
@@ -199,28 +86,33 @@ class Limiter:
             datadir=settings.data_dir,
             topic_partitions=settings.topic_partitions,
             table_standby_replicas=1 if settings.table_store == "rocksdb://" else 0,
-            broker_commit_every=self.rules.journal_slots // 4,
             web_port=settings.worker_web_port,
             web_in_thread=False,
             producer_acks=-1,
             broker_session_timeout=15.0,  # a killed worker's partitions move on sooner
+            consumer_group_instance_id=settings.worker_instance_id,
             key_serializer="raw",
             value_serializer="raw",
         )
-        self.table = self.app.tables.add(DurableTable(
-            self.app, name=LIMITER_TABLE, default=None, beacon=self.app.tables.beacon,
-            partitions=settings.topic_partitions,
+        self.table = self.app.Table(
+            LIMITER_TABLE, default=None, partitions=settings.topic_partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
-            help="All limiter state: businesses, leads, queues, wake buckets, journal."))
-        self.outbox = Outbox(self.table, self._send)
+            help="All limiter state: businesses, leads, queues, wake buckets, cursors.")
+        self.units = Units(self.table.get, encode_json)
+        self.outbox = Outbox(
+            self.units, settings.kafka_bootstrap_servers,
+            changelog_topic(prefix, settings.app_id),
+            {b: topic_name(b, prefix) for b in OUTPUT_TOPICS}, lambda: self.table.data,
+            client_id=f"{self.app.conf.id}-units", on_fatal=self.app.crash)
         self.app.task(self.outbox.run)
+        #: Partitions whose undelivered records this process has taken over (rule 7).
+        self._owned: set[int] = set()
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        self.app.on_before_shutdown.connect(self._on_shutdown)
         self._base_names = {topic_name(b, prefix): b for b in INPUT_TOPICS}
         self._status_topic = topic_name(CALLS_STATUS, prefix)
         self.inputs = self.app.topic(*self._base_names, key_type=bytes, value_type=bytes,
                                      partitions=settings.topic_partitions)
-        self.outputs = {b: self.app.topic(topic_name(b, prefix), key_type=bytes,
-                                          value_type=bytes)
-                        for b in OUTPUT_TOPICS}
         self.ticks = self.app.topic(topic_name(LIMITER_TICKS, prefix), key_type=bytes,
                                     value_type=bytes)
         self.app.agent(self.inputs, name="limiter", concurrency=1)(self._agent)
@@ -256,11 +148,11 @@ class Limiter:
             or knows nothing of it."""
             if not self.ready():
                 return view.json({"ready": False}, status=503)
-            found = core.describe_business(self.table.get, business_id, time.time(),
+            found = core.describe_business(self.units.get, business_id, time.time(),
                                            self.rules)
             lead_id = request.query.get("lead")
             if lead_id:
-                found["lead"] = core.describe_lead(self.table.get, business_id, lead_id,
+                found["lead"] = core.describe_lead(self.units.get, business_id, lead_id,
                                                    self.rules)
             known = found["active"] or found["waiting"] or found.get("lead")
             return view.json(found, status=200 if known else 404)
@@ -277,34 +169,6 @@ class Limiter:
             # aiohttp refuses a charset in content_type=, so the header goes as is.
             return view.bytes(body, headers={"Content-Type": content_type})
 
-    # -- local state across restarts ------------------------------------------------
-
-    def discard_local_state_after_crash(self) -> None:
-        """Drop the local RocksDB tables unless the last run stopped cleanly.
-
-        RocksDB applies a table write locally before the changelog has it, and Faust
-        replays the changelog only from the offset it last recorded: after a SIGKILL the
-        local store can hold writes the changelog never got next to older, replayed
-        values of other keys, a state no sequence of events produced (we saw a queue
-        naming a lead that had no record). Recovering from the changelog alone is
-        slower and right. A clean stop flushes and commits everything, so its local
-        state is kept."""
-        if self.settings.table_store != "rocksdb://":
-            return
-        tables = Path(self.app.conf.tabledir)
-        marker = Path(self.app.conf.appdir) / CLEAN_STOP_MARKER
-        if tables.exists() and not marker.exists():
-            log.warning("the last run did not stop cleanly: discarding local tables in"
-                        " %s and recovering them from the changelog", tables)
-            shutil.rmtree(tables)
-        marker.unlink(missing_ok=True)
-
-    def mark_clean_stop(self) -> None:
-        """Note that the worker stopped cleanly, so its local state can be kept."""
-        appdir = Path(self.app.conf.appdir)
-        appdir.mkdir(parents=True, exist_ok=True)
-        (appdir / CLEAN_STOP_MARKER).touch()
-
     # -- the agent -----------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT) -> None:
@@ -316,6 +180,8 @@ class Limiter:
                 continue
             key = (source.topic, source.partition)
             generation = event.message.generation_id
+            if source.partition not in self._owned:
+                self._take_over(source.partition)
             if self.handled.needs_start(key, generation):
                 await self._start(key, generation)
             skipped = self.handled.missing(key, source.offset)
@@ -338,17 +204,19 @@ class Limiter:
             with metrics.EVENT_SECONDS.time():
                 effects = self._decide(source)
                 decided = True
-                await self._apply(effects)
+                self._apply(source, effects)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("event %s failed; dead-lettering it", source.id)
             lead = None if decided else self._lead_of(source)
-            await self._apply(core.reject(self.table.get, source,
-                                          f"internal error: {exc!r}", time.time(),
-                                          self.rules, *(lead or (None, None))))
+            self._apply(source, core.reject(self.units.get, source,
+                                            f"internal error: {exc!r}", time.time(),
+                                            self.rules, *(lead or (None, None))))
         self.handled.handled((source.topic, source.partition), source.offset)
         self.lag.processed(source.topic, source.partition, source.timestamp)
+        if self.outbox.full():
+            await self.outbox.room()
 
     def _decide(self, source: core.Source) -> core.Effects:
         if self._fault(source.topic, source.partition, source.offset, "raise"):
@@ -361,20 +229,18 @@ class Limiter:
                 raise InvalidRecord(f"tick for partition {record.partition} arrived on"
                                     f" partition {source.partition}")
         except InvalidRecord as exc:
-            return core.reject(self.table.get, source, exc.reason, now, self.rules,
+            return core.reject(self.units.get, source, exc.reason, now, self.rules,
                                exc.lead_id, exc.business_id)
         read_until = (self._statuses_read_until(source.partition)
                       if isinstance(record, Tick) else None)  # only ticks resend
-        return core.process(self.table.get, record, source, now, self.rules, read_until)
+        return core.process(self.units.get, record, source, now, self.rules, read_until)
 
-    async def _apply(self, effects: core.Effects) -> None:
-        for key, value in effects.writes:
-            if value is not None:
-                self.table[key] = value
-            elif key in self.table:
-                del self.table[key]
-        if effects.emits:
-            self.outbox.queue(effects.emits)
+    def _apply(self, source: core.Source, effects: core.Effects) -> None:
+        """Hand the writes and records on (`streams.units`); count and log the notes.
+        Nothing here awaits: no other event can come between a decision and its
+        writes."""
+        self.units.add(source.partition, effects)
+        self.outbox.wake()
         for note in effects.notes:
             self.counters[note.kind] += 1
             if note.kind.startswith("outcome-") and note.business_id is not None:
@@ -507,9 +373,23 @@ class Limiter:
                     FAULTS_ENV)
         return True
 
-    async def _send(self, emit: core.Emit) -> asyncio.Future:
-        return await self.outputs[emit.topic].send(key=emit.key.encode("utf-8"),
-                                                   value=emit.record.encode())
+    # -- units and records (streams/units.py, streams/outbox.py) ------------------
+
+    def _take_over(self, partition: int) -> None:
+        """The partition was assigned here: send again what its last owner may not have
+        delivered (core rule 7)."""
+        self._owned.add(partition)
+        unit = self.units.resend(partition)
+        if unit is not None:
+            log.warning("partition %d: sending again the %d records its last owner may"
+                        " not have delivered", partition, len(unit.emits))
+            self.outbox.send_durable(unit)
+
+    async def _on_revoked(self, app: Any, revoked: set, **kwargs: Any) -> None:
+        self._owned -= {tp.partition for tp in revoked}
+
+    async def _on_shutdown(self, app: Any, **kwargs: Any) -> None:
+        await self.outbox.stop()
 
     @staticmethod
     def _source(event: EventT) -> core.Source:
@@ -547,8 +427,10 @@ class Limiter:
     def businesses(self) -> list[dict]:
         """Businesses in the table, and those that ended calls here since start."""
         now = time.time()
-        ids = {core.business_id_of(key) for key in list(self.table.keys())
-               if core.is_business_key(key)} | set(self.outcomes_by_business)
-        return [dict(core.describe_business(self.table.get, business_id, now, self.rules),
+        keys = set(self.table.keys()) | set(self.units.pending_keys())
+        ids = {core.business_id_of(key) for key in keys
+               if core.is_business_key(key) and self.units.get(key) is not None}
+        ids |= set(self.outcomes_by_business)
+        return [dict(core.describe_business(self.units.get, business_id, now, self.rules),
                      outcomes=dict(self.outcomes_by_business.get(business_id, {})))
                 for business_id in sorted(ids)]

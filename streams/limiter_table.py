@@ -40,24 +40,24 @@ The rules
    A status for a dial we do not know
    is held for `orphan_hold` (after a crash it may arrive before the replayed grant) and
    applied when the grant happens, or dead-lettered.
-7. Crash at any instruction. An event's writes all go to one table partition (one
-   changelog partition, written in order): first a `last` entry holding all of them and
-   the records to emit, then the writes, ending with a `done` entry in the journal ring
-   when the event emitted anything. A crash leaves a prefix; the partition's next event
-   completes a cut-short one from `last` (cut short: some write of `last` is not in the
-   table); a redelivered event that is `done` only re-emits. Records are emitted only
-   once the writes are durable (the shell's duty), so no record escapes state a crash
-   could lose. Outputs are at-least-once and re-derivable from the table; consumers
-   dedupe on dial_id or lead_id.
+7. Crash at any instruction. An event's writes are one unit: the shell makes them
+   durable all together or not at all (one record batch on the table's changelog
+   partition, which the broker appends whole; the shell may put the next events of the
+   partition in the same batch), and emits only once they are. A crash therefore
+   leaves the state after some event of the partition, never part of one. What the
+   shell has emitted but not yet seen delivered stays in the table beside the writes
+   (`streams/units.py`) and is sent again when the partition is assigned: outputs are
+   at-least-once and re-derivable from the table; consumers dedupe on dial_id or
+   lead_id.
 8. Per-event cost does not grow with a backlog: waiting leads are one table key each,
    addressed by per-priority head/tail counters in the business's value, and time-based
    work (expiry, resends, held statuses) is found through per-second wake buckets
    delivered by tick events, never by scanning.
-9. An input record is applied at most once. The partition's `last` entry carries, per
-   input topic, the next offset to apply (its cursor): a redelivered record below it
-   re-emits from its done entry, or, older than the journal ring, is ignored. (That
-   no record is skipped is the shell's duty: `streams/progress.py`.) Rejected records
-   are journaled like any other.
+9. An input record is applied at most once. The partition's cursor entry holds, per
+   input topic, the next offset to apply, and is written in the same unit as the
+   event's other writes; a redelivered record below it is ignored (what it emitted is
+   in the table, rule 7). (That no record is skipped is the shell's duty:
+   `streams/progress.py`.) Rejected records move the cursor like any other.
 
 Table keys (one Faust table, values JSON):
     b␟BIZ                  business: active slots, queue counters, held dial ids, wake
@@ -66,16 +66,17 @@ Table keys (one Faust table, values JSON):
     o␟BIZ␟DIAL             statuses held for a dial we do not know yet
     wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P: a
                            business id to wake, or ["lead", BIZ, LEAD] to forget
-    jl␟P                   the partition's last event: id, writes, emits; input cursors
-    j␟TOPIC␟P␟SLOT         journal ring: "done" entries of recent events that emitted
+    c␟P                    the partition's input cursors: topic -> next offset to apply
+    x␟P                    the shell's records not yet delivered (`streams/units.py`)
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 from typing import Any, Callable, Iterable, Optional
+
+import orjson
 
 from .topics import (
     CALLS_DIAL, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER, LEADS_OUTCOMES, MAX_PRIORITY,
@@ -134,7 +135,6 @@ class Rules:
     lease_grace: float
     orphan_hold: float
     max_attempts: int
-    journal_slots: int = 8192
     max_wakes_per_tick: int = 256
     lead_retention: float = 7 * 24 * 3600.0
 
@@ -188,28 +188,42 @@ class Effects:
 # -- keys ----------------------------------------------------------------------------
 
 
-def _key(*parts: object) -> str:
-    return _SEP.join(str(p) for p in parts)
-
-
+# (f-strings, not a join: a dozen keys per event)
 def business_key(business_id: str) -> str:
-    return _key("b", business_id)
+    return f"b\x1f{business_id}"
 
 
 def lead_key(business_id: str, lead_id: str) -> str:
-    return _key("l", business_id, lead_id)
+    return f"l\x1f{business_id}\x1f{lead_id}"
 
 
 def _queue_key(business_id: str, level: int | str, position: int) -> str:
-    return _key("q", business_id, level, position)
+    return f"q\x1f{business_id}\x1f{level}\x1f{position}"
 
 
 def _held_key(business_id: str, dial_id: str) -> str:
-    return _key("o", business_id, dial_id)
+    return f"o\x1f{business_id}\x1f{dial_id}"
 
 
-def _journal_key(source: Source, slots: int) -> str:
-    return _key("j", source.topic, source.partition, source.offset % slots)
+def cursor_key(partition: int) -> str:
+    return f"c\x1f{partition}"
+
+
+def undelivered_key(partition: int) -> str:
+    """Where the shell keeps the partition's records not yet delivered (rule 7)."""
+    return f"x\x1f{partition}"
+
+
+def _wake_cursor_key(partition: int) -> str:
+    return f"wc\x1f{partition}"
+
+
+def _wake_size_key(partition: int, second: int) -> str:
+    return f"wn\x1f{partition}\x1f{second}"
+
+
+def _wake_entry_key(partition: int, second: int, index: int) -> str:
+    return f"w\x1f{partition}\x1f{second}\x1f{index}"
 
 
 def dial_id_for(business_id: str, lead_id: str, attempt: int) -> str:
@@ -229,27 +243,22 @@ def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl
             statuses_read_until: float | None = None) -> Effects:
     """Apply one input event. Pure: `read` is only read; the result says what to do.
 
-    Rule 7 in full. Writes are ordered: the partition's `last` entry (this event's id,
-    all its writes and emits, the cursors), then the writes, then the event's `done`
-    entry in the journal ring. A crash can cut that sequence anywhere; the next event
-    of the partition first completes an interrupted one from `last`, and a redelivered
-    event whose `done` entry exists only re-emits what it emitted. The shell must make
-    the writes durable before it emits, so no record ever escapes state that could be
-    lost. Rule 9: one below its topic's cursor is never applied again.
+    The writes are one unit (rule 7): the shell makes all of them durable or none, and
+    emits only after. Rule 9: a record below its topic's cursor is never applied again.
     `statuses_read_until`: the time up to which the partition's status input has been
     read (rule 5); None means all of it, i.e. `now`.
     """
     handler = _HANDLERS[type(event)]
-    return _journaled(read, source, now, rules, lambda step: handler(step, event),
-                      statuses_read_until)
+    return _once(read, source, now, rules, lambda step: handler(step, event),
+                 statuses_read_until)
 
 
 def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,
            lead_id: str | None = None, business_id: str | None = None) -> Effects:
     """A record we cannot use: dead-letter it, and tell the CRM when it was a lead.
 
-    Journaled like any event, so a redelivered bad record is dead-lettered once and the
-    cursor moves past it."""
+    Applied once like any event, so a redelivered bad record is dead-lettered once and
+    the cursor moves past it."""
     def dead_letter(step: _Step) -> None:
         step.emit(LEADS_DEADLETTER, business_id or "", DeadLetter.of(
             reason, source.topic, source.partition, source.offset, source.key,
@@ -260,57 +269,32 @@ def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,
                 reason=reason))
         step.note("dead-lettered", business_id, lead_id,
                   f"{source.id} dead-lettered: {reason}")
-    return _journaled(read, source, now, rules, dead_letter)
+    return _once(read, source, now, rules, dead_letter)
 
 
-def _journaled(read: Read, source: Source, now: float, rules: Rules,
-               handle: Callable[["_Step"], None],
-               statuses_read_until: float | None = None) -> Effects:
-    last = read(_key("jl", source.partition))
-    cursors = dict(last.get("cursors", {})) if last else {}
-    writes, emits, notes = _complete_interrupted(read, last)
-    if writes:
-        completed = replay_writes(writes)
-        plain_read = read
-        read = lambda key: completed[key] if key in completed else plain_read(key)  # noqa: E731
-    done_key = _journal_key(source, rules.journal_slots)
-    done = read(done_key)
-    if done is not None and done["id"] == source.id:
-        again = _decode_emits(done["emits"])
-        notes.append(Note("redelivered", None, None, f"{source.id} was applied before;"
-                          f" re-emitting its {len(again)} records"))
-        return Effects(writes, emits + again, notes, replayed=True)
+def _once(read: Read, source: Source, now: float, rules: Rules,
+          handle: Callable[["_Step"], None],
+          statuses_read_until: float | None = None) -> Effects:
+    """Rule 9 around one handler: skip a record already applied, else apply it and
+    move the topic's cursor past it in the same unit of writes."""
+    cursors = read(cursor_key(source.partition)) or {}
     if source.offset < cursors.get(source.topic, 0):
-        notes.append(Note("redelivered", None, None, f"{source.id} was applied before"
-                          " and its journal entry has nothing to re-emit; ignored"))
-        return Effects(writes, emits, notes, replayed=True)
+        return Effects([], [], [Note("redelivered", None, None,
+                                     f"{source.id} was applied before; ignored")],
+                       replayed=True)
     step = _Step(read, source, now, rules,
                  now if statuses_read_until is None else statuses_read_until)
     handle(step)
-    own_writes = list(step.writes.items())
-    own_emits = [[e.topic, e.key, e.record.to_dict()] for e in step.emits]
-    if own_emits:  # what a redelivery must re-emit; without emits the cursor suffices
-        own_writes.append((done_key, {"id": source.id, "emits": own_emits}))
-    cursors[source.topic] = source.offset + 1
-    entry = {"id": source.id, "writes": own_writes, "emits": own_emits, "cursors": cursors}
-    writes += [(_key("jl", source.partition), entry)] + own_writes
-    return Effects(writes, emits + step.emits, notes + step.notes)
+    step.put(cursor_key(source.partition), dict(cursors, **{source.topic: source.offset + 1}))
+    return Effects(list(step.writes.items()), step.emits, step.notes)
 
 
-def _complete_interrupted(read: Read, last: dict | None) -> tuple[list, list, list]:
-    """The writes and emits that finish this partition's last event, if a crash cut it:
-    it is complete when every one of its writes is in the table."""
-    if last is None or all(read(key) == value for key, value in last["writes"]):
-        return [], [], []
-    writes = [tuple(w) for w in last["writes"]]
-    emits = _decode_emits(last["emits"])
-    note = Note("interrupted-event-completed", None, None,
-                f"{last['id']} was cut short by a crash; completed its {len(writes)}"
-                f" writes and re-emitted its {len(emits)} records")
-    return writes, emits, [note]
+def encode_emits(emits: Iterable[Emit]) -> list:
+    """Emits as JSON-ready lists, to keep in the table (rule 7)."""
+    return [[e.topic, e.key, e.record.to_dict()] for e in emits]
 
 
-def _decode_emits(encoded: list) -> list[Emit]:
+def decode_emits(encoded: Iterable) -> list[Emit]:
     return [Emit(topic, key, _RECORD_TYPES[topic](**record)) for topic, key, record in encoded]
 
 
@@ -370,7 +354,8 @@ def business_id_of(key: str) -> str:
 
 
 class _Step:
-    """Reads through to the table, collects writes and emits; never mutates what it read."""
+    """Reads through to the table, collects writes and emits; never mutates what it read
+    from the table."""
 
     def __init__(self, read: Read, source: Source, now: float, rules: Rules,
                  statuses_read_until: float):
@@ -384,8 +369,11 @@ class _Step:
         self.notes: list[Note] = []
 
     def get(self, key: str) -> Any:
-        value = self.writes[key] if key in self.writes else self._read(key)
-        return copy.deepcopy(value)
+        """The value of `key` as this event left it so far. The table's own objects are
+        copied before a handler can change them; this step's writes are its own."""
+        if key in self.writes:
+            return self.writes[key]
+        return _copy(self._read(key))
 
     def put(self, key: str, value: Any) -> None:
         self.writes[key] = value
@@ -399,6 +387,14 @@ class _Step:
     def note(self, kind: str, business_id: str | None, lead_id: str | None,
              message: str) -> None:
         self.notes.append(Note(kind, business_id, lead_id, message))
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON value (all the table holds), at a fraction of the cost of
+    copy.deepcopy."""
+    if type(value) is dict or type(value) is list:
+        return orjson.loads(orjson.dumps(value))
+    return value
 
 
 def _new_business() -> dict:
@@ -472,15 +468,15 @@ def _on_status(step: _Step, status: CallStatus) -> None:
 def _on_tick(step: _Step, tick: Tick) -> None:
     """Visit the businesses whose wake bucket is due, at most max_wakes_per_tick of them."""
     partition = step.source.partition
-    cursor = step.get(_key("wc", partition))
+    cursor = step.get(_wake_cursor_key(partition))
     if cursor is None:
         return
     second, index = cursor
     visited = 0
     while second <= math.floor(step.now) and visited < step.rules.max_wakes_per_tick:
-        size = step.get(_key("wn", partition, second)) or 0
+        size = step.get(_wake_size_key(partition, second)) or 0
         while index < size and visited < step.rules.max_wakes_per_tick:
-            entry = _key("w", partition, second, index)
+            entry = _wake_entry_key(partition, second, index)
             due = step.get(entry)
             step.delete(entry)
             index += 1
@@ -492,9 +488,9 @@ def _on_tick(step: _Step, tick: Tick) -> None:
         if index < size:
             break
         if size:
-            step.delete(_key("wn", partition, second))
+            step.delete(_wake_size_key(partition, second))
         second, index = second + 1, 0
-    step.put(_key("wc", partition), [second, index])
+    step.put(_wake_cursor_key(partition), [second, index])
 
 
 def _on_control(step: _Step, control: BusinessControl) -> None:
@@ -677,14 +673,14 @@ def _schedule(step: _Step, due: str | list, bucket: int) -> int:
     """Append `due` (a business id, or a lead to forget) to the wake bucket of second
     `bucket` of this partition."""
     partition = step.source.partition
-    cursor = step.get(_key("wc", partition))
+    cursor = step.get(_wake_cursor_key(partition))
     if cursor is None:
-        step.put(_key("wc", partition), [bucket, 0])
+        step.put(_wake_cursor_key(partition), [bucket, 0])
     elif bucket < cursor[0]:
         bucket = cursor[0]
-    size = step.get(_key("wn", partition, bucket)) or 0
-    step.put(_key("w", partition, bucket, size), due)
-    step.put(_key("wn", partition, bucket), size + 1)
+    size = step.get(_wake_size_key(partition, bucket)) or 0
+    step.put(_wake_entry_key(partition, bucket, size), due)
+    step.put(_wake_size_key(partition, bucket), size + 1)
     return bucket
 
 

@@ -122,6 +122,10 @@ class Settings:
     table_store: str = "memory://"
     worker_web_port: int = 6066
     app_id: str = "call-limiter"
+    #: Kafka static group membership (KIP-345): a worker restarted under the same id
+    #: gets its partitions back at once instead of after the session timeout. Unique
+    #: per worker and stable across its restarts (the pod name of a StatefulSet).
+    worker_instance_id: str | None = None
     data_dir: str = ".streams-data"
     # The Twilio dialer's settings; `require_twilio()` insists on the ones without default.
     twilio_account_sid: str | None = None
@@ -202,6 +206,7 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "table_store": ("TABLE_STORE", _store),
     "worker_web_port": ("WORKER_WEB_PORT", _port),
     "app_id": ("STREAMS_APP_ID", _prefix),
+    "worker_instance_id": ("WORKER_INSTANCE_ID", _prefix),
     "data_dir": ("STREAMS_DATA_DIR", lambda n, r: r),
     "twilio_account_sid": ("TWILIO_ACCOUNT_SID", _account_sid),
     "twilio_auth_token": ("TWILIO_AUTH_TOKEN", lambda n, r: r),

@@ -2,21 +2,26 @@
 
 Kafka topics are lists (a None entry is an offset without a record, like a transaction
 marker), the consumer may skip records and ack them (as faust-streaming can around a
-rebalance) while the shell keeps its own account (`streams.progress`), the changelog is
-a list of writes of which only a prefix survives a crash, the dialer is an honest one (dedupes on dial_id, honours dial_by,
-calls never ring or talk longer than allowed) whose status reports can be duplicated,
-delayed (so reordered) or lost. The true calls it places are recorded as intervals,
-independently of anything the limiter says.
+rebalance) while the shell keeps its own account (`streams.progress`), the table's
+writes go through the shell's units (`streams.units`: the changelog takes whole units,
+and a crash keeps those acknowledged plus a prefix of those in flight; records leave
+only after their unit, and a crash delivers any prefix of them), the dialer is an
+honest one (dedupes on dial_id, honours dial_by, calls never ring or talk longer than
+allowed) whose status reports can be duplicated, delayed (so reordered) or lost. The
+true calls it places are recorded as intervals, independently of anything the limiter
+says.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import json
 from typing import Callable
 
-from streams.limiter_table import Effects, Rules, Source, business_key, process
+from streams.limiter_table import Rules, Source, business_key, process
 from streams.progress import HandledOffsets
+from streams.units import Unit, Units
 from streams.topics import (
     BUSINESS_CONTROL, CALLS_DIAL, CALLS_STATUS, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER,
     LEADS_OUTCOMES, LEADS_REQUESTS, LIMITER_TICKS, BusinessControl, CallStatus,
@@ -47,10 +52,12 @@ class World:
         self.committed = {t: 0 for t in INPUTS}  # on the broker
         self.handled = HandledOffsets()  # the shell's account; a crash starts a new one
         self.generation = 0
-        self.state: dict = {}
-        self.durable: dict = {}
-        self.pending_writes: list = []
-        self.pending_emits: list = []
+        self.durable: dict = {}  # the changelog, and the store: only acknowledged units
+        self.units = Units(self.durable.get, _encode)
+        self.owned = False  # whether this process took the partition over (resend)
+        self.in_flight: list[Unit] = []  # taken from the units, not yet acknowledged
+        self.to_deliver: list[Unit] = []  # durable units whose records are not yet out
+        self.delivered_of_first = 0  # records of to_deliver[0] already out
         self.outputs: dict[str, list] = {CALLS_DIAL: [], LEADS_OUTCOMES: [],
                                           LEADS_DEADLETTER: []}
         self.dialer_position = 0
@@ -123,6 +130,9 @@ class World:
             self.recover(key, *skipped)
         self.handle(topic, offset, event)
         if topic == LIMITER_TICKS:
+            for other in INPUTS:  # the shell's _start_quiet_partitions
+                if self.handled.needs_start((other, 0), self.generation):
+                    self.handled.start((other, 0), self.generation, self.committed[other])
             for tail_key, start, end in self.handled.unrevealed(0):
                 self.recover(tail_key, start, end)
         return True
@@ -135,54 +145,92 @@ class World:
         self.handled.absent_below(key, end)
 
     def handle(self, topic: str, offset: int, event) -> None:
-        effects = process(self.state.get, event, Source(topic, 0, offset, key=b"k",
-                                                         value=b"v"),
+        if not self.owned:  # the shell's take-over of an assigned partition
+            self.owned = True
+            resent = self.units.resend(0)
+            if resent is not None:
+                self.to_deliver.append(resent)
+        effects = process(self.units.get, event, Source(topic, 0, offset, key=b"k",
+                                                        value=b"v"),
                           self.now, self.rules)
-        self.apply(effects)
-        self.handled.handled((topic, 0), offset)
-
-    def apply(self, effects: Effects) -> None:
-        for key, value in effects.writes:
-            _apply(self.state, key, value)
-            self.pending_writes.append((key, value))
-        if effects.emits:  # the shell's duty: writes durable before anything is emitted
-            self.flush_writes()
-            self.pending_emits.extend(effects.emits)
+        self.units.add(0, effects)
         self.notes.extend(effects.notes)
         for note in effects.notes:  # a grant may only fill a slot below the current limit
             if note.kind == "dial-granted":
-                business = self.state.get(business_key(note.business_id))
+                business = self.units.get(business_key(note.business_id))
                 limit = business["limit"] if business["limit"] is not None else self.rules.limit
                 if len(business["active"]) > limit or business["paused"]:
                     self.grants_over_limit.append(note.message)
+        self.handled.handled((topic, 0), offset)
 
-    def flush_writes(self) -> None:
-        for key, value in self.pending_writes:
-            _apply(self.durable, key, value)
-        self.pending_writes.clear()
+    @property
+    def state(self) -> dict:
+        """The table as the worker sees it: durable values under its pending writes."""
+        view = dict(self.durable)
+        for key in self.units.pending_keys():
+            _apply(view, key, self.units.get(key))
+        return view
+
+    def send_units(self, land: int | None = None) -> None:
+        """The outbox: take the open units and send them; `land` of those in flight are
+        acknowledged (all by default), in order."""
+        self.in_flight += self.units.take()
+        count = len(self.in_flight) if land is None else land
+        for unit in self.in_flight[:count]:
+            for key, value, _, _ in self.units.durable(unit):
+                _apply(self.durable, key, value)
+            self.to_deliver.append(unit)
+        del self.in_flight[:count]
+
+    def deliver(self, count: int) -> None:
+        """`count` records of durable units reach their topics, in order."""
+        while self.to_deliver:
+            unit = self.to_deliver[0]
+            for emit in unit.emits[self.delivered_of_first:][:count]:
+                self.outputs[emit.topic].append(emit.record)
+                self.delivered_of_first += 1
+                count -= 1
+            if self.delivered_of_first < len(unit.emits):
+                break
+            self.units.delivered(unit)
+            self.to_deliver.pop(0)
+            self.delivered_of_first = 0
+
+    def undelivered(self) -> int:
+        return sum(len(u.emits) for u in self.to_deliver) - self.delivered_of_first
+
+    def flush(self) -> None:
+        """The outbox at some moment: units sent and acknowledged, some records out."""
+        self.send_units()
+        self.deliver(self.choose(self.undelivered() + 1))
+
+    def drain(self) -> bool:
+        """Everything pending lands and gets out; whether there was anything."""
+        busy = self.units.has_open() or bool(self.in_flight) or self.undelivered() > 0
+        self.send_units()
+        self.deliver(self.undelivered())
+        return busy
 
     def commit(self) -> None:
         """Faust's commit: flush everything, then commit offsets, which the shell caps
         at what it handled."""
-        self.flush_writes()
-        self.deliver_emits(len(self.pending_emits))
+        self.send_units()
+        self.deliver(self.undelivered())
         safe = self.handled.cap({(t, 0): offset for t, offset in self.position.items()})
         self.committed.update({t: offset for (t, _), offset in safe.items()})
 
-    def deliver_emits(self, count: int) -> None:
-        for emit in self.pending_emits[:count]:
-            self.outputs[emit.topic].append(emit.record)
-        del self.pending_emits[:count]
-
     def crash(self) -> None:
-        """SIGKILL: a prefix of unflushed writes and of unsent records survives."""
-        keep = self.choose(len(self.pending_writes) + 1)
-        for key, value in self.pending_writes[:keep]:
-            _apply(self.durable, key, value)
-        self.pending_writes.clear()
-        self.deliver_emits(self.choose(len(self.pending_emits) + 1))
-        self.pending_emits.clear()
-        self.state = dict(self.durable)
+        """SIGKILL: units in flight land or not (whole, in order), open ones are lost,
+        any prefix of the records not yet out gets out; the restarted worker starts from
+        the changelog and the committed offsets."""
+        self.in_flight += self.units.take()
+        self.send_units(land=self.choose(len(self.in_flight) + 1))
+        self.deliver(self.choose(self.undelivered() + 1))
+        self.in_flight.clear()
+        self.to_deliver.clear()
+        self.delivered_of_first = 0
+        self.units = Units(self.durable.get, _encode)
+        self.owned = False
         self.position = dict(self.committed)
         self.handled = HandledOffsets()
         self.generation += 1
@@ -261,3 +309,7 @@ def _apply(table: dict, key: str, value) -> None:
         table.pop(key, None)
     else:
         table[key] = value
+
+
+def _encode(value) -> bytes:
+    return json.dumps(value).encode()
