@@ -261,7 +261,11 @@ class SimulatedDialer:
         consumer.subscribe([self.dial_topic])
         self._last_activity = time.monotonic()
         while not stop.is_set():
-            messages = consumer.consume(100, timeout=self._poll_timeout())
+            # poll() returns with the first command there is; consume(n, timeout) would
+            # wait for n of them or the whole timeout, delaying a lone command by up
+            # to POLL_SECONDS (bench/RESULTS.md, run 1: 44 ms at p99).
+            first = consumer.poll(self._poll_timeout())
+            messages = [first] + consumer.consume(99, timeout=0) if first else []
             for message in messages:
                 self._on_message(message)
             if any(m.error() is None for m in messages):

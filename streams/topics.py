@@ -16,10 +16,13 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as _dt
+import functools
 import json
 import math
 import re
 from typing import Any
+
+import orjson
 
 # -- topic names ---------------------------------------------------------------------
 
@@ -80,8 +83,17 @@ def producer_config(bootstrap_servers: str, **extra: Any) -> dict[str, Any]:
 
 def to_iso(ts: float) -> str:
     """Epoch seconds -> ISO-8601 UTC with milliseconds, as used in every record."""
-    moment = _dt.datetime.fromtimestamp(ts, tz=_dt.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    fraction, second = math.modf(ts)
+    micro = round(fraction * 1e6)  # exactly as datetime.fromtimestamp rounds
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    return f"{_iso_second(int(second))}.{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    moment = _dt.datetime.fromtimestamp(second, tz=_dt.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def from_iso(text: str) -> float:
@@ -168,10 +180,13 @@ class Record:
     """Base: JSON encoding shared by every record type."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        # Every field is a scalar: a shallow dict is all of it (dataclasses.asdict
+        # copies recursively, and was a tenth of the worker's time).
+        return {k: v for k in self.__dataclass_fields__
+                if (v := getattr(self, k)) is not None}
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_dict(), separators=(",", ":")).encode("utf-8")
+        return orjson.dumps(self.to_dict())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,7 +307,7 @@ class BusinessControl(Record):
         return cls(business_id=business_id, limit=limit, paused=paused)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -365,7 +380,7 @@ class DeadLetter(Record):
         return None if self.value is None else base64.b64decode(self.value)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def _b64(data: bytes | None) -> str | None:
