@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         ("throughput", py + ["bench.throughput", "--bootstrap", args.bootstrap,
                              "--only", "raw,faust,faust-table1,faust-table5,ours",
                              "-n", "3000" if q else "20000",
-                             "--variants", "no-wait,quiet,no-wait+quiet",
+                             "--variants", "quiet",
                              "--profile", "3" if q else "8", "--workdir", str(work / "throughput")]),
         ("seed_poller", py + ["bench.seed_poller", "--bootstrap", args.bootstrap, "--ours",
                               "--out", str(out / "slot_free.jsonl"), "--businesses"]

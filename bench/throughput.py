@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="longest wait for one system to produce n records")
     parser.add_argument("--variants", default="",
                         help="also run diagnostic worker variants (bench/worker_variant.py),"
-                             " comma-separated, e.g. no-wait,quiet,no-wait+quiet")
+                             " comma-separated, e.g. quiet")
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
                         help="py-spy the Faust pass-through and our worker for this long"

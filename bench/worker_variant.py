@@ -5,10 +5,7 @@ streams/ changes. `bench/throughput.py --variants ...` runs them beside the real
 
     BENCH_VARIANT=no-wait python bench/worker_variant.py      # env as for `streams worker`
 
-Variants (combine with "+"):
-  no-wait  the outbox sends without awaiting the changelog's acknowledgement of the
-           writes before (DurableTable.changelog_confirmed returns at once). Breaks
-           rule 7 (a dial could escape state a crash loses); shows what the wait costs.
+Variants:
   quiet    no per-event log lines from the worker (streams.worker logger off).
 """
 
@@ -25,13 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def apply(variant: str) -> None:
     from streams import app
     parts = {p for p in variant.split("+") if p}
-    unknown = parts - {"no-wait", "quiet"}
+    unknown = parts - {"quiet"}
     if unknown:
         raise SystemExit(f"unknown variant(s): {', '.join(sorted(unknown))}")
-    if "no-wait" in parts:
-        async def changelog_confirmed(self) -> None:
-            self._unconfirmed = []
-        app.DurableTable.changelog_confirmed = changelog_confirmed
     if "quiet" in parts:
         quiet = logging.getLogger("bench.quiet-worker")
         quiet.setLevel(logging.CRITICAL + 1)
