@@ -74,8 +74,9 @@ class Deployment:
     def create_topics(self) -> None:
         admin.create_topics(self.settings)
 
-    def start_worker(self, name: str = "w1", *args: str) -> "WorkerProcess":
-        worker = WorkerProcess(self, name, *args)
+    def start_worker(self, name: str = "w1", *args: str,
+                     web_port: int | None = None) -> "WorkerProcess":
+        worker = WorkerProcess(self, name, *args, web_port=web_port)
         self.workers.append(worker)
         return worker
 
@@ -173,8 +174,9 @@ class Deployment:
 class WorkerProcess:
     """`streams worker` as a real process, with its own web port and data dir."""
 
-    def __init__(self, deployment: Deployment, name: str, *args: str):
-        self.web_port = free_port()
+    def __init__(self, deployment: Deployment, name: str, *args: str,
+                 web_port: int | None = None):
+        self.web_port = web_port or free_port()
         self.log_path = deployment.workdir / f"worker-{name}.log"
         env = {**deployment.env, "WORKER_WEB_PORT": str(self.web_port),
                "STREAMS_DATA_DIR": str(deployment.workdir / f"data-{name}")}

@@ -114,6 +114,44 @@ def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store
     assert holding() == [], "a business still holds a slot or a waiting lead"
 
 
+#: A killed dynamic member holds its partitions until its session expires: at least
+#: the worker's broker_session_timeout (15 s, streams/app.py) after its last heartbeat,
+#: which was at most Faust's heartbeat interval (3 s) before the kill.
+DYNAMIC_RESUME_SECONDS = 15.0 - 3.0
+
+
+def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires(
+        deployment):
+    """WORKER_INSTANCE_ID (Kafka static membership): the restarted worker replaces its
+    killed self in the group at once and takes its partitions back; a dynamic member
+    would first wait for the killed one's session to expire. With RocksDB it also keeps
+    its local tables (they only hold what the changelog acknowledged)."""
+    instance = deployment.settings.topic_prefix + "w1"
+    deployment.env.update(TABLE_STORE="rocksdb://", WORKER_INSTANCE_ID=instance)
+    first = deployment.start_worker("w1")
+    first.wait_serving()
+    deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
+    leads = make_leads([f"biz{n}" for n in range(20)], 8)
+    deployment.produce_leads(leads)
+    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 40, timeout=120)
+    first.kill()
+    killed = time.monotonic()
+    # The same address: Faust's assignor asserts a static member keeps its URL.
+    second = deployment.start_worker("w1", web_port=first.web_port)
+    second.wait_serving()  # /businesses/ answers 200 only with the table restored
+    resumed_after = time.monotonic() - killed
+    print(f"resumed {resumed_after:.1f}s after the kill")
+    assert resumed_after < DYNAMIC_RESUME_SECONDS, (
+        f"resumed {resumed_after:.1f}s after the kill: it waited for the session timeout")
+    deployment.wait_group(members=1)
+    group = deployment.settings.topic_prefix + deployment.settings.app_id
+    client = admin.admin_client(deployment.settings)  # must outlive its futures
+    members = client.describe_consumer_groups([group])[group].result(30).members
+    assert [m.group_instance_id for m in members] == [instance]
+    deployment.outcomes(leads, timeout=240)
+    assert_core_guarantees(deployment, leads)
+
+
 def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(deployment):
     first, second = deployment.start_worker("w1"), deployment.start_worker("w2")
     first.wait_serving()
