@@ -65,6 +65,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
           f" {settings.kafka_bootstrap_servers}, limit"
           f" {settings.max_outbound_calls_per_business} calls per business,"
           f" web on :{settings.worker_web_port}", file=sys.stderr)
+    # One log line per decision: skip what no format here uses (the caller's file and
+    # line, found by walking the stack; thread and multiprocessing names), as the
+    # logging HOWTO's "Optimization" section suggests.
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
     quiet = {"level": args.loglevel.upper()}
     # The worker's own lines (one per decision) get a plain formatter of their own:
     # Faust's colouring formatter cost a tenth of the worker's time (bench/RESULTS.md).

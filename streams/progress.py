@@ -5,15 +5,16 @@ generation are dropped while the consumer's position has moved past them, and th
 offsets can still be acked and committed (the family of faust-streaming #216, #221,
 #253; `bench/chaos.py` lost leads this way). So the worker keeps its own account: since
 a partition was assigned, at the group's committed offset, this process has handled
-every record below `through` (applied it, or replayed it from the journal and
-re-emitted what it emitted). The shell (`streams/app.py`) uses it three ways:
+every record below `through` (applied it, or found it applied before: below its
+topic's cursor in the table, with whatever it emitted and was not delivered kept in
+the table and sent again when the partition was taken over, `streams/units.py`). The
+shell (`streams/app.py`) uses it in these ways:
 
 * a delivered record beyond `through` reveals skipped records: the shell reads
   [through, offset) from the broker (`streams/reread.py`) and handles them first;
 * the offsets Faust commits are capped at `through`, so no record this process has
-  not handled is committed past: after a crash it is delivered again, and the journal
-  re-emits its records (a record applied by an earlier process, whose emits that
-  process may have lost, counts as not handled until this one replays it);
+  not handled is committed past: after a crash it is delivered again, and applied
+  unless its cursor says it was;
 * an offset Faust wanted to commit past `through` with no later record to reveal the
   gap (skipped at the tail) is recovered on the partition's next tick;
 * records Faust fetched and dropped without acking them (its consumer drops the rest

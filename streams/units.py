@@ -77,6 +77,8 @@ class Units:
         self._max_bytes = max_bytes
         self._numbers = itertools.count()
         self._last_closed = -1
+        #: Events taken so far (the sender watches it to know when the agent paused).
+        self.events = 0
         #: key -> (unit number, value): the newest write of each key not yet durable.
         self._overlay: dict[str, tuple[int, Any]] = {}
         self._open: dict[int, Unit] = {}
@@ -130,6 +132,7 @@ class Units:
         unit.size += size
         unit.add_emits(effects.emits, values)
         unit.events += 1
+        self.events += 1
 
     def resend(self, partition: int) -> Unit | None:
         """The partition was just assigned here: the records its last owner (maybe this
@@ -203,6 +206,10 @@ class Units:
     def undelivered_count(self) -> int:
         return sum(len(unit.emits) for by_unit in self._undelivered.values()
                    for unit in by_unit.values())
+
+    def undelivered_bytes(self) -> int:
+        """The largest undelivered record of any partition, in bytes (roughly)."""
+        return max((self._undelivered_bytes(p) for p in self._undelivered), default=0)
 
     def overlay_size(self) -> int:
         return len(self._overlay)
