@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output",
                         default=str(Path(__file__).resolve().parent / "slot_free_delay.png"))
     parser.add_argument("--title", default="")
+    parser.add_argument("--bench", default="slot_free",
+                        help="which JSON lines: slot_free (bench/seed_poller.py) or"
+                             " slot_free_at_scale (bench/scale.py)")
     args = parser.parse_args(argv)
     import matplotlib
     matplotlib.use("Agg")
@@ -36,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         if not line.startswith("{"):
             continue
         r = json.loads(line)
-        if r.get("bench") != "slot_free":
+        if r.get("bench") != args.bench:
             continue
         if r.get("slot_free_censored") and r.get("slot_free_ms_p50_at_least"):
             # too many refills still pending when the run stopped: plot lower bounds

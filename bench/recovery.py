@@ -106,25 +106,29 @@ def partition_of(business_id: str, partitions: int) -> int:
     return (murmur2(business_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
-def build_state(businesses: int, prefix: str, partitions: int,
-                rules: core.Rules) -> tuple[dict, dict, dict]:
-    """Grant 1-3 leads to each business through the core, as the worker would.
+def build_state(businesses: int, prefix: str, partitions: int, rules: core.Rules,
+                leads_of=lambda rng: rng.randint(1, 3), name: str = "biz-{:06d}",
+                source_topic: str | None = None) -> tuple[dict, dict, dict]:
+    """Request leads_of(rng) leads (default 1-3, so all are granted) for each business
+    through the core, as the worker would.
 
     Returns the table, the changelog partition of each key (that of the event that last
-    wrote it, as Faust sends it) and figures (leads, all writes, a sample's live calls).
+    wrote it, as the worker sends it) and figures (leads, all writes, a sample's live
+    calls). `source_topic` names where the leads came from (default: the real input
+    topic; the state's cursors then stand at the number of leads of each partition).
     """
     rng = random.Random(1)
-    source_topic = topic_name(LEADS_REQUESTS, prefix)
+    source_topic = source_topic or topic_name(LEADS_REQUESTS, prefix)
     table: dict = {}
     partition_of_key: dict[str, int] = {}
     next_offset = [0] * partitions
     leads = writes = 0
     live_calls: dict[str, int] = {}
     for i in range(businesses):
-        business_id = f"biz-{i:06d}"
+        business_id = name.format(i)
         partition = partition_of(business_id, partitions)
-        count = rng.randint(1, 3)
-        live_calls[business_id] = count
+        count = leads_of(rng)
+        live_calls[business_id] = min(count, rules.limit)
         for n in range(count):
             source = core.Source(source_topic, partition, next_offset[partition])
             next_offset[partition] += 1

@@ -224,6 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ours", action="store_true",
                         help="also run our worker + simulated dialer on the same workload")
     parser.add_argument("--only-ours", action="store_true")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="ours: run once per worker count given (one group each)")
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
     args = parser.parse_args(argv)
@@ -255,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
                     record(run_seed(url, businesses, per, talk, pollers, args.interval,
                                     args.cap))
             if args.ours or args.only_ours:
-                say(f"ours: {businesses} businesses x {per} leads on {args.bootstrap}")
-                workdir = Path(tempfile.mkdtemp(prefix="bench-slot-"))
-                record(run_ours(args.bootstrap, businesses, per, talk, args.cap, workdir))
+                for workers in args.workers:
+                    say(f"ours, {workers} worker(s): {businesses} businesses x {per} leads"
+                        f" on {args.bootstrap}")
+                    workdir = Path(tempfile.mkdtemp(prefix="bench-slot-"))
+                    record(run_ours(args.bootstrap, businesses, per, talk, args.cap, workdir,
+                                    workers=workers))
     finally:
         if server is not None:
             server.stop()

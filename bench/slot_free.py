@@ -152,20 +152,46 @@ def split_delay(placed: dict, ended: dict, leads: int, status_times: dict,
     return out
 
 
+def record_times(bootstrap: str, prefix: str) -> tuple[dict, dict]:
+    """CreateTime (s) of each dial's terminal status and of its first dial command."""
+    from streams.topics import CALLS_DIAL, CALLS_STATUS, TERMINAL_STATUSES, topic_name
+    status_times, dial_times = {}, {}
+    for ts, _key, value in read_all(bootstrap, topic_name(CALLS_STATUS, prefix),
+                                    values=True):
+        status = json.loads(value)
+        if status["status"] in TERMINAL_STATUSES:
+            status_times.setdefault(status["dial_id"], ts / 1000)
+    for ts, _key, value in read_all(bootstrap, topic_name(CALLS_DIAL, prefix),
+                                    values=True):
+        dial_times.setdefault(json.loads(value)["dial_id"], ts / 1000)
+    return status_times, dial_times
+
+
+def ledger_times(ledger: Path) -> tuple[dict, dict]:
+    """Per business, (time, dial_id) of each call placed and ended, from the dialer's
+    ledger (calls dropped when the dialer stopped are not ends)."""
+    placed, ended = collections.defaultdict(list), collections.defaultdict(list)
+    for raw in ledger.read_text().splitlines():
+        line = json.loads(raw)
+        if line["event"] == "placed":
+            placed[line["business_id"]].append((line["at"], line["dial_id"]))
+        elif line["event"] == "ended" and line.get("status") != "abandoned":
+            ended[line["business_id"]].append((line["at"], line["dial_id"]))
+    return placed, ended
+
+
 # -- ours ------------------------------------------------------------------------------
 
 
 def run_ours(bootstrap: str, businesses: int, leads: int, talk: tuple[float, float],
-             cap_seconds: float, workdir: Path, partitions: int = 8, seed: int = 7) -> dict:
+             cap_seconds: float, workdir: Path, partitions: int = 8, seed: int = 7,
+             workers: int = 1) -> dict:
     from confluent_kafka import Producer
 
     from streams import admin
     from streams.settings import Settings
     from streams.simdialer import SimulatedDialer
-    from streams.topics import (
-        CALLS_DIAL, CALLS_STATUS, LEADS_REQUESTS, TERMINAL_STATUSES, producer_config,
-        record_key, topic_name,
-    )
+    from streams.topics import LEADS_REQUESTS, producer_config, record_key, topic_name
 
     prefix = f"bench{tag()}.slot."
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix,
@@ -195,49 +221,43 @@ def run_ours(bootstrap: str, businesses: int, leads: int, talk: tuple[float, flo
                                  answer_ratio=ANSWER_RATIO, ledger_path=ledger)
         stop = threading.Event()
         thread = threading.Thread(target=dialer.run, args=(stop,), daemon=True)
-        with open(workdir / "worker.log", "wb") as log:
-            worker = subprocess.Popen([PYTHON, "-m", "streams", "worker"], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-            thread.start()
-            began = time.monotonic()
-            total = businesses * leads
-            try:
-                while time.monotonic() - began < cap_seconds:
-                    snap = dialer.snapshot()
-                    if sum(snap["ended_by_status"].values()) >= total:
-                        break
+        processes = []
+        for n in range(workers):
+            with open(workdir / f"worker-{n + 1}.log", "wb") as log:
+                processes.append(subprocess.Popen(
+                    [PYTHON, "-m", "streams", "worker"],
+                    env={**env, "WORKER_WEB_PORT": str(free_port()),
+                         "STREAMS_DATA_DIR": str(workdir / f"data-{n + 1}")},
+                    stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+        thread.start()
+        began = time.monotonic()
+        total = businesses * leads
+        try:
+            while time.monotonic() - began < cap_seconds:
+                snap = dialer.snapshot()
+                if sum(snap["ended_by_status"].values()) >= total:
+                    break
+                for worker in processes:
                     if worker.poll() is not None:
                         raise RuntimeError(f"worker exited {worker.returncode}")
-                    time.sleep(1)
-                stopped_at = time.time()
-            finally:
-                stop.set()
-                thread.join(30)
+                time.sleep(1)
+            stopped_at = time.time()
+        finally:
+            stop.set()
+            thread.join(30)
+            for worker in processes:
                 stop_process(worker)
         snap = dialer.snapshot()
-        status_times, dial_times = {}, {}
-        for ts, _key, value in read_all(bootstrap, topic_name(CALLS_STATUS, prefix),
-                                        values=True):
-            status = json.loads(value)
-            if status["status"] in TERMINAL_STATUSES:
-                status_times.setdefault(status["dial_id"], ts / 1000)
-        for ts, _key, value in read_all(bootstrap, topic_name(CALLS_DIAL, prefix),
-                                        values=True):
-            dial_times.setdefault(json.loads(value)["dial_id"], ts / 1000)
+        status_times, dial_times = record_times(bootstrap, prefix)
     finally:
         delete_topics(bootstrap, prefix)
-    placed, ended = collections.defaultdict(list), collections.defaultdict(list)
-    for raw in ledger.read_text().splitlines():
-        line = json.loads(raw)
-        if line["event"] == "placed":
-            placed[line["business_id"]].append((line["at"], line["dial_id"]))
-        elif line["event"] == "ended" and line.get("status") != "abandoned":
-            ended[line["business_id"]].append((line["at"], line["dial_id"]))
+    placed, ended = ledger_times(ledger)
     result = analyse({b: [t for t, _ in v] for b, v in placed.items()},
                      {b: [t for t, _ in v] for b, v in ended.items()}, leads, stopped_at)
     result.update(split_delay(placed, ended, leads, status_times, dial_times))
     result.update(
-        system="ours", businesses=businesses, leads_per_business=leads, talk_s=list(talk),
+        system="ours" if workers == 1 else f"ours-{workers}-workers", workers=workers,
+        businesses=businesses, leads_per_business=leads, talk_s=list(talk),
         ran_s=round(time.monotonic() - began, 1), completed=sum(len(v) for v in ended.values()),
         offered=businesses * leads, refused=snap["refused"], duplicates=snap["duplicates"],
         dialer_max_live=max(snap["max_live_by_business"].values(), default=0))
@@ -253,11 +273,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leads", type=int, default=12, help="leads per business")
     parser.add_argument("--talk", type=float, nargs=2, default=(5.0, 15.0))
     parser.add_argument("--cap", type=float, default=150, help="longest run, seconds")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-slot-"))
     say(f"ours: {args.businesses} businesses x {args.leads} leads; logs in {workdir}")
     result = {"bench": "slot_free", **run_ours(args.bootstrap, args.businesses, args.leads,
-                                                tuple(args.talk), args.cap, workdir)}
+                                                tuple(args.talk), args.cap, workdir,
+                                                workers=args.workers)}
     emit(result)
     return 0
 
