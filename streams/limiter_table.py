@@ -60,7 +60,8 @@ The rules
    `streams/progress.py`.) Rejected records move the cursor like any other.
 
 Table keys (one Faust table, values JSON):
-    b␟BIZ                  business: active slots, queue counters, held dial ids, wake
+    b␟BIZ                  business: active slots, per queue level [head, tail, since
+                           when its head waits], held dial ids, wake
     l␟BIZ␟LEAD             lead: state, attempt, dial ids used, outcome (dedupe)
     q␟BIZ␟LEVEL␟N          a waiting lead id at position N of a priority level
     o␟BIZ␟DIAL             statuses held for a dial we do not know yet
@@ -301,10 +302,6 @@ def decode_emits(encoded: Iterable) -> list[Emit]:
 def describe_business(read: Read, business_id: str, now: float, rules: Rules) -> dict:
     """What ops want to know about one business, from the table alone."""
     business = read(business_key(business_id)) or _new_business()
-    heads = [read(_queue_key(business_id, level, head))
-             for level, (head, _) in business["queues"].items()]
-    since = [lead["waiting_since"] for lead in
-             (read(lead_key(business_id, lead_id)) for lead_id in heads if lead_id) if lead]
     return {
         "business_id": business_id,
         "limit": _limit(business, rules),
@@ -315,7 +312,8 @@ def describe_business(read: Read, business_id: str, now: float, rules: Rules) ->
              "lease_left_seconds": round(slot["lease_until"] - now, 3)}
             for dial_id, slot in business["active"].items()],
         "waiting": _waiting(business),
-        "oldest_waiting_seconds": round(now - min(since), 3) if since else None,
+        "oldest_waiting_seconds": (None if (since := oldest_waiting_since(business)) is None
+                                   else round(now - since, 3)),
         "held_statuses": len(business["orphans"]),
     }
 
@@ -332,7 +330,7 @@ def describe_lead(read: Read, business_id: str, lead_id: str, rules: Rules) -> d
         business = read(business_key(business_id)) or _new_business()
         level, position = lead["queued_at"]
         ahead = position - business["queues"][str(level)][0] + sum(
-            tail - head for lvl, (head, tail) in business["queues"].items()
+            tail - head for lvl, (head, tail, _) in business["queues"].items()
             if int(lvl) > level)
         view["ahead"] = ahead
         view["waits_for"] = (
@@ -407,7 +405,17 @@ def _limit(business: dict, rules: Rules) -> int:
 
 
 def _waiting(business: dict) -> int:
-    return sum(tail - head for head, tail in business["queues"].values())
+    return sum(tail - head for head, tail, _ in business["queues"].values())
+
+
+def waiting_count(business: dict) -> int:
+    """How many leads a business value has waiting."""
+    return _waiting(business)
+
+
+def oldest_waiting_since(business: dict) -> float | None:
+    """Since when the longest-waiting lead at the head of one of its queues waits."""
+    return min((since for _, _, since in business["queues"].values()), default=None)
 
 
 def _load(step: _Step, business_id: str) -> dict:
@@ -516,14 +524,15 @@ _HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
 
 def _enqueue(step: _Step, business: dict, bid: str, level: int, lead_id: str,
              front: bool) -> None:
-    head, tail = business["queues"].get(str(level), (0, 0))
+    head, tail, since = business["queues"].get(str(level), (0, 0, step.now))
     if front:
         head -= 1
         position = head
+        since = step.now
     else:
         position = tail
         tail += 1
-    business["queues"][str(level)] = [head, tail]
+    business["queues"][str(level)] = [head, tail, since]
     step.put(_queue_key(bid, level, position), lead_id)
     lead = step.get(lead_key(bid, lead_id))
     lead.update(queued_at=[level, position], waiting_since=step.now)
@@ -532,14 +541,15 @@ def _enqueue(step: _Step, business: dict, bid: str, level: int, lead_id: str,
 
 def _dequeue(step: _Step, business: dict, bid: str) -> str:
     level = max(business["queues"], key=int)
-    head, tail = business["queues"][level]
+    head, tail, _ = business["queues"][level]
     key = _queue_key(bid, level, head)
     lead_id = step.get(key)
     step.delete(key)
     if head + 1 == tail:
         del business["queues"][level]
     else:
-        business["queues"][level] = [head + 1, tail]
+        following = step.get(lead_key(bid, step.get(_queue_key(bid, level, head + 1))))
+        business["queues"][level] = [head + 1, tail, following["waiting_since"]]
     return lead_id
 
 

@@ -29,6 +29,7 @@ Consumer lag, per input partition this worker owns:
 
 from __future__ import annotations
 
+import heapq
 import time
 from typing import Any, Iterable
 
@@ -37,7 +38,7 @@ from prometheus_client import (
 )
 from prometheus_client import gc_collector, platform_collector, process_collector
 
-from .limiter_table import Effects
+from .limiter_table import Effects, oldest_waiting_since, waiting_count
 from .topics import LEADS_OUTCOMES
 
 #: How many businesses get their own `business_id` series in the per-business gauges.
@@ -211,31 +212,52 @@ def observe_effects(effects: Effects) -> None:
                 OUTCOMES.labels(outcome="rejected").inc()
 
 
-def set_business_gauges(businesses: Iterable[dict], now: float | None = None) -> None:
-    """Totals, the top businesses and the oldest wait, from `describe_business` views.
+class BusinessSummary:
+    """Per business of this worker's partitions: active calls, waiting leads and since
+    when the longest-waiting head of its queues waits, kept current from the table
+    writes (`update`), so that refreshing the gauges never reads the table: a scan of
+    100,000 businesses every refresh blocked the worker for seconds (bench/RESULTS.md,
+    run 4). After a rebalance it is rebuilt once from the table (`stale`)."""
 
-    The busiest are those with the most active plus waiting leads (ties by id)."""
-    active_total = waiting_total = count = 0
-    oldest = 0.0
-    ranked: list[tuple[int, str, int, int]] = []
-    for view in businesses:
-        active, waiting = len(view["active"]), view["waiting"]
-        active_total += active
-        waiting_total += waiting
-        count += 1
-        if view.get("oldest_waiting_seconds") is not None:
-            oldest = max(oldest, view["oldest_waiting_seconds"])
-        ranked.append((-(active + waiting), view["business_id"], active, waiting))
-    ranked.sort()
-    ACTIVE_CALLS.set(active_total)
-    WAITING_LEADS.set(waiting_total)
-    BUSINESSES.set(count)
-    OLDEST_WAITING.set(oldest)
-    BUSINESS_ACTIVE_CALLS.clear()
-    BUSINESS_WAITING_LEADS.clear()
-    for _, business_id, active, waiting in ranked[:TOP_BUSINESSES]:
-        BUSINESS_ACTIVE_CALLS.labels(business_id=business_id).set(active)
-        BUSINESS_WAITING_LEADS.labels(business_id=business_id).set(waiting)
+    def __init__(self) -> None:
+        self._rows: dict[str, tuple[int, int, float | None]] = {}
+        self.active = 0
+        self.waiting = 0
+        #: Whether the partitions changed since the rows were built from the table.
+        self.stale = True
+
+    def update(self, business_id: str, value: dict | None) -> None:
+        """The business's table value was written (None: it left the table)."""
+        old = self._rows.pop(business_id, None)
+        if old is not None:
+            self.active -= old[0]
+            self.waiting -= old[1]
+        if value is not None:
+            row = (len(value["active"]), waiting_count(value), oldest_waiting_since(value))
+            self._rows[business_id] = row
+            self.active += row[0]
+            self.waiting += row[1]
+
+    def clear(self) -> None:
+        self._rows.clear()
+        self.active = self.waiting = 0
+
+    def set_gauges(self, now: float) -> None:
+        """Totals, the busiest businesses (most active plus waiting, ties by id) and
+        the oldest wait."""
+        ACTIVE_CALLS.set(self.active)
+        WAITING_LEADS.set(self.waiting)
+        BUSINESSES.set(len(self._rows))
+        since = min((row[2] for row in self._rows.values() if row[2] is not None),
+                    default=None)
+        OLDEST_WAITING.set(0.0 if since is None else max(0.0, now - since))
+        busiest = heapq.nsmallest(TOP_BUSINESSES, self._rows.items(),
+                                  key=lambda item: (-(item[1][0] + item[1][1]), item[0]))
+        BUSINESS_ACTIVE_CALLS.clear()
+        BUSINESS_WAITING_LEADS.clear()
+        for business_id, (active, waiting, _) in busiest:
+            BUSINESS_ACTIVE_CALLS.labels(business_id=business_id).set(active)
+            BUSINESS_WAITING_LEADS.labels(business_id=business_id).set(waiting)
 
 
 class LagTracker:

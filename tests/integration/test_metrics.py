@@ -56,6 +56,9 @@ def test_metrics_show_dials_waiting_leads_and_top_businesses(deployment):
     assert value(samples, "streams_business_waiting_leads", business_id="M") == 2, dump
     assert value(samples, "streams_oldest_waiting_seconds") > 0, dump
     assert value(samples, "streams_worker_ready") == 1, dump
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/ready/",
+                                timeout=5) as reply:
+        assert (reply.status, json.load(reply)) == (200, {"ready": True})
     assert value(samples, "streams_events_total", topic=leads_topic) == 6, dump
     assert value(samples, "streams_decisions_total", kind="waiting") == 2, dump
     assert value(samples, "streams_dead_letters_total") == 1, dump

@@ -237,7 +237,9 @@ def test_workers_are_a_statefulset_with_state_volume_probes_and_a_graceful_stop(
     mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
     assert config["STREAMS_DATA_DIR"].startswith(mount["mountPath"])
     assert config["TABLE_STORE"] == "rocksdb://"
-    assert probe_path(container, "readinessProbe") == "/businesses/"
+    assert probe_path(container, "readinessProbe") == "/ready/"
+    instance = next(e for e in container["env"] if e["name"] == "WORKER_INSTANCE_ID")
+    assert instance["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"  # stable
     assert probe_path(container, "livenessProbe") == "/counters/"  # never 503 in recovery
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["web"] == int(config["WORKER_WEB_PORT"])

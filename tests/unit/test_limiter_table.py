@@ -15,7 +15,8 @@ import json
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from streams.limiter_table import (
-    Rules, Source, business_key, describe_business, is_business_key, lead_key, process,
+    Rules, Source, business_key, describe_business, is_business_key, lead_key,
+    oldest_waiting_since, process,
 )
 from streams.units import Units
 from streams.topics import (
@@ -161,6 +162,12 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
         offsets[topic] += 1
         for key, value in effects.writes:
             state.pop(key, None) if value is None else state.__setitem__(key, value)
+        for business in BUSINESSES:  # the value's head times are the heads' own
+            value = state.get(business_key(business))
+            heads = [state[lead_key(business, state[f"q\x1f{business}\x1f{level}\x1f{head}"])]
+                     ["waiting_since"] for level, (head, _, _) in
+                     (value["queues"].items() if value else ())]
+            assert (oldest_waiting_since(value) if value else None) == min(heads, default=None)
         return [e.record for e in effects.emits if e.topic == CALLS_DIAL]
 
     granted, arrival = [], {}
@@ -168,7 +175,7 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
         lead = LeadRequest(lead_id=f"L{n}", business_id=business, phone="+14155550100",
                            priority=priority)
         arrival[lead.lead_id] = (business, -priority, n)
-        granted += feed(LEADS_REQUESTS, lead, 10.0)
+        granted += feed(LEADS_REQUESTS, lead, 10.0 + n)
     # Exactly min(limit, leads of the business) were granted at once, per business.
     per_business = collections.Counter(b for b, _ in requests)
     at_once = collections.Counter(d.business_id for d in granted)

@@ -44,30 +44,38 @@ def test_note_kinds_count_into_their_metrics():
     assert sample("streams_outcomes_total", outcome="rejected") == rejected + 1
 
 
-def business(bid: str, active: int, waiting: int, oldest: float | None = None) -> dict:
-    return {"business_id": bid, "active": [{}] * active, "waiting": waiting,
-            "oldest_waiting_seconds": oldest}
+def value(active: int, waiting: int, since: float | None = None) -> dict:
+    """A business's table value with `active` slots and `waiting` leads in one queue."""
+    return {"active": {f"d{n}": {} for n in range(active)},
+            "queues": {"0": [5, 5 + waiting, since]} if waiting else {},
+            "orphans": {}, "wake": None, "limit": None, "paused": False}
 
 
 def test_business_gauges_hold_totals_and_only_the_busiest_businesses():
-    views = [business(f"b{n:03}", n % 4, n % 7, float(n) if n % 7 else None)
-             for n in range(100)]
-    metrics.set_business_gauges(views)
-    assert sample("streams_active_calls") == sum(n % 4 for n in range(100))
-    assert sample("streams_waiting_leads") == sum(n % 7 for n in range(100))
-    assert sample("streams_businesses") == 100
-    assert sample("streams_oldest_waiting_seconds") == 99.0
+    summary = metrics.BusinessSummary()
+    for n in range(100):
+        summary.update(f"b{n:03}", value(n % 4, n % 7, 1000.0 + n if n % 7 else None))
+    summary.update("b005", value(3, 0))  # written again: counted once, as it is now
+    summary.update("b006", None)  # left the table
+    rows = {f"b{n:03}": (n % 4, n % 7) for n in range(100) if n != 6}
+    rows["b005"] = (3, 0)
+    summary.set_gauges(now=1200.0)
+    assert sample("streams_active_calls") == sum(a for a, _ in rows.values())
+    assert sample("streams_waiting_leads") == sum(w for _, w in rows.values())
+    assert sample("streams_businesses") == 99
+    assert sample("streams_oldest_waiting_seconds") == 1200.0 - 1001.0
     labelled = {s.labels["business_id"]: s.value
                 for family in metrics.BUSINESS_ACTIVE_CALLS.collect() for s in family.samples}
     assert len(labelled) == metrics.TOP_BUSINESSES
-    busiest = sorted(views, key=lambda v: (-(len(v["active"]) + v["waiting"]),
-                                           v["business_id"]))[:metrics.TOP_BUSINESSES]
-    assert set(labelled) == {v["business_id"] for v in busiest}
+    busiest = sorted(rows, key=lambda b: (-sum(rows[b]), b))[:metrics.TOP_BUSINESSES]
+    assert set(labelled) == set(busiest)
     # the next refresh replaces the set: a business that went quiet loses its series
-    metrics.set_business_gauges([business("only", 1, 2, 3.0)])
+    summary.clear()
+    summary.update("only", value(1, 2, 1197.0))
+    summary.set_gauges(now=1200.0)
     assert sample("streams_business_active_calls", business_id="only") == 1
     assert sample("streams_business_waiting_leads", business_id="only") == 2
-    assert sample("streams_business_active_calls", business_id=busiest[0]["business_id"]) is None
+    assert sample("streams_business_active_calls", business_id=busiest[0]) is None
     assert sample("streams_oldest_waiting_seconds") == 3.0
 
 
