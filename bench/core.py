@@ -139,6 +139,12 @@ def bench_backlog(backlog: int, cycles: int, repeats: int) -> list[dict]:
         built[b] = prepare(b)
         print(f"# prepared backlog {b} in {time.perf_counter() - began:.1f}s",
               file=sys.stderr, flush=True)
+    # The worker keeps its table out of the cyclic GC (streams/app.py,
+    # _freeze_survivors); so does this bench. Without it the collections that walk
+    # the 100,000-lead table landed on some configurations more than others (backlog
+    # 1 and 100,000 measured 1.23x backlog 0, 1.0-1.07x with it).
+    gc.collect()
+    gc.freeze()
     for b in configs:  # warm-up
         cycle(built[b], max(50, cycles // 10))
     samples: dict[int, list[float]] = {b: [] for b in configs}

@@ -373,6 +373,10 @@ class _Step:
             return self.writes[key]
         return _copy(self._read(key))
 
+    def peek(self, key: str) -> Any:
+        """Like `get`, for reading only: the caller must not change what it returns."""
+        return self.writes[key] if key in self.writes else self._read(key)
+
     def put(self, key: str, value: Any) -> None:
         self.writes[key] = value
 
@@ -438,7 +442,7 @@ def _save(step: _Step, business_id: str, business: dict) -> None:
 
 def _on_lead(step: _Step, lead: LeadRequest) -> None:
     bid = lead.business_id
-    if step.get(lead_key(bid, lead.lead_id)) is not None:
+    if step.peek(lead_key(bid, lead.lead_id)) is not None:
         step.note("duplicate-lead", bid, lead.lead_id,
                   f"lead {lead.lead_id} of business {bid} was requested before; ignored")
         return
@@ -448,7 +452,7 @@ def _on_lead(step: _Step, lead: LeadRequest) -> None:
         "dials": [], "outcome": None})
     _enqueue(step, business, bid, lead.priority, lead.lead_id, front=False)
     _fill(step, business, bid)
-    if step.get(lead_key(bid, lead.lead_id))["state"] == "waiting":
+    if step.peek(lead_key(bid, lead.lead_id))["state"] == "waiting":
         step.note("waiting", bid, lead.lead_id,
                   f"lead {lead.lead_id} of business {bid} waits: "
                   f"{len(business['active'])}/{_limit(business, step.rules)} calls active,"
@@ -462,7 +466,7 @@ def _on_status(step: _Step, status: CallStatus) -> None:
     if status.dial_id in business["active"]:
         _apply_status(step, business, bid, status)
     else:
-        lead = step.get(lead_key(bid, status.lead_id))
+        lead = step.peek(lead_key(bid, status.lead_id))
         if lead is not None and status.dial_id in lead["dials"]:
             step.note("stale-status", bid, status.lead_id,
                       f"{status.status} for dial {status.dial_id} arrived after the dial"
@@ -548,7 +552,7 @@ def _dequeue(step: _Step, business: dict, bid: str) -> str:
     if head + 1 == tail:
         del business["queues"][level]
     else:
-        following = step.get(lead_key(bid, step.get(_queue_key(bid, level, head + 1))))
+        following = step.peek(lead_key(bid, step.peek(_queue_key(bid, level, head + 1))))
         business["queues"][level] = [head + 1, tail, following["waiting_since"]]
     return lead_id
 
