@@ -2,8 +2,9 @@
 
     python -m bench.plot bench/results/RUN/results.jsonl [-o bench/slot_free_delay.png]
 
-Reads the `slot_free` JSON lines that `bench/seed_poller.py --out` wrote; one line per
-design (ours, the seed with one poller, with two pollers), log-log axes.
+Reads the `slot_free` JSON lines that `bench/seed_poller.py --out` wrote (or, with
+`--bench slot_free_at_scale`, those of `bench/scale.py`); one line per design and size,
+log-log axes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import json
 import sys
 from pathlib import Path
 
+XLABEL = {"slot_free": "businesses, each with a backlog (limit 3 calls each)",
+          "slot_free_at_scale": "businesses held (each 3 live calls + 1 waiting lead),"
+                                " same load of probe businesses"}
 STYLE = {"ours": ("tab:green", "o"), "seed-1-poller": ("tab:red", "s"),
          "seed-2-pollers": ("tab:orange", "^")}
 
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "target p99 50 ms", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel("businesses, each with a backlog (limit 3 calls each)")
+    ax.set_xlabel(XLABEL.get(args.bench, "businesses"))
     ax.set_ylabel("slot free -> next dial of that business (ms)")
     ax.set_title(args.title or "Slot-free -> next dial delay (labels: grants/s sustained)",
                  fontsize=10)

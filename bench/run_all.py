@@ -11,9 +11,12 @@ Runs, in order, each as its own process (its command is logged in commands.txt):
                          businesses
   4. bench.latency       lead -> dial latency at fixed offered loads, 3 workers, and
                          the true concurrency per business from the dialer's ledger
-  5. bench.recovery      recovery time, state bytes and memory at 100,000 businesses
-  6. bench.profile       summaries of the profiles
-  7. bench.plot          bench/slot_free_delay.png
+  5. bench.scale         slot-free -> next dial at 100 / 10,000 / 100,000 businesses
+                         under one fixed load, ours beside the seed (1 poller)
+  6. bench.recovery      recovery time, state bytes and memory at 100,000 businesses
+  7. bench.profile       summaries of the profiles
+  8. bench.plot          slot_free_delay.png (from step 5) and slot_free_saturated.png
+                         (from step 3); copy the first to bench/ for the README
 Each step's stdout (JSON lines + summary) goes to STEP.out, its stderr to STEP.err, and
 every JSON line also to results.jsonl. --quick shrinks every size for a smoke test.
 """
@@ -84,12 +87,18 @@ def main(argv: list[str] | None = None) -> int:
             ["100", "1000", "10000", "--leads", "12", "6", "4", "--cap", "150"])),
         ("latency", py + ["bench.latency", "--bootstrap", args.bootstrap, "--rates"]
          + (["50", "--seconds", "5"] if q else ["50,100,200,500,2000"])),
+        ("scale", py + ["bench.scale", "--bootstrap", args.bootstrap, "--out",
+                        str(out / "scale.jsonl"), "--businesses"]
+         + (["100", "1000", "--probes", "5", "--leads", "12", "--seconds", "15"] if q else
+            ["100", "10000", "100000"])),
         ("recovery", py + ["bench.recovery", "--bootstrap", args.bootstrap, "--businesses",
                            "2000" if q else "100000"]),
         ("profile", py + ["bench.profile", str(out / "ours.pyspy.txt"),
                           str(out / "faust.pyspy.txt"), "--top", "40"]),
-        ("plot", py + ["bench.plot", str(out / "slot_free.jsonl"), "-o",
-                       str(out / "slot_free_delay.png")]),
+        ("plot", py + ["bench.plot", str(out / "scale.jsonl"), "--bench",
+                       "slot_free_at_scale", "-o", str(out / "slot_free_delay.png")]),
+        ("plot_saturated", py + ["bench.plot", str(out / "slot_free.jsonl"), "-o",
+                                 str(out / "slot_free_saturated.png")]),
     ]
     skip = {s for s in args.skip.split(",") if s}
     with open(results, "a") as jsonl, open(out / "commands.txt", "a") as commands:
