@@ -448,7 +448,7 @@ class Limiter:
         if ready:
             if self.summary.stale:
                 await self._rebuild_summary()
-            self.summary.set_gauges(time.time())
+            await self.summary.set_gauges(time.time())
 
     async def _rebuild_summary(self) -> None:
         """Build the business summary from the table once after a rebalance; writes

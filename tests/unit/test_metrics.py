@@ -3,6 +3,7 @@ gauges, consumer lag from a consumer's offsets."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import namedtuple
 
 from streams import limiter_table as core
@@ -59,7 +60,7 @@ def test_business_gauges_hold_totals_and_only_the_busiest_businesses():
     summary.update("b006", None)  # left the table
     rows = {f"b{n:03}": (n % 4, n % 7) for n in range(100) if n != 6}
     rows["b005"] = (3, 0)
-    summary.set_gauges(now=1200.0)
+    asyncio.run(summary.set_gauges(now=1200.0, rows_per_slice=7))  # 15 slices
     assert sample("streams_active_calls") == sum(a for a, _ in rows.values())
     assert sample("streams_waiting_leads") == sum(w for _, w in rows.values())
     assert sample("streams_businesses") == 99
@@ -72,7 +73,7 @@ def test_business_gauges_hold_totals_and_only_the_busiest_businesses():
     # the next refresh replaces the set: a business that went quiet loses its series
     summary.clear()
     summary.update("only", value(1, 2, 1197.0))
-    summary.set_gauges(now=1200.0)
+    asyncio.run(summary.set_gauges(now=1200.0))
     assert sample("streams_business_active_calls", business_id="only") == 1
     assert sample("streams_business_waiting_leads", business_id="only") == 2
     assert sample("streams_business_active_calls", business_id=busiest[0]) is None
