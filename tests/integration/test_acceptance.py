@@ -87,16 +87,25 @@ def test_thousand_leads_over_fifty_businesses(deployment):
     assert max(concurrency_from_ledger(deployment.ledger).values()) == LIMIT
 
 
-@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
-def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store):
-    deployment.env["TABLE_STORE"] = store
+def kill_worker_mid_run(deployment, businesses, leads_each, outcomes_before_kill):
+    """Worker w1 and the simulated dialer under load, w1 SIGKILLed once that many leads
+    have their outcome: what is left of the run is the restarted worker's to finish."""
     first = deployment.start_worker("w1")
     first.wait_serving()
     deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
-    leads = make_leads([f"biz{n}" for n in range(30)], 15)
+    leads = make_leads([f"biz{n}" for n in range(businesses)], leads_each)
     deployment.produce_leads(leads)
-    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 100, timeout=120)
+    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= outcomes_before_kill,
+                    timeout=120)
     first.kill()
+    return first, leads
+
+
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
+def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store):
+    deployment.env["TABLE_STORE"] = store
+    _, leads = kill_worker_mid_run(deployment, businesses=30, leads_each=15,
+                                   outcomes_before_kill=100)
     second = deployment.start_worker("w1")  # same data dir, same group: a restart
     second.wait_serving()
     deployment.outcomes(leads, timeout=240)
@@ -128,13 +137,8 @@ def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires
     its local tables (they only hold what the changelog acknowledged)."""
     instance = deployment.settings.topic_prefix + "w1"
     deployment.env.update(TABLE_STORE="rocksdb://", WORKER_INSTANCE_ID=instance)
-    first = deployment.start_worker("w1")
-    first.wait_serving()
-    deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
-    leads = make_leads([f"biz{n}" for n in range(20)], 8)
-    deployment.produce_leads(leads)
-    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 40, timeout=120)
-    first.kill()
+    first, leads = kill_worker_mid_run(deployment, businesses=20, leads_each=8,
+                                       outcomes_before_kill=40)
     killed = time.monotonic()
     # The same address: Faust's assignor asserts a static member keeps its URL.
     second = deployment.start_worker("w1", web_port=first.web_port)
