@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
          + (["50", "--seconds", "5"] if q else ["50,100,200,500,2000"])),
         ("scale", py + ["bench.scale", "--bootstrap", args.bootstrap, "--out",
                         str(out / "scale.jsonl"), "--businesses"]
-         + (["100", "1000", "--probes", "5", "--leads", "12", "--seconds", "15"] if q else
+         + (["100", "1000", "--probes", "5", "--leads", "12", "--seconds", "15",
+             "--settle", "5"] if q else
             ["100", "10000", "100000"])),
         ("recovery", py + ["bench.recovery", "--bootstrap", args.bootstrap, "--businesses",
                            "2000" if q else "100000"]),
