@@ -128,7 +128,7 @@ def cycle(business: Business, cycles: int) -> float:
 
 def waiting(business: Business) -> int:
     record = business.table.data.get(core.business_key(business.bid))
-    return 0 if record is None else core._waiting(record)
+    return 0 if record is None else core.waiting_count(record)
 
 
 def bench_backlog(backlog: int, cycles: int, repeats: int) -> list[dict]:

@@ -72,9 +72,9 @@ def encode_json(value: Any) -> bytes:
 def _freeze_survivors() -> None:
     """Keep what has lived this long, the table above all, out of Python's cyclic GC.
 
-    The table holds millions of small objects; a full collection walked all of them, a
-    pause of 0.7 s per 100,000 businesses that came back as the table turned over (the
-    p99 of slot-free -> dial at 100,000 businesses, bench/RESULTS.md, run 4). Table
+    The table holds millions of small objects; a full collection walks all of them
+    (70-890 ms each while 100,000 businesses are restored, bench/RESULTS.md, run 4),
+    and such pauses came back as the table turned over. Table
     values are plain JSON, freed by reference counting when replaced, so frozen ones
     are still reclaimed; young garbage cycles are collected first. (A cycle that lived
     past a refresh and dies later is never reclaimed: a small, bounded leak.)"""
@@ -452,8 +452,7 @@ class Limiter:
 
     async def _rebuild_summary(self) -> None:
         """Build the business summary from the table once after a rebalance; writes
-        keep it current from then on. Lets the agent run every thousand keys (sleep(0)
-        gave it one step per chunk: a 2 s stall at 100,000 businesses)."""
+        keep it current from then on."""
         self.summary.stale = False
         self.summary.clear()
         raw = getattr(self.table.data, "data", None)  # the memory store's own dict
@@ -461,11 +460,11 @@ class Limiter:
         # reads a snapshot, so it may run while the agent writes.
         keys = list(raw) if isinstance(raw, dict) else self.table.keys()
         try:
-            for n, key in enumerate(itertools.chain(keys, self.units.pending_keys())):
-                if core.is_business_key(key):
-                    self.summary.update(core.business_id_of(key), self.units.get(key))
-                if n % 1000 == 999:  # a few milliseconds of work, then the agent's turn
-                    await asyncio.sleep(0.002)
+            async for chunk in metrics.in_slices(
+                    itertools.chain(keys, self.units.pending_keys()), 1000):
+                for key in chunk:
+                    if core.is_business_key(key):
+                        self.summary.update(core.business_id_of(key), self.units.get(key))
         except RuntimeError:  # the partitions changed meanwhile: try again next time
             self.summary.stale = True
 

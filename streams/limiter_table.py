@@ -311,7 +311,7 @@ def describe_business(read: Read, business_id: str, now: float, rules: Rules) ->
              "age_seconds": round(now - slot["granted_at"], 3),
              "lease_left_seconds": round(slot["lease_until"] - now, 3)}
             for dial_id, slot in business["active"].items()],
-        "waiting": _waiting(business),
+        "waiting": waiting_count(business),
         "oldest_waiting_seconds": (None if (since := oldest_waiting_since(business)) is None
                                    else round(now - since, 3)),
         "held_statuses": len(business["orphans"]),
@@ -408,13 +408,9 @@ def _limit(business: dict, rules: Rules) -> int:
     return business["limit"] if business["limit"] is not None else rules.limit
 
 
-def _waiting(business: dict) -> int:
-    return sum(tail - head for head, tail, _ in business["queues"].values())
-
-
 def waiting_count(business: dict) -> int:
     """How many leads a business value has waiting."""
-    return _waiting(business)
+    return sum(tail - head for head, tail, _ in business["queues"].values())
 
 
 def oldest_waiting_since(business: dict) -> float | None:
@@ -456,7 +452,7 @@ def _on_lead(step: _Step, lead: LeadRequest) -> None:
         step.note("waiting", bid, lead.lead_id,
                   f"lead {lead.lead_id} of business {bid} waits: "
                   f"{len(business['active'])}/{_limit(business, step.rules)} calls active,"
-                  f" {_waiting(business)} waiting")
+                  f" {waiting_count(business)} waiting")
     _save(step, bid, business)
 
 
@@ -513,7 +509,7 @@ def _on_control(step: _Step, control: BusinessControl) -> None:
               f"business {bid}: limit {_limit(business, step.rules)}"
               f"{' (default)' if control.limit is None else ''},"
               f" {'paused' if control.paused else 'running'};"
-              f" {len(business['active'])} active, {_waiting(business)} waiting")
+              f" {len(business['active'])} active, {waiting_count(business)} waiting")
     _fill(step, business, bid)
     _save(step, bid, business)
 
