@@ -46,7 +46,7 @@ from .topics import (
     DialCommand,
     InvalidRecord,
     from_iso,
-    producer_config,
+    status_producer_config,
     record_key,
     to_iso,
     topic_name,
@@ -241,7 +241,8 @@ class SimulatedDialer:
                 log.warning("ledger shows dial %s placed but never ended (crashed run?);"
                             " recording it as %s", line["dial_id"], ABANDONED)
                 self._ledger.write("ended", line, status=ABANDONED)
-            self._producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
+            self._producer = Producer(
+                status_producer_config(self.settings.kafka_bootstrap_servers))
             consumer = Consumer({
                 "bootstrap.servers": self.settings.kafka_bootstrap_servers,
                 "group.id": self.group_id,

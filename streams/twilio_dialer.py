@@ -116,7 +116,7 @@ from .topics import (
     DialCommand,
     InvalidRecord,
     from_iso,
-    producer_config,
+    status_producer_config,
     record_key,
     to_iso,
     topic_name,
@@ -289,7 +289,7 @@ class StatusProducer:
 
     def __init__(self, settings: Settings):
         self.topic = topic_name(CALLS_STATUS, settings.topic_prefix)
-        self.producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+        self.producer = Producer(status_producer_config(settings.kafka_bootstrap_servers))
         self._running = True
         self._thread = threading.Thread(target=self._poll, name="dialer-producer",
                                         daemon=True)
