@@ -28,6 +28,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
 from . import limiter_table as core
@@ -58,6 +59,14 @@ STALLED_PARTITION_SECONDS = 10.0
 #: At most this many records are read again at once (the next tick reads on).
 STALLED_RECORDS_AT_ONCE = 2000
 
+#: How long the broker may hold the worker's fetch request open waiting for data. aiokafka
+#: keeps one fetch in flight per broker and leaves out of it every partition that still
+#: had records to hand over when it was sent; new records of those partitions wait until
+#: it returns. Faust opens it for 1,500 ms (faust/transport/drivers/aiokafka.py,
+#: `_create_worker_consumer`): a status could wait that long before it freed its slot,
+#: the 0.9-1 s refills of bench/RESULTS.md run 5. An idle worker fetches this often.
+FETCH_MAX_WAIT_MS = 20
+
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
 _WARNING_NOTES = {"lease-expired", "dead-lettered", "redelivered"}
 
@@ -80,6 +89,20 @@ def _freeze_survivors() -> None:
     past a refresh and dies later is never reclaimed: a small, bounded leak.)"""
     gc.collect(1)
     gc.freeze()
+
+
+class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
+    """Faust's consumer thread, its fetch held open FETCH_MAX_WAIT_MS at most."""
+
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its start()
+        return consumer
+
+
+class _PromptFetchConsumer(faust_aiokafka.Consumer):
+    def _new_consumer_thread(self) -> _PromptFetchThread:
+        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class Limiter:
@@ -109,6 +132,7 @@ class Limiter:
             key_serializer="raw",
             value_serializer="raw",
         )
+        self.app.transport.Consumer = _PromptFetchConsumer
         self.table = self.app.Table(
             LIMITER_TABLE, default=None, partitions=settings.topic_partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
