@@ -41,6 +41,20 @@ sys.path.insert(0, str(REPO))
 from bench.common import DEFAULT_BOOTSTRAP  # noqa: E402
 
 
+def cpu_probe() -> float:
+    """Seconds for a fixed pure-Python loop, best of 3. This shared machine's speed
+    drifts (one loop took 1.13 s, then 1.53 s half an hour later), and absolute
+    latencies with it: each step's status line records the probe beside its figures."""
+    best = float("inf")
+    for _ in range(3):
+        began = time.perf_counter()
+        total = 0
+        for n in range(1_000_000):
+            total += n
+        best = min(best, time.perf_counter() - began)
+    return round(best, 3)
+
+
 def machine() -> dict:
     load = os.getloadavg()
     mem = {}
@@ -54,7 +68,8 @@ def machine() -> dict:
             break
     return {"bench": "machine", "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg_1_5_15": [round(x, 2) for x in load], **mem}
+            "kernel": platform.release(), "loadavg_1_5_15": [round(x, 2) for x in load],
+            "cpu_probe_s": cpu_probe(), **mem}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             commands.write(f"{name}: {shown}\n")
             commands.flush()
             print(f"# {name}: {shown}", file=sys.stderr, flush=True)
+            probe = cpu_probe()
             began = time.monotonic()
             with open(out / f"{name}.out", "w") as stdout, open(out / f"{name}.err", "w") as stderr:
                 code = subprocess.run(command, cwd=REPO, stdout=stdout, stderr=stderr).returncode
@@ -124,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 if line.startswith("{"):
                     jsonl.write(line + "\n")
             status = {"bench": "step", "step": name, "exit": code, "seconds": round(seconds, 1),
-                      "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+                      "cpu_probe_s_before": probe, "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
             jsonl.write(json.dumps(status) + "\n")
             jsonl.flush()
             print(json.dumps(status), flush=True)
