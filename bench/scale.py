@@ -10,9 +10,9 @@ number of businesses changes, which is what "flat from 100 to 100,000 businesses
   state the limiter must keep (and the seed's poller must visit: it has a queued row);
 * P probe businesses (default 20) get L leads each (default 60) at the start; their
   calls are short (the simulated dialer's model with talk U(1, 2) s, about 2.3 s), so
-  about P x 3 / 2.3 = 26 slots free per second (about 30 measured) at every N: a load well inside what one
-  worker and the simulated dialer sustain on 2 cores, so the delay measured is the
-  limiter's, not queueing. Their refills are measured:
+  about P x 3 / 2.3 = 26 slots free per second (about 30 measured) at every N: a load
+  well inside what one worker and the simulated dialer sustain on 2 cores, so the
+  delay measured is the limiter's, not queueing. Their refills are measured:
   delay = placed(k+3) - ended(k), as in `bench/slot_free.py`.
 
 Ours: the idle businesses' state is built with the pure core and written to the table's
@@ -25,7 +25,8 @@ The probes' leads come `--settle` seconds (default 30) after the worker is ready
 idle state was just bulk-loaded: 700,000 changelog records at 100,000 businesses,
 written and read back within two minutes. In the seconds after that both the worker's
 and the dialer's share of the delay stalled in bursts of 40-130 ms, cause not found
-(bench/RESULTS.md, run 4); a real worker's changelog grows over days. `--settle 0` measures those seconds too.
+(bench/RESULTS.md, run 4); a real worker's changelog grows over days. `--settle 0`
+measures those seconds too.
 
 Seed: `outbound_call_jobs` on PostgreSQL (tests/postgres.py) with 3 'calling' rows and
 1 'queued' row per idle business and the probes' queued rows; one poller

@@ -98,16 +98,20 @@ class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     _faust_fetch_wait_ms: int | None = None
 
-    def fetch_promptly(self, prompt: bool) -> None:
+    def fetch_promptly(self, prompt: bool) -> bool:
         """From the next fetch request on, hold it open FETCH_MAX_WAIT_MS (`prompt`) or
-        as long as Faust does. (The consumer thread reads the value for each request.)"""
+        as long as Faust does; True when that changed it. (The consumer thread reads the
+        value for each request.)"""
         consumer = getattr(self, "_consumer", None)
         if consumer is None or consumer._fetcher is None:  # not started yet
-            return
+            return False
         fetcher = consumer._fetcher
         if self._faust_fetch_wait_ms is None:
             self._faust_fetch_wait_ms = fetcher._fetch_max_wait_ms
-        fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS if prompt else self._faust_fetch_wait_ms
+        wanted = FETCH_MAX_WAIT_MS if prompt else self._faust_fetch_wait_ms
+        changed = fetcher._fetch_max_wait_ms != wanted
+        fetcher._fetch_max_wait_ms = wanted
+        return changed
 
 
 class _PromptFetchConsumer(faust_aiokafka.Consumer):
@@ -156,7 +160,6 @@ class Limiter:
         self.app.task(self.outbox.run)
         #: Partitions whose undelivered records this process has taken over (rule 7).
         self._owned: set[int] = set()
-        self._prompt_fetches = False
         self.app.on_partitions_revoked.connect(self._on_revoked)
         self.app.on_before_shutdown.connect(self._on_shutdown)
         self._base_names = {topic_name(b, prefix): b for b in INPUT_TOPICS}
@@ -457,11 +460,10 @@ class Limiter:
     def _fetch_promptly(self, prompt: bool) -> None:
         """Short fetches while events are handled, Faust's while the table restores
         (FETCH_MAX_WAIT_MS); the first tick after a restore switches."""
-        if prompt != self._prompt_fetches:
-            self._prompt_fetches = prompt
-            self.app.consumer._thread.fetch_promptly(prompt)
-            log.info("fetches held open %s from now on", f"{FETCH_MAX_WAIT_MS} ms (table"
-                     " restored)" if prompt else "as long as Faust holds them (restoring)")
+        if self.app.consumer._thread.fetch_promptly(prompt):
+            held = (f"{FETCH_MAX_WAIT_MS} ms (table restored)" if prompt
+                    else "as long as Faust holds them (restoring)")
+            log.info("fetches held open %s from now on", held)
 
     async def _on_shutdown(self, app: Any, **kwargs: Any) -> None:
         await self.outbox.stop()

@@ -30,9 +30,9 @@ def test_fetches_are_held_open_briefly_once_restored_and_as_faust_holds_them_bef
         try:
             thread._consumer = consumer
             seen = [consumer._fetcher._fetch_max_wait_ms]
-            for prompt in (True, False, True):
-                thread.fetch_promptly(prompt)
-                seen.append(consumer._fetcher._fetch_max_wait_ms)
+            for prompt in (True, True, False, True):
+                seen.append((thread.fetch_promptly(prompt),
+                             consumer._fetcher._fetch_max_wait_ms))
             return seen
         finally:
             # aiokafka's stop of a consumer that never subscribed cancels its own
@@ -40,5 +40,7 @@ def test_fetches_are_held_open_briefly_once_restored_and_as_faust_holds_them_bef
             with contextlib.suppress(asyncio.CancelledError):
                 await consumer.stop()
 
-    assert asyncio.run(switch()) == [1500, app.FETCH_MAX_WAIT_MS, 1500, app.FETCH_MAX_WAIT_MS]
+    prompt = app.FETCH_MAX_WAIT_MS
+    assert asyncio.run(switch()) == [1500, (True, prompt), (False, prompt), (True, 1500),
+                                     (True, prompt)]
     assert app.FETCH_MAX_WAIT_MS < 1500
