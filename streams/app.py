@@ -59,14 +59,14 @@ STALLED_PARTITION_SECONDS = 10.0
 #: At most this many records are read again at once (the next tick reads on).
 STALLED_RECORDS_AT_ONCE = 2000
 
-#: How long the broker may hold the worker's fetch request open waiting for data, once
-#: the table is restored. aiokafka keeps one fetch in flight per broker and leaves out of
-#: it every partition that still had records to hand over when it was sent; new records
-#: of those partitions wait until it returns. Faust opens it for 1,500 ms
-#: (faust/transport/drivers/aiokafka.py, `_create_worker_consumer`): a status could wait
-#: that long before it freed its slot (the 0.9-1 s refills of bench/RESULTS.md, run 5).
-#: Faust's value stays while the table restores: each partition read to its end would
-#: answer an empty fetch every 20 ms, and the replay took 15% longer.
+#: How long the broker may hold the worker's fetch request open waiting for data. aiokafka
+#: keeps one fetch in flight per broker and leaves out of it every partition that still
+#: had records to hand over when it was sent; new records of those partitions wait until
+#: it returns. Faust opens it for 1,500 ms (faust/transport/drivers/aiokafka.py,
+#: `_create_worker_consumer`): a status could wait that long before it freed its slot,
+#: the 0.9-1 s refills of bench/RESULTS.md run 5. An idle worker fetches this often. It
+#: also holds while the table restores, where it costs a large replay ~15% (empty fetches
+#: of caught-up partitions) but spares a rebalance's small one seconds of 1.5 s waits.
 FETCH_MAX_WAIT_MS = 20
 
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
@@ -94,24 +94,12 @@ def _freeze_survivors() -> None:
 
 
 class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, whose fetch can be held open FETCH_MAX_WAIT_MS at most."""
+    """Faust's consumer thread, its fetch held open FETCH_MAX_WAIT_MS at most."""
 
-    _faust_fetch_wait_ms: int | None = None
-
-    def fetch_promptly(self, prompt: bool) -> bool:
-        """From the next fetch request on, hold it open FETCH_MAX_WAIT_MS (`prompt`) or
-        as long as Faust does; True when that changed it. (The consumer thread reads the
-        value for each request.)"""
-        consumer = getattr(self, "_consumer", None)
-        if consumer is None or consumer._fetcher is None:  # not started yet
-            return False
-        fetcher = consumer._fetcher
-        if self._faust_fetch_wait_ms is None:
-            self._faust_fetch_wait_ms = fetcher._fetch_max_wait_ms
-        wanted = FETCH_MAX_WAIT_MS if prompt else self._faust_fetch_wait_ms
-        changed = fetcher._fetch_max_wait_ms != wanted
-        fetcher._fetch_max_wait_ms = wanted
-        return changed
+    def _create_worker_consumer(self, transport: Any) -> Any:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its start()
+        return consumer
 
 
 class _PromptFetchConsumer(faust_aiokafka.Consumer):
@@ -250,7 +238,6 @@ class Limiter:
                 await self._recover_skipped(key, *skipped)
             await self.handle(source)
             if self._base_names[source.topic] == LIMITER_TICKS:
-                self._fetch_promptly(self.ready())
                 await self._start_quiet_partitions(source.partition, generation)
                 for tail_key, start, end in (self.handled.unrevealed(source.partition)
                                              + self._stalled(source.partition)):
@@ -455,15 +442,6 @@ class Limiter:
     async def _on_revoked(self, app: Any, revoked: set, **kwargs: Any) -> None:
         self._owned -= {tp.partition for tp in revoked}
         self.summary.stale = True
-        self._fetch_promptly(False)  # the next assignment's changelog replay comes
-
-    def _fetch_promptly(self, prompt: bool) -> None:
-        """Short fetches while events are handled, Faust's while the table restores
-        (FETCH_MAX_WAIT_MS); the first tick after a restore switches."""
-        if self.app.consumer._thread.fetch_promptly(prompt):
-            held = (f"{FETCH_MAX_WAIT_MS} ms (table restored)" if prompt
-                    else "as long as Faust holds them (restoring)")
-            log.info("fetches held open %s from now on", held)
 
     async def _on_shutdown(self, app: Any, **kwargs: Any) -> None:
         await self.outbox.stop()

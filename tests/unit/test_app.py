@@ -1,0 +1,22 @@
+"""The Faust shell's wiring that no other test reaches without a broker."""
+
+from __future__ import annotations
+
+import asyncio
+
+from streams import app
+from streams.settings import Settings
+
+
+def test_the_workers_fetch_is_held_open_briefly():
+    """Faust holds aiokafka's fetch open 1,500 ms, and records of a partition left out of
+    it wait that long (FETCH_MAX_WAIT_MS); the worker's consumer must use ours."""
+    limiter = app.Limiter(Settings.from_env({}))
+
+    async def build():
+        thread = limiter.app.consumer._thread
+        return thread._create_worker_consumer(limiter.app.transport)
+
+    consumer = asyncio.run(build())
+    assert isinstance(limiter.app.consumer, app._PromptFetchConsumer)
+    assert consumer._fetch_max_wait_ms == app.FETCH_MAX_WAIT_MS < 1500
