@@ -7,8 +7,8 @@ Runs, in order, each as its own process (its command is logged in commands.txt):
   1. bench.core          per-event cost at backlog 0 / 1 / 100,000; state bytes
   2. bench.throughput    raw Kafka, Faust pass-through, ours (+ diagnostic variants),
                          with py-spy profiles of the Faust pass-through and ours
-  3. bench.seed_poller   the seed (1 and 2 pollers) and ours at 100 / 1,000 / 10,000
-                         businesses
+  3. bench.seed_poller   the seed (1 and 2 pollers) and ours (1 and 2 workers) at
+                         100 / 1,000 / 10,000 businesses
   4. bench.latency       lead -> dial latency at fixed offered loads, 3 workers, and
                          the true concurrency per business from the dialer's ledger
   5. bench.scale         slot-free -> next dial at 100 / 10,000 / 100,000 businesses
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--variants", "quiet",
                              "--profile", "3" if q else "8", "--workdir", str(work / "throughput")]),
         ("seed_poller", py + ["bench.seed_poller", "--bootstrap", args.bootstrap, "--ours",
+                              "--workers", "1", "2",
                               "--out", str(out / "slot_free.jsonl"), "--businesses"]
          + (["20", "200", "--leads", "6", "4", "--cap", "60"] if q else
             ["100", "1000", "10000", "--leads", "12", "6", "4", "--cap", "150"])),
