@@ -18,7 +18,8 @@ from pathlib import Path
 XLABEL = {"slot_free": "businesses, each with a backlog (limit 3 calls each)",
           "slot_free_at_scale": "businesses held (each 3 live calls + 1 waiting lead),"
                                 " same load of probe businesses"}
-STYLE = {"ours": ("tab:green", "o"), "seed-1-poller": ("tab:red", "s"),
+STYLE = {"ours": ("tab:green", "o"), "ours-2-workers": ("tab:cyan", "D"),
+         "seed-1-poller": ("tab:red", "s"),
          "seed-2-pollers": ("tab:orange", "^")}
 
 
