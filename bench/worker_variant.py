@@ -7,12 +7,15 @@ streams/ changes. `bench/throughput.py --variants ...` runs them beside the real
 
 Variants:
   quiet    no per-event log lines from the worker (streams.worker logger off).
+  queue-log  the worker's lines formatted and written by a thread (QueueListener).
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import queue
 import sys
 from pathlib import Path
 
@@ -22,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def apply(variant: str) -> None:
     from streams import app
     parts = {p for p in variant.split("+") if p}
-    unknown = parts - {"quiet"}
+    unknown = parts - {"quiet", "queue-log"}
     if unknown:
         raise SystemExit(f"unknown variant(s): {', '.join(sorted(unknown))}")
     if "quiet" in parts:
@@ -30,6 +33,22 @@ def apply(variant: str) -> None:
         quiet.setLevel(logging.CRITICAL + 1)
         quiet.propagate = False
         app.log = quiet
+    if "queue-log" in parts:
+        from streams.cli import WORKER_LOG_FORMAT
+        lines: queue.SimpleQueue = queue.SimpleQueue()
+        out = logging.StreamHandler(sys.stderr)
+        out.setFormatter(logging.Formatter(WORKER_LOG_FORMAT))
+        logging.handlers.QueueListener(lines, out).start()
+        threaded = logging.getLogger("bench.queue-log-worker")
+        threaded.setLevel(logging.INFO)
+        threaded.propagate = False
+
+        class Unformatted(logging.handlers.QueueHandler):
+            def prepare(self, record):  # formatting left to the listener's thread
+                return record
+
+        threaded.addHandler(Unformatted(lines))
+        app.log = threaded
 
 
 def main() -> int:
