@@ -315,10 +315,9 @@ class Limiter:
         """Up to when this partition's statuses have been read (core rule 5): all of them
         (None) when the worker has handled up to the status topic's high watermark,
         else the Kafka timestamp of the last status it handled; none (0.0) while that
-        is unknown: no status of it handled in this generation yet, or no fetch of it
-        answered. (Taken as "all" instead, the first tick delivered after a backlog of
-        leads resent every silent dial: 3,072 needless resends at 10,000 businesses in
-        bench/seed_poller.py, 20 s before the worker reached the statuses.)"""
+        is unknown (no status of it handled in this generation yet, or no fetch of it
+        answered): taken as "all", a tick after a backlog of leads resent every silent
+        dial (bench/RESULTS.md, run 6)."""
         key = (self._status_topic, partition)
         through = self.handled.through(key)
         try:
