@@ -4,14 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit integration clean
+.PHONY: setup demo test unit integration lint format clean
 
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,rocksdb]'
+	$(BIN)/pip install --quiet -e '.[test,lint,rocksdb]'
 	touch $@
 
 demo: setup
@@ -25,6 +25,16 @@ unit: setup
 
 integration: setup
 	$(BIN)/python -m pytest -m integration
+
+# The gates CI runs before the tests: ruff's lint and format check, then mypy.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	-$(BIN)/streams broker stop

@@ -36,13 +36,12 @@ import threading
 import time
 from pathlib import Path
 
-from streams.broker import Broker, BrokerError
-from streams.lag import LagReader
+from streams.devtools.broker import Broker, BrokerError
+from streams.ops.lag import LagReader
 from streams.settings import Settings
 from streams.topics import BusinessControl, app_id, record_key
-from tests.fake_twilio import FakeTwilio
-from tests.integration.harness import Deployment, Dialer, WorkerProcess
-
+from tests.support.deployment import Deployment, Dialer, WorkerProcess
+from tests.support.fake_twilio import FakeTwilio
 
 #: Faust's own rebalance and recovery lines in the worker logs, for a post-mortem.
 WORKER_ARGS = ("--loglevel", "info")
@@ -55,9 +54,18 @@ def workload(rng: random.Random, leads: int, businesses: int) -> tuple[list[dict
     weights = [40 if name in heavy else 1 for name in names]
     limits = {name: rng.choice((1, 2, 5)) for name in rng.sample(names, businesses // 10)}
     chosen = rng.choices(names, weights=weights, k=leads)
-    return ([{"lead_id": f"L{n:06d}", "business_id": b,
-              "phone": f"+1555{n:07d}", "priority": rng.choice((0, 0, 0, 5))}
-             for n, b in enumerate(chosen)], limits)
+    return (
+        [
+            {
+                "lead_id": f"L{n:06d}",
+                "business_id": b,
+                "phone": f"+1555{n:07d}",
+                "priority": rng.choice((0, 0, 0, 5)),
+            }
+            for n, b in enumerate(chosen)
+        ],
+        limits,
+    )
 
 
 class Chaos:
@@ -67,21 +75,31 @@ class Chaos:
         self.broker: Broker | None = None
         bootstrap = args.bootstrap
         if bootstrap is None:  # our own broker, so that we may restart it
-            self.broker = Broker(port=args.broker_port, controller_port=args.broker_port + 1,
-                                 data_dir=workdir / "kafka")
+            self.broker = Broker(
+                port=args.broker_port,
+                controller_port=args.broker_port + 1,
+                data_dir=workdir / "kafka",
+            )
             self.broker.start()
             bootstrap = self.broker.bootstrap
-        self.deployment = Deployment(bootstrap, workdir, LEASE_GRACE_SECONDS="20",
-                                     ORPHAN_STATUS_HOLD_SECONDS="30")
+        self.deployment = Deployment(
+            bootstrap, workdir, LEASE_GRACE_SECONDS="20", ORPHAN_STATUS_HOLD_SECONDS="30"
+        )
         self.dialer: subprocess.Popen | None = None
         self.fake: FakeTwilio | None = None
         self.twilio: Dialer | None = None
         if args.dialer == "twilio":
-            self.fake = FakeTwilio(seed=args.seed, ring_seconds=(0.1, 0.5),
-                                   talk_seconds=(0.3, 1.5), duplicate_ratio=0.1,
-                                   reorder_ratio=0.1, drop_ratio=0.03).start()
-            self.twilio = Dialer(self.deployment, self.fake,
-                                 f"sqlite:///{workdir / 'ledger.db'}")
+            self.fake = FakeTwilio(
+                seed=args.seed,
+                ring_seconds=(0.1, 0.5),
+                talk_seconds=(0.3, 1.5),
+                duplicate_ratio=0.1,
+                reorder_ratio=0.1,
+                drop_ratio=0.03,
+            ).start()
+            self.twilio = Dialer(
+                self.deployment, self.fake, f"sqlite:///{workdir / 'ledger.db'}"
+            )
         self.faults: list[str] = []
 
     # -- the pieces ------------------------------------------------------------------
@@ -92,14 +110,30 @@ class Chaos:
             return
         log = open(self.deployment.workdir / "dialer.log", "ab")
         self.dialer = subprocess.Popen(
-            [sys.executable, "-m", "streams", "dialer", "--simulate", "--ledger",
-             str(self.deployment.ledger), "--talk-seconds", "0.3,1.5",
-             "--seed", str(self.args.seed)],
-            env=self.deployment.env, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streams",
+                "dialer",
+                "--simulate",
+                "--ledger",
+                str(self.deployment.ledger),
+                "--talk-seconds",
+                "0.3,1.5",
+                "--seed",
+                str(self.args.seed),
+            ],
+            env=self.deployment.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
     def worker(self, name: str) -> WorkerProcess:
-        return next(w for w in reversed(self.deployment.workers)
-                    if w.log_path.name == f"worker-{name}.log")
+        return next(
+            w
+            for w in reversed(self.deployment.workers)
+            if w.log_path.name == f"worker-{name}.log"
+        )
 
     # -- faults ----------------------------------------------------------------------
 
@@ -146,9 +180,13 @@ class Chaos:
         args, deployment = self.args, self.deployment
         deployment.create_topics()
         leads, limits = workload(self.rng, args.leads, args.businesses)
-        deployment.produce("business.control", [
-            (record_key(b), BusinessControl(b, limit, False).encode())
-            for b, limit in limits.items()])
+        deployment.produce(
+            "business.control",
+            [
+                (record_key(b), BusinessControl(b, limit, False).encode())
+                for b, limit in limits.items()
+            ],
+        )
         for name in ("w1", "w2"):
             deployment.start_worker(name, *WORKER_ARGS)
         for worker in deployment.workers:
@@ -158,10 +196,12 @@ class Chaos:
         started = time.monotonic()
         sender = threading.Thread(target=self._send, args=(leads,), daemon=True)
         sender.start()
-        schedule = ["kill_worker", "rebalance"] + (
-            ["kill_dialer"] if self.twilio else []) if args.short else [
-            "kill_worker", "rebalance", "kill_dialer", "kill_worker"] + (
-            ["restart_broker"] if self.broker else [])
+        schedule = (
+            ["kill_worker", "rebalance"] + (["kill_dialer"] if self.twilio else [])
+            if args.short
+            else ["kill_worker", "rebalance", "kill_dialer", "kill_worker"]
+            + (["restart_broker"] if self.broker else [])
+        )
         for fault in schedule:
             time.sleep(self.rng.uniform(3, 8))
             print(f"[{time.monotonic() - started:6.1f}s] fault: {fault}", flush=True)
@@ -169,19 +209,28 @@ class Chaos:
         sender.join()
         wanted = {lead["lead_id"] for lead in leads}
         outcomes = deployment.read(
-            "leads.outcomes", timeout=args.settle_seconds,
-            until=lambda recs: wanted <= {r["lead_id"] for r in recs})
+            "leads.outcomes",
+            timeout=args.settle_seconds,
+            until=lambda recs: wanted <= {r["lead_id"] for r in recs},
+        )
         if self.fake is not None:
             self.fake.wait_idle(60)
         calls = self.calls_made()
-        report = verify(leads, limits, outcomes, calls,
-                        [w for w in deployment.workers if w.process.poll() is None],
-                        default_limit=deployment.settings.max_outbound_calls_per_business)
-        report.update(seed=args.seed, faults=self.faults,
-                      seconds=round(time.monotonic() - started, 1))
+        report = verify(
+            leads,
+            limits,
+            outcomes,
+            calls,
+            [w for w in deployment.workers if w.process.poll() is None],
+            default_limit=deployment.settings.max_outbound_calls_per_business,
+        )
+        report.update(
+            seed=args.seed, faults=self.faults, seconds=round(time.monotonic() - started, 1)
+        )
         if report["violations"]:
-            report["post_mortem"] = (post_mortem(deployment.workdir, leads, outcomes)
-                                     + group_lag(deployment.settings))
+            report["post_mortem"] = post_mortem(
+                deployment.workdir, leads, outcomes
+            ) + group_lag(deployment.settings)
         return report
 
     def calls_made(self) -> list[dict]:
@@ -191,8 +240,12 @@ class Chaos:
         lines = []
         for call in self.fake.calls():
             lead_id = call["dial_id"].split(":")[1]
-            common = {"dial_id": call["dial_id"], "business_id": call["business_id"],
-                      "lead_id": lead_id, "phone": call["to"]}
+            common = {
+                "dial_id": call["dial_id"],
+                "business_id": call["business_id"],
+                "lead_id": lead_id,
+                "phone": call["to"],
+            }
             lines.append({"event": "placed", "at": call["created_at"], **common})
             if call["ended_at"] is not None:
                 lines.append({"event": "ended", "at": call["ended_at"], **common})
@@ -201,7 +254,7 @@ class Chaos:
     def _send(self, leads: list[dict]) -> None:
         batch = max(1, self.args.leads_per_second // 10)
         for start in range(0, len(leads), batch):
-            self.deployment.produce_leads(leads[start:start + batch])
+            self.deployment.produce_leads(leads[start : start + batch])
             time.sleep(0.1)
 
     def close(self) -> None:
@@ -217,8 +270,14 @@ class Chaos:
             self.broker.stop()
 
 
-def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[dict],
-           workers: list[WorkerProcess], default_limit: int) -> dict:
+def verify(
+    leads: list[dict],
+    limits: dict,
+    outcomes: list[dict],
+    ledger: list[dict],
+    workers: list[WorkerProcess],
+    default_limit: int,
+) -> dict:
     """Check the guarantees from what really happened; return figures and violations."""
     violations: list[str] = []
     outcome_kinds = collections.defaultdict(set)
@@ -245,17 +304,26 @@ def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[d
     if unended:
         violations.append(f"calls still live at quiescence: {unended[:5]}")
 
-    marks = sorted(((line["at"], 0 if line["event"] == "ended" else 1, line)
-                    for line in ledger if line["event"] in ("placed", "ended")),
-                   key=lambda mark: mark[:2])
+    marks = sorted(
+        (
+            (line["at"], 0 if line["event"] == "ended" else 1, line)
+            for line in ledger
+            if line["event"] in ("placed", "ended")
+        ),
+        key=lambda mark: mark[:2],
+    )
     live, peak = collections.Counter(), collections.Counter()
     for _, is_placed, line in marks:
         live[line["business_id"]] += 1 if is_placed else -1
-        peak[line["business_id"]] = max(peak[line["business_id"]], live[line["business_id"]])
+        peak[line["business_id"]] = max(
+            peak[line["business_id"]], live[line["business_id"]]
+        )
     for business, most in peak.items():
         if most > limits.get(business, default_limit):
-            violations.append(f"business {business} had {most} calls at once,"
-                              f" limit {limits.get(business, default_limit)}")
+            violations.append(
+                f"business {business} had {most} calls at once,"
+                f" limit {limits.get(business, default_limit)}"
+            )
 
     for worker in workers:
         answer = worker.businesses()
@@ -263,14 +331,20 @@ def verify(leads: list[dict], limits: dict, outcomes: list[dict], ledger: list[d
             violations.append(f"worker {worker.log_path.name} did not answer at quiescence")
         for business in answer or []:
             if business["active"] or business["waiting"]:
-                violations.append(f"at quiescence {business['business_id']} still holds"
-                                  f" {len(business['active'])} slots and"
-                                  f" {business['waiting']} waiting leads")
+                violations.append(
+                    f"at quiescence {business['business_id']} still holds"
+                    f" {len(business['active'])} slots and"
+                    f" {business['waiting']} waiting leads"
+                )
 
-    return {"leads": len(leads), "outcomes": len(outcome_kinds),
-            "calls_placed": len(placed), "peak_by_business_max": max(peak.values(), default=0),
-            "slot_free_to_dial_seconds": slot_free_delays(ledger),
-            "violations": violations}
+    return {
+        "leads": len(leads),
+        "outcomes": len(outcome_kinds),
+        "calls_placed": len(placed),
+        "peak_by_business_max": max(peak.values(), default=0),
+        "slot_free_to_dial_seconds": slot_free_delays(ledger),
+        "violations": violations,
+    }
 
 
 def post_mortem(workdir: Path, leads: list[dict], outcomes: list[dict]) -> list[str]:
@@ -278,19 +352,32 @@ def post_mortem(workdir: Path, leads: list[dict], outcomes: list[dict]) -> list[
     log's last warnings: enough to start on a failure seen only in CI's output."""
     answered = {outcome["lead_id"] for outcome in outcomes}
     lost = [lead for lead in leads if lead["lead_id"] not in answered]
-    lines = [f"leads without an outcome per business: "
-             f"{dict(collections.Counter(lead['business_id'] for lead in lost))}"]
-    logs = {path.name: path.read_text(errors="replace").splitlines()
-            for path in sorted(workdir.glob("worker-*.log"))}
+    lines = [
+        f"leads without an outcome per business: "
+        f"{dict(collections.Counter(lead['business_id'] for lead in lost))}"
+    ]
+    logs = {
+        path.name: path.read_text(errors="replace").splitlines()
+        for path in sorted(workdir.glob("worker-*.log"))
+    }
     for lead in lost[:3]:
-        mentions = [f"{name}: {line}" for name, text in logs.items() for line in text
-                    if lead["lead_id"] in line]
-        lines.append(f"{lead['lead_id']} ({lead['business_id']}) in the worker logs:"
-                     f" {len(mentions)} lines")
+        mentions = [
+            f"{name}: {line}"
+            for name, text in logs.items()
+            for line in text
+            if lead["lead_id"] in line
+        ]
+        lines.append(
+            f"{lead['lead_id']} ({lead['business_id']}) in the worker logs:"
+            f" {len(mentions)} lines"
+        )
         lines.extend(f"  {line[:240]}" for line in mentions[-4:])
     for name, text in logs.items():
-        warnings = [line for line in text if ("WARNING" in line or "ERROR" in line)
-                    and "was applied before" not in line]
+        warnings = [
+            line
+            for line in text
+            if ("WARNING" in line or "ERROR" in line) and "was applied before" not in line
+        ]
         lines.append(f"{name}: {len(text)} lines, last warnings:")
         lines.extend(f"  {line[:240]}" for line in warnings[-8:])
     return lines
@@ -307,10 +394,16 @@ def group_lag(settings: Settings) -> list[str]:
         return [f"group lag of {group}: could not be read ({exc})"]
     finally:
         reader.close()
-    behind = [f"  {p.topic}/{p.partition}: committed {p.committed}, end {p.end}"
-              for p in sample.partitions if p.lag]
-    return [f"group {group} ({sample.state}, {sample.members} members):"
-            f" {len(behind)} partitions not committed to the end", *behind]
+    behind = [
+        f"  {p.topic}/{p.partition}: committed {p.committed}, end {p.end}"
+        for p in sample.partitions
+        if p.lag
+    ]
+    return [
+        f"group {group} ({sample.state}, {sample.members} members):"
+        f" {len(behind)} partitions not committed to the end",
+        *behind,
+    ]
 
 
 def slot_free_delays(ledger: list[dict]) -> dict:
@@ -324,38 +417,61 @@ def slot_free_delays(ledger: list[dict]) -> dict:
         lines.sort(key=lambda line: line["at"])
         for index, line in enumerate(lines):
             if line["event"] == "ended":
-                following = next((nxt for nxt in lines[index + 1:]
-                                  if nxt["event"] == "placed"), None)
+                following = next(
+                    (nxt for nxt in lines[index + 1 :] if nxt["event"] == "placed"), None
+                )
                 if following is not None:
                     gaps.append(following["at"] - line["at"])
     gaps.sort()
     if not gaps:
         return {}
-    return {"count": len(gaps), "p50": round(gaps[len(gaps) // 2], 4),
-            "p99": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))], 4)}
+    return {
+        "count": len(gaps),
+        "p50": round(gaps[len(gaps) // 2], 4),
+        "p99": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))], 4),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.chaos",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--seed", type=int, default=random.randrange(1 << 30))
     parser.add_argument("--leads", type=int, default=5000)
     parser.add_argument("--businesses", type=int, default=200)
     parser.add_argument("--leads-per-second", type=int, default=300)
-    parser.add_argument("--dialer", choices=("simulated", "twilio"), default="simulated",
-                        help="the simulated dialer, or the Twilio dialer on a fake Twilio"
-                             " server with duplicated/reordered/lost callbacks")
-    parser.add_argument("--short", action="store_true",
-                        help="one worker kill and one rebalance (the CI version)")
-    parser.add_argument("--bootstrap", help="use this broker (no broker restarts);"
-                                            " default: start one of our own")
-    parser.add_argument("--broker-port", type=int, default=24092,
-                        help="below Linux's ephemeral range, so that no client connection"
-                             " takes the port while the broker restarts")
+    parser.add_argument(
+        "--dialer",
+        choices=("simulated", "twilio"),
+        default="simulated",
+        help="the simulated dialer, or the Twilio dialer on a fake Twilio"
+        " server with duplicated/reordered/lost callbacks",
+    )
+    parser.add_argument(
+        "--short",
+        action="store_true",
+        help="one worker kill and one rebalance (the CI version)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        help="use this broker (no broker restarts); default: start one of our own",
+    )
+    parser.add_argument(
+        "--broker-port",
+        type=int,
+        default=24092,
+        help="below Linux's ephemeral range, so that no client connection"
+        " takes the port while the broker restarts",
+    )
     parser.add_argument("--settle-seconds", type=float, default=300)
-    parser.add_argument("--keep", metavar="DIR",
-                        help="run in DIR and keep it (worker and dialer logs, the broker's"
-                             " data when this run owns it) for a post-mortem")
+    parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="run in DIR and keep it (worker and dialer logs, the broker's"
+        " data when this run owns it) for a post-mortem",
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
         workdir = Path(args.keep or scratch)

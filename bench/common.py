@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -54,23 +54,35 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
         for future in client.delete_topics(names).values():
             try:
                 future.result(30)
-            except Exception:  # noqa: BLE001 - best effort cleanup
+            except Exception:
                 pass
 
 
 def high_watermark(bootstrap: str, topic: str) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{tag()}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"hw-{tag()}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        return sum(consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                   for p in meta.partitions)
+        return sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions
+        )
     finally:
         consumer.close()
 
 
-def wait_count(bootstrap: str, topic: str, count: int, timeout: float,
-               process: subprocess.Popen | None = None) -> int:
+def wait_count(
+    bootstrap: str,
+    topic: str,
+    count: int,
+    timeout: float,
+    process: subprocess.Popen | None = None,
+) -> int:
     deadline = time.monotonic() + timeout
     seen = 0
     while time.monotonic() < deadline:
@@ -78,21 +90,36 @@ def wait_count(bootstrap: str, topic: str, count: int, timeout: float,
         if seen >= count:
             return seen
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process exited {process.returncode} with {seen}/{count}"
-                               f" records in {topic}")
+            raise RuntimeError(
+                f"process exited {process.returncode} with {seen}/{count}"
+                f" records in {topic}"
+            )
         time.sleep(0.5)
     raise TimeoutError(f"{topic} has {seen} of {count} records after {timeout:.0f}s")
 
 
-def read_all(bootstrap: str, topic: str, count: int | None = None, timeout: float = 60,
-             values: bool = False) -> list:
+def read_all(
+    bootstrap: str,
+    topic: str,
+    count: int | None = None,
+    timeout: float = 60,
+    values: bool = False,
+) -> list:
     """Every record of `topic` from the start: (timestamp_ms, key, value|None)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{tag()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{tag()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in meta.partitions}
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in meta.partitions
+        }
         total = sum(ends.values()) if count is None else count
         consumer.assign([TopicPartition(topic, p, 0) for p in meta.partitions])
         records = []
@@ -100,8 +127,13 @@ def read_all(bootstrap: str, topic: str, count: int | None = None, timeout: floa
         while len(records) < total and time.monotonic() < deadline:
             for message in consumer.consume(1000, timeout=0.5):
                 if message.error() is None:
-                    records.append((message.timestamp()[1], message.key(),
-                                    message.value() if values else None))
+                    records.append(
+                        (
+                            message.timestamp()[1],
+                            message.key(),
+                            message.value() if values else None,
+                        )
+                    )
         return records
     finally:
         consumer.close()

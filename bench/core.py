@@ -36,13 +36,10 @@ import random
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from streams import limiter_table as core  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.topics import CALLS_DIAL, CallStatus, LeadRequest, to_iso  # noqa: E402
+from streams import limiter_table as core
+from streams.settings import Settings
+from streams.topics import CALLS_DIAL, CallStatus, LeadRequest, to_iso
 
 LEADS = "leads.requests"
 STATUS = "calls.status"
@@ -62,8 +59,9 @@ class Table:
         offset = self.offsets[topic]
         self.offsets[topic] += 1
         self.now += 0.001
-        effects = core.process(self.data.get, event, core.Source(topic, 0, offset),
-                               self.now, self.rules)
+        effects = core.process(
+            self.data.get, event, core.Source(topic, 0, offset), self.now, self.rules
+        )
         data = self.data
         for key, value in effects.writes:
             if value is not None:
@@ -78,22 +76,35 @@ class Business:
 
     def __init__(self, table: Table, business_id: str):
         self.table, self.bid = table, business_id
-        self.live: collections.deque = collections.deque()  # (dial_id, lead_id), oldest first
+        self.live: collections.deque = (
+            collections.deque()
+        )  # (dial_id, lead_id), oldest first
         self.next_lead = 0
         self.time_in_queue = []
 
     def lead(self) -> None:
         lead_id = f"L{self.next_lead:07d}"
         self.next_lead += 1
-        self._granted(self.table.feed(LEADS, LeadRequest(lead_id, self.bid, "+14155550100")))
+        self._granted(
+            self.table.feed(LEADS, LeadRequest(lead_id, self.bid, "+14155550100"))
+        )
 
     def finish_oldest(self, final: str = "completed") -> None:
         dial_id, lead_id = self.live.popleft()
         for sequence, status in enumerate(LIVE + (final,)):
             at = to_iso(self.table.now)
-            effects = self.table.feed(STATUS, CallStatus(
-                dial_id=dial_id, lead_id=lead_id, business_id=self.bid, status=status,
-                at=at, call_sid="CA" + dial_id[-8:], sequence=sequence))
+            effects = self.table.feed(
+                STATUS,
+                CallStatus(
+                    dial_id=dial_id,
+                    lead_id=lead_id,
+                    business_id=self.bid,
+                    status=status,
+                    at=at,
+                    call_sid="CA" + dial_id[-8:],
+                    sequence=sequence,
+                ),
+            )
             self._granted(effects)
 
     def _granted(self, effects: core.Effects) -> None:
@@ -137,8 +148,11 @@ def bench_backlog(backlog: int, cycles: int, repeats: int) -> list[dict]:
     for b in configs:
         began = time.perf_counter()
         built[b] = prepare(b)
-        print(f"# prepared backlog {b} in {time.perf_counter() - began:.1f}s",
-              file=sys.stderr, flush=True)
+        print(
+            f"# prepared backlog {b} in {time.perf_counter() - began:.1f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     # The worker keeps its table out of the cyclic GC (streams/app.py,
     # _freeze_survivors); so does this bench. Without it the collections that walk
     # the 100,000-lead table landed on some configurations more than others (backlog
@@ -157,13 +171,20 @@ def bench_backlog(backlog: int, cycles: int, repeats: int) -> list[dict]:
     for b in configs:
         assert waiting(built[b]) == b, (b, waiting(built[b]))
         median = statistics.median(samples[b])
-        results.append({
-            "bench": "core.per_event", "backlog": b, "events_per_s_median": round(median),
-            "events_per_s_min": round(min(samples[b])), "events_per_s_max": round(max(samples[b])),
-            "us_per_event_median": round(1e6 / median, 2),
-            "cost_vs_backlog_0": round(base / median, 3),
-            "cycles": cycles, "events_per_repeat": cycles * 6, "repeats": repeats,
-        })
+        results.append(
+            {
+                "bench": "core.per_event",
+                "backlog": b,
+                "events_per_s_median": round(median),
+                "events_per_s_min": round(min(samples[b])),
+                "events_per_s_max": round(max(samples[b])),
+                "us_per_event_median": round(1e6 / median, 2),
+                "cost_vs_backlog_0": round(base / median, 3),
+                "cycles": cycles,
+                "events_per_repeat": cycles * 6,
+                "repeats": repeats,
+            }
+        )
     return results
 
 
@@ -199,39 +220,62 @@ def bench_state(businesses: int, seed: int = 1) -> list[dict]:
     gc.collect()
     rss_live = rss_bytes() - rss_before
     live_total, live_kinds = table_bytes(table.data)
-    results = [{
-        "bench": "core.state", "phase": "calls live", "businesses": businesses, "leads": leads,
-        "keys": len(table.data), "json_bytes": live_total,
-        "json_bytes_per_100k_businesses": round(live_total * 100_000 / businesses),
-        "json_bytes_by_key_kind": live_kinds, "rss_growth_bytes": rss_live,
-        "build_seconds": round(build_seconds, 1),
-        "build_events_per_s": round(leads / build_seconds),
-    }]
+    results = [
+        {
+            "bench": "core.state",
+            "phase": "calls live",
+            "businesses": businesses,
+            "leads": leads,
+            "keys": len(table.data),
+            "json_bytes": live_total,
+            "json_bytes_per_100k_businesses": round(live_total * 100_000 / businesses),
+            "json_bytes_by_key_kind": live_kinds,
+            "rss_growth_bytes": rss_live,
+            "build_seconds": round(build_seconds, 1),
+            "build_events_per_s": round(leads / build_seconds),
+        }
+    ]
     for business in drivers:
         while business.live:
             business.finish_oldest()
     gc.collect()
     ended_total, ended_kinds = table_bytes(table.data)
-    results.append({
-        "bench": "core.state", "phase": "all calls ended", "businesses": businesses,
-        "leads": leads, "keys": len(table.data), "json_bytes": ended_total,
-        "json_bytes_per_100k_businesses": round(ended_total * 100_000 / businesses),
-        "json_bytes_by_key_kind": ended_kinds,
-        "rss_growth_bytes": rss_bytes() - rss_before,
-    })
+    results.append(
+        {
+            "bench": "core.state",
+            "phase": "all calls ended",
+            "businesses": businesses,
+            "leads": leads,
+            "keys": len(table.data),
+            "json_bytes": ended_total,
+            "json_bytes_per_100k_businesses": round(ended_total * 100_000 / businesses),
+            "json_bytes_by_key_kind": ended_kinds,
+            "rss_growth_bytes": rss_bytes() - rss_before,
+        }
+    )
     return results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--backlog", type=int, default=100_000)
-    parser.add_argument("--cycles", type=int, default=2000,
-                        help="cycles (6 events each) per repeat (default 2000)")
+    parser.add_argument(
+        "--cycles",
+        type=int,
+        default=2000,
+        help="cycles (6 events each) per repeat (default 2000)",
+    )
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--businesses", type=int, default=100_000,
-                        help="businesses for the state-size figure (0 skips it)")
+    parser.add_argument(
+        "--businesses",
+        type=int,
+        default=100_000,
+        help="businesses for the state-size figure (0 skips it)",
+    )
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args(argv)
     results = bench_backlog(args.backlog, args.cycles, args.repeats)
@@ -244,19 +288,29 @@ def main(argv: list[str] | None = None) -> int:
     print("\nper-event cost of the core (dict store, median of repeats):")
     for r in results:
         if r["bench"] == "core.per_event":
-            print(f"  backlog {r['backlog']:>7,}: {r['events_per_s_median']:>8,} events/s"
-                  f"  ({r['us_per_event_median']} us/event; cost x{r['cost_vs_backlog_0']}"
-                  f" of backlog 0; min-max {r['events_per_s_min']:,}-{r['events_per_s_max']:,})")
-    big = [r for r in results if r["bench"] == "core.per_event" and r["backlog"] == args.backlog]
+            print(
+                f"  backlog {r['backlog']:>7,}: {r['events_per_s_median']:>8,} events/s"
+                f"  ({r['us_per_event_median']} us/event; cost x{r['cost_vs_backlog_0']}"
+                f" of backlog 0; min-max {r['events_per_s_min']:,}-{r['events_per_s_max']:,})"
+            )
+    big = [
+        r
+        for r in results
+        if r["bench"] == "core.per_event" and r["backlog"] == args.backlog
+    ]
     if big:
         ratio = big[0]["cost_vs_backlog_0"]
-        print(f"  target backlog {args.backlog:,} <= 1.2x backlog 0: x{ratio}"
-              f" -> {'MET' if ratio <= 1.2 else 'MISSED'}")
+        print(
+            f"  target backlog {args.backlog:,} <= 1.2x backlog 0: x{ratio}"
+            f" -> {'MET' if ratio <= 1.2 else 'MISSED'}"
+        )
     for r in results:
         if r["bench"] == "core.state":
-            print(f"state, {r['phase']}: {r['json_bytes_per_100k_businesses'] / 1e6:.1f} MB JSON"
-                  f" per 100,000 businesses ({r['keys']:,} keys, {r['leads']:,} leads;"
-                  f" dict store RSS growth ~{r['rss_growth_bytes'] / 1e6:.0f} MB)")
+            print(
+                f"state, {r['phase']}: {r['json_bytes_per_100k_businesses'] / 1e6:.1f} MB JSON"
+                f" per 100,000 businesses ({r['keys']:,} keys, {r['leads']:,} leads;"
+                f" dict store RSS growth ~{r['rss_growth_bytes'] / 1e6:.0f} MB)"
+            )
     return 0
 
 

@@ -32,8 +32,12 @@ def main() -> None:
     writes = int(os.environ.get("BENCH_TABLE_WRITES", "0"))
     table = None
     if writes:
-        table = app.Table("t", default=None, partitions=int(os.environ["BENCH_PARTITIONS"]),
-                          schema=faust.Schema(key_serializer="json", value_serializer="json"))
+        table = app.Table(
+            "t",
+            default=None,
+            partitions=int(os.environ["BENCH_PARTITIONS"]),
+            schema=faust.Schema(key_serializer="json", value_serializer="json"),
+        )
 
     @app.agent(source, concurrency=1)
     async def forward(stream):

@@ -25,7 +25,7 @@ latency is the pipeline's). Then it waits until every lead has a dial command, o
 * The limit, from the dialer's ledger only (calls that really happened): peak live
   calls per business, and the moments above the limit, i.e. the placements that took a
   business above it (should be 0). Equal times count the end first, as
-  `streams.simdialer.concurrency_from_ledger` does.
+  `streams.dialers.simulated.concurrency_from_ledger` does.
 
     python -m bench.latency [--rates 500,2000] [--seconds 20] [--businesses 10000]
                             [--workers 3] [--bootstrap localhost:29092]
@@ -45,21 +45,34 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from confluent_kafka import Consumer, Producer, TopicPartition
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    DEFAULT_BOOTSTRAP, PYTHON, REPO, delete_topics, emit, free_port, percentile, rates,
-    read_all, say, stop_process, tag,
+from bench.common import (
+    DEFAULT_BOOTSTRAP,
+    PYTHON,
+    REPO,
+    delete_topics,
+    emit,
+    free_port,
+    percentile,
+    rates,
+    read_all,
+    say,
+    stop_process,
+    tag,
 )
-from streams import admin  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.topics import (  # noqa: E402
-    CALLS_DIAL, LEADS_REQUESTS, from_iso, producer_config, record_key, topic_name,
+from streams.kafka import admin
+from streams.settings import Settings
+from streams.topics import (
+    CALLS_DIAL,
+    LEADS_REQUESTS,
+    from_iso,
+    producer_config,
+    record_key,
+    topic_name,
 )
 
 TALK_SECONDS = "0.3,1.5"
@@ -76,9 +89,13 @@ class Deployment:
         self.prefix = f"bench{tag()}.lat."
         self.workdir = workdir
         self.ledger = workdir / "dialer.jsonl"
-        self.env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-                    "TOPIC_PREFIX": self.prefix, "STREAMS_APP_ID": "limiter",
-                    "TOPIC_PARTITIONS": str(partitions)}
+        self.env = {
+            **os.environ,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "TOPIC_PREFIX": self.prefix,
+            "STREAMS_APP_ID": "limiter",
+            "TOPIC_PARTITIONS": str(partitions),
+        }
         self.settings = Settings.from_env(self.env)
         self.worker_count = workers
         self.processes: list[subprocess.Popen] = []
@@ -92,26 +109,49 @@ class Deployment:
         for n in range(self.worker_count):
             port = free_port()
             self.web_ports.append(port)
-            self._spawn(f"worker-{n}", ["worker"], WORKER_WEB_PORT=str(port),
-                        STREAMS_DATA_DIR=str(self.workdir / f"data-{n}"))
-        self._spawn("dialer", ["dialer", "--simulate", "--ledger", str(self.ledger),
-                               "--talk-seconds", TALK_SECONDS, "--seed", "7"])
+            self._spawn(
+                f"worker-{n}",
+                ["worker"],
+                WORKER_WEB_PORT=str(port),
+                STREAMS_DATA_DIR=str(self.workdir / f"data-{n}"),
+            )
+        self._spawn(
+            "dialer",
+            [
+                "dialer",
+                "--simulate",
+                "--ledger",
+                str(self.ledger),
+                "--talk-seconds",
+                TALK_SECONDS,
+                "--seed",
+                "7",
+            ],
+        )
 
     def _spawn(self, name: str, arguments: list[str], **env: str) -> None:
         with open(self.workdir / f"{name}.log", "wb") as log:
-            self.processes.append(subprocess.Popen(
-                [PYTHON, "-m", "streams", *arguments], env={**self.env, **env},
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+            self.processes.append(
+                subprocess.Popen(
+                    [PYTHON, "-m", "streams", *arguments],
+                    env={**self.env, **env},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    cwd=REPO,
+                )
+            )
 
     def check_alive(self) -> None:
         for process in self.processes:
             if process.poll() is not None:
-                raise RuntimeError(f"{' '.join(process.args[2:4])} exited"
-                                   f" {process.returncode}; logs in {self.workdir}")
+                raise RuntimeError(
+                    f"{' '.join(process.args[2:4])} exited"
+                    f" {process.returncode}; logs in {self.workdir}"
+                )
 
     def wait_serving(self, timeout: float = 120) -> None:
         """Every worker's web view answers and the group is stable with every worker
-        owning input partitions (as tests/integration/harness.py waits)."""
+        owning input partitions (as tests/support/deployment.py waits)."""
         client = admin.admin_client(self.settings)
         group = self.prefix + self.settings.app_id
         leads = self.topic(LEADS_REQUESTS)
@@ -120,14 +160,21 @@ class Deployment:
             self.check_alive()
             if all(answers(port) for port in self.web_ports):
                 description = client.describe_consumer_groups([group])[group].result(10)
-                owners = [m for m in description.members
-                          if any(tp.topic == leads for tp in m.assignment.topic_partitions)]
-                if (str(description.state).endswith("STABLE")
-                        and len(owners) == self.worker_count):
+                owners = [
+                    m
+                    for m in description.members
+                    if any(tp.topic == leads for tp in m.assignment.topic_partitions)
+                ]
+                if (
+                    str(description.state).endswith("STABLE")
+                    and len(owners) == self.worker_count
+                ):
                     return
             time.sleep(0.5)
-        raise TimeoutError(f"group {group} never had {self.worker_count} members owning"
-                           f" partitions within {timeout:.0f}s; logs in {self.workdir}")
+        raise TimeoutError(
+            f"group {group} never had {self.worker_count} members owning"
+            f" partitions within {timeout:.0f}s; logs in {self.workdir}"
+        )
 
     def placed_calls(self) -> int:
         if not self.ledger.exists():
@@ -172,13 +219,16 @@ def warm_up(deployment: Deployment, producer: Producer, timeout: float = 60) -> 
     while deployment.placed_calls() < WARMUP_LEADS:
         deployment.check_alive()
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{deployment.placed_calls()}/{WARMUP_LEADS} warm-up calls"
-                               f" placed after {timeout:.0f}s; logs in {deployment.workdir}")
+            raise TimeoutError(
+                f"{deployment.placed_calls()}/{WARMUP_LEADS} warm-up calls"
+                f" placed after {timeout:.0f}s; logs in {deployment.workdir}"
+            )
         time.sleep(0.3)
 
 
-def send_paced(producer: Producer, topic: str, records: list[tuple[bytes, bytes]],
-               rate: float) -> list[float]:
+def send_paced(
+    producer: Producer, topic: str, records: list[tuple[bytes, bytes]], rate: float
+) -> list[float]:
     """Send record i at i/rate s, in the batch that has come due every BATCH_SECONDS;
     return how late each one was handed to the producer (s)."""
     start = time.monotonic()
@@ -196,12 +246,19 @@ def send_paced(producer: Producer, topic: str, records: list[tuple[bytes, bytes]
     return lateness
 
 
-def first_dials(bootstrap: str, topic: str, wanted: set[str], timeout: float,
-                check: Callable[[], None]) -> dict[str, tuple[int, float]]:
+def first_dials(
+    bootstrap: str, topic: str, wanted: set[str], timeout: float, check: Callable[[], None]
+) -> dict[str, tuple[int, float]]:
     """lead_id -> (CreateTime ms, granted_at s) of its first dial command, read from the
     start of `topic` until every wanted lead has one or `timeout` passes."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"latency-{tag()}",
-                         "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"latency-{tag()}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
     found: dict[str, tuple[int, float]] = {}
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -230,8 +287,10 @@ def limit_check(ledger: Path, limit: int) -> dict:
     """Peak live calls per business and placements above the limit, from the ledger."""
     lines = [json.loads(raw) for raw in ledger.read_text().splitlines() if raw.strip()]
     kinds = collections.Counter(line["event"] for line in lines)
-    sweep = sorted((line for line in lines if line["event"] in ("placed", "ended")),
-                   key=lambda line: (line["at"], line["event"] == "placed"))
+    sweep = sorted(
+        (line for line in lines if line["event"] in ("placed", "ended")),
+        key=lambda line: (line["at"], line["event"] == "placed"),
+    )
     live: collections.Counter[str] = collections.Counter()
     peak: collections.Counter[str] = collections.Counter()
     above = 0
@@ -243,11 +302,15 @@ def limit_check(ledger: Path, limit: int) -> dict:
             above += live[business] > limit
         else:
             live[business] -= 1
-    return {"limit": limit, "calls_placed": kinds["placed"],
-            "dialer_refused_late": kinds["refused"], "dialer_duplicates": kinds["duplicate"],
-            "peak_live_per_business_max": max(peak.values(), default=0),
-            "businesses_reaching_limit": sum(n >= limit for n in peak.values()),
-            "moments_above_limit": above}
+    return {
+        "limit": limit,
+        "calls_placed": kinds["placed"],
+        "dialer_refused_late": kinds["refused"],
+        "dialer_duplicates": kinds["duplicate"],
+        "peak_live_per_business_max": max(peak.values(), default=0),
+        "businesses_reaching_limit": sum(n >= limit for n in peak.values()),
+        "moments_above_limit": above,
+    }
 
 
 def ms(values: list[float], q: float) -> float | None:
@@ -260,8 +323,10 @@ def measure(rate: int, args: argparse.Namespace, workdir: Path) -> dict:
     deployment = Deployment(args.bootstrap, args.workers, args.partitions, workdir)
     rng = random.Random(args.seed)
     count = round(rate * args.seconds)
-    records = [lead_record(f"lead-{n:07d}", f"b{rng.randrange(args.businesses):06d}")
-               for n in range(count)]
+    records = [
+        lead_record(f"lead-{n:07d}", f"b{rng.randrange(args.businesses):06d}")
+        for n in range(count)
+    ]
     leads_topic = deployment.topic(LEADS_REQUESTS)
     try:
         deployment.start()
@@ -273,18 +338,27 @@ def measure(rate: int, args: argparse.Namespace, workdir: Path) -> dict:
         sent_at = time.time()
         say(f"{rate}/s: sent; waiting up to {args.drain:g}s for every dial")
         wanted = {f"lead-{n:07d}" for n in range(count)}
-        dials = first_dials(args.bootstrap, deployment.topic(CALLS_DIAL), wanted,
-                            args.drain, deployment.check_alive)
+        dials = first_dials(
+            args.bootstrap,
+            deployment.topic(CALLS_DIAL),
+            wanted,
+            args.drain,
+            deployment.check_alive,
+        )
         waited_until = time.time()
-        leads = {json.loads(value)["lead_id"]: created for created, _, value
-                 in read_all(args.bootstrap, leads_topic, values=True)}
+        leads = {
+            json.loads(value)["lead_id"]: created
+            for created, _, value in read_all(args.bootstrap, leads_topic, values=True)
+        }
     finally:
         deployment.stop()
         delete_topics(args.bootstrap, deployment.prefix)
     leads = {lead: created for lead, created in leads.items() if lead in wanted}
     dials = {lead: dial for lead, dial in dials.items() if lead in leads}
-    latency = {lead: latency_of(lead, created, dials, waited_until)
-               for lead, created in leads.items()}
+    latency = {
+        lead: latency_of(lead, created, dials, waited_until)
+        for lead, created in leads.items()
+    }
     to_grant = [dials[lead][1] * 1000 - leads[lead] for lead in dials]
     to_dial = [created - granted * 1000 for created, granted in dials.values()]
     first = min(leads.values())
@@ -298,27 +372,40 @@ def measure(rate: int, args: argparse.Namespace, workdir: Path) -> dict:
     offered = rates(list(leads.values()))
     achieved = rates([created for created, _ in dials.values()])
     return {
-        "bench": "latency", "offered_per_s_target": rate, "seconds": args.seconds,
-        "businesses": args.businesses, "workers": args.workers,
-        "partitions": args.partitions, "talk_s": TALK_SECONDS,
-        "leads": len(leads), "leads_missing_from_topic": count - len(leads),
+        "bench": "latency",
+        "offered_per_s_target": rate,
+        "seconds": args.seconds,
+        "businesses": args.businesses,
+        "workers": args.workers,
+        "partitions": args.partitions,
+        "talk_s": TALK_SECONDS,
+        "leads": len(leads),
+        "leads_missing_from_topic": count - len(leads),
         "offered_per_s_sustained": offered.get("per_s_sustained"),
         "offered_span_s": offered.get("span_s"),
         "producer_late_ms_p99": ms([s * 1000 for s in lateness], 99),
         "producer_late_ms_max": round(max(lateness) * 1000, 1),
-        "dialed": len(dials), "undialed": undialed,
+        "dialed": len(dials),
+        "undialed": undialed,
         "drain_s": round(waited_until - sent_at, 1),
         "latency_is_lower_bound": undialed > 0,
-        "latency_ms_p50": ms(all_latency, 50), "latency_ms_p90": ms(all_latency, 90),
-        "latency_ms_p99": ms(all_latency, 99), "latency_ms_max": ms(all_latency, 100),
+        "latency_ms_p50": ms(all_latency, 50),
+        "latency_ms_p90": ms(all_latency, 90),
+        "latency_ms_p99": ms(all_latency, 99),
+        "latency_ms_max": ms(all_latency, 100),
         "latency_ms_p50_by_quarter": [ms(q, 50) for q in quarters],
         "undialed_by_quarter": undialed_by_quarter,
-        "lead_to_grant_ms_p50": ms(to_grant, 50), "lead_to_grant_ms_p99": ms(to_grant, 99),
-        "grant_to_dial_ms_p50": ms(to_dial, 50), "grant_to_dial_ms_p99": ms(to_dial, 99),
+        "lead_to_grant_ms_p50": ms(to_grant, 50),
+        "lead_to_grant_ms_p99": ms(to_grant, 99),
+        "grant_to_dial_ms_p50": ms(to_dial, 50),
+        "grant_to_dial_ms_p99": ms(to_dial, 99),
         "dials_per_s_sustained": achieved.get("per_s_sustained"),
         "dials_span_s": achieved.get("span_s"),
-        **limit_check(deployment.ledger, deployment.settings.max_outbound_calls_per_business),
-        "loadavg_1m": round(os.getloadavg()[0], 2), "workdir": str(workdir),
+        **limit_check(
+            deployment.ledger, deployment.settings.max_outbound_calls_per_business
+        ),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+        "workdir": str(workdir),
     }
 
 
@@ -329,55 +416,70 @@ def latency_of(lead: str, created: int, dials: dict, waited_until: float) -> flo
 
 def summary(result: dict) -> str:
     bound = ">= " if result["latency_is_lower_bound"] else ""
-    return (f"{result['offered_per_s_target']:,}/s offered"
-            f" ({result['offered_per_s_sustained']:,}/s produced): {result['dialed']:,}/{result['leads']:,} dialed at"
-            f" {result['dials_per_s_sustained']}/s; latency ms p50 {bound}{result['latency_ms_p50']}"
-            f" p90 {bound}{result['latency_ms_p90']} p99 {bound}{result['latency_ms_p99']}"
-            f" max {bound}{result['latency_ms_max']}, p50 by quarter of the send window"
-            f" {result['latency_ms_p50_by_quarter']} (undialed {result['undialed_by_quarter']});"
-            f" {result['dialer_duplicates']:,} repeated dial commands; peak live per business"
-            f" {result['peak_live_per_business_max']} (limit {result['limit']}),"
-            f" {result['moments_above_limit']} moments above it")
+    return (
+        f"{result['offered_per_s_target']:,}/s offered"
+        f" ({result['offered_per_s_sustained']:,}/s produced): {result['dialed']:,}/{result['leads']:,} dialed at"
+        f" {result['dials_per_s_sustained']}/s; latency ms p50 {bound}{result['latency_ms_p50']}"
+        f" p90 {bound}{result['latency_ms_p90']} p99 {bound}{result['latency_ms_p99']}"
+        f" max {bound}{result['latency_ms_max']}, p50 by quarter of the send window"
+        f" {result['latency_ms_p50_by_quarter']} (undialed {result['undialed_by_quarter']});"
+        f" {result['dialer_duplicates']:,} repeated dial commands; peak live per business"
+        f" {result['peak_live_per_business_max']} (limit {result['limit']}),"
+        f" {result['moments_above_limit']} moments above it"
+    )
 
 
 def markdown(results: list[dict]) -> str:
-    rows = ["| offered leads/s (produced) | leads | dialed | dials/s sustained"
-            " | latency p50 / p90 / p99 / max (ms) | p50 by quarter of the send window (ms)"
-            " | peak live per business | moments above limit |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| offered leads/s (produced) | leads | dialed | dials/s sustained"
+        " | latency p50 / p90 / p99 / max (ms) | p50 by quarter of the send window (ms)"
+        " | peak live per business | moments above limit |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         bound = "≥ " if r["latency_is_lower_bound"] else ""
-        quarters = " / ".join(f"{'≥ ' if undialed else ''}{q:,.0f}" for q, undialed
-                              in zip(r["latency_ms_p50_by_quarter"], r["undialed_by_quarter"])
-                              if q is not None)
+        quarters = " / ".join(
+            f"{'≥ ' if undialed else ''}{q:,.0f}"
+            for q, undialed in zip(r["latency_ms_p50_by_quarter"], r["undialed_by_quarter"])
+            if q is not None
+        )
         rows.append(
             f"| {r['offered_per_s_target']:,} ({r['offered_per_s_sustained']:,})"
             f" | {r['leads']:,} | {r['dialed']:,} | {r['dials_per_s_sustained']}"
             f" | {bound}{r['latency_ms_p50']:,.0f} / {bound}{r['latency_ms_p90']:,.0f} /"
             f" {bound}{r['latency_ms_p99']:,.0f} / {bound}{r['latency_ms_max']:,.0f}"
             f" | {quarters} | {r['peak_live_per_business_max']}"
-            f" (limit {r['limit']}) | {r['moments_above_limit']} |")
+            f" (limit {r['limit']}) | {r['moments_above_limit']} |"
+        )
     first = results[0]
-    rows.append(f"\n{first['workers']} workers, {first['partitions']} partitions,"
-                f" {first['businesses']:,} businesses, {first['seconds']:g} s per load, talk"
-                f" U({first['talk_s'].replace(',', ', ')}) s. \"≥\": leads still without a"
-                " dial at the end of the wait count at their lower bound.")
+    rows.append(
+        f"\n{first['workers']} workers, {first['partitions']} partitions,"
+        f" {first['businesses']:,} businesses, {first['seconds']:g} s per load, talk"
+        f' U({first["talk_s"].replace(",", ", ")}) s. "≥": leads still without a'
+        " dial at the end of the wait count at their lower bound."
+    )
     return "\n".join(rows) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.latency",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--rates", default="500,2000", help="offered loads, leads/s")
     parser.add_argument("--seconds", type=float, default=20, help="send time per load")
     parser.add_argument("--businesses", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--drain", type=float, default=60,
-                        help="longest wait for the dials after the last lead, seconds")
+    parser.add_argument(
+        "--drain",
+        type=float,
+        default=60,
+        help="longest wait for the dials after the last lead, seconds",
+    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the business draw")
     parser.add_argument("--markdown", metavar="PATH", help="also write a table here")
     args = parser.parse_args(argv)

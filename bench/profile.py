@@ -17,13 +17,17 @@ import sys
 
 GROUPS = {
     # first matching group wins, checked leaf-first along the stack
-    "idle (event loop waiting: select/epoll)": re.compile(r"\b(select|poll|_run_once) \(.*selectors\.py"),
+    "idle (event loop waiting: select/epoll)": re.compile(
+        r"\b(select|poll|_run_once) \(.*selectors\.py"
+    ),
     "our core (limiter_table.process)": re.compile(r"limiter_table\.py"),
     "logging (our log lines)": re.compile(r"logging/__init__\.py"),
     "metrics (prometheus_client)": re.compile(r"prometheus_client|streams/metrics\.py"),
     "Faust table set -> changelog send": re.compile(r"faust/tables/|faust/stores/"),
     "aiokafka producer/consumer": re.compile(r"aiokafka/"),
-    "Faust stream/consumer/agent machinery": re.compile(r"faust/(streams|transport|agents|channels|topics)"),
+    "Faust stream/consumer/agent machinery": re.compile(
+        r"faust/(streams|transport|agents|channels|topics)"
+    ),
     "mode / asyncio other": re.compile(r"mode/|asyncio/"),
 }
 
@@ -58,7 +62,8 @@ def summarise(path: str, top: int = 25) -> dict:
             groups["other"] += count
     pct = lambda c: round(100 * c / total, 1)  # noqa: E731
     return {
-        "file": path, "samples": total,
+        "file": path,
+        "samples": total,
         "groups_pct": {k: pct(v) for k, v in groups.most_common()},
         "inclusive_pct": [[f, pct(c)] for f, c in inclusive.most_common(top)],
         "self_pct": [[f, pct(c)] for f, c in own.most_common(top)],
@@ -66,9 +71,11 @@ def summarise(path: str, top: int = 25) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("files", nargs="+")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--json", action="store_true")

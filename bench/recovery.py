@@ -11,7 +11,7 @@ granted at once, so every business holds 1-3 live calls. Like the worker, each f
 key and value is then written to the table's changelog partition of the event that
 last wrote it, JSON-encoded by Faust's own codec: the changelog as compaction would
 leave it (one record per live key). The real worker writes each key once per unit
-(`streams/units.py`), so somewhat more records than that until the broker compacts.
+(`streams/shell/units.py`), so somewhat more records than that until the broker compacts.
 
 Dial timers are set long (DIAL_DEADLINE_SECONDS=3600, DIAL_ACK_TIMEOUT_SECONDS=3000),
 both for the core and the workers, so that no resend or expiry work starts while the
@@ -28,7 +28,7 @@ the state built (their live calls). Then it is SIGKILLed and started again at on
   nothing across a process);
 * rocksdb://: the first start has an empty data dir (cold, replays everything); the
   restart after the SIGKILL keeps its local tables (they hold only what the changelog
-  acknowledged, `streams/units.py`) and reads the changelog only from the offset they
+  acknowledged, `streams/shell/units.py`) and reads the changelog only from the offset they
   applied; it is then stopped cleanly and started once more.
 
 Each worker runs with WORKER_INSTANCE_ID (Kafka static membership), as the shipped
@@ -61,25 +61,35 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aiokafka.partitioner import murmur2
+from confluent_kafka import Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from faust.serializers import codecs
 
-from aiokafka.partitioner import murmur2  # noqa: E402
-from confluent_kafka import Producer  # noqa: E402
-from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
-from faust.serializers import codecs  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    DEFAULT_BOOTSTRAP, PYTHON, REPO, delete_topics, emit, free_port, high_watermark, say,
-    stop_process, tag,
+from bench.common import (
+    DEFAULT_BOOTSTRAP,
+    PYTHON,
+    REPO,
+    delete_topics,
+    emit,
+    free_port,
+    high_watermark,
+    say,
+    stop_process,
+    tag,
 )
-from streams import admin  # noqa: E402
-from streams import limiter_table as core  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.topics import (  # noqa: E402
-    LEADS_REQUESTS, LeadRequest, changelog_topic, producer_config, topic_name,
+from streams import limiter_table as core
+from streams.kafka import admin
+from streams.settings import Settings
+from streams.topics import (
+    LEADS_REQUESTS,
+    LeadRequest,
+    changelog_topic,
+    producer_config,
+    topic_name,
 )
 
 APP_ID = "limiter"
@@ -95,10 +105,14 @@ ASSIGNED_MARK = "Setting newly assigned partitions"
 RESTORED_MARK = "Restore complete!"
 #: Per store, the runs in order: what the run is, and how its worker ends (which is
 #: what the next run starts from).
-RUNS = {"memory://": (("start", "kill"), ("restart after SIGKILL", "stop")),
-        "rocksdb://": (("cold start (empty data dir)", "kill"),
-                       ("restart after SIGKILL (local tables kept)", "stop"),
-                       ("restart after a clean stop", "stop"))}
+RUNS = {
+    "memory://": (("start", "kill"), ("restart after SIGKILL", "stop")),
+    "rocksdb://": (
+        ("cold start (empty data dir)", "kill"),
+        ("restart after SIGKILL (local tables kept)", "stop"),
+        ("restart after a clean stop", "stop"),
+    ),
+}
 
 
 def partition_of(business_id: str, partitions: int) -> int:
@@ -106,9 +120,15 @@ def partition_of(business_id: str, partitions: int) -> int:
     return (murmur2(business_id.encode("utf-8")) & 0x7FFFFFFF) % partitions
 
 
-def build_state(businesses: int, prefix: str, partitions: int, rules: core.Rules,
-                leads_of=lambda rng: rng.randint(1, 3), name: str = "biz-{:06d}",
-                source_topic: str | None = None) -> tuple[dict, dict, dict]:
+def build_state(
+    businesses: int,
+    prefix: str,
+    partitions: int,
+    rules: core.Rules,
+    leads_of=lambda rng: rng.randint(1, 3),
+    name: str = "biz-{:06d}",
+    source_topic: str | None = None,
+) -> tuple[dict, dict, dict]:
     """Request leads_of(rng) leads (default 1-3, so all are granted) for each business
     through the core, as the worker would.
 
@@ -132,8 +152,13 @@ def build_state(businesses: int, prefix: str, partitions: int, rules: core.Rules
         for n in range(count):
             source = core.Source(source_topic, partition, next_offset[partition])
             next_offset[partition] += 1
-            effects = core.process(table.get, LeadRequest(f"L{n}", business_id, PHONE),
-                                   source, time.time(), rules)
+            effects = core.process(
+                table.get,
+                LeadRequest(f"L{n}", business_id, PHONE),
+                source,
+                time.time(),
+                rules,
+            )
             for key, value in effects.writes:
                 if value is None:
                     table.pop(key, None)
@@ -143,23 +168,29 @@ def build_state(businesses: int, prefix: str, partitions: int, rules: core.Rules
                     partition_of_key[key] = partition
             writes += len(effects.writes)
             leads += 1
-    sample = dict(random.Random(2).sample(sorted(live_calls.items()),
-                                          min(SAMPLE, businesses)))
-    return table, partition_of_key, {"leads": leads, "core_writes": writes,
-                                     "sample": sample}
+    sample = dict(
+        random.Random(2).sample(sorted(live_calls.items()), min(SAMPLE, businesses))
+    )
+    return (
+        table,
+        partition_of_key,
+        {"leads": leads, "core_writes": writes, "sample": sample},
+    )
 
 
 def create_changelog(bootstrap: str, topic: str, partitions: int) -> None:
     """The table's changelog, compacted, as Faust would create it."""
     client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    futures = client.create_topics([NewTopic(topic, partitions, 1,
-                                              config={"cleanup.policy": "compact"})])
+    futures = client.create_topics(
+        [NewTopic(topic, partitions, 1, config={"cleanup.policy": "compact"})]
+    )
     for future in futures.values():
         future.result(30)
 
 
-def produce_changelog(bootstrap: str, topic: str, table: dict,
-                      partition_of_key: dict[str, int]) -> int:
+def produce_changelog(
+    bootstrap: str, topic: str, table: dict, partition_of_key: dict[str, int]
+) -> int:
     """Write every key and value as Faust does (its json codec); return the bytes sent."""
     producer = Producer(producer_config(bootstrap, **{"linger.ms": 50}))
     sent = 0
@@ -168,8 +199,9 @@ def produce_changelog(bootstrap: str, topic: str, table: dict,
         sent += len(key_bytes) + len(value_bytes)
         while True:
             try:
-                producer.produce(topic, key=key_bytes, value=value_bytes,
-                                 partition=partition_of_key[key])
+                producer.produce(
+                    topic, key=key_bytes, value=value_bytes, partition=partition_of_key[key]
+                )
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -211,10 +243,15 @@ def log_marks(log_path: Path, started_wall: float) -> dict:
 
 def memory_mb(pid: int) -> dict:
     """Resident memory now and at its peak, from /proc."""
-    fields = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return {"rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
-            "rss_peak_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1)}
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
+    return {
+        "rss_mb": round(int(fields["VmRSS"].split()[0]) / 1024, 1),
+        "rss_peak_mb": round(int(fields["VmHWM"].split()[0]) / 1024, 1),
+    }
 
 
 def dir_mb(path: Path) -> float:
@@ -225,8 +262,13 @@ def dir_mb(path: Path) -> float:
 def worker(env: dict, log_path: Path) -> Iterator[subprocess.Popen]:
     """A `streams worker`, SIGKILLed on the way out unless already gone."""
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([PYTHON, "-m", "streams", "worker", "--loglevel", "info"],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        process = subprocess.Popen(
+            [PYTHON, "-m", "streams", "worker", "--loglevel", "info"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+        )
     try:
         yield process
     finally:
@@ -235,8 +277,14 @@ def worker(env: dict, log_path: Path) -> Iterator[subprocess.Popen]:
             process.wait(30)
 
 
-def time_to_ready(process: subprocess.Popen, base_url: str, probe_business: str,
-                  started: float, timeout: float, log_path: Path) -> dict:
+def time_to_ready(
+    process: subprocess.Popen,
+    base_url: str,
+    probe_business: str,
+    started: float,
+    timeout: float,
+    log_path: Path,
+) -> dict:
     """Poll one business's page until the table is restored (503 -> 200/404)."""
     web_s = None
     while True:
@@ -262,12 +310,20 @@ def check_sample(base_url: str, sample: dict[str, int]) -> str:
     return f"{right}/{len(sample)}"
 
 
-def measure(process: subprocess.Popen, env: dict, log_path: Path, started_wall: float,
-            started: float, sample: dict[str, int], timeout: float) -> dict:
+def measure(
+    process: subprocess.Popen,
+    env: dict,
+    log_path: Path,
+    started_wall: float,
+    started: float,
+    sample: dict[str, int],
+    timeout: float,
+) -> dict:
     """Time a just-started worker to ready, then read its memory and check the sample."""
     base_url = f"http://127.0.0.1:{env['WORKER_WEB_PORT']}"
-    result = time_to_ready(process, base_url, next(iter(sample)), started, timeout,
-                           log_path)
+    result = time_to_ready(
+        process, base_url, next(iter(sample)), started, timeout, log_path
+    )
     result.update(memory_mb(process.pid))
     result.update(log_marks(log_path, started_wall))
     if result["assigned_s"] is not None and result["restored_s"] is not None:
@@ -276,8 +332,14 @@ def measure(process: subprocess.Popen, env: dict, log_path: Path, started_wall: 
     return result
 
 
-def measure_store(store: str, base_env: dict, workdir: Path, changelog: str,
-                  sample: dict[str, int], timeout: float) -> list[dict]:
+def measure_store(
+    store: str,
+    base_env: dict,
+    workdir: Path,
+    changelog: str,
+    sample: dict[str, int],
+    timeout: float,
+) -> list[dict]:
     """The store's RUNS, each started as soon as the one before ended; the last worker
     leaves the group cleanly so the next store's first start does not wait for a dead
     member."""
@@ -292,8 +354,9 @@ def measure_store(store: str, base_env: dict, workdir: Path, changelog: str,
             replayed = high_watermark(env["KAFKA_BOOTSTRAP_SERVERS"], changelog)
             started_wall, started = time.time(), time.monotonic()
             with worker(env, log_path) as process:
-                result = measure(process, env, log_path, started_wall, started, sample,
-                                 timeout)
+                result = measure(
+                    process, env, log_path, started_wall, started, sample, timeout
+                )
                 if ending == "kill":
                     process.kill()
                     process.wait(30)
@@ -304,11 +367,13 @@ def measure_store(store: str, base_env: dict, workdir: Path, changelog: str,
                 result["data_dir_mb"] = dir_mb(data_dir)
             results.append({"bench": "recovery.run", "store": store, "run": run, **result})
             emit(results[-1])
-            say(f"  web {result['web_s']}s, assigned {result['assigned_s']}s, restored"
+            say(
+                f"  web {result['web_s']}s, assigned {result['assigned_s']}s, restored"
                 f" {result['restored_s']}s (replay {result.get('replay_s')}s),"
                 f" ready {result['ready_s']}s,"
                 f" RSS {result['rss_mb']} MB (peak {result['rss_peak_mb']}),"
-                f" sample {result['sample_right']}")
+                f" sample {result['sample_right']}"
+            )
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
     return results
@@ -335,26 +400,42 @@ def markdown(state: dict, runs: list[dict]) -> str:
             f" | {r['web_s']} | {r['assigned_s']} | {r['restored_s']}"
             f" | {r.get('replay_s')} | {r['ready_s']}"
             f" | {r['rss_mb']} | {r['rss_peak_mb']}"
-            f" | {'yes' if r['ready_s'] <= TARGET_SECONDS else 'no'} |")
+            f" | {'yes' if r['ready_s'] <= TARGET_SECONDS else 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--businesses", type=int, default=100_000)
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--stores", default="memory,rocksdb",
-                        help="comma-separated, from memory,rocksdb")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="longest wait for one worker to be ready, seconds")
-    parser.add_argument("--dynamic", action="store_true",
-                        help="no WORKER_INSTANCE_ID: dynamic group membership, so a"
-                             " restarted worker waits out the session timeout")
-    parser.add_argument("--markdown", type=Path, default=None, metavar="PATH",
-                        help="also write the table of results here")
+    parser.add_argument(
+        "--stores", default="memory,rocksdb", help="comma-separated, from memory,rocksdb"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="longest wait for one worker to be ready, seconds",
+    )
+    parser.add_argument(
+        "--dynamic",
+        action="store_true",
+        help="no WORKER_INSTANCE_ID: dynamic group membership, so a"
+        " restarted worker waits out the session timeout",
+    )
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="also write the table of results here",
+    )
     args = parser.parse_args(argv)
     stores = [f"{s.strip()}://" for s in args.stores.split(",") if s.strip()]
     unknown = [s for s in stores if s not in RUNS]
@@ -362,65 +443,89 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown store(s) {', '.join(unknown)}")
     prefix = f"bench{tag()}.recovery."
     workdir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-    env = {**os.environ, **LONG_TIMERS, "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
-           "TOPIC_PREFIX": prefix, "STREAMS_APP_ID": APP_ID,
-           "TOPIC_PARTITIONS": str(args.partitions),
-           # One address for every run: a static member must come back under the
-           # address it had (Faust's assignor asserts it; see README, Operating it).
-           "WORKER_WEB_PORT": str(free_port())}
+    env = {
+        **os.environ,
+        **LONG_TIMERS,
+        "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "STREAMS_APP_ID": APP_ID,
+        "TOPIC_PARTITIONS": str(args.partitions),
+        # One address for every run: a static member must come back under the
+        # address it had (Faust's assignor asserts it; see README, Operating it).
+        "WORKER_WEB_PORT": str(free_port()),
+    }
     env.pop("WORKER_INSTANCE_ID", None)
     if not args.dynamic:
         env["WORKER_INSTANCE_ID"] = f"{prefix}worker-1"
     settings = Settings.from_env(env)
     changelog = changelog_topic(prefix, APP_ID)
-    say(f"{args.businesses:,} businesses, {args.partitions} partitions, prefix {prefix},"
-        f" logs in {workdir}")
+    say(
+        f"{args.businesses:,} businesses, {args.partitions} partitions, prefix {prefix},"
+        f" logs in {workdir}"
+    )
     try:
         admin.create_topics(settings)
         create_changelog(args.bootstrap, changelog, args.partitions)
         began = time.monotonic()
-        table, partition_of_key, figures = build_state(args.businesses, prefix,
-                                                       args.partitions, settings.rules())
+        table, partition_of_key, figures = build_state(
+            args.businesses, prefix, args.partitions, settings.rules()
+        )
         build_s = time.monotonic() - began
         say(f"built {len(table):,} keys from {figures['leads']:,} leads in {build_s:.1f}s")
         began = time.monotonic()
         sent = produce_changelog(args.bootstrap, changelog, table, partition_of_key)
         produce_s = time.monotonic() - began
-        state = {"bench": "recovery.state", "businesses": args.businesses,
-                 "partitions": args.partitions, "leads": figures["leads"],
-                 "changelog_records": len(table), "changelog_bytes": sent,
-                 "changelog_bytes_per_100k_businesses": round(sent * 100_000
-                                                              / args.businesses),
-                 "core_writes": figures["core_writes"], "build_s": round(build_s, 1),
-                 "produce_s": round(produce_s, 1)}
+        state = {
+            "bench": "recovery.state",
+            "businesses": args.businesses,
+            "partitions": args.partitions,
+            "leads": figures["leads"],
+            "changelog_records": len(table),
+            "changelog_bytes": sent,
+            "changelog_bytes_per_100k_businesses": round(sent * 100_000 / args.businesses),
+            "core_writes": figures["core_writes"],
+            "build_s": round(build_s, 1),
+            "produce_s": round(produce_s, 1),
+        }
         del table, partition_of_key
         gc.collect()
         emit(state)
-        say(f"changelog: {state['changelog_records']:,} records,"
-            f" {sent / 1e6:.1f} MB, produced in {produce_s:.1f}s")
+        say(
+            f"changelog: {state['changelog_records']:,} records,"
+            f" {sent / 1e6:.1f} MB, produced in {produce_s:.1f}s"
+        )
         runs = []
         for store in stores:
-            runs += measure_store(store, env, workdir, changelog, figures["sample"],
-                                  args.timeout)
+            runs += measure_store(
+                store, env, workdir, changelog, figures["sample"], args.timeout
+            )
     finally:
         delete_topics(args.bootstrap, prefix)
     after_kill = [r for r in runs if "SIGKILL" in r["run"]]
-    summary = {"bench": "recovery.summary", "businesses": args.businesses,
-               "membership": "dynamic" if args.dynamic else "static",
-               "target_ready_s": TARGET_SECONDS,
-               **{f"ready_s_after_kill_{r['store'].rstrip(':/')}": r["ready_s"]
-                  for r in after_kill},
-               "met": all(r["ready_s"] <= TARGET_SECONDS for r in after_kill)}
+    summary = {
+        "bench": "recovery.summary",
+        "businesses": args.businesses,
+        "membership": "dynamic" if args.dynamic else "static",
+        "target_ready_s": TARGET_SECONDS,
+        **{
+            f"ready_s_after_kill_{r['store'].rstrip(':/')}": r["ready_s"]
+            for r in after_kill
+        },
+        "met": all(r["ready_s"] <= TARGET_SECONDS for r in after_kill),
+    }
     emit(summary)
     table_text = markdown(state, runs)
     if args.markdown:
         args.markdown.write_text(table_text)
     print("\n" + table_text, file=sys.stderr)
     for r in after_kill:
-        print(f"{r['store']} {r['run']}: ready in {r['ready_s']}s (target <="
-              f" {TARGET_SECONDS:.0f}s: {'MET' if r['ready_s'] <= TARGET_SECONDS else 'MISSED'});"
-              f" partitions assigned at {r['assigned_s']}s, changelog replay"
-              f" {r.get('replay_s')}s", file=sys.stderr)
+        print(
+            f"{r['store']} {r['run']}: ready in {r['ready_s']}s (target <="
+            f" {TARGET_SECONDS:.0f}s: {'MET' if r['ready_s'] <= TARGET_SECONDS else 'MISSED'});"
+            f" partitions assigned at {r['assigned_s']}s, changelog replay"
+            f" {r.get('replay_s')}s",
+            file=sys.stderr,
+        )
     print(f"logs in {workdir}", file=sys.stderr)
     return 0
 

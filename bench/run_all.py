@@ -36,9 +36,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(REPO))
 
-from bench.common import DEFAULT_BOOTSTRAP  # noqa: E402
+from bench.common import DEFAULT_BOOTSTRAP
 
 
 def cpu_probe() -> float:
@@ -66,16 +65,25 @@ def machine() -> dict:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    return {"bench": "machine", "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "cpus": os.cpu_count(), "cpu_model": model, "python": platform.python_version(),
-            "kernel": platform.release(), "loadavg_1_5_15": [round(x, 2) for x in load],
-            "cpu_probe_s": cpu_probe(), **mem}
+    return {
+        "bench": "machine",
+        "utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "loadavg_1_5_15": [round(x, 2) for x in load],
+        "cpu_probe_s": cpu_probe(),
+        **mem,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--out", default=None)
     parser.add_argument("--quick", action="store_true")
@@ -89,33 +97,143 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(f"/tmp/bench-work-{stamp}")  # worker logs are large; kept out of the repo
     q = args.quick
     steps = [
-        ("core", py + ["bench.core"] + (["--backlog", "5000", "--cycles", "300", "--repeats", "3",
-                                         "--businesses", "5000"] if q else [])),
-        ("throughput", py + ["bench.throughput", "--bootstrap", args.bootstrap,
-                             "--only", "raw,faust,faust-table1,faust-table5,ours",
-                             "-n", "3000" if q else "20000",
-                             "--variants", "quiet",
-                             "--profile", "3" if q else "8", "--workdir", str(work / "throughput")]),
-        ("seed_poller", py + ["bench.seed_poller", "--bootstrap", args.bootstrap, "--ours",
-                              "--workers", "1", "2",
-                              "--out", str(out / "slot_free.jsonl"), "--businesses"]
-         + (["20", "200", "--leads", "6", "4", "--cap", "60"] if q else
-            ["100", "1000", "10000", "--leads", "12", "6", "4", "--cap", "150"])),
-        ("latency", py + ["bench.latency", "--bootstrap", args.bootstrap, "--rates"]
-         + (["50", "--seconds", "5"] if q else ["50,100,200,500,2000"])),
-        ("scale", py + ["bench.scale", "--bootstrap", args.bootstrap, "--out",
-                        str(out / "scale.jsonl"), "--businesses"]
-         + (["100", "1000", "--probes", "5", "--leads", "12", "--seconds", "15",
-             "--settle", "5"] if q else
-            ["100", "10000", "100000"])),
-        ("recovery", py + ["bench.recovery", "--bootstrap", args.bootstrap, "--businesses",
-                           "2000" if q else "100000"]),
-        ("profile", py + ["bench.profile", str(out / "ours.pyspy.txt"),
-                          str(out / "faust.pyspy.txt"), "--top", "40"]),
-        ("plot", py + ["bench.plot", str(out / "scale.jsonl"), "--bench",
-                       "slot_free_at_scale", "-o", str(out / "slot_free_delay.png")]),
-        ("plot_saturated", py + ["bench.plot", str(out / "slot_free.jsonl"), "-o",
-                                 str(out / "slot_free_saturated.png")]),
+        (
+            "core",
+            py
+            + ["bench.core"]
+            + (
+                [
+                    "--backlog",
+                    "5000",
+                    "--cycles",
+                    "300",
+                    "--repeats",
+                    "3",
+                    "--businesses",
+                    "5000",
+                ]
+                if q
+                else []
+            ),
+        ),
+        (
+            "throughput",
+            py
+            + [
+                "bench.throughput",
+                "--bootstrap",
+                args.bootstrap,
+                "--only",
+                "raw,faust,faust-table1,faust-table5,ours",
+                "-n",
+                "3000" if q else "20000",
+                "--variants",
+                "quiet",
+                "--profile",
+                "3" if q else "8",
+                "--workdir",
+                str(work / "throughput"),
+            ],
+        ),
+        (
+            "seed_poller",
+            py
+            + [
+                "bench.seed_poller",
+                "--bootstrap",
+                args.bootstrap,
+                "--ours",
+                "--workers",
+                "1",
+                "2",
+                "--out",
+                str(out / "slot_free.jsonl"),
+                "--businesses",
+            ]
+            + (
+                ["20", "200", "--leads", "6", "4", "--cap", "60"]
+                if q
+                else ["100", "1000", "10000", "--leads", "12", "6", "4", "--cap", "150"]
+            ),
+        ),
+        (
+            "latency",
+            py
+            + ["bench.latency", "--bootstrap", args.bootstrap, "--rates"]
+            + (["50", "--seconds", "5"] if q else ["50,100,200,500,2000"]),
+        ),
+        (
+            "scale",
+            py
+            + [
+                "bench.scale",
+                "--bootstrap",
+                args.bootstrap,
+                "--out",
+                str(out / "scale.jsonl"),
+                "--businesses",
+            ]
+            + (
+                [
+                    "100",
+                    "1000",
+                    "--probes",
+                    "5",
+                    "--leads",
+                    "12",
+                    "--seconds",
+                    "15",
+                    "--settle",
+                    "5",
+                ]
+                if q
+                else ["100", "10000", "100000"]
+            ),
+        ),
+        (
+            "recovery",
+            py
+            + [
+                "bench.recovery",
+                "--bootstrap",
+                args.bootstrap,
+                "--businesses",
+                "2000" if q else "100000",
+            ],
+        ),
+        (
+            "profile",
+            py
+            + [
+                "bench.profile",
+                str(out / "ours.pyspy.txt"),
+                str(out / "faust.pyspy.txt"),
+                "--top",
+                "40",
+            ],
+        ),
+        (
+            "plot",
+            py
+            + [
+                "bench.plot",
+                str(out / "scale.jsonl"),
+                "--bench",
+                "slot_free_at_scale",
+                "-o",
+                str(out / "slot_free_delay.png"),
+            ],
+        ),
+        (
+            "plot_saturated",
+            py
+            + [
+                "bench.plot",
+                str(out / "slot_free.jsonl"),
+                "-o",
+                str(out / "slot_free_saturated.png"),
+            ],
+        ),
     ]
     skip = {s for s in args.skip.split(",") if s}
     with open(results, "a") as jsonl, open(out / "commands.txt", "a") as commands:
@@ -131,8 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"# {name}: {shown}", file=sys.stderr, flush=True)
             probe = cpu_probe()
             began = time.monotonic()
-            with open(out / f"{name}.out", "w") as stdout, open(out / f"{name}.err", "w") as stderr:
-                code = subprocess.run(command, cwd=REPO, stdout=stdout, stderr=stderr).returncode
+            with (
+                open(out / f"{name}.out", "w") as stdout,
+                open(out / f"{name}.err", "w") as stderr,
+            ):
+                code = subprocess.run(
+                    command, cwd=REPO, stdout=stdout, stderr=stderr
+                ).returncode
             seconds = time.monotonic() - began
             if name == "throughput":
                 for profile in (work / "throughput").glob("*.pyspy.txt"):
@@ -140,8 +263,14 @@ def main(argv: list[str] | None = None) -> int:
             for line in (out / f"{name}.out").read_text().splitlines():
                 if line.startswith("{"):
                     jsonl.write(line + "\n")
-            status = {"bench": "step", "step": name, "exit": code, "seconds": round(seconds, 1),
-                      "cpu_probe_s_before": probe, "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()]}
+            status = {
+                "bench": "step",
+                "step": name,
+                "exit": code,
+                "seconds": round(seconds, 1),
+                "cpu_probe_s_before": probe,
+                "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+            }
             jsonl.write(json.dumps(status) + "\n")
             jsonl.flush()
             print(json.dumps(status), flush=True)

@@ -28,7 +28,7 @@ and the dialer's share of the delay stalled in bursts of 40-130 ms, cause not fo
 (bench/RESULTS.md, run 4); a real worker's changelog grows over days. `--settle 0`
 measures those seconds too.
 
-Seed: `outbound_call_jobs` on PostgreSQL (tests/postgres.py) with 3 'calling' rows and
+Seed: `outbound_call_jobs` on PostgreSQL (tests/support/postgres.py) with 3 'calling' rows and
 1 'queued' row per idle business and the probes' queued rows; one poller
 (`bench/seed_poller.py`, a pass over every business with queued rows, 1 s apart) and the
 telephony process. The verification-query sampler is left out here: it would load the
@@ -58,19 +58,34 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
-    DEFAULT_BOOTSTRAP, PYTHON, REPO, delete_topics, emit, free_port, say, stop_process,
+from bench.common import (
+    DEFAULT_BOOTSTRAP,
+    PYTHON,
+    REPO,
+    delete_topics,
+    emit,
+    free_port,
+    say,
+    stop_process,
     tag,
 )
-from bench.recovery import (  # noqa: E402
-    LONG_TIMERS, build_state, create_changelog, memory_mb, produce_changelog,
+from bench.recovery import (
+    LONG_TIMERS,
+    build_state,
+    create_changelog,
+    memory_mb,
+    produce_changelog,
     time_to_ready,
 )
-from bench.seed_poller import SCHEMA, _connect, poller, telephony  # noqa: E402
-from bench.slot_free import (  # noqa: E402
-    ANSWER_RATIO, LIMIT, RING, analyse, call_seconds, ledger_times, record_times,
+from bench.seed_poller import SCHEMA, _connect, poller, telephony
+from bench.slot_free import (
+    ANSWER_RATIO,
+    LIMIT,
+    RING,
+    analyse,
+    call_seconds,
+    ledger_times,
+    record_times,
     split_delay,
 )
 
@@ -81,8 +96,15 @@ PROBE = "probe-{:03d}"
 IDLE = "idle-{:06d}"
 
 
-def run_seed(url: str, businesses: int, probes: int, leads: int, seconds: float,
-             interval: float = 1.0, seed: int = 7) -> dict:
+def run_seed(
+    url: str,
+    businesses: int,
+    probes: int,
+    leads: int,
+    seconds: float,
+    interval: float = 1.0,
+    seed: int = 7,
+) -> dict:
     conn = _connect(url)
     conn.execute("DROP TABLE IF EXISTS outbound_call_jobs")
     conn.execute(SCHEMA)
@@ -90,8 +112,10 @@ def run_seed(url: str, businesses: int, probes: int, leads: int, seconds: float,
     began_load = time.monotonic()
     now = dt.datetime.now(dt.timezone.utc)
     with conn.cursor() as cur:
-        with cur.copy("COPY outbound_call_jobs (business_id, lead_id, status, ring_s,"
-                      " length_s, started_at) FROM STDIN") as copy:
+        with cur.copy(
+            "COPY outbound_call_jobs (business_id, lead_id, status, ring_s,"
+            " length_s, started_at) FROM STDIN"
+        ) as copy:
             for i in range(businesses - probes):
                 business = IDLE.format(i)
                 for n in range(LIMIT):
@@ -100,14 +124,24 @@ def run_seed(url: str, businesses: int, probes: int, leads: int, seconds: float,
             for n in range(leads):
                 for p in range(probes):
                     length = call_seconds(rng, TALK)
-                    copy.write_row((PROBE.format(p), f"l{n:04d}", "queued",
-                                    min(length, 0.6), length, None))
+                    copy.write_row(
+                        (
+                            PROBE.format(p),
+                            f"l{n:04d}",
+                            "queued",
+                            min(length, 0.6),
+                            length,
+                            None,
+                        )
+                    )
     conn.execute("ANALYZE outbound_call_jobs")
     load_s = time.monotonic() - began_load
     ctx = mp.get_context("fork")
     stop = ctx.Event()
-    procs = [ctx.Process(target=telephony, args=(url, stop)),
-             ctx.Process(target=poller, args=(url, 1, interval, 0.0, stop))]
+    procs = [
+        ctx.Process(target=telephony, args=(url, stop)),
+        ctx.Process(target=poller, args=(url, 1, interval, 0.0, stop)),
+    ]
     for p in procs:
         p.start()
     time.sleep(seconds)
@@ -117,33 +151,56 @@ def run_seed(url: str, businesses: int, probes: int, leads: int, seconds: float,
         p.join(60)
     placed, ended = collections.defaultdict(list), collections.defaultdict(list)
     for business, started, finished in conn.execute(
-            "SELECT business_id, extract(epoch FROM started_at), extract(epoch FROM ended_at)"
-            " FROM outbound_call_jobs WHERE started_at IS NOT NULL"
-            " AND business_id LIKE 'probe-%%'"):
+        "SELECT business_id, extract(epoch FROM started_at), extract(epoch FROM ended_at)"
+        " FROM outbound_call_jobs WHERE started_at IS NOT NULL"
+        " AND business_id LIKE 'probe-%%'"
+    ):
         placed[business].append(float(started))
         if finished is not None:
             ended[business].append(float(finished))
     conn.close()
-    return {**analyse(placed, ended, leads, float(stopped_at)), "system": "seed-1-poller",
-            "load_s": round(load_s, 1)}
+    return {
+        **analyse(placed, ended, leads, float(stopped_at)),
+        "system": "seed-1-poller",
+        "load_s": round(load_s, 1),
+    }
 
 
-def run_ours(bootstrap: str, businesses: int, probes: int, leads: int, seconds: float,
-             workdir: Path, partitions: int = 8, seed: int = 7, settle: float = 0.0) -> dict:
+def run_ours(
+    bootstrap: str,
+    businesses: int,
+    probes: int,
+    leads: int,
+    seconds: float,
+    workdir: Path,
+    partitions: int = 8,
+    seed: int = 7,
+    settle: float = 0.0,
+) -> dict:
     from confluent_kafka import Producer
 
-    from streams import admin
+    from streams.dialers.simulated import SimulatedDialer
+    from streams.kafka import admin
     from streams.settings import Settings
-    from streams.simdialer import SimulatedDialer
     from streams.topics import (
-        LEADS_REQUESTS, changelog_topic, producer_config, record_key, topic_name,
+        LEADS_REQUESTS,
+        changelog_topic,
+        producer_config,
+        record_key,
+        topic_name,
     )
 
     prefix = f"bench{tag()}.scale."
-    env = {**os.environ, **LONG_TIMERS, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "TOPIC_PREFIX": prefix, "STREAMS_APP_ID": "limiter",
-           "TOPIC_PARTITIONS": str(partitions), "WORKER_WEB_PORT": str(free_port()),
-           "STREAMS_DATA_DIR": str(workdir / "data")}
+    env = {
+        **os.environ,
+        **LONG_TIMERS,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "STREAMS_APP_ID": "limiter",
+        "TOPIC_PARTITIONS": str(partitions),
+        "WORKER_WEB_PORT": str(free_port()),
+        "STREAMS_DATA_DIR": str(workdir / "data"),
+    }
     env.pop("WORKER_INSTANCE_ID", None)
     settings = Settings.from_env(env)
     changelog = changelog_topic(prefix, "limiter")
@@ -152,8 +209,14 @@ def run_ours(bootstrap: str, businesses: int, probes: int, leads: int, seconds: 
         create_changelog(bootstrap, changelog, partitions)
         began_load = time.monotonic()
         table, partition_of_key, _ = build_state(
-            businesses - probes, prefix, partitions, settings.rules(),
-            leads_of=lambda rng: LIMIT + 1, name=IDLE, source_topic=f"{prefix}preloaded")
+            businesses - probes,
+            prefix,
+            partitions,
+            settings.rules(),
+            leads_of=lambda rng: LIMIT + 1,
+            name=IDLE,
+            source_topic=f"{prefix}preloaded",
+        )
         records = len(table)
         produce_changelog(bootstrap, changelog, table, partition_of_key)
         probe_idle = next(iter(k for k in table if k.startswith("b\x1f")), None)
@@ -161,19 +224,34 @@ def run_ours(bootstrap: str, businesses: int, probes: int, leads: int, seconds: 
         ledger = workdir / "dialer.jsonl"
         log_path = workdir / "worker.log"
         with open(log_path, "wb") as log:
-            worker = subprocess.Popen([PYTHON, "-m", "streams", "worker"], env=env,
-                                      stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+            worker = subprocess.Popen(
+                [PYTHON, "-m", "streams", "worker"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
         try:
             started = time.monotonic()
-            ready = time_to_ready(worker, f"http://127.0.0.1:{env['WORKER_WEB_PORT']}",
-                                  probe_idle.split("\x1f")[1] if probe_idle else "none",
-                                  started, 900, log_path)
+            ready = time_to_ready(
+                worker,
+                f"http://127.0.0.1:{env['WORKER_WEB_PORT']}",
+                probe_idle.split("\x1f")[1] if probe_idle else "none",
+                started,
+                900,
+                log_path,
+            )
             memory = memory_mb(worker.pid)
             load_s = time.monotonic() - began_load
             time.sleep(settle)
-            dialer = SimulatedDialer(settings, seed=seed, talk_seconds=TALK,
-                                     ring_seconds=RING, answer_ratio=ANSWER_RATIO,
-                                     ledger_path=ledger)
+            dialer = SimulatedDialer(
+                settings,
+                seed=seed,
+                talk_seconds=TALK,
+                ring_seconds=RING,
+                answer_ratio=ANSWER_RATIO,
+                ledger_path=ledger,
+            )
             stop = threading.Event()
             thread = threading.Thread(target=dialer.run, args=(stop,), daemon=True)
             thread.start()
@@ -182,9 +260,17 @@ def run_ours(bootstrap: str, businesses: int, probes: int, leads: int, seconds: 
             for n in range(leads):
                 for p in range(probes):
                     business = PROBE.format(p)
-                    producer.produce(topic, key=record_key(business), value=json.dumps(
-                        {"lead_id": f"l{n:04d}", "business_id": business,
-                         "phone": "+14155550100"}).encode())
+                    producer.produce(
+                        topic,
+                        key=record_key(business),
+                        value=json.dumps(
+                            {
+                                "lead_id": f"l{n:04d}",
+                                "business_id": business,
+                                "phone": "+14155550100",
+                            }
+                        ).encode(),
+                    )
             assert producer.flush(60) == 0
             time.sleep(seconds)
             stopped_at = time.time()
@@ -197,18 +283,29 @@ def run_ours(bootstrap: str, businesses: int, probes: int, leads: int, seconds: 
     finally:
         delete_topics(bootstrap, prefix)
     placed, ended = ledger_times(ledger)
-    return {**analyse({b: [t for t, _ in v] for b, v in placed.items()},
-                      {b: [t for t, _ in v] for b, v in ended.items()}, leads, stopped_at),
-            **split_delay(placed, ended, leads, status_times, dial_times), "system": "ours",
-            "changelog_records": records, "worker_ready_s": ready["ready_s"],
-            "load_s": round(load_s, 1), "worker_rss_mb": memory["rss_mb"],
-            "dialer_duplicates": snap["duplicates"]}
+    return {
+        **analyse(
+            {b: [t for t, _ in v] for b, v in placed.items()},
+            {b: [t for t, _ in v] for b, v in ended.items()},
+            leads,
+            stopped_at,
+        ),
+        **split_delay(placed, ended, leads, status_times, dial_times),
+        "system": "ours",
+        "changelog_records": records,
+        "worker_ready_s": ready["ready_s"],
+        "load_s": round(load_s, 1),
+        "worker_rss_mb": memory["rss_mb"],
+        "dialer_duplicates": snap["duplicates"],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--businesses", type=int, nargs="+", default=[100, 10_000, 100_000])
     parser.add_argument("--systems", default="seed,ours")
     parser.add_argument("--probes", type=int, default=20)
@@ -216,9 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=60, help="measured run, seconds")
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
-    parser.add_argument("--settle", type=float, default=30.0,
-                        help="ours: seconds to wait between the worker being ready and the"
-                             " probes' leads")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=30.0,
+        help="ours: seconds to wait between the worker being ready and the probes' leads",
+    )
     args = parser.parse_args(argv)
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     if set(systems) - {"seed", "ours"}:
@@ -229,25 +329,41 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     server = None
     if "seed" in systems:
-        sys.path.insert(0, str(REPO / "tests"))
-        from postgres import start_postgres
+        from tests.support.postgres import start_postgres
+
         server = start_postgres()
         url = server.url.replace("postgresql+psycopg://", "postgresql://")
     try:
         for businesses in args.businesses:
             for system in systems:
-                say(f"{system}: {businesses:,} businesses ({args.probes} probes x"
-                    f" {args.leads} leads), {args.seconds:g} s")
+                say(
+                    f"{system}: {businesses:,} businesses ({args.probes} probes x"
+                    f" {args.leads} leads), {args.seconds:g} s"
+                )
                 if system == "seed":
-                    result = run_seed(url, businesses, args.probes, args.leads, args.seconds)
+                    result = run_seed(
+                        url, businesses, args.probes, args.leads, args.seconds
+                    )
                 else:
                     workdir = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-                    result = run_ours(args.bootstrap, businesses, args.probes, args.leads,
-                                      args.seconds, workdir, settle=args.settle)
-                result = {"bench": "slot_free_at_scale", "businesses": businesses,
-                          "probes": args.probes, "leads_per_probe": args.leads,
-                          "seconds": args.seconds,
-                          **({"settle_s": args.settle} if system == "ours" else {}), **result}
+                    result = run_ours(
+                        args.bootstrap,
+                        businesses,
+                        args.probes,
+                        args.leads,
+                        args.seconds,
+                        workdir,
+                        settle=args.settle,
+                    )
+                result = {
+                    "bench": "slot_free_at_scale",
+                    "businesses": businesses,
+                    "probes": args.probes,
+                    "leads_per_probe": args.leads,
+                    "seconds": args.seconds,
+                    **({"settle_s": args.settle} if system == "ours" else {}),
+                    **result,
+                }
                 emit(result)
                 results.append(result)
                 if out:
@@ -258,15 +374,19 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
         if out:
             out.close()
-    print("\nslot-free -> next dial of the probe businesses, same load at every size:",
-          file=sys.stderr)
+    print(
+        "\nslot-free -> next dial of the probe businesses, same load at every size:",
+        file=sys.stderr,
+    )
     for r in results:
-        print(f"  {r['system']:>14} @ {r['businesses']:>7,} businesses:"
-              f" p50 {r['slot_free_ms_p50']} ms, p99 {r['slot_free_ms_p99']} ms"
-              f" ({r['slot_free_samples']} refills, {r['slot_free_censored']} pending at"
-              f" the end), {r['grants_per_s_sustained']} grants/s"
-              + (f", worker {r['worker_rss_mb']} MB" if "worker_rss_mb" in r else ""),
-              file=sys.stderr)
+        print(
+            f"  {r['system']:>14} @ {r['businesses']:>7,} businesses:"
+            f" p50 {r['slot_free_ms_p50']} ms, p99 {r['slot_free_ms_p99']} ms"
+            f" ({r['slot_free_samples']} refills, {r['slot_free_censored']} pending at"
+            f" the end), {r['grants_per_s_sustained']} grants/s"
+            + (f", worker {r['worker_rss_mb']} MB" if "worker_rss_mb" in r else ""),
+            file=sys.stderr,
+        )
     return 0
 
 

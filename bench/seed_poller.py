@@ -27,7 +27,7 @@ transaction around count-and-start (the note shows none), autocommit. Here:
 
   a "moment above the limit" is a sample in which some business has more than 3.
 All times are PostgreSQL's clock_timestamp(). PostgreSQL is a throwaway cluster from
-Debian's package, started with tests/postgres.py (fsync off).
+Debian's package, started with tests/support/postgres.py (fsync off).
 
 Reported per (design, businesses): grants/s sustained, slot-free -> next dial p50/p99
 (see bench/slot_free.py for the definition), moments above the limit (sampled) and the
@@ -44,17 +44,14 @@ import argparse
 import collections
 import json
 import multiprocessing as mp
-import os
 import random
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import DEFAULT_BOOTSTRAP, emit, say  # noqa: E402
-from bench.slot_free import LIMIT, analyse, call_seconds, run_ours  # noqa: E402
+from bench.common import DEFAULT_BOOTSTRAP, emit, say
+from bench.slot_free import LIMIT, analyse, call_seconds, run_ours
 
 SCHEMA = """
 CREATE TABLE outbound_call_jobs (
@@ -74,18 +71,27 @@ CREATE INDEX jobs_business_status ON outbound_call_jobs (business_id, status);
 CREATE INDEX jobs_status ON outbound_call_jobs (status);
 """
 
-COUNT_ACTIVE = ("SELECT COUNT(*) FROM outbound_call_jobs"
-                " WHERE business_id = %s AND status IN ('dialing', 'calling')")
-NEXT_QUEUED = ("SELECT id FROM outbound_call_jobs WHERE business_id = %s"
-               " AND status = 'queued' ORDER BY id LIMIT 1")
-START = ("UPDATE outbound_call_jobs SET status = 'dialing', started_at = clock_timestamp(),"
-         " started_by = %s WHERE id = %s AND status = 'queued'")
-VERIFY = ("SELECT business_id, COUNT(*) FROM outbound_call_jobs"
-          " WHERE status IN ('dialing','calling') GROUP BY business_id")
+COUNT_ACTIVE = (
+    "SELECT COUNT(*) FROM outbound_call_jobs"
+    " WHERE business_id = %s AND status IN ('dialing', 'calling')"
+)
+NEXT_QUEUED = (
+    "SELECT id FROM outbound_call_jobs WHERE business_id = %s"
+    " AND status = 'queued' ORDER BY id LIMIT 1"
+)
+START = (
+    "UPDATE outbound_call_jobs SET status = 'dialing', started_at = clock_timestamp(),"
+    " started_by = %s WHERE id = %s AND status = 'queued'"
+)
+VERIFY = (
+    "SELECT business_id, COUNT(*) FROM outbound_call_jobs"
+    " WHERE status IN ('dialing','calling') GROUP BY business_id"
+)
 
 
 def _connect(url: str):
     import psycopg
+
     return psycopg.connect(url, autocommit=True)
 
 
@@ -95,8 +101,12 @@ def poller(url: str, who: int, interval: float, delay: float, stop) -> None:
     time.sleep(delay)
     passes = 0
     while not stop.is_set():
-        businesses = [r[0] for r in conn.execute(
-            "SELECT DISTINCT business_id FROM outbound_call_jobs WHERE status = 'queued'")]
+        businesses = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT business_id FROM outbound_call_jobs WHERE status = 'queued'"
+            )
+        ]
         if who == 2:
             businesses.reverse()  # the other code path walks its runs in its own order
         for business in businesses:
@@ -118,13 +128,17 @@ def telephony(url: str, stop) -> None:
     """Calls get answered and end on their own schedule; the table hears it at once."""
     conn = _connect(url)
     while not stop.is_set():
-        conn.execute("UPDATE outbound_call_jobs SET status = 'calling',"
-                     " answered_at = clock_timestamp() WHERE status = 'dialing'"
-                     " AND started_at + make_interval(secs => ring_s) <= clock_timestamp()"
-                     " AND ring_s < length_s")
-        conn.execute("UPDATE outbound_call_jobs SET status = 'completed',"
-                     " ended_at = clock_timestamp() WHERE status IN ('dialing', 'calling')"
-                     " AND started_at + make_interval(secs => length_s) <= clock_timestamp()")
+        conn.execute(
+            "UPDATE outbound_call_jobs SET status = 'calling',"
+            " answered_at = clock_timestamp() WHERE status = 'dialing'"
+            " AND started_at + make_interval(secs => ring_s) <= clock_timestamp()"
+            " AND ring_s < length_s"
+        )
+        conn.execute(
+            "UPDATE outbound_call_jobs SET status = 'completed',"
+            " ended_at = clock_timestamp() WHERE status IN ('dialing', 'calling')"
+            " AND started_at + make_interval(secs => length_s) <= clock_timestamp()"
+        )
         stop.wait(0.01)
     conn.close()
 
@@ -145,13 +159,26 @@ def sampler(url: str, stop, results) -> None:
         worst = max([worst] + [n for _, n in rows])
         stop.wait(0.005)
     conn.close()
-    results.put({"samples": samples, "samples_above_limit": over,
-                 "sampled_max_active": worst,
-                 "sampled_businesses_above_limit": len(over_businesses)})
+    results.put(
+        {
+            "samples": samples,
+            "samples_above_limit": over,
+            "sampled_max_active": worst,
+            "sampled_businesses_above_limit": len(over_businesses),
+        }
+    )
 
 
-def run_seed(url: str, businesses: int, leads: int, talk: tuple[float, float], pollers: int,
-             interval: float, cap_seconds: float, seed: int = 7) -> dict:
+def run_seed(
+    url: str,
+    businesses: int,
+    leads: int,
+    talk: tuple[float, float],
+    pollers: int,
+    interval: float,
+    cap_seconds: float,
+    seed: int = 7,
+) -> dict:
     conn = _connect(url)
     conn.execute("DROP TABLE IF EXISTS outbound_call_jobs")
     conn.execute(SCHEMA)
@@ -162,27 +189,34 @@ def run_seed(url: str, businesses: int, leads: int, talk: tuple[float, float], p
             length = call_seconds(rng, talk)
             rows.append((f"b{b:06d}", f"l{n:04d}", min(length, 0.6), length))
     with conn.cursor() as cur:
-        with cur.copy("COPY outbound_call_jobs (business_id, lead_id, ring_s, length_s)"
-                      " FROM STDIN") as copy:
+        with cur.copy(
+            "COPY outbound_call_jobs (business_id, lead_id, ring_s, length_s) FROM STDIN"
+        ) as copy:
             for row in rows:
                 copy.write_row(row)
     conn.execute("ANALYZE outbound_call_jobs")
     ctx = mp.get_context("fork")
     stop = ctx.Event()
     results = ctx.Queue()
-    procs = [ctx.Process(target=telephony, args=(url, stop)),
-             ctx.Process(target=sampler, args=(url, stop, results))]
-    procs += [ctx.Process(target=poller, args=(url, who, interval, (who - 1) * interval / 2,
-                                               stop))
-              for who in range(1, pollers + 1)]
+    procs = [
+        ctx.Process(target=telephony, args=(url, stop)),
+        ctx.Process(target=sampler, args=(url, stop, results)),
+    ]
+    procs += [
+        ctx.Process(
+            target=poller, args=(url, who, interval, (who - 1) * interval / 2, stop)
+        )
+        for who in range(1, pollers + 1)
+    ]
     began = time.monotonic()
     for p in procs:
         p.start()
     total = businesses * leads
     while time.monotonic() - began < cap_seconds:
         time.sleep(0.5)
-        done = conn.execute("SELECT COUNT(*) FROM outbound_call_jobs"
-                            " WHERE status = 'completed'").fetchone()[0]
+        done = conn.execute(
+            "SELECT COUNT(*) FROM outbound_call_jobs WHERE status = 'completed'"
+        ).fetchone()[0]
         if done >= total:
             break
     stopped_at = conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0]
@@ -193,39 +227,69 @@ def run_seed(url: str, businesses: int, leads: int, talk: tuple[float, float], p
     placed, ended = collections.defaultdict(list), collections.defaultdict(list)
     completed = 0
     for business, started, finished in conn.execute(
-            "SELECT business_id, extract(epoch FROM started_at), extract(epoch FROM ended_at)"
-            " FROM outbound_call_jobs WHERE started_at IS NOT NULL"):
+        "SELECT business_id, extract(epoch FROM started_at), extract(epoch FROM ended_at)"
+        " FROM outbound_call_jobs WHERE started_at IS NOT NULL"
+    ):
         placed[business].append(float(started))
         if finished is not None:
             ended[business].append(float(finished))
             completed += 1
     conn.close()
     result = analyse(placed, ended, leads, float(stopped_at))
-    result.update(system=f"seed-{pollers}-poller{'s' if pollers > 1 else ''}",
-                  businesses=businesses, leads_per_business=leads, talk_s=list(talk),
-                  poll_interval_s=interval, ran_s=round(time.monotonic() - began, 1),
-                  completed=completed, offered=total, **sampled)
+    result.update(
+        system=f"seed-{pollers}-poller{'s' if pollers > 1 else ''}",
+        businesses=businesses,
+        leads_per_business=leads,
+        talk_s=list(talk),
+        poll_interval_s=interval,
+        ran_s=round(time.monotonic() - began, 1),
+        completed=completed,
+        offered=total,
+        **sampled,
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--businesses", type=int, nargs="+", default=[100, 10_000])
-    parser.add_argument("--leads", type=int, nargs="+", default=None,
-                        help="leads per business, one per --businesses value"
-                             " (default: 12 for <= 1000 businesses, else 4)")
+    parser.add_argument(
+        "--leads",
+        type=int,
+        nargs="+",
+        default=None,
+        help="leads per business, one per --businesses value"
+        " (default: 12 for <= 1000 businesses, else 4)",
+    )
     parser.add_argument("--pollers", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between passes")
-    parser.add_argument("--talk", type=float, nargs=2, default=(5.0, 15.0),
-                        help="talk time range of answered calls, seconds")
+    parser.add_argument(
+        "--interval", type=float, default=1.0, help="seconds between passes"
+    )
+    parser.add_argument(
+        "--talk",
+        type=float,
+        nargs=2,
+        default=(5.0, 15.0),
+        help="talk time range of answered calls, seconds",
+    )
     parser.add_argument("--cap", type=float, default=150, help="longest run, seconds")
-    parser.add_argument("--ours", action="store_true",
-                        help="also run our worker + simulated dialer on the same workload")
+    parser.add_argument(
+        "--ours",
+        action="store_true",
+        help="also run our worker + simulated dialer on the same workload",
+    )
     parser.add_argument("--only-ours", action="store_true")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1],
-                        help="ours: run once per worker count given (one group each)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="ours: run once per worker count given (one group each)",
+    )
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--out", default=None, help="also append the JSON lines here")
     args = parser.parse_args(argv)
@@ -244,8 +308,8 @@ def main(argv: list[str] | None = None) -> int:
 
     server = None
     if not args.only_ours:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-        from postgres import start_postgres
+        from tests.support.postgres import start_postgres
+
         server = start_postgres()
         url = server.url.replace("postgresql+psycopg://", "postgresql://")
         say(f"PostgreSQL on port {server.port}")
@@ -254,15 +318,29 @@ def main(argv: list[str] | None = None) -> int:
             if server is not None:
                 for pollers in args.pollers:
                     say(f"seed, {pollers} poller(s): {businesses} businesses x {per} leads")
-                    record(run_seed(url, businesses, per, talk, pollers, args.interval,
-                                    args.cap))
+                    record(
+                        run_seed(
+                            url, businesses, per, talk, pollers, args.interval, args.cap
+                        )
+                    )
             if args.ours or args.only_ours:
                 for workers in args.workers:
-                    say(f"ours, {workers} worker(s): {businesses} businesses x {per} leads"
-                        f" on {args.bootstrap}")
+                    say(
+                        f"ours, {workers} worker(s): {businesses} businesses x {per} leads"
+                        f" on {args.bootstrap}"
+                    )
                     workdir = Path(tempfile.mkdtemp(prefix="bench-slot-"))
-                    record(run_ours(args.bootstrap, businesses, per, talk, args.cap, workdir,
-                                    workers=workers))
+                    record(
+                        run_ours(
+                            args.bootstrap,
+                            businesses,
+                            per,
+                            talk,
+                            args.cap,
+                            workdir,
+                            workers=workers,
+                        )
+                    )
     finally:
         if server is not None:
             server.stop()
@@ -270,24 +348,32 @@ def main(argv: list[str] | None = None) -> int:
             out.close()
     print("\nslot-free -> next dial, grants/s, moments above the limit:")
     for r in results:
-        sampled = (f"; {r['samples_above_limit']}/{r['samples']} verification samples above"
-                   f" the limit" if "samples" in r else "")
-        print(f"  {r['system']:>15} @ {r['businesses']:>6,} businesses x"
-              f" {r['leads_per_business']} leads: {r['grants_per_s_sustained']} grants/s,"
-              f" delay p50 {r['slot_free_ms_p50']} ms p99 {r['slot_free_ms_p99']} ms"
-              f" ({r['slot_free_samples']} samples, {r['slot_free_censored']} censored;"
-              f" after the first {r['steady_after_s']:g}s: p50 {r['steady_slot_free_ms_p50']}"
-              f" p99 {r['steady_slot_free_ms_p99']} ms, {r['steady_samples']} samples),"
-              f" true peak {r['true_peak_concurrency']}, {r['businesses_over_limit']}"
-              f" businesses over the limit{sampled}; {r['completed']}/{r['offered']}"
-              f" calls ended in {r['ran_s']}s")
+        sampled = (
+            f"; {r['samples_above_limit']}/{r['samples']} verification samples above"
+            f" the limit"
+            if "samples" in r
+            else ""
+        )
+        print(
+            f"  {r['system']:>15} @ {r['businesses']:>6,} businesses x"
+            f" {r['leads_per_business']} leads: {r['grants_per_s_sustained']} grants/s,"
+            f" delay p50 {r['slot_free_ms_p50']} ms p99 {r['slot_free_ms_p99']} ms"
+            f" ({r['slot_free_samples']} samples, {r['slot_free_censored']} censored;"
+            f" after the first {r['steady_after_s']:g}s: p50 {r['steady_slot_free_ms_p50']}"
+            f" p99 {r['steady_slot_free_ms_p99']} ms, {r['steady_samples']} samples),"
+            f" true peak {r['true_peak_concurrency']}, {r['businesses_over_limit']}"
+            f" businesses over the limit{sampled}; {r['completed']}/{r['offered']}"
+            f" calls ended in {r['ran_s']}s"
+        )
         if r.get("split_worker_ms_p50") is not None:
-            print(f"  {'':>15}   ours' delay split p50/p99 ms: dialer out"
-                  f" {r['split_dialer_out_ms_p50']}/{r['split_dialer_out_ms_p99']},"
-                  f" worker {r['split_worker_ms_p50']}/{r['split_worker_ms_p99']},"
-                  f" dialer in {r['split_dialer_in_ms_p50']}/{r['split_dialer_in_ms_p99']};"
-                  f" worker after the first {r['steady_after_s']:g}s"
-                  f" {r['split_steady_worker_ms_p50']}/{r['split_steady_worker_ms_p99']}")
+            print(
+                f"  {'':>15}   ours' delay split p50/p99 ms: dialer out"
+                f" {r['split_dialer_out_ms_p50']}/{r['split_dialer_out_ms_p99']},"
+                f" worker {r['split_worker_ms_p50']}/{r['split_worker_ms_p99']},"
+                f" dialer in {r['split_dialer_in_ms_p50']}/{r['split_dialer_in_ms_p99']};"
+                f" worker after the first {r['steady_after_s']:g}s"
+                f" {r['split_steady_worker_ms_p50']}/{r['split_steady_worker_ms_p99']}"
+            )
     return 0
 
 

@@ -32,12 +32,19 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import (  # noqa: E402
-    DEFAULT_BOOTSTRAP, PYTHON, REPO, delete_topics, emit, free_port, percentile, rates,
-    read_all, say,
-    stop_process, tag,
+from bench.common import (
+    DEFAULT_BOOTSTRAP,
+    PYTHON,
+    REPO,
+    delete_topics,
+    emit,
+    free_port,
+    percentile,
+    rates,
+    read_all,
+    say,
+    stop_process,
+    tag,
 )
 
 LIMIT = 3
@@ -59,8 +66,13 @@ def call_seconds(rng, talk: tuple[float, float]) -> float:
 WARMUP_SECONDS = 15.0
 
 
-def analyse(placed: dict[str, list[float]], ended: dict[str, list[float]], leads: int,
-            stopped_at: float, limit: int = LIMIT) -> dict:
+def analyse(
+    placed: dict[str, list[float]],
+    ended: dict[str, list[float]],
+    leads: int,
+    stopped_at: float,
+    limit: int = LIMIT,
+) -> dict:
     """Delays, grants/s and true peak concurrency from per-business placed/ended times."""
     delays, censored, negative = [], 0, 0
     steady, bounds = [], []
@@ -85,8 +97,9 @@ def analyse(placed: dict[str, list[float]], ended: dict[str, list[float]], leads
                 censored += 1
                 bounds.append(stopped_at - end)
         # true concurrency: sweep (end before start at equal times)
-        events = sorted([(t, 1) for t in starts] + [(t, -1) for t in ends],
-                        key=lambda e: (e[0], e[1]))
+        events = sorted(
+            [(t, 1) for t in starts] + [(t, -1) for t in ends], key=lambda e: (e[0], e[1])
+        )
         live, top, over_since = 0, 0, None
         for t, step in events:
             live += step
@@ -102,34 +115,50 @@ def analyse(placed: dict[str, list[float]], ended: dict[str, list[float]], leads
     ms = [d * 1000 for d in delays]
     return {
         "grants": len(all_starts),
-        "grants_per_s_sustained": rates([int(t * 1000) for t in all_starts]).get("per_s_sustained"),
-        "slot_free_samples": len(delays), "slot_free_censored": censored,
+        "grants_per_s_sustained": rates([int(t * 1000) for t in all_starts]).get(
+            "per_s_sustained"
+        ),
+        "slot_free_samples": len(delays),
+        "slot_free_censored": censored,
         "slot_free_negative": negative,
         "slot_free_ms_p50": round(percentile(ms, 50), 1) if ms else None,
         "slot_free_ms_p99": round(percentile(ms, 99), 1) if ms else None,
         "slot_free_ms_max": round(max(ms), 1) if ms else None,
         # With censored ends, the delays they would have had are at least (stop - end):
         # percentiles over samples + those bounds are lower bounds of the true ones.
-        "slot_free_ms_p50_at_least": (round(percentile(delays + bounds, 50) * 1000, 1)
-                                      if censored else None),
-        "slot_free_ms_p99_at_least": (round(percentile(delays + bounds, 99) * 1000, 1)
-                                      if censored else None),
-        "steady_after_s": WARMUP_SECONDS, "steady_samples": len(steady),
-        "steady_slot_free_ms_p50": round(percentile(steady, 50) * 1000, 1) if steady else None,
-        "steady_slot_free_ms_p99": round(percentile(steady, 99) * 1000, 1) if steady else None,
-        "true_peak_concurrency": peak, "businesses_over_limit": over_businesses,
+        "slot_free_ms_p50_at_least": (
+            round(percentile(delays + bounds, 50) * 1000, 1) if censored else None
+        ),
+        "slot_free_ms_p99_at_least": (
+            round(percentile(delays + bounds, 99) * 1000, 1) if censored else None
+        ),
+        "steady_after_s": WARMUP_SECONDS,
+        "steady_samples": len(steady),
+        "steady_slot_free_ms_p50": round(percentile(steady, 50) * 1000, 1)
+        if steady
+        else None,
+        "steady_slot_free_ms_p99": round(percentile(steady, 99) * 1000, 1)
+        if steady
+        else None,
+        "true_peak_concurrency": peak,
+        "businesses_over_limit": over_businesses,
         "seconds_over_limit_summed": round(moments_over_s, 3),
     }
 
 
-def split_delay(placed: dict, ended: dict, leads: int, status_times: dict,
-                dial_times: dict) -> dict:
+def split_delay(
+    placed: dict, ended: dict, leads: int, status_times: dict, dial_times: dict
+) -> dict:
     """Where ours spends a slot-free delay, from record CreateTimes (ms, one host clock):
     dialer out (call ended -> its terminal status produced), worker (status produced ->
     refill dial produced: Kafka both ways, Faust, our shell and core, the changelog
     wait), dialer in (dial produced -> the simulated dialer placed it: its poll loop)."""
-    parts: dict[str, list[float]] = {"dialer_out": [], "worker": [], "dialer_in": [],
-                                     "steady_worker": []}
+    parts: dict[str, list[float]] = {
+        "dialer_out": [],
+        "worker": [],
+        "dialer_in": [],
+        "steady_worker": [],
+    }
     first = min((t for v in placed.values() for t, _ in v), default=0.0)
     for business, starts in placed.items():
         starts = sorted(starts)
@@ -155,14 +184,15 @@ def split_delay(placed: dict, ended: dict, leads: int, status_times: dict,
 def record_times(bootstrap: str, prefix: str) -> tuple[dict, dict]:
     """CreateTime (s) of each dial's terminal status and of its first dial command."""
     from streams.topics import CALLS_DIAL, CALLS_STATUS, TERMINAL_STATUSES, topic_name
+
     status_times, dial_times = {}, {}
-    for ts, _key, value in read_all(bootstrap, topic_name(CALLS_STATUS, prefix),
-                                    values=True):
+    for ts, _key, value in read_all(
+        bootstrap, topic_name(CALLS_STATUS, prefix), values=True
+    ):
         status = json.loads(value)
         if status["status"] in TERMINAL_STATUSES:
             status_times.setdefault(status["dial_id"], ts / 1000)
-    for ts, _key, value in read_all(bootstrap, topic_name(CALLS_DIAL, prefix),
-                                    values=True):
+    for ts, _key, value in read_all(bootstrap, topic_name(CALLS_DIAL, prefix), values=True):
         dial_times.setdefault(json.loads(value)["dial_id"], ts / 1000)
     return status_times, dial_times
 
@@ -183,20 +213,34 @@ def ledger_times(ledger: Path) -> tuple[dict, dict]:
 # -- ours ------------------------------------------------------------------------------
 
 
-def run_ours(bootstrap: str, businesses: int, leads: int, talk: tuple[float, float],
-             cap_seconds: float, workdir: Path, partitions: int = 8, seed: int = 7,
-             workers: int = 1) -> dict:
+def run_ours(
+    bootstrap: str,
+    businesses: int,
+    leads: int,
+    talk: tuple[float, float],
+    cap_seconds: float,
+    workdir: Path,
+    partitions: int = 8,
+    seed: int = 7,
+    workers: int = 1,
+) -> dict:
     from confluent_kafka import Producer
 
-    from streams import admin
+    from streams.dialers.simulated import SimulatedDialer
+    from streams.kafka import admin
     from streams.settings import Settings
-    from streams.simdialer import SimulatedDialer
     from streams.topics import LEADS_REQUESTS, producer_config, record_key, topic_name
 
     prefix = f"bench{tag()}.slot."
-    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix,
-           "STREAMS_APP_ID": "limiter", "TOPIC_PARTITIONS": str(partitions),
-           "WORKER_WEB_PORT": str(free_port()), "STREAMS_DATA_DIR": str(workdir / "data")}
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "STREAMS_APP_ID": "limiter",
+        "TOPIC_PARTITIONS": str(partitions),
+        "WORKER_WEB_PORT": str(free_port()),
+        "STREAMS_DATA_DIR": str(workdir / "data"),
+    }
     settings = Settings.from_env(env)
     try:
         admin.create_topics(settings)
@@ -207,8 +251,13 @@ def run_ours(bootstrap: str, businesses: int, leads: int, talk: tuple[float, flo
         for b in range(businesses):
             for n in range(leads):
                 business = f"b{b:06d}"
-                value = json.dumps({"lead_id": f"l{n:04d}", "business_id": business,
-                                    "phone": "+14155550100"}).encode()
+                value = json.dumps(
+                    {
+                        "lead_id": f"l{n:04d}",
+                        "business_id": business,
+                        "phone": "+14155550100",
+                    }
+                ).encode()
                 while True:
                     try:
                         producer.produce(topic, key=record_key(business), value=value)
@@ -217,18 +266,32 @@ def run_ours(bootstrap: str, businesses: int, leads: int, talk: tuple[float, flo
                         producer.poll(0.1)
         assert producer.flush(60) == 0
         ledger = workdir / "dialer.jsonl"
-        dialer = SimulatedDialer(settings, seed=seed, talk_seconds=talk, ring_seconds=RING,
-                                 answer_ratio=ANSWER_RATIO, ledger_path=ledger)
+        dialer = SimulatedDialer(
+            settings,
+            seed=seed,
+            talk_seconds=talk,
+            ring_seconds=RING,
+            answer_ratio=ANSWER_RATIO,
+            ledger_path=ledger,
+        )
         stop = threading.Event()
         thread = threading.Thread(target=dialer.run, args=(stop,), daemon=True)
         processes = []
         for n in range(workers):
             with open(workdir / f"worker-{n + 1}.log", "wb") as log:
-                processes.append(subprocess.Popen(
-                    [PYTHON, "-m", "streams", "worker"],
-                    env={**env, "WORKER_WEB_PORT": str(free_port()),
-                         "STREAMS_DATA_DIR": str(workdir / f"data-{n + 1}")},
-                    stdout=log, stderr=subprocess.STDOUT, cwd=REPO))
+                processes.append(
+                    subprocess.Popen(
+                        [PYTHON, "-m", "streams", "worker"],
+                        env={
+                            **env,
+                            "WORKER_WEB_PORT": str(free_port()),
+                            "STREAMS_DATA_DIR": str(workdir / f"data-{n + 1}"),
+                        },
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        cwd=REPO,
+                    )
+                )
         thread.start()
         began = time.monotonic()
         total = businesses * leads
@@ -252,34 +315,58 @@ def run_ours(bootstrap: str, businesses: int, leads: int, talk: tuple[float, flo
     finally:
         delete_topics(bootstrap, prefix)
     placed, ended = ledger_times(ledger)
-    result = analyse({b: [t for t, _ in v] for b, v in placed.items()},
-                     {b: [t for t, _ in v] for b, v in ended.items()}, leads, stopped_at)
+    result = analyse(
+        {b: [t for t, _ in v] for b, v in placed.items()},
+        {b: [t for t, _ in v] for b, v in ended.items()},
+        leads,
+        stopped_at,
+    )
     result.update(split_delay(placed, ended, leads, status_times, dial_times))
     result.update(
-        system="ours" if workers == 1 else f"ours-{workers}-workers", workers=workers,
-        businesses=businesses, leads_per_business=leads, talk_s=list(talk),
-        ran_s=round(time.monotonic() - began, 1), completed=sum(len(v) for v in ended.values()),
-        offered=businesses * leads, refused=snap["refused"], duplicates=snap["duplicates"],
-        dialer_max_live=max(snap["max_live_by_business"].values(), default=0))
+        system="ours" if workers == 1 else f"ours-{workers}-workers",
+        workers=workers,
+        businesses=businesses,
+        leads_per_business=leads,
+        talk_s=list(talk),
+        ran_s=round(time.monotonic() - began, 1),
+        completed=sum(len(v) for v in ended.values()),
+        offered=businesses * leads,
+        refused=snap["refused"],
+        duplicates=snap["duplicates"],
+        dialer_max_live=max(snap["max_live_by_business"].values(), default=0),
+    )
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("--businesses", type=int, default=100)
     parser.add_argument("--leads", type=int, default=12, help="leads per business")
     parser.add_argument("--talk", type=float, nargs=2, default=(5.0, 15.0))
     parser.add_argument("--cap", type=float, default=150, help="longest run, seconds")
-    parser.add_argument("--workers", type=int, default=1, help="worker processes (one group)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="worker processes (one group)"
+    )
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bench-slot-"))
     say(f"ours: {args.businesses} businesses x {args.leads} leads; logs in {workdir}")
-    result = {"bench": "slot_free", **run_ours(args.bootstrap, args.businesses, args.leads,
-                                                tuple(args.talk), args.cap, workdir,
-                                                workers=args.workers)}
+    result = {
+        "bench": "slot_free",
+        **run_ours(
+            args.bootstrap,
+            args.businesses,
+            args.leads,
+            tuple(args.talk),
+            args.cap,
+            workdir,
+            workers=args.workers,
+        ),
+    }
     emit(result)
     return 0
 

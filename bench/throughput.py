@@ -33,25 +33,38 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from confluent_kafka import Consumer, Producer
 
-from confluent_kafka import Consumer, Producer  # noqa: E402
-
-from bench.common import (  # noqa: E402
-    DEFAULT_BOOTSTRAP, PYTHON, REPO, create_topics, delete_topics, emit, high_watermark, free_port, rates,
-    read_all, say, stop_process, tag, wait_count,
+from bench.common import (
+    DEFAULT_BOOTSTRAP,
+    PYTHON,
+    REPO,
+    create_topics,
+    delete_topics,
+    emit,
+    free_port,
+    high_watermark,
+    rates,
+    read_all,
+    say,
+    stop_process,
+    tag,
+    wait_count,
 )
-from streams import admin  # noqa: E402
-from streams.settings import Settings  # noqa: E402
-from streams.topics import CALLS_DIAL, LEADS_REQUESTS, producer_config, topic_name  # noqa: E402
+from streams.kafka import admin
+from streams.settings import Settings
+from streams.topics import CALLS_DIAL, LEADS_REQUESTS, producer_config, topic_name
 
 
 def leads(n: int, businesses: int) -> list[tuple[bytes, bytes]]:
     out = []
     for i in range(n):
         business = f"b{i % businesses:06d}"
-        value = {"lead_id": f"lead-{i:07d}", "business_id": business,
-                 "phone": f"+1415{i % 10_000_000:07d}"}
+        value = {
+            "lead_id": f"lead-{i:07d}",
+            "business_id": business,
+            "phone": f"+1415{i % 10_000_000:07d}",
+        }
         out.append((business.encode(), json.dumps(value, separators=(",", ":")).encode()))
     return out
 
@@ -70,8 +83,14 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> N
 
 
 def run_raw(bootstrap: str, src: str, dst: str, n: int) -> dict:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"{src}-raw",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": True})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{src}-raw",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": True,
+        }
+    )
     producer = Producer(producer_config(bootstrap))
     consumer.subscribe([src])
     done = 0
@@ -94,22 +113,45 @@ def run_raw(bootstrap: str, src: str, dst: str, n: int) -> dict:
     wall = time.monotonic() - began
     cpu = time.process_time() - cpu0
     consumer.close()
-    return {"wall_s_first_consume_to_flush": round(wall, 3),
-            "per_s_delivered": round(n / wall),
-            "process_cpu_share_of_one_core": round(cpu / wall, 2),
-            "process_cpu_ms_per_record": round(1000 * cpu / n, 3)}
+    return {
+        "wall_s_first_consume_to_flush": round(wall, 3),
+        "per_s_delivered": round(n / wall),
+        "process_cpu_share_of_one_core": round(cpu / wall, 2),
+        "process_cpu_ms_per_record": round(1000 * cpu / n, 3),
+    }
 
 
-def profile(pid: int, bootstrap: str, topic: str, n: int, seconds: float, out: Path,
-            process: subprocess.Popen) -> subprocess.Popen | None:
+def profile(
+    pid: int,
+    bootstrap: str,
+    topic: str,
+    n: int,
+    seconds: float,
+    out: Path,
+    process: subprocess.Popen,
+) -> subprocess.Popen | None:
     """py-spy on `pid` for `seconds`, once a tenth of the records is out (steady state)."""
     if not seconds:
         return None
     wait_count(bootstrap, topic, n // 10, 300, process)
-    return subprocess.Popen([str(Path(PYTHON).parent / "py-spy"), "record", "--pid", str(pid),
-                             "--duration", str(max(1, round(seconds))), "--rate", "200", "--format", "raw",
-                             "--output", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(
+        [
+            str(Path(PYTHON).parent / "py-spy"),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(max(1, round(seconds))),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def cpu_seconds(pid: int) -> float:
@@ -118,8 +160,15 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
-def measured_run(process: subprocess.Popen, bootstrap: str, topic: str, n: int,
-                 timeout: float, profile_seconds: float, profile_out: Path) -> dict:
+def measured_run(
+    process: subprocess.Popen,
+    bootstrap: str,
+    topic: str,
+    n: int,
+    timeout: float,
+    profile_seconds: float,
+    profile_out: Path,
+) -> dict:
     """Wait for n records out; CPU use of the process between 10% and 100% of them."""
     wait_count(bootstrap, topic, n // 10, timeout, process)
     began, cpu0 = time.monotonic(), cpu_seconds(process.pid)
@@ -128,77 +177,164 @@ def measured_run(process: subprocess.Popen, bootstrap: str, topic: str, n: int,
     wall, cpu = time.monotonic() - began, cpu_seconds(process.pid) - cpu0
     if spy:
         spy.wait(profile_seconds + 30)
-    return {"process_cpu_share_of_one_core": round(cpu / wall, 2),
-            "process_cpu_ms_per_record": round(1000 * cpu / (n - n // 10), 3)}
+    return {
+        "process_cpu_share_of_one_core": round(cpu / wall, 2),
+        "process_cpu_ms_per_record": round(1000 * cpu / (n - n // 10), 3),
+    }
 
 
-def run_faust(bootstrap: str, src: str, dst: str, n: int, workdir: Path,
-              timeout: float, profile_seconds: float = 0, writes: int = 0,
-              partitions: int = 8) -> dict:
+def run_faust(
+    bootstrap: str,
+    src: str,
+    dst: str,
+    n: int,
+    workdir: Path,
+    timeout: float,
+    profile_seconds: float = 0,
+    writes: int = 0,
+    partitions: int = 8,
+) -> dict:
     name = f"faust-table{writes}" if writes else "faust"
-    env = {**os.environ, "BENCH_IN": src, "BENCH_OUT": dst, "BENCH_APP": f"{src}-faust",
-           "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "BENCH_DATADIR": str(workdir / name),
-           "BENCH_TABLE_WRITES": str(writes), "BENCH_PARTITIONS": str(partitions)}
+    env = {
+        **os.environ,
+        "BENCH_IN": src,
+        "BENCH_OUT": dst,
+        "BENCH_APP": f"{src}-faust",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "BENCH_DATADIR": str(workdir / name),
+        "BENCH_TABLE_WRITES": str(writes),
+        "BENCH_PARTITIONS": str(partitions),
+    }
     with open(workdir / f"{name}.log", "wb") as log:
-        process = subprocess.Popen([PYTHON, str(REPO / "bench" / "faust_passthrough.py"),
-                                    "worker", "-l", "warning", "--without-web"],
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+        process = subprocess.Popen(
+            [
+                PYTHON,
+                str(REPO / "bench" / "faust_passthrough.py"),
+                "worker",
+                "-l",
+                "warning",
+                "--without-web",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=workdir,
+        )
         try:
-            return measured_run(process, bootstrap, dst, n, timeout, profile_seconds,
-                                workdir / f"{name}.pyspy.txt")
+            return measured_run(
+                process,
+                bootstrap,
+                dst,
+                n,
+                timeout,
+                profile_seconds,
+                workdir / f"{name}.pyspy.txt",
+            )
         finally:
             stop_process(process)
 
 
-def run_ours(bootstrap: str, prefix: str, n: int, businesses: int, partitions: int,
-             workdir: Path, timeout: float, records: list,
-             profile_seconds: float = 0, variant: str = "") -> dict:
-    env = {**os.environ, "BENCH_VARIANT": variant, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": prefix,
-           "STREAMS_APP_ID": "limiter", "TOPIC_PARTITIONS": str(partitions),
-           "WORKER_WEB_PORT": str(free_port()), "STREAMS_DATA_DIR": str(workdir / "ours")}
+def run_ours(
+    bootstrap: str,
+    prefix: str,
+    n: int,
+    businesses: int,
+    partitions: int,
+    workdir: Path,
+    timeout: float,
+    records: list,
+    profile_seconds: float = 0,
+    variant: str = "",
+) -> dict:
+    env = {
+        **os.environ,
+        "BENCH_VARIANT": variant,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "STREAMS_APP_ID": "limiter",
+        "TOPIC_PARTITIONS": str(partitions),
+        "WORKER_WEB_PORT": str(free_port()),
+        "STREAMS_DATA_DIR": str(workdir / "ours"),
+    }
     settings = Settings.from_env(env)
     admin.create_topics(settings)
     produce(bootstrap, topic_name(LEADS_REQUESTS, prefix), records)
     dial = topic_name(CALLS_DIAL, prefix)
-    command = ([PYTHON, str(REPO / "bench" / "worker_variant.py")] if variant
-               else [PYTHON, "-m", "streams", "worker"])
+    command = (
+        [PYTHON, str(REPO / "bench" / "worker_variant.py")]
+        if variant
+        else [PYTHON, "-m", "streams", "worker"]
+    )
     name = f"ours-{variant}" if variant else "ours"
     with open(workdir / f"{name}.log", "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=REPO)
+        process = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
         try:
-            extra = measured_run(process, bootstrap, dial, n, timeout, profile_seconds,
-                                 workdir / f"{name}.pyspy.txt")
+            extra = measured_run(
+                process,
+                bootstrap,
+                dial,
+                n,
+                timeout,
+                profile_seconds,
+                workdir / f"{name}.pyspy.txt",
+            )
         finally:
             stop_process(process)
     changelog = f"{prefix}limiter-limiter-changelog"
     records = high_watermark(bootstrap, changelog)
-    return {"businesses": businesses, "measured_on": "calls.dial", **extra,
-            "changelog_records_per_lead": round(records / n, 2)}
+    return {
+        "businesses": businesses,
+        "measured_on": "calls.dial",
+        **extra,
+        "changelog_records_per_lead": round(records / n, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n\n", 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--bootstrap", default=DEFAULT_BOOTSTRAP)
     parser.add_argument("-n", "--records", type=int, default=20_000)
-    parser.add_argument("--businesses", type=int, default=None,
-                        help="businesses for ours (default: n/2, so all leads are granted)")
+    parser.add_argument(
+        "--businesses",
+        type=int,
+        default=None,
+        help="businesses for ours (default: n/2, so all leads are granted)",
+    )
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--only", default="raw,faust,ours",
-                        help="systems, in order; also faust-tableK: the Faust pass-through"
-                             " writing K table keys per record")
-    parser.add_argument("--timeout", type=float, default=300,
-                        help="longest wait for one system to produce n records")
-    parser.add_argument("--variants", default="",
-                        help="also run diagnostic worker variants (bench/worker_variant.py),"
-                             " comma-separated, e.g. quiet")
+    parser.add_argument(
+        "--only",
+        default="raw,faust,ours",
+        help="systems, in order; also faust-tableK: the Faust pass-through"
+        " writing K table keys per record",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300,
+        help="longest wait for one system to produce n records",
+    )
+    parser.add_argument(
+        "--variants",
+        default="",
+        help="also run diagnostic worker variants (bench/worker_variant.py),"
+        " comma-separated, e.g. quiet",
+    )
     parser.add_argument("--keep-topics", action="store_true")
-    parser.add_argument("--profile", type=float, default=0, metavar="SECONDS",
-                        help="py-spy the Faust pass-through and our worker for this long, in"
-                             " passes of their own after the measured ones (raw stacks in"
-                             " the workdir; summarise with bench.profile)")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="py-spy the Faust pass-through and our worker for this long, in"
+        " passes of their own after the measured ones (raw stacks in"
+        " the workdir; summarise with bench.profile)",
+    )
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args(argv)
     n = args.records
@@ -220,19 +356,44 @@ def main(argv: list[str] | None = None) -> int:
             if system == "raw":
                 extra = run_raw(args.bootstrap, src, dst, n)
             else:
-                writes = int(system[len("faust-table"):] or 0) if system != "faust" else 0
-                extra = run_faust(args.bootstrap, src, dst, n, workdir, args.timeout,
-                                  profile_seconds, writes, args.partitions)
+                writes = int(system[len("faust-table") :] or 0) if system != "faust" else 0
+                extra = run_faust(
+                    args.bootstrap,
+                    src,
+                    dst,
+                    n,
+                    workdir,
+                    args.timeout,
+                    profile_seconds,
+                    writes,
+                    args.partitions,
+                )
         else:
-            variant = system[len("ours-"):] if system.startswith("ours-") else ""
+            variant = system[len("ours-") :] if system.startswith("ours-") else ""
             prefix = f"{run}{topics.replace('+', '_')}."
             dst = topic_name(CALLS_DIAL, prefix)
-            extra = run_ours(args.bootstrap, prefix, n, businesses, args.partitions,
-                             workdir, args.timeout, records, profile_seconds, variant)
+            extra = run_ours(
+                args.bootstrap,
+                prefix,
+                n,
+                businesses,
+                args.partitions,
+                workdir,
+                args.timeout,
+                records,
+                profile_seconds,
+                variant,
+            )
         stamps = [r[0] for r in read_all(args.bootstrap, dst, n)]
-        return {"bench": "throughput", "system": system, "n": n,
-                "partitions": args.partitions, "bootstrap": args.bootstrap,
-                **rates(stamps), **extra}
+        return {
+            "bench": "throughput",
+            "system": system,
+            "n": n,
+            "partitions": args.partitions,
+            "bootstrap": args.bootstrap,
+            **rates(stamps),
+            **extra,
+        }
 
     try:
         for system in systems:
@@ -260,20 +421,27 @@ def main(argv: list[str] | None = None) -> int:
     pairs += [(s, "faust") for s in results if s.startswith(("ours-", "faust-"))]
     for a, b in pairs:
         if a in results and b in results:
-            ratios[f"{a}/{b}"] = round(results[a]["per_s_sustained"]
-                                       / results[b]["per_s_sustained"], 4)
+            ratios[f"{a}/{b}"] = round(
+                results[a]["per_s_sustained"] / results[b]["per_s_sustained"], 4
+            )
     emit(ratios)
-    print(f"\nthroughput, {n:,} records, {args.partitions} partitions, {args.bootstrap}"
-          " (sustained = middle 90% of output records):")
+    print(
+        f"\nthroughput, {n:,} records, {args.partitions} partitions, {args.bootstrap}"
+        " (sustained = middle 90% of output records):"
+    )
     for system, r in results.items():
-        print(f"  {system:>18}: {r['per_s_sustained']:>8,} records/s sustained"
-              f" ({r['per_s_full']:,}/s first-to-last over {r['span_s']}s;"
-              f" {r.get('process_cpu_share_of_one_core')} of a core,"
-              f" {r.get('process_cpu_ms_per_record')} CPU ms/record)")
+        print(
+            f"  {system:>18}: {r['per_s_sustained']:>8,} records/s sustained"
+            f" ({r['per_s_full']:,}/s first-to-last over {r['span_s']}s;"
+            f" {r.get('process_cpu_share_of_one_core')} of a core,"
+            f" {r.get('process_cpu_ms_per_record')} CPU ms/record)"
+        )
     if "ours/faust" in ratios:
         ok = ratios["ours/faust"] >= 0.5
-        print(f"  ours/faust = {ratios['ours/faust']:.1%} (target >= 50%:"
-              f" {'MET' if ok else 'MISSED'})")
+        print(
+            f"  ours/faust = {ratios['ours/faust']:.1%} (target >= 50%:"
+            f" {'MET' if ok else 'MISSED'})"
+        )
     for key in ratios:
         if "/" in key and key != "ours/faust":
             print(f"  {key} = {ratios[key]:.1%}")

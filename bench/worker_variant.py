@@ -17,13 +17,11 @@ import logging.handlers
 import os
 import queue
 import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def apply(variant: str) -> None:
     from streams import app
+
     parts = {p for p in variant.split("+") if p}
     unknown = parts - {"quiet", "queue-log"}
     if unknown:
@@ -35,6 +33,7 @@ def apply(variant: str) -> None:
         app.log = quiet
     if "queue-log" in parts:
         from streams.cli import WORKER_LOG_FORMAT
+
         lines: queue.SimpleQueue = queue.SimpleQueue()
         out = logging.StreamHandler(sys.stderr)
         out.setFormatter(logging.Formatter(WORKER_LOG_FORMAT))
@@ -54,6 +53,7 @@ def apply(variant: str) -> None:
 def main() -> int:
     apply(os.environ.get("BENCH_VARIANT", ""))
     from streams.cli import main as cli_main
+
     return cli_main(["worker"])
 
 

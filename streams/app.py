@@ -3,11 +3,11 @@
 One agent (concurrency 1) consumes the co-partitioned inputs: lead requests, call
 statuses, ticks and business controls. Each event is decoded (`streams.topics`),
 handed to `limiter_table.process` with the table as a read function and the wall
-clock, and its writes and records go to `streams.units`: the writes of a partition's
+clock, and its writes and records go to `streams.shell.units`: the writes of a partition's
 consecutive events become one unit, sent as one record batch to the table's changelog
 (core rule 7: all of an event's writes or none), and its records leave once the unit is
-on the broker (`streams.outbox`); commits wait for both. Records Faust skips are read
-again from the broker and handled (`streams.progress`). An exception for one event
+on the broker (`streams.shell.outbox`); commits wait for both. Records Faust skips are read
+again from the broker and handled (`streams.shell.progress`). An exception for one event
 dead-letters that event; the agent never dies of it, because Faust would ack the event
 and lose it.
 
@@ -31,17 +31,28 @@ import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
-from . import limiter_table as core
-from . import metrics
-from .outbox import Outbox
-from .progress import HandledOffsets
-from .reread import BrokerReader
-from .settings import Settings
-from .topics import (
-    CALLS_STATUS, INPUT_RECORDS, INPUT_TOPICS, LEADS_REQUESTS, LIMITER_TABLE, LIMITER_TICKS,
-    OUTPUT_TOPICS, InvalidRecord, Tick, app_id, changelog_topic, to_iso, topic_name,
+from streams import limiter_table as core
+from streams import metrics
+from streams.settings import Settings
+from streams.shell.outbox import Outbox
+from streams.shell.progress import HandledOffsets
+from streams.shell.reread import BrokerReader
+from streams.shell.units import Units
+from streams.topics import (
+    CALLS_STATUS,
+    INPUT_RECORDS,
+    INPUT_TOPICS,
+    LEADS_REQUESTS,
+    LIMITER_TABLE,
+    LIMITER_TICKS,
+    OUTPUT_TOPICS,
+    InvalidRecord,
+    Tick,
+    app_id,
+    changelog_topic,
+    to_iso,
+    topic_name,
 )
-from .units import Units
 
 log = logging.getLogger("streams.worker")
 
@@ -71,6 +82,7 @@ FETCH_MAX_WAIT_MS = 20
 
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
 _WARNING_NOTES = {"lease-expired", "dead-lettered", "redelivered"}
+
 
 def encode_json(value: Any) -> bytes:
     """The table's codec (its schema below), as faust.utils.json calls orjson: changelog
@@ -117,8 +129,9 @@ class Limiter:
         self.counters: collections.Counter[str] = collections.Counter()
         #: Outcomes per business since this worker started, for `streams top`; a
         #: business that finished everything leaves the table but not this.
-        self.outcomes_by_business: collections.defaultdict[str, collections.Counter[str]] = (
-            collections.defaultdict(collections.Counter))
+        self.outcomes_by_business: collections.defaultdict[
+            str, collections.Counter[str]
+        ] = collections.defaultdict(collections.Counter)
         self.app = faust.App(
             app_id(prefix, settings.app_id),
             broker=f"kafka://{settings.kafka_bootstrap_servers}",
@@ -136,15 +149,22 @@ class Limiter:
         )
         self.app.transport.Consumer = _PromptFetchConsumer
         self.table = self.app.Table(
-            LIMITER_TABLE, default=None, partitions=settings.topic_partitions,
+            LIMITER_TABLE,
+            default=None,
+            partitions=settings.topic_partitions,
             schema=faust.Schema(key_serializer="json", value_serializer="json"),
-            help="All limiter state: businesses, leads, queues, wake buckets, cursors.")
+            help="All limiter state: businesses, leads, queues, wake buckets, cursors.",
+        )
         self.units = Units(self.table.get, encode_json)
         self.outbox = Outbox(
-            self.units, settings.kafka_bootstrap_servers,
+            self.units,
+            settings.kafka_bootstrap_servers,
             changelog_topic(prefix, settings.app_id),
-            {b: topic_name(b, prefix) for b in OUTPUT_TOPICS}, lambda: self.table.data,
-            client_id=f"{self.app.conf.id}-units", on_fatal=self.app.crash)
+            {b: topic_name(b, prefix) for b in OUTPUT_TOPICS},
+            lambda: self.table.data,
+            client_id=f"{self.app.conf.id}-units",
+            on_fatal=self.app.crash,
+        )
         self.app.task(self.outbox.run)
         #: Partitions whose undelivered records this process has taken over (rule 7).
         self._owned: set[int] = set()
@@ -152,10 +172,15 @@ class Limiter:
         self.app.on_before_shutdown.connect(self._on_shutdown)
         self._base_names = {topic_name(b, prefix): b for b in INPUT_TOPICS}
         self._status_topic = topic_name(CALLS_STATUS, prefix)
-        self.inputs = self.app.topic(*self._base_names, key_type=bytes, value_type=bytes,
-                                     partitions=settings.topic_partitions)
-        self.ticks = self.app.topic(topic_name(LIMITER_TICKS, prefix), key_type=bytes,
-                                    value_type=bytes)
+        self.inputs = self.app.topic(
+            *self._base_names,
+            key_type=bytes,
+            value_type=bytes,
+            partitions=settings.topic_partitions,
+        )
+        self.ticks = self.app.topic(
+            topic_name(LIMITER_TICKS, prefix), key_type=bytes, value_type=bytes
+        )
         self.app.agent(self.inputs, name="limiter", concurrency=1)(self._agent)
         self.app.timer(settings.tick_interval_seconds, name="ticks")(self._send_ticks)
         self.lag = metrics.LagTracker()
@@ -190,12 +215,14 @@ class Limiter:
             or knows nothing of it."""
             if not self.ready():
                 return view.json({"ready": False}, status=503)
-            found = core.describe_business(self.units.get, business_id, time.time(),
-                                           self.rules)
+            found = core.describe_business(
+                self.units.get, business_id, time.time(), self.rules
+            )
             lead_id = request.query.get("lead")
             if lead_id:
-                found["lead"] = core.describe_lead(self.units.get, business_id, lead_id,
-                                                   self.rules)
+                found["lead"] = core.describe_lead(
+                    self.units.get, business_id, lead_id, self.rules
+                )
             known = found["active"] or found["waiting"] or found.get("lead")
             return view.json(found, status=200 if known else 404)
 
@@ -239,8 +266,9 @@ class Limiter:
             await self.handle(source)
             if self._base_names[source.topic] == LIMITER_TICKS:
                 await self._start_quiet_partitions(source.partition, generation)
-                for tail_key, start, end in (self.handled.unrevealed(source.partition)
-                                             + self._stalled(source.partition)):
+                for tail_key, start, end in self.handled.unrevealed(
+                    source.partition
+                ) + self._stalled(source.partition):
                     await self._recover_skipped(tail_key, start, end)
 
     async def handle(self, source: core.Source) -> None:
@@ -259,9 +287,17 @@ class Limiter:
         except Exception as exc:
             log.exception("event %s failed; dead-lettering it", source.id)
             lead = None if decided else self._lead_of(source)
-            self._apply(source, core.reject(self.units.get, source,
-                                            f"internal error: {exc!r}", time.time(),
-                                            self.rules, *(lead or (None, None))))
+            self._apply(
+                source,
+                core.reject(
+                    self.units.get,
+                    source,
+                    f"internal error: {exc!r}",
+                    time.time(),
+                    self.rules,
+                    *(lead or (None, None)),
+                ),
+            )
         self.handled.handled((source.topic, source.partition), source.offset)
         self.lag.processed(source.topic, source.partition, source.timestamp)
         if self.outbox.full():
@@ -275,17 +311,29 @@ class Limiter:
         try:
             record = INPUT_RECORDS[base].decode(source.value, source.key)
             if isinstance(record, Tick) and record.partition != source.partition:
-                raise InvalidRecord(f"tick for partition {record.partition} arrived on"
-                                    f" partition {source.partition}")
+                raise InvalidRecord(
+                    f"tick for partition {record.partition} arrived on"
+                    f" partition {source.partition}"
+                )
         except InvalidRecord as exc:
-            return core.reject(self.units.get, source, exc.reason, now, self.rules,
-                               exc.lead_id, exc.business_id)
-        read_until = (self._statuses_read_until(source.partition)
-                      if isinstance(record, Tick) else None)  # only ticks resend
+            return core.reject(
+                self.units.get,
+                source,
+                exc.reason,
+                now,
+                self.rules,
+                exc.lead_id,
+                exc.business_id,
+            )
+        read_until = (
+            self._statuses_read_until(source.partition)
+            if isinstance(record, Tick)
+            else None
+        )  # only ticks resend
         return core.process(self.units.get, record, source, now, self.rules, read_until)
 
     def _apply(self, source: core.Source, effects: core.Effects) -> None:
-        """Hand the writes and records on (`streams.units`); count and log the notes.
+        """Hand the writes and records on (`streams.shell.units`); count and log the notes.
         Nothing here awaits: no other event can come between a decision and its
         writes."""
         self.units.add(source.partition, effects)
@@ -330,7 +378,7 @@ class Limiter:
             return None
         return self.lag.last_timestamp(*key) or 0.0
 
-    # -- records the consumer skipped (streams/progress.py) ------------------------
+    # -- records the consumer skipped (streams/shell/progress.py) ------------------------
 
     async def _start(self, key: tuple[str, int], generation: Any) -> None:
         """Start the partition's account at the group's committed offset. If the broker
@@ -339,8 +387,9 @@ class Limiter:
         try:
             committed = await asyncio.to_thread(self.reader.committed, *key)
         except Exception as exc:
-            log.warning("could not read the committed offset of %s/%s (%s); will retry",
-                        *key, exc)
+            log.warning(
+                "could not read the committed offset of %s/%s (%s); will retry", *key, exc
+            )
             return
         self.handled.start(key, generation, committed)
 
@@ -352,11 +401,22 @@ class Limiter:
                 sources = await asyncio.to_thread(self.reader.read, *key, start, end)
                 break
             except Exception as exc:
-                log.warning("could not read %s/%s offsets %d-%d again (%s); retrying in"
-                            " 1 s", *key, start, end - 1, exc)
+                log.warning(
+                    "could not read %s/%s offsets %d-%d again (%s); retrying in 1 s",
+                    *key,
+                    start,
+                    end - 1,
+                    exc,
+                )
                 await asyncio.sleep(1)
-        log.warning("the consumer skipped %s/%s offsets %d-%d; handling the %d records"
-                    " the broker has there", *key, start, end - 1, len(sources))
+        log.warning(
+            "the consumer skipped %s/%s offsets %d-%d; handling the %d records"
+            " the broker has there",
+            *key,
+            start,
+            end - 1,
+            len(sources),
+        )
         metrics.SKIPPED_RECORDS.labels(topic=key[0]).inc(len(sources))
         for source in sources:
             await self.handle(source)
@@ -382,11 +442,20 @@ class Limiter:
                 end = self.app.consumer.highwater(TP(*key))
             except Exception:  # not assigned (any more)
                 continue
-            stall = self.handled.stalled(key, end, time.monotonic(),
-                                         STALLED_PARTITION_SECONDS, STALLED_RECORDS_AT_ONCE)
+            stall = self.handled.stalled(
+                key,
+                end,
+                time.monotonic(),
+                STALLED_PARTITION_SECONDS,
+                STALLED_RECORDS_AT_ONCE,
+            )
             if stall:
-                log.warning("%s/%s stood still at offset %d with records up to %d on the"
-                            " broker", *key, stall[0], end - 1)
+                log.warning(
+                    "%s/%s stood still at offset %d with records up to %d on the broker",
+                    *key,
+                    stall[0],
+                    end - 1,
+                )
                 found.append((key, *stall))
         return found
 
@@ -426,11 +495,12 @@ class Limiter:
         if not self._faults or self._faults.get((topic, offset)) != kind:
             return False
         del self._faults[(topic, offset)]
-        log.warning("%s/%d/%d: injected fault %r (%s)", topic, partition, offset, kind,
-                    FAULTS_ENV)
+        log.warning(
+            "%s/%d/%d: injected fault %r (%s)", topic, partition, offset, kind, FAULTS_ENV
+        )
         return True
 
-    # -- units and records (streams/units.py, streams/outbox.py) ------------------
+    # -- units and records (streams/shell/units.py, streams/shell/outbox.py) ------------------
 
     def _take_over(self, partition: int) -> None:
         """The partition was assigned here: send again what its last owner may not have
@@ -440,8 +510,12 @@ class Limiter:
         _freeze_survivors()  # the table just restored, before a full collection walks it
         unit = self.units.resend(partition)
         if unit is not None:
-            log.warning("partition %d: sending again the %d records its last owner may"
-                        " not have delivered", partition, len(unit.emits))
+            log.warning(
+                "partition %d: sending again the %d records its last owner may"
+                " not have delivered",
+                partition,
+                len(unit.emits),
+            )
             self.outbox.send_durable(unit)
 
     async def _on_revoked(self, app: Any, revoked: set, **kwargs: Any) -> None:
@@ -454,8 +528,14 @@ class Limiter:
     @staticmethod
     def _source(event: EventT) -> core.Source:
         message = event.message
-        return core.Source(message.topic, message.partition, message.offset,
-                           message.key, message.value, message.timestamp)
+        return core.Source(
+            message.topic,
+            message.partition,
+            message.offset,
+            message.key,
+            message.value,
+            message.timestamp,
+        )
 
     # -- time ----------------------------------------------------------------------
 
@@ -492,7 +572,8 @@ class Limiter:
         keys = list(raw) if isinstance(raw, dict) else self.table.keys()
         try:
             async for chunk in metrics.in_slices(
-                    itertools.chain(keys, self.units.pending_keys()), 1000):
+                itertools.chain(keys, self.units.pending_keys()), 1000
+            ):
                 for key in chunk:
                     if core.is_business_key(key):
                         self.summary.update(core.business_id_of(key), self.units.get(key))
@@ -502,16 +583,26 @@ class Limiter:
     def ready(self) -> bool:
         """Whether the table holds this worker's partitions' current state."""
         app = self.app
-        return (app.tables.recovery.completed.is_set() and not app.rebalancing
-                and not app.in_recovery)
+        return (
+            app.tables.recovery.completed.is_set()
+            and not app.rebalancing
+            and not app.in_recovery
+        )
 
     def businesses(self) -> list[dict]:
         """Businesses in the table, and those that ended calls here since start."""
         now = time.time()
         keys = set(self.table.keys()) | set(self.units.pending_keys())
-        ids = {core.business_id_of(key) for key in keys
-               if core.is_business_key(key) and self.units.get(key) is not None}
+        ids = {
+            core.business_id_of(key)
+            for key in keys
+            if core.is_business_key(key) and self.units.get(key) is not None
+        }
         ids |= set(self.outcomes_by_business)
-        return [dict(core.describe_business(self.units.get, business_id, now, self.rules),
-                     outcomes=dict(self.outcomes_by_business.get(business_id, {})))
-                for business_id in sorted(ids)]
+        return [
+            dict(
+                core.describe_business(self.units.get, business_id, now, self.rules),
+                outcomes=dict(self.outcomes_by_business.get(business_id, {})),
+            )
+            for business_id in sorted(ids)
+        ]

@@ -9,34 +9,32 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import signal
 import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Iterable, Iterator
 
-from .settings import ConfigError, Settings, environment_variables
+from streams.errors import StreamsError
+from streams.settings import ConfigError, Settings, environment_variables
 
 EPILOG = "settings (environment variables, with defaults):\n" + "\n".join(
-    f"  {var}={default!s}" for var, default in environment_variables().items())
-
-
-class CliError(Exception):
-    """A usage or runtime problem to report as one line."""
+    f"  {var}={default!s}" for var, default in environment_variables().items()
+)
 
 
 def _settings() -> Settings:
     try:
         return Settings.from_env()
     except ConfigError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
 
 
 def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+    )
 
 
 # -- worker --------------------------------------------------------------------------
@@ -44,27 +42,31 @@ def _logging(verbose: bool = False) -> None:
 WORKER_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
-
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings()
-    from . import admin
+    from streams.kafka import admin
+
     try:
         created = admin.create_topics(settings)
         partitions = admin.check_copartitioned(settings)
     except admin.TopicsError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
     import dataclasses
 
     import faust
 
-    from .app import Limiter
+    from streams.app import Limiter
+
     limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions))
-    print(f"worker {limiter.app.conf.id}: {partitions} partitions on"
-          f" {settings.kafka_bootstrap_servers}, limit"
-          f" {settings.max_outbound_calls_per_business} calls per business,"
-          f" web on :{settings.worker_web_port}", file=sys.stderr)
+    print(
+        f"worker {limiter.app.conf.id}: {partitions} partitions on"
+        f" {settings.kafka_bootstrap_servers}, limit"
+        f" {settings.max_outbound_calls_per_business} calls per business,"
+        f" web on :{settings.worker_web_port}",
+        file=sys.stderr,
+    )
     # One log line per decision: skip what no format here uses (the caller's file and
     # line, found by walking the stack; thread and multiprocessing names), as the
     # logging HOWTO's "Optimization" section suggests.
@@ -74,13 +76,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
     quiet = {"level": args.loglevel.upper()}
     # The worker's own lines (one per decision) get a plain formatter of their own:
     # Faust's colouring formatter cost a tenth of the worker's time (bench/RESULTS.md).
-    worker = faust.Worker(limiter.app, loglevel="info", quiet=True, logging_config={
-        "version": 1, "merge": True, "disable_existing_loggers": False,
-        "formatters": {"plain": {"format": WORKER_LOG_FORMAT}},
-        "handlers": {"streams": {"class": "logging.StreamHandler", "formatter": "plain"}},
-        "loggers": {"faust": quiet, "mode": quiet, "aiokafka": quiet, "kafka": quiet,
-                    "streams": {"level": "INFO", "handlers": ["streams"],
-                                "propagate": False}}})
+    worker = faust.Worker(
+        limiter.app,
+        loglevel="info",
+        quiet=True,
+        logging_config={
+            "version": 1,
+            "merge": True,
+            "disable_existing_loggers": False,
+            "formatters": {"plain": {"format": WORKER_LOG_FORMAT}},
+            "handlers": {
+                "streams": {"class": "logging.StreamHandler", "formatter": "plain"}
+            },
+            "loggers": {
+                "faust": quiet,
+                "mode": quiet,
+                "aiokafka": quiet,
+                "kafka": quiet,
+                "streams": {"level": "INFO", "handlers": ["streams"], "propagate": False},
+            },
+        },
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -90,14 +106,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
     settings = _settings()
-    from . import admin
-    from .topics import ALL_TOPICS
+    from streams.kafka import admin
+    from streams.topics import ALL_TOPICS
+
     try:
         created = admin.create_topics(settings)
         admin.check_copartitioned(settings)
         counts = admin.partition_counts(settings)
     except admin.TopicsError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     for base, count in counts.items():
         name = base if base not in ALL_TOPICS else f"{settings.topic_prefix}{base}"
         print(f"{name}\t{count} partitions\t{'created' if name in created else 'exists'}")
@@ -108,91 +125,45 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def _broker(args: argparse.Namespace):
-    from .broker import Broker
+    from streams.devtools.broker import Broker
+
     return Broker(port=args.port, controller_port=args.port + 1)
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from .broker import BrokerError
+    from streams.devtools.broker import BrokerError
+
     broker = _broker(args)
     try:
         if args.action == "start":
             started = broker.start()
-            print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
+            print(
+                f"broker {'started' if started else 'already running'} on {broker.bootstrap}"
+            )
         elif args.action == "stop":
             stopped = broker.stop()
-            print(f"broker on {broker.bootstrap} {'stopped' if stopped else 'was not running'}")
+            print(
+                f"broker on {broker.bootstrap} {'stopped' if stopped else 'was not running'}"
+            )
         else:
             print(json.dumps(broker.status(), indent=2))
     except BrokerError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     return 0
 
 
 # -- leads ---------------------------------------------------------------------------
 
 
-def generated_leads(count: int, businesses: int, run_id: str,
-                    seed: int | None) -> Iterator[dict]:
-    """`count` leads spread round-robin over `businesses` businesses."""
-    rng = random.Random(seed)
-    for n in range(count):
-        yield {"lead_id": f"{run_id}-{n}", "business_id": f"biz-{n % businesses}",
-               "phone": f"+1555{rng.randrange(10**7):07d}", "priority": 0}
-
-
-def file_leads(path: str) -> Iterator[dict]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
-    with stream:
-        for number, line in enumerate(stream, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise CliError(f"{path}:{number}: not JSON: {exc}") from None
-
-
-def produce_leads(settings: Settings, leads: Iterable[dict], progress: bool = True) -> int:
-    """Send leads keyed by business_id with the murmur2 partitioner; return the count."""
-    from confluent_kafka import Producer
-
-    from .topics import LEADS_REQUESTS, producer_config, record_key, topic_name
-    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
-    topic = topic_name(LEADS_REQUESTS, settings.topic_prefix)
-    failures: list[str] = []
-
-    def delivered(err, _msg):
-        if err is not None:
-            failures.append(str(err))
-
-    sent = 0
-    for lead in leads:
-        business_id = str(lead.get("business_id", ""))
-        value = json.dumps(lead, separators=(",", ":")).encode()
-        while True:
-            try:
-                producer.produce(topic, key=record_key(business_id), value=value,
-                                 on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.1)
-        sent += 1
-        producer.poll(0)
-        if progress and sent % 10_000 == 0:
-            print(f"  {sent} leads sent...", file=sys.stderr)
-    producer.flush(60)
-    if failures:
-        raise CliError(f"{len(failures)} leads were not delivered: {failures[0]}")
-    return sent
-
-
 def cmd_produce_leads(args: argparse.Namespace) -> int:
+    from streams.devtools.leads import file_leads, generated_leads, produce_leads
+
     settings = _settings()
     if args.file:
         leads = file_leads(args.file)
     else:
         if args.count < 1 or args.businesses < 1:
-            raise CliError("--count and --businesses must be at least 1")
+            raise StreamsError("--count and --businesses must be at least 1")
         leads = generated_leads(args.count, args.businesses, args.run_id, args.seed)
     sent = produce_leads(settings, leads)
     print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
@@ -206,7 +177,9 @@ def _span(text: str) -> tuple[float, float]:
     try:
         low, high = (float(x) for x in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected MIN,MAX seconds, got {text!r}"
+        ) from None
     if not 0 <= low <= high:
         raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
     return low, high
@@ -217,12 +190,18 @@ def cmd_dialer(args: argparse.Namespace) -> int:
         return _twilio_dialer(args)
     settings = _settings()
     _logging(args.verbose)
-    from .simdialer import SimulatedDialer
+    from streams.dialers.simulated import SimulatedDialer
+
     try:
-        dialer = SimulatedDialer(settings, seed=args.seed, talk_seconds=args.talk_seconds,
-                                 ring_seconds=args.ring_seconds, ledger_path=args.ledger)
+        dialer = SimulatedDialer(
+            settings,
+            seed=args.seed,
+            talk_seconds=args.talk_seconds,
+            ring_seconds=args.ring_seconds,
+            ledger_path=args.ledger,
+        )
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -239,8 +218,11 @@ def worker_view(settings: Settings, business_id: str) -> dict | None:
     import urllib.error
     import urllib.parse
     import urllib.request
-    url = (f"http://localhost:{settings.worker_web_port}/businesses/"
-           f"{urllib.parse.quote(business_id, safe='')}/")
+
+    url = (
+        f"http://localhost:{settings.worker_web_port}/businesses/"
+        f"{urllib.parse.quote(business_id, safe='')}/"
+    )
     try:
         with urllib.request.urlopen(url, timeout=3) as reply:
             return json.load(reply)
@@ -252,22 +234,35 @@ def worker_view(settings: Settings, business_id: str) -> dict | None:
 
 def cmd_business(args: argparse.Namespace) -> int:
     settings = _settings()
-    from .control import change_control, current_control
-    changes = {"set-limit": {"limit": getattr(args, "limit", None)}, "pause": {"paused": True},
-               "resume": {"paused": False}, "reset-limit": {"limit": None}}.get(args.action)
+    from streams.ops.control import change_control, current_control
+
+    changes = {
+        "set-limit": {"limit": getattr(args, "limit", None)},
+        "pause": {"paused": True},
+        "resume": {"paused": False},
+        "reset-limit": {"limit": None},
+    }.get(args.action)
     if changes is None:
         control = current_control(settings, args.business_id)
     else:
         control = change_control(settings, args.business_id, **changes)
         print(f"business {args.business_id}: {args.action} sent", file=sys.stderr)
-    limit = (control.limit if control.limit is not None
-             else f"{settings.max_outbound_calls_per_business} (default)")
-    print(f"business {control.business_id}: limit {limit},"
-          f" {'paused' if control.paused else 'running'}")
+    limit = (
+        control.limit
+        if control.limit is not None
+        else f"{settings.max_outbound_calls_per_business} (default)"
+    )
+    print(
+        f"business {control.business_id}: limit {limit},"
+        f" {'paused' if control.paused else 'running'}"
+    )
     if args.action == "show":
         view = worker_view(settings, args.business_id)
-        print(json.dumps(view, indent=2) if view is not None else
-              f"(no worker answering on localhost:{settings.worker_web_port})")
+        print(
+            json.dumps(view, indent=2)
+            if view is not None
+            else f"(no worker answering on localhost:{settings.worker_web_port})"
+        )
     return 0
 
 
@@ -275,7 +270,9 @@ def _limit_arg(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"limit must be an integer, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"limit must be an integer, got {text!r}"
+        ) from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"limit must be 0 or more, got {value}")
     return value
@@ -287,23 +284,24 @@ def _twilio_dialer(args: argparse.Namespace) -> int:
     try:
         settings.require_twilio()
     except ConfigError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     _logging(args.verbose)
     if not args.verbose:
         for noisy in ("twilio", "aiohttp.access"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-    from .twilio_dialer import DialerError, TwilioDialer
+    from streams.dialers.twilio.dialer import DialerError, TwilioDialer
+
     try:
         dialer = TwilioDialer(settings, seed=args.seed)
     except DialerError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     try:
         dialer.run(stop)
     except DialerError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     return 0
 
 
@@ -317,27 +315,45 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
-    from .ledger import (
-        ACTIVE_CALLS_QUERY, Ledger, businesses_over_limit, format_active_calls,
+    from streams.dialers.twilio.ledger import (
+        ACTIVE_CALLS_QUERY,
+        Ledger,
+        businesses_over_limit,
+        format_active_calls,
     )
+
     url = make_url(settings.database_url)
-    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:") \
-            and not Path(url.database).exists():
-        raise CliError(f"no ledger at {url.database} (DATABASE_URL); the dialer creates it")
+    if (
+        url.get_backend_name() == "sqlite"
+        and url.database not in (None, "", ":memory:")
+        and not Path(url.database).exists()
+    ):
+        raise StreamsError(
+            f"no ledger at {url.database} (DATABASE_URL); the dialer creates it"
+        )
     limits = {} if args.default_limit else _business_limits(settings)
     ledger = Ledger(settings.database_url)
     try:
         rows = ledger.active_calls()
     except SQLAlchemyError as exc:
-        raise CliError(f"cannot run the verification query: {str(exc).splitlines()[0]}") \
-            from None
+        raise StreamsError(
+            f"cannot run the verification query: {str(exc).splitlines()[0]}"
+        ) from None
     finally:
         ledger.close()
     default = settings.max_outbound_calls_per_business
     within = not businesses_over_limit(rows, default, limits)
     if args.json:
-        print(json.dumps({"limit": default, "limits": limits, "active_calls": dict(rows),
-                          "within_limit": within}))
+        print(
+            json.dumps(
+                {
+                    "limit": default,
+                    "limits": limits,
+                    "active_calls": dict(rows),
+                    "within_limit": within,
+                }
+            )
+        )
     else:
         print(f"-- {ACTIVE_CALLS_QUERY}")
         print("\n".join(format_active_calls(rows, default, limits)))
@@ -348,16 +364,22 @@ def _business_limits(settings: Settings) -> dict[str, int]:
     """Per-business limits set in `business.control`; one clear line if unreadable."""
     from confluent_kafka import KafkaException
 
-    from .control import current_controls
+    from streams.ops.control import current_controls
+
     try:
         controls = current_controls(settings, timeout=5.0)
     except KafkaException as exc:
-        raise CliError(f"cannot read the per-business limits from business.control on"
-                       f" {settings.kafka_bootstrap_servers} ({exc.args[0].str()}); add"
-                       " --default-limit to judge every business by"
-                       " MAX_OUTBOUND_CALLS_PER_BUSINESS") from None
-    return {business: control.limit for business, control in controls.items()
-            if control.limit is not None}
+        raise StreamsError(
+            f"cannot read the per-business limits from business.control on"
+            f" {settings.kafka_bootstrap_servers} ({exc.args[0].str()}); add"
+            " --default-limit to judge every business by"
+            " MAX_OUTBOUND_CALLS_PER_BUSINESS"
+        ) from None
+    return {
+        business: control.limit
+        for business, control in controls.items()
+        if control.limit is not None
+    }
 
 
 # -- lag -----------------------------------------------------------------------------
@@ -367,68 +389,94 @@ def cmd_lag(args: argparse.Namespace) -> int:
     """Consumer lag per group/topic/partition with a Burrow-style status per group."""
     settings = _settings()
     if args.interval is not None and not args.interval > 0:
-        raise CliError(f"--interval must be more than 0 seconds, got {args.interval:g}")
+        raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
     if args.samples is not None and args.samples < 1:
-        raise CliError(f"--samples must be at least 1, got {args.samples}")
+        raise StreamsError(f"--samples must be at least 1, got {args.samples}")
     if args.fail_over is not None and not args.fail_over >= 0:
-        raise CliError(f"--fail-over must be 0 seconds or more, got {args.fail_over:g}")
-    from .lag import LagError, run_lag
+        raise StreamsError(f"--fail-over must be 0 seconds or more, got {args.fail_over:g}")
+    from streams.ops.lag import LagError, run_lag
+
     try:
-        return run_lag(settings, groups=args.group, as_json=args.json, watch=args.watch,
-                       interval=args.interval, samples=args.samples,
-                       fail_over=args.fail_over)
+        return run_lag(
+            settings,
+            groups=args.group,
+            as_json=args.json,
+            watch=args.watch,
+            interval=args.interval,
+            samples=args.samples,
+            fail_over=args.fail_over,
+        )
     except LagError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
 
 
 # -- status and top ------------------------------------------------------------------
 
 
 def _workers(args: argparse.Namespace, settings: Settings) -> list[str]:
-    from .status import StatusError, parse_workers
+    from streams.ops.status import StatusError, parse_workers
+
     if not args.timeout > 0:
-        raise CliError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
+        raise StreamsError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
     try:
         return parse_workers(args.workers, settings.worker_web_port)
     except StatusError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Per business: active calls, waiting leads, limit, paused, from every worker."""
     settings = _settings()
-    from .status import StatusError, run_status
+    from streams.ops.status import StatusError, run_status
+
     try:
-        return run_status(_workers(args, settings), args.business_id, args.lead,
-                          as_json=args.json, timeout=args.timeout)
+        return run_status(
+            _workers(args, settings),
+            args.business_id,
+            args.lead,
+            as_json=args.json,
+            timeout=args.timeout,
+        )
     except StatusError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
 
 
 def cmd_top(args: argparse.Namespace) -> int:
     """Live view of every business, with lag in the header."""
     settings = _settings()
     if not args.interval > 0:
-        raise CliError(f"--interval must be more than 0 seconds, got {args.interval:g}")
+        raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
     if args.limit_rows is not None and args.limit_rows < 1:
-        raise CliError(f"--limit-rows must be at least 1, got {args.limit_rows}")
-    from .status import StatusError
-    from .top import run_top
+        raise StreamsError(f"--limit-rows must be at least 1, got {args.limit_rows}")
+    from streams.ops.status import StatusError
+    from streams.ops.top import run_top
+
     try:
-        return run_top(settings, _workers(args, settings), sort=args.sort,
-                       limit_rows=args.limit_rows, interval=args.interval,
-                       timeout=args.timeout, lag=not args.no_lag)
+        return run_top(
+            settings,
+            _workers(args, settings),
+            sort=args.sort,
+            limit_rows=args.limit_rows,
+            interval=args.interval,
+            timeout=args.timeout,
+            lag=not args.no_lag,
+        )
     except StatusError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
 
 
 # -- demo ----------------------------------------------------------------------------
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-    return run_demo(_settings(), leads_per_business=args.leads_per_business,
-                    businesses=args.businesses, talk_seconds=args.talk_seconds)
+    from streams.devtools.demo import run_demo
+
+    return run_demo(
+        _settings(),
+        leads_per_business=args.leads_per_business,
+        businesses=args.businesses,
+        talk_seconds=args.talk_seconds,
+    )
 
 
 # -- parser --------------------------------------------------------------------------
@@ -437,159 +485,273 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
-        prog="streams", formatter_class=formatter, epilog=EPILOG,
+        prog="streams",
+        formatter_class=formatter,
+        epilog=EPILOG,
         description="Per-business outbound call limiter on Kafka: no business ever has"
-                    " more than its limit of calls in flight.")
+        " more than its limit of calls in flight.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    worker = sub.add_parser("worker", formatter_class=formatter, epilog=EPILOG,
-                            help="run the limiter worker (Faust) until Ctrl-C")
-    worker.add_argument("--loglevel", default="warning",
-                        choices=["debug", "info", "warning", "error"],
-                        help="Faust's own log level (our decisions log at INFO)")
+    worker = sub.add_parser(
+        "worker",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="run the limiter worker (Faust) until Ctrl-C",
+    )
+    worker.add_argument(
+        "--loglevel",
+        default="warning",
+        choices=["debug", "info", "warning", "error"],
+        help="Faust's own log level (our decisions log at INFO)",
+    )
     worker.set_defaults(func=cmd_worker)
 
     topics = sub.add_parser("topics", help="manage the contract's topics")
     topics_sub = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
-    create = topics_sub.add_parser("create", formatter_class=formatter, epilog=EPILOG,
-                                   help="create missing topics (TOPIC_PARTITIONS each)"
-                                        " and check co-partitioning")
+    create = topics_sub.add_parser(
+        "create",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="create missing topics (TOPIC_PARTITIONS each) and check co-partitioning",
+    )
     create.set_defaults(func=cmd_topics_create)
 
-    broker = sub.add_parser("broker", help="a local single-node Kafka (KRaft) for"
-                                           " development and tests")
+    broker = sub.add_parser(
+        "broker", help="a local single-node Kafka (KRaft) for development and tests"
+    )
     broker.add_argument("action", choices=["start", "stop", "status"])
-    broker.add_argument("--port", type=int, default=9092,
-                        help="client port; the controller uses PORT+1 (default 9092)")
+    broker.add_argument(
+        "--port",
+        type=int,
+        default=9092,
+        help="client port; the controller uses PORT+1 (default 9092)",
+    )
     broker.set_defaults(func=cmd_broker)
 
-    produce = sub.add_parser("produce-leads", formatter_class=formatter, epilog=EPILOG,
-                             help="send lead requests, generated or from a JSON-lines file")
+    produce = sub.add_parser(
+        "produce-leads",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="send lead requests, generated or from a JSON-lines file",
+    )
     produce.add_argument("--count", type=int, default=100, help="leads to generate")
-    produce.add_argument("--businesses", type=int, default=10,
-                         help="spread generated leads over this many businesses")
-    produce.add_argument("--run-id", default=uuid.uuid4().hex[:8],
-                         help="prefix of generated lead ids (default: random)")
+    produce.add_argument(
+        "--businesses",
+        type=int,
+        default=10,
+        help="spread generated leads over this many businesses",
+    )
+    produce.add_argument(
+        "--run-id",
+        default=uuid.uuid4().hex[:8],
+        help="prefix of generated lead ids (default: random)",
+    )
     produce.add_argument("--seed", type=int, help="seed for generated phone numbers")
     produce.add_argument("--file", help="JSON-lines file of lead requests ('-' for stdin)")
     produce.set_defaults(func=cmd_produce_leads)
 
-    dialer = sub.add_parser("dialer", formatter_class=formatter, epilog=EPILOG,
-                            help="consume dial commands and report call statuses",
-                            description="Place a Twilio call for every dial command (needs"
-                                        " TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN,"
-                                        " TWILIO_FROM_NUMBER, PUBLIC_BASE_URL; keeps its"
-                                        " ledger at DATABASE_URL), or simulate calls.")
-    dialer.add_argument("--simulate", action="store_true",
-                        help="simulate calls instead of dialing (no Twilio needed)")
+    dialer = sub.add_parser(
+        "dialer",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="consume dial commands and report call statuses",
+        description="Place a Twilio call for every dial command (needs"
+        " TWILIO_ACCOUNT_SID, TWILIO_AUTH_TOKEN,"
+        " TWILIO_FROM_NUMBER, PUBLIC_BASE_URL; keeps its"
+        " ledger at DATABASE_URL), or simulate calls.",
+    )
+    dialer.add_argument(
+        "--simulate",
+        action="store_true",
+        help="simulate calls instead of dialing (no Twilio needed)",
+    )
     dialer.add_argument("--talk-seconds", type=_span, default=(1.0, 4.0), metavar="MIN,MAX")
     dialer.add_argument("--ring-seconds", type=_span, default=(0.1, 0.8), metavar="MIN,MAX")
-    dialer.add_argument("--ledger", help="append every placed/ended call to this JSON-lines"
-                                         " file (the independent concurrency record)")
+    dialer.add_argument(
+        "--ledger",
+        help="append every placed/ended call to this JSON-lines"
+        " file (the independent concurrency record)",
+    )
     dialer.add_argument("--seed", type=int)
     dialer.add_argument("-v", "--verbose", action="store_true")
     dialer.set_defaults(func=cmd_dialer)
 
-    business = sub.add_parser("business", formatter_class=formatter, epilog=EPILOG,
-                              help="change or show one business's limit and pause state"
-                                   " at runtime (no restart)")
+    business = sub.add_parser(
+        "business",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="change or show one business's limit and pause state at runtime (no restart)",
+    )
     business_sub = business.add_subparsers(dest="action", metavar="ACTION", required=True)
     set_limit = business_sub.add_parser(
-        "set-limit", help="override the default limit; lowering it ends no live call")
+        "set-limit", help="override the default limit; lowering it ends no live call"
+    )
     set_limit.add_argument("business_id")
     set_limit.add_argument("limit", type=_limit_arg)
-    for action, text in (("reset-limit", "go back to the default limit"),
-                         ("pause", "stop new dials; waiting leads stay queued"),
-                         ("resume", "dial again, filling every free slot at once"),
-                         ("show", "the business's configuration and live state")):
+    for action, text in (
+        ("reset-limit", "go back to the default limit"),
+        ("pause", "stop new dials; waiting leads stay queued"),
+        ("resume", "dial again, filling every free slot at once"),
+        ("show", "the business's configuration and live state"),
+    ):
         business_sub.add_parser(action, help=text).add_argument("business_id")
     business.set_defaults(func=cmd_business)
 
     ledger = sub.add_parser("ledger", help="the Twilio dialer's SQL ledger (DATABASE_URL)")
     ledger_sub = ledger.add_subparsers(dest="action", metavar="ACTION", required=True)
     active = ledger_sub.add_parser(
-        "active", formatter_class=formatter, epilog=EPILOG,
+        "active",
+        formatter_class=formatter,
+        epilog=EPILOG,
         help="live calls per business (the design note's verification query); exit 1"
-             " when a business is over its limit (business.control, or"
-             " MAX_OUTBOUND_CALLS_PER_BUSINESS)")
+        " when a business is over its limit (business.control, or"
+        " MAX_OUTBOUND_CALLS_PER_BUSINESS)",
+    )
     active.add_argument("--json", action="store_true", help="one JSON object instead")
-    active.add_argument("--default-limit", action="store_true",
-                        help="judge every business by MAX_OUTBOUND_CALLS_PER_BUSINESS,"
-                             " without reading business.control from Kafka")
+    active.add_argument(
+        "--default-limit",
+        action="store_true",
+        help="judge every business by MAX_OUTBOUND_CALLS_PER_BUSINESS,"
+        " without reading business.control from Kafka",
+    )
     active.set_defaults(func=cmd_ledger_active)
 
     lag = sub.add_parser(
-        "lag", formatter_class=formatter, epilog=EPILOG,
+        "lag",
+        formatter_class=formatter,
+        epilog=EPILOG,
         help="consumer lag (records and seconds) of the worker's and dialers' groups,"
-             " with a status per group (OK, WARN, REWIND, STALL, STOP, ERR)",
+        " with a status per group (OK, WARN, REWIND, STALL, STOP, ERR)",
         description="Per group, topic and partition: committed offset, log-end offset, lag"
-                    " in records and in time (age of the record at the committed offset)."
-                    " Groups: the worker (TOPIC_PREFIX + STREAMS_APP_ID) and the dialers"
-                    " (TOPIC_PREFIX + sim-dialer / twilio-dialer), those that exist."
-                    " Leads waiting for a slot are not lag.")
-    lag.add_argument("--group", action="append", metavar="NAME",
-                     help="show this consumer group instead (repeatable)")
-    lag.add_argument("--json", action="store_true",
-                     help="machine-readable JSON (one object per refresh with --watch)")
+        " in records and in time (age of the record at the committed offset)."
+        " Groups: the worker (TOPIC_PREFIX + STREAMS_APP_ID) and the dialers"
+        " (TOPIC_PREFIX + sim-dialer / twilio-dialer), those that exist."
+        " Leads waiting for a slot are not lag.",
+    )
+    lag.add_argument(
+        "--group",
+        action="append",
+        metavar="NAME",
+        help="show this consumer group instead (repeatable)",
+    )
+    lag.add_argument(
+        "--json",
+        action="store_true",
+        help="machine-readable JSON (one object per refresh with --watch)",
+    )
     lag.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
-    lag.add_argument("--interval", type=float, metavar="SECONDS",
-                     help="seconds between samples (default 1, with --watch 2)")
-    lag.add_argument("--samples", type=int, metavar="N",
-                     help="samples per evaluation window (default 3, with --watch 10);"
-                          " STALL and WARN need a window of 5 s, so a single look takes"
-                          " more samples when it suspects one")
-    lag.add_argument("--fail-over", type=float, metavar="SECONDS",
-                     help="exit 1 when any partition's time lag exceeds SECONDS or a group"
-                          " is STALL or STOP (for scripts and probes)")
+    lag.add_argument(
+        "--interval",
+        type=float,
+        metavar="SECONDS",
+        help="seconds between samples (default 1, with --watch 2)",
+    )
+    lag.add_argument(
+        "--samples",
+        type=int,
+        metavar="N",
+        help="samples per evaluation window (default 3, with --watch 10);"
+        " STALL and WARN need a window of 5 s, so a single look takes"
+        " more samples when it suspects one",
+    )
+    lag.add_argument(
+        "--fail-over",
+        type=float,
+        metavar="SECONDS",
+        help="exit 1 when any partition's time lag exceeds SECONDS or a group"
+        " is STALL or STOP (for scripts and probes)",
+    )
     lag.set_defaults(func=cmd_lag)
 
-    workers_help = ("the workers' web views, host:port[,host:port...]; each serves the"
-                    " partitions it owns (default: localhost:WORKER_WEB_PORT)")
+    workers_help = (
+        "the workers' web views, host:port[,host:port...]; each serves the"
+        " partitions it owns (default: localhost:WORKER_WEB_PORT)"
+    )
     status = sub.add_parser(
-        "status", formatter_class=formatter, epilog=EPILOG,
+        "status",
+        formatter_class=formatter,
+        epilog=EPILOG,
         help="per business: active calls, waiting leads, oldest wait, limit, paused"
-             " (from every worker's web view)",
+        " (from every worker's web view)",
         description="Asks every worker's GET /businesses/ (or /businesses/BUSINESS/) and"
-                    " merges the answers; a worker that is down or not ready is reported,"
-                    " not fatal. Exit 1: BUSINESS (or --lead) not found on any worker that"
-                    " answered; exit 2: no worker answered.")
-    status.add_argument("business_id", nargs="?", metavar="BUSINESS",
-                        help="only this business")
+        " merges the answers; a worker that is down or not ready is reported,"
+        " not fatal. Exit 1: BUSINESS (or --lead) not found on any worker that"
+        " answered; exit 2: no worker answered.",
+    )
+    status.add_argument(
+        "business_id", nargs="?", metavar="BUSINESS", help="only this business"
+    )
     status.add_argument("--workers", metavar="HOST:PORT,...", help=workers_help)
-    status.add_argument("--lead", metavar="LEAD_ID",
-                        help="with BUSINESS: where this lead stands and why it waits")
+    status.add_argument(
+        "--lead",
+        metavar="LEAD_ID",
+        help="with BUSINESS: where this lead stands and why it waits",
+    )
     status.add_argument("--json", action="store_true", help="one JSON object instead")
-    status.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
-                        help="wait this long for each worker (default 3)")
+    status.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="wait this long for each worker (default 3)",
+    )
     status.set_defaults(func=cmd_status)
 
     top = sub.add_parser(
-        "top", formatter_class=formatter, epilog=EPILOG,
+        "top",
+        formatter_class=formatter,
+        epilog=EPILOG,
         help="live view of all businesses (active, waiting, oldest wait, dials per"
-             " minute, outcomes) with consumer lag in the header; Ctrl-C or q quits",
+        " minute, outcomes) with consumer lag in the header; Ctrl-C or q quits",
         description="Refreshes every --interval seconds from the workers' /businesses/ and"
-                    " /counters/, and the worker group's lag from the broker"
-                    " (KAFKA_BOOTSTRAP_SERVERS) in the background. Keys 1-5 change the"
-                    " sort. Without a terminal (a pipe) it prints one plain snapshot with"
-                    " every row (or --limit-rows) and exits.")
+        " /counters/, and the worker group's lag from the broker"
+        " (KAFKA_BOOTSTRAP_SERVERS) in the background. Keys 1-5 change the"
+        " sort. Without a terminal (a pipe) it prints one plain snapshot with"
+        " every row (or --limit-rows) and exits.",
+    )
     top.add_argument("--workers", metavar="HOST:PORT,...", help=workers_help)
-    top.add_argument("--sort", choices=["active", "waiting", "oldest", "dials", "business"],
-                     default="waiting", help="row order (default waiting; keys 1-5)")
-    top.add_argument("--limit-rows", type=int, metavar="N",
-                     help="show the top N rows (default: what fits the terminal)")
-    top.add_argument("--interval", type=float, default=2.0, metavar="SECONDS",
-                     help="seconds between refreshes (default 2)")
-    top.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
-                     help="wait this long for each worker (default 3)")
-    top.add_argument("--no-lag", action="store_true",
-                     help="do not read consumer lag from the broker")
+    top.add_argument(
+        "--sort",
+        choices=["active", "waiting", "oldest", "dials", "business"],
+        default="waiting",
+        help="row order (default waiting; keys 1-5)",
+    )
+    top.add_argument(
+        "--limit-rows",
+        type=int,
+        metavar="N",
+        help="show the top N rows (default: what fits the terminal)",
+    )
+    top.add_argument(
+        "--interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="seconds between refreshes (default 2)",
+    )
+    top.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="wait this long for each worker (default 3)",
+    )
+    top.add_argument(
+        "--no-lag", action="store_true", help="do not read consumer lag from the broker"
+    )
     top.set_defaults(func=cmd_top)
 
-    demo = sub.add_parser("demo", formatter_class=formatter, epilog=EPILOG,
-                          help="start broker, worker and simulated dialer, send the seed"
-                               " scenario and watch it live")
-    demo.add_argument("--businesses", type=int, default=3,
-                      help="businesses A, B, C... (default 3)")
+    demo = sub.add_parser(
+        "demo",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="start broker, worker and simulated dialer, send the seed"
+        " scenario and watch it live",
+    )
+    demo.add_argument(
+        "--businesses", type=int, default=3, help="businesses A, B, C... (default 3)"
+    )
     demo.add_argument("--leads-per-business", type=int, default=5)
     demo.add_argument("--talk-seconds", type=_span, default=(2.0, 5.0), metavar="MIN,MAX")
     demo.set_defaults(func=cmd_demo)
@@ -601,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except CliError as exc:
+    except StreamsError as exc:
         print(f"streams: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -46,7 +46,7 @@ The rules
    partition in the same batch), and emits only once they are. A crash therefore
    leaves the state after some event of the partition, never part of one. What the
    shell has emitted but not yet seen delivered stays in the table beside the writes
-   (`streams/units.py`) and is sent again when the partition is assigned: outputs are
+   (`streams/shell/units.py`) and is sent again when the partition is assigned: outputs are
    at-least-once and re-derivable from the table; consumers dedupe on dial_id or
    lead_id.
 8. Per-event cost does not grow with a backlog: waiting leads are one table key each,
@@ -57,7 +57,7 @@ The rules
    input topic, the next offset to apply, and is written in the same unit as the
    event's other writes; a redelivered record below it is ignored (what it emitted is
    in the table, rule 7). (That no record is skipped is the shell's duty:
-   `streams/progress.py`.) Rejected records move the cursor like any other.
+   `streams/shell/progress.py`.) Rejected records move the cursor like any other.
 
 Table keys (one Faust table, values JSON):
     b␟BIZ                  business: active slots, per queue level [head, tail, since
@@ -68,21 +68,33 @@ Table keys (one Faust table, values JSON):
     wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P: a
                            business id to wake, or ["lead", BIZ, LEAD] to forget
     c␟P                    the partition's input cursors: topic -> next offset to apply
-    x␟P                    the shell's records not yet delivered (`streams/units.py`)
+    x␟P                    the shell's records not yet delivered (`streams/shell/units.py`)
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import orjson
 
-from .topics import (
-    CALLS_DIAL, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER, LEADS_OUTCOMES, MAX_PRIORITY,
-    BusinessControl, CallStatus, DeadLetter, DialCommand, LeadOutcome, LeadRequest, Record,
-    Tick, to_iso,
+from streams.topics import (
+    CALLS_DIAL,
+    DIAL_DEADLINE_PASSED,
+    LEADS_DEADLETTER,
+    LEADS_OUTCOMES,
+    MAX_PRIORITY,
+    BusinessControl,
+    CallStatus,
+    DeadLetter,
+    DialCommand,
+    LeadOutcome,
+    LeadRequest,
+    Record,
+    Tick,
+    to_iso,
 )
 
 Read = Callable[[str], Any]
@@ -104,7 +116,7 @@ LEASES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 ADVANCE, END, RETRY = "advance", "end", "retry"
 #: (status, reason) -> what it does to an active slot; reason None matches any reason.
-STATUS_ACTIONS: dict[tuple[str, Optional[str]], str] = {
+STATUS_ACTIONS: dict[tuple[str, str | None], str] = {
     ("queued", None): ADVANCE,
     ("initiated", None): ADVANCE,
     ("ringing", None): ADVANCE,
@@ -147,10 +159,10 @@ class Source:
     topic: str
     partition: int
     offset: int
-    key: Optional[bytes] = None
-    value: Optional[bytes] = None
+    key: bytes | None = None
+    value: bytes | None = None
     #: The record's Kafka timestamp in seconds, for lag figures; not used by the rules.
-    timestamp: Optional[float] = None
+    timestamp: float | None = None
 
     @property
     def id(self) -> str:
@@ -171,8 +183,8 @@ class Note:
     """Something worth a log line and a counter: `kind` is the counter's label."""
 
     kind: str
-    business_id: Optional[str]
-    lead_id: Optional[str]
+    business_id: str | None
+    lead_id: str | None
     message: str
 
 
@@ -232,16 +244,24 @@ def dial_id_for(business_id: str, lead_id: str, attempt: int) -> str:
     return f"{business_id}:{lead_id}:{attempt}"
 
 
-_RECORD_TYPES = {CALLS_DIAL: DialCommand, LEADS_OUTCOMES: LeadOutcome,
-                 LEADS_DEADLETTER: DeadLetter}
+_RECORD_TYPES = {
+    CALLS_DIAL: DialCommand,
+    LEADS_OUTCOMES: LeadOutcome,
+    LEADS_DEADLETTER: DeadLetter,
+}
 
 
 # -- entry points --------------------------------------------------------------------
 
 
-def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl,
-            source: Source, now: float, rules: Rules,
-            statuses_read_until: float | None = None) -> Effects:
+def process(
+    read: Read,
+    event: LeadRequest | CallStatus | Tick | BusinessControl,
+    source: Source,
+    now: float,
+    rules: Rules,
+    statuses_read_until: float | None = None,
+) -> Effects:
     """Apply one input event. Pure: `read` is only read; the result says what to do.
 
     The writes are one unit (rule 7): the shell makes all of them durable or none, and
@@ -250,43 +270,85 @@ def process(read: Read, event: LeadRequest | CallStatus | Tick | BusinessControl
     read (rule 5); None means all of it, i.e. `now`.
     """
     handler = _HANDLERS[type(event)]
-    return _once(read, source, now, rules, lambda step: handler(step, event),
-                 statuses_read_until)
+    return _once(
+        read, source, now, rules, lambda step: handler(step, event), statuses_read_until
+    )
 
 
-def reject(read: Read, source: Source, reason: str, now: float, rules: Rules,
-           lead_id: str | None = None, business_id: str | None = None) -> Effects:
+def reject(
+    read: Read,
+    source: Source,
+    reason: str,
+    now: float,
+    rules: Rules,
+    lead_id: str | None = None,
+    business_id: str | None = None,
+) -> Effects:
     """A record we cannot use: dead-letter it, and tell the CRM when it was a lead.
 
     Applied once like any event, so a redelivered bad record is dead-lettered once and
     the cursor moves past it."""
+
     def dead_letter(step: _Step) -> None:
-        step.emit(LEADS_DEADLETTER, business_id or "", DeadLetter.of(
-            reason, source.topic, source.partition, source.offset, source.key,
-            source.value))
+        step.emit(
+            LEADS_DEADLETTER,
+            business_id or "",
+            DeadLetter.of(
+                reason,
+                source.topic,
+                source.partition,
+                source.offset,
+                source.key,
+                source.value,
+            ),
+        )
         if lead_id and business_id and source.topic.endswith("leads.requests"):
-            step.emit(LEADS_OUTCOMES, business_id, LeadOutcome(
-                lead_id=lead_id, business_id=business_id, outcome="rejected",
-                reason=reason))
-        step.note("dead-lettered", business_id, lead_id,
-                  f"{source.id} dead-lettered: {reason}")
+            step.emit(
+                LEADS_OUTCOMES,
+                business_id,
+                LeadOutcome(
+                    lead_id=lead_id,
+                    business_id=business_id,
+                    outcome="rejected",
+                    reason=reason,
+                ),
+            )
+        step.note(
+            "dead-lettered", business_id, lead_id, f"{source.id} dead-lettered: {reason}"
+        )
+
     return _once(read, source, now, rules, dead_letter)
 
 
-def _once(read: Read, source: Source, now: float, rules: Rules,
-          handle: Callable[["_Step"], None],
-          statuses_read_until: float | None = None) -> Effects:
+def _once(
+    read: Read,
+    source: Source,
+    now: float,
+    rules: Rules,
+    handle: Callable[[_Step], None],
+    statuses_read_until: float | None = None,
+) -> Effects:
     """Rule 9 around one handler: skip a record already applied, else apply it and
     move the topic's cursor past it in the same unit of writes."""
     cursors = read(cursor_key(source.partition)) or {}
     if source.offset < cursors.get(source.topic, 0):
-        return Effects([], [], [Note("redelivered", None, None,
-                                     f"{source.id} was applied before; ignored")],
-                       replayed=True)
-    step = _Step(read, source, now, rules,
-                 now if statuses_read_until is None else statuses_read_until)
+        return Effects(
+            [],
+            [],
+            [Note("redelivered", None, None, f"{source.id} was applied before; ignored")],
+            replayed=True,
+        )
+    step = _Step(
+        read,
+        source,
+        now,
+        rules,
+        now if statuses_read_until is None else statuses_read_until,
+    )
     handle(step)
-    step.put(cursor_key(source.partition), dict(cursors, **{source.topic: source.offset + 1}))
+    step.put(
+        cursor_key(source.partition), dict(cursors, **{source.topic: source.offset + 1})
+    )
     return Effects(list(step.writes.items()), step.emits, step.notes)
 
 
@@ -296,7 +358,9 @@ def encode_emits(emits: Iterable[Emit]) -> list:
 
 
 def decode_emits(encoded: Iterable) -> list[Emit]:
-    return [Emit(topic, key, _RECORD_TYPES[topic](**record)) for topic, key, record in encoded]
+    return [
+        Emit(topic, key, _RECORD_TYPES[topic](**record)) for topic, key, record in encoded
+    ]
 
 
 def describe_business(read: Read, business_id: str, now: float, rules: Rules) -> dict:
@@ -307,13 +371,21 @@ def describe_business(read: Read, business_id: str, now: float, rules: Rules) ->
         "limit": _limit(business, rules),
         "paused": business["paused"],
         "active": [
-            {"dial_id": dial_id, "lead_id": slot["lead_id"], "status": slot["status"],
-             "age_seconds": round(now - slot["granted_at"], 3),
-             "lease_left_seconds": round(slot["lease_until"] - now, 3)}
-            for dial_id, slot in business["active"].items()],
+            {
+                "dial_id": dial_id,
+                "lead_id": slot["lead_id"],
+                "status": slot["status"],
+                "age_seconds": round(now - slot["granted_at"], 3),
+                "lease_left_seconds": round(slot["lease_until"] - now, 3),
+            }
+            for dial_id, slot in business["active"].items()
+        ],
         "waiting": waiting_count(business),
-        "oldest_waiting_seconds": (None if (since := oldest_waiting_since(business)) is None
-                                   else round(now - since, 3)),
+        "oldest_waiting_seconds": (
+            None
+            if (since := oldest_waiting_since(business)) is None
+            else round(now - since, 3)
+        ),
         "held_statuses": len(business["orphans"]),
     }
 
@@ -323,20 +395,33 @@ def describe_lead(read: Read, business_id: str, lead_id: str, rules: Rules) -> d
     lead = read(lead_key(business_id, lead_id))
     if lead is None:
         return None
-    view = {"lead_id": lead_id, "business_id": business_id, "state": lead["state"],
-            "attempt": lead["attempt"], "outcome": lead["outcome"],
-            "dial_id": lead["dials"][-1] if lead["dials"] else None}
+    view = {
+        "lead_id": lead_id,
+        "business_id": business_id,
+        "state": lead["state"],
+        "attempt": lead["attempt"],
+        "outcome": lead["outcome"],
+        "dial_id": lead["dials"][-1] if lead["dials"] else None,
+    }
     if lead["state"] == "waiting":
         business = read(business_key(business_id)) or _new_business()
         level, position = lead["queued_at"]
-        ahead = position - business["queues"][str(level)][0] + sum(
-            tail - head for lvl, (head, tail, _) in business["queues"].items()
-            if int(lvl) > level)
+        ahead = (
+            position
+            - business["queues"][str(level)][0]
+            + sum(
+                tail - head
+                for lvl, (head, tail, _) in business["queues"].items()
+                if int(lvl) > level
+            )
+        )
         view["ahead"] = ahead
         view["waits_for"] = (
-            "the business is paused" if business["paused"] else
-            f"a free slot: {len(business['active'])} of {_limit(business, rules)} in use"
-            + (f", {ahead} lead(s) ahead" if ahead else ""))
+            "the business is paused"
+            if business["paused"]
+            else f"a free slot: {len(business['active'])} of {_limit(business, rules)} in use"
+            + (f", {ahead} lead(s) ahead" if ahead else "")
+        )
     return view
 
 
@@ -355,8 +440,14 @@ class _Step:
     """Reads through to the table, collects writes and emits; never mutates what it read
     from the table."""
 
-    def __init__(self, read: Read, source: Source, now: float, rules: Rules,
-                 statuses_read_until: float):
+    def __init__(
+        self,
+        read: Read,
+        source: Source,
+        now: float,
+        rules: Rules,
+        statuses_read_until: float,
+    ):
         self._read = read
         self.source = source
         self.now = now
@@ -386,8 +477,9 @@ class _Step:
     def emit(self, topic: str, key: str, record: Record) -> None:
         self.emits.append(Emit(topic, key, record))
 
-    def note(self, kind: str, business_id: str | None, lead_id: str | None,
-             message: str) -> None:
+    def note(
+        self, kind: str, business_id: str | None, lead_id: str | None, message: str
+    ) -> None:
         self.notes.append(Note(kind, business_id, lead_id, message))
 
 
@@ -400,8 +492,14 @@ def _copy(value: Any) -> Any:
 
 
 def _new_business() -> dict:
-    return {"active": {}, "queues": {}, "orphans": {}, "wake": None, "limit": None,
-            "paused": False}
+    return {
+        "active": {},
+        "queues": {},
+        "orphans": {},
+        "wake": None,
+        "limit": None,
+        "paused": False,
+    }
 
 
 def _limit(business: dict, rules: Rules) -> int:
@@ -424,8 +522,13 @@ def _load(step: _Step, business_id: str) -> dict:
 
 def _save(step: _Step, business_id: str, business: dict) -> None:
     """Write the business back, scheduling its next wake; drop it when it is idle."""
-    if not (business["active"] or business["queues"] or business["orphans"]
-            or business["limit"] is not None or business["paused"]):
+    if not (
+        business["active"]
+        or business["queues"]
+        or business["orphans"]
+        or business["limit"] is not None
+        or business["paused"]
+    ):
         step.delete(business_key(business_id))
         return
     wake = _next_wake(business)
@@ -439,20 +542,36 @@ def _save(step: _Step, business_id: str, business: dict) -> None:
 def _on_lead(step: _Step, lead: LeadRequest) -> None:
     bid = lead.business_id
     if step.peek(lead_key(bid, lead.lead_id)) is not None:
-        step.note("duplicate-lead", bid, lead.lead_id,
-                  f"lead {lead.lead_id} of business {bid} was requested before; ignored")
+        step.note(
+            "duplicate-lead",
+            bid,
+            lead.lead_id,
+            f"lead {lead.lead_id} of business {bid} was requested before; ignored",
+        )
         return
     business = _load(step, bid)
-    step.put(lead_key(bid, lead.lead_id), {
-        "state": "waiting", "phone": lead.phone, "priority": lead.priority, "attempt": 1,
-        "dials": [], "outcome": None})
+    step.put(
+        lead_key(bid, lead.lead_id),
+        {
+            "state": "waiting",
+            "phone": lead.phone,
+            "priority": lead.priority,
+            "attempt": 1,
+            "dials": [],
+            "outcome": None,
+        },
+    )
     _enqueue(step, business, bid, lead.priority, lead.lead_id, front=False)
     _fill(step, business, bid)
     if step.peek(lead_key(bid, lead.lead_id))["state"] == "waiting":
-        step.note("waiting", bid, lead.lead_id,
-                  f"lead {lead.lead_id} of business {bid} waits: "
-                  f"{len(business['active'])}/{_limit(business, step.rules)} calls active,"
-                  f" {waiting_count(business)} waiting")
+        step.note(
+            "waiting",
+            bid,
+            lead.lead_id,
+            f"lead {lead.lead_id} of business {bid} waits: "
+            f"{len(business['active'])}/{_limit(business, step.rules)} calls active,"
+            f" {waiting_count(business)} waiting",
+        )
     _save(step, bid, business)
 
 
@@ -464,9 +583,13 @@ def _on_status(step: _Step, status: CallStatus) -> None:
     else:
         lead = step.peek(lead_key(bid, status.lead_id))
         if lead is not None and status.dial_id in lead["dials"]:
-            step.note("stale-status", bid, status.lead_id,
-                      f"{status.status} for dial {status.dial_id} arrived after the dial"
-                      f" ended; ignored")
+            step.note(
+                "stale-status",
+                bid,
+                status.lead_id,
+                f"{status.status} for dial {status.dial_id} arrived after the dial"
+                f" ended; ignored",
+            )
             return
         _hold(step, business, bid, status)
     _fill(step, business, bid)
@@ -505,25 +628,33 @@ def _on_control(step: _Step, control: BusinessControl) -> None:
     bid = control.business_id
     business = _load(step, bid)
     business.update(limit=control.limit, paused=control.paused)
-    step.note("control", bid, None,
-              f"business {bid}: limit {_limit(business, step.rules)}"
-              f"{' (default)' if control.limit is None else ''},"
-              f" {'paused' if control.paused else 'running'};"
-              f" {len(business['active'])} active, {waiting_count(business)} waiting")
+    step.note(
+        "control",
+        bid,
+        None,
+        f"business {bid}: limit {_limit(business, step.rules)}"
+        f"{' (default)' if control.limit is None else ''},"
+        f" {'paused' if control.paused else 'running'};"
+        f" {len(business['active'])} active, {waiting_count(business)} waiting",
+    )
     _fill(step, business, bid)
     _save(step, bid, business)
 
 
 _HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
-    LeadRequest: _on_lead, CallStatus: _on_status, Tick: _on_tick,
-    BusinessControl: _on_control}
+    LeadRequest: _on_lead,
+    CallStatus: _on_status,
+    Tick: _on_tick,
+    BusinessControl: _on_control,
+}
 
 
 # -- queue ---------------------------------------------------------------------------
 
 
-def _enqueue(step: _Step, business: dict, bid: str, level: int, lead_id: str,
-             front: bool) -> None:
+def _enqueue(
+    step: _Step, business: dict, bid: str, level: int, lead_id: str, front: bool
+) -> None:
     head, tail, since = business["queues"].get(str(level), (0, 0, step.now))
     if front:
         head -= 1
@@ -555,8 +686,11 @@ def _dequeue(step: _Step, business: dict, bid: str) -> str:
 
 def _fill(step: _Step, business: dict, bid: str) -> None:
     """Rule 2: refill free slots from the queue, right now."""
-    while (business["queues"] and not business["paused"]
-           and len(business["active"]) < _limit(business, step.rules)):
+    while (
+        business["queues"]
+        and not business["paused"]
+        and len(business["active"]) < _limit(business, step.rules)
+    ):
         _grant(step, business, bid, _dequeue(step, business, bid))
 
 
@@ -565,33 +699,55 @@ def _grant(step: _Step, business: dict, bid: str, lead_id: str) -> None:
     now, rules = step.now, step.rules
     dial_id = dial_id_for(bid, lead_id, lead["attempt"])
     dial_by = now + rules.dial_deadline
-    slot = {"lead_id": lead_id, "attempt": lead["attempt"], "phone": lead["phone"],
-            "granted_at": now, "dial_by": dial_by, "status": "granted", "sequence": None,
-            "call_sid": None, "resends": 0,
-            "resend_at": now + rules.ack_timeout if now + rules.ack_timeout < dial_by else None}
+    slot = {
+        "lead_id": lead_id,
+        "attempt": lead["attempt"],
+        "phone": lead["phone"],
+        "granted_at": now,
+        "dial_by": dial_by,
+        "status": "granted",
+        "sequence": None,
+        "call_sid": None,
+        "resends": 0,
+        "resend_at": now + rules.ack_timeout if now + rules.ack_timeout < dial_by else None,
+    }
     slot["lease_until"] = _lease(rules, "granted", slot, now)
     business["active"][dial_id] = slot
     lead.update(state="active", dials=lead["dials"] + [dial_id])
     step.put(lead_key(bid, lead_id), lead)
     step.emit(CALLS_DIAL, bid, _dial_command(bid, dial_id, slot))
-    step.note("dial-granted", bid, lead_id,
-              f"lead {lead_id} of business {bid} granted dial {dial_id}"
-              f" ({len(business['active'])}/{_limit(business, rules)} active)")
+    step.note(
+        "dial-granted",
+        bid,
+        lead_id,
+        f"lead {lead_id} of business {bid} granted dial {dial_id}"
+        f" ({len(business['active'])}/{_limit(business, rules)} active)",
+    )
     if dial_id in business["orphans"]:
         del business["orphans"][dial_id]
         held = step.get(_held_key(bid, dial_id)) or []
         step.delete(_held_key(bid, dial_id))
-        held.sort(key=lambda h: (PHASE_RANK.get(h["status"]["status"], 9),
-                                 h["status"].get("sequence") or -1))
+        held.sort(
+            key=lambda h: (
+                PHASE_RANK.get(h["status"]["status"], 9),
+                h["status"].get("sequence") or -1,
+            )
+        )
         for entry in held:
             if dial_id in business["active"]:
                 _apply_status(step, business, bid, CallStatus(**entry["status"]))
 
 
 def _dial_command(bid: str, dial_id: str, slot: dict) -> DialCommand:
-    return DialCommand(dial_id=dial_id, lead_id=slot["lead_id"], business_id=bid,
-                       phone=slot["phone"], attempt=slot["attempt"],
-                       granted_at=to_iso(slot["granted_at"]), dial_by=to_iso(slot["dial_by"]))
+    return DialCommand(
+        dial_id=dial_id,
+        lead_id=slot["lead_id"],
+        business_id=bid,
+        phone=slot["phone"],
+        attempt=slot["attempt"],
+        granted_at=to_iso(slot["granted_at"]),
+        dial_by=to_iso(slot["dial_by"]),
+    )
 
 
 # -- statuses ------------------------------------------------------------------------
@@ -605,21 +761,27 @@ def _lease(rules: Rules, phase: str, slot: dict, now: float) -> float:
 
 def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
     slot = business["active"][status.dial_id]
-    action = (STATUS_ACTIONS.get((status.status, status.reason))
-              or STATUS_ACTIONS[(status.status, None)])
+    action = (
+        STATUS_ACTIONS.get((status.status, status.reason))
+        or STATUS_ACTIONS[(status.status, None)]
+    )
     if status.call_sid:
         slot["call_sid"] = status.call_sid
     if action == ADVANCE:
         rank, current = PHASE_RANK[status.status], PHASE_RANK[slot["status"]]
-        newer = (slot["sequence"] is None or status.sequence is None
-                 or status.sequence > slot["sequence"])
+        newer = (
+            slot["sequence"] is None
+            or status.sequence is None
+            or status.sequence > slot["sequence"]
+        )
         if rank > current or (rank == current and newer):
             slot["status"] = status.status
             if status.sequence is not None:
                 slot["sequence"] = status.sequence
         slot["resend_at"] = None
-        slot["lease_until"] = max(slot["lease_until"],
-                                  _lease(step.rules, slot["status"], slot, step.now))
+        slot["lease_until"] = max(
+            slot["lease_until"], _lease(step.rules, slot["status"], slot, step.now)
+        )
         return
     del business["active"][status.dial_id]
     lead = step.get(lead_key(bid, slot["lead_id"]))
@@ -627,9 +789,13 @@ def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> 
         lead.update(state="waiting", attempt=lead["attempt"] + 1)
         step.put(lead_key(bid, slot["lead_id"]), lead)
         _enqueue(step, business, bid, FRONT_LEVEL, slot["lead_id"], front=True)
-        step.note("dial-refused", bid, slot["lead_id"],
-                  f"dial {status.dial_id} was refused ({status.reason}); lead"
-                  f" {slot['lead_id']} goes back to the front as attempt {lead['attempt']}")
+        step.note(
+            "dial-refused",
+            bid,
+            slot["lead_id"],
+            f"dial {status.dial_id} was refused ({status.reason}); lead"
+            f" {slot['lead_id']} goes back to the front as attempt {lead['attempt']}",
+        )
         return
     reason = status.reason
     if action == RETRY:
@@ -639,32 +805,66 @@ def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> 
     _finish(step, bid, lead, slot, status.dial_id, status.status, reason)
 
 
-def _finish(step: _Step, bid: str, lead: dict, slot: dict, dial_id: str, outcome: str,
-            reason: str | None) -> None:
+def _finish(
+    step: _Step,
+    bid: str,
+    lead: dict,
+    slot: dict,
+    dial_id: str,
+    outcome: str,
+    reason: str | None,
+) -> None:
     lead.update(state="done", outcome=outcome)
     step.put(lead_key(bid, slot["lead_id"]), lead)
-    _schedule(step, ["lead", bid, slot["lead_id"]],
-              math.ceil(step.now + step.rules.lead_retention))
-    step.emit(LEADS_OUTCOMES, bid, LeadOutcome(
-        lead_id=slot["lead_id"], business_id=bid, outcome=outcome, dial_id=dial_id,
-        call_sid=slot["call_sid"], reason=reason, attempt=slot["attempt"]))
-    step.note("outcome-" + outcome, bid, slot["lead_id"],
-              f"lead {slot['lead_id']} of business {bid} ended {outcome}"
-              + (f" ({reason})" if reason else "") + f"; dial {dial_id} frees its slot")
+    _schedule(
+        step,
+        ["lead", bid, slot["lead_id"]],
+        math.ceil(step.now + step.rules.lead_retention),
+    )
+    step.emit(
+        LEADS_OUTCOMES,
+        bid,
+        LeadOutcome(
+            lead_id=slot["lead_id"],
+            business_id=bid,
+            outcome=outcome,
+            dial_id=dial_id,
+            call_sid=slot["call_sid"],
+            reason=reason,
+            attempt=slot["attempt"],
+        ),
+    )
+    step.note(
+        "outcome-" + outcome,
+        bid,
+        slot["lead_id"],
+        f"lead {slot['lead_id']} of business {bid} ended {outcome}"
+        + (f" ({reason})" if reason else "")
+        + f"; dial {dial_id} frees its slot",
+    )
 
 
 def _hold(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
     """Rule 6: keep a status for an unknown dial until its grant shows up, for a while."""
     held = step.get(_held_key(bid, status.dial_id)) or []
     src = step.source
-    held.append({"status": status.to_dict(),
-                 "source": DeadLetter.of("", src.topic, src.partition, src.offset,
-                                         src.key, src.value).to_dict()})
+    held.append(
+        {
+            "status": status.to_dict(),
+            "source": DeadLetter.of(
+                "", src.topic, src.partition, src.offset, src.key, src.value
+            ).to_dict(),
+        }
+    )
     step.put(_held_key(bid, status.dial_id), held)
     business["orphans"].setdefault(status.dial_id, step.now + step.rules.orphan_hold)
-    step.note("status-held", bid, status.lead_id,
-              f"{status.status} for unknown dial {status.dial_id} held for up to"
-              f" {step.rules.orphan_hold:g}s until its grant appears")
+    step.note(
+        "status-held",
+        bid,
+        status.lead_id,
+        f"{status.status} for unknown dial {status.dial_id} held for up to"
+        f" {step.rules.orphan_hold:g}s until its grant appears",
+    )
 
 
 # -- time ----------------------------------------------------------------------------
@@ -699,9 +899,13 @@ def _forget(step: _Step, bid: str, lead_id: str) -> None:
     lead = step.get(lead_key(bid, lead_id))
     if lead is not None and lead["state"] == "done":
         step.delete(lead_key(bid, lead_id))
-        step.note("lead-forgotten", bid, lead_id,
-                  f"lead {lead_id} of business {bid} forgotten"
-                  f" {step.rules.lead_retention:g}s after its outcome ({lead['outcome']})")
+        step.note(
+            "lead-forgotten",
+            bid,
+            lead_id,
+            f"lead {lead_id} of business {bid} forgotten"
+            f" {step.rules.lead_retention:g}s after its outcome ({lead['outcome']})",
+        )
 
 
 def _wake(step: _Step, bid: str, bucket: int) -> None:
@@ -716,10 +920,21 @@ def _wake(step: _Step, bid: str, bucket: int) -> None:
         if now >= slot["lease_until"]:
             del business["active"][dial_id]
             reason = f"no final status; lease ran out in phase {slot['status']}"
-            _finish(step, bid, step.get(lead_key(bid, slot["lead_id"])), slot, dial_id,
-                    "expired", reason)
-            step.note("lease-expired", bid, slot["lead_id"],
-                      f"lease of dial {dial_id} expired in phase {slot['status']}")
+            _finish(
+                step,
+                bid,
+                step.get(lead_key(bid, slot["lead_id"])),
+                slot,
+                dial_id,
+                "expired",
+                reason,
+            )
+            step.note(
+                "lease-expired",
+                bid,
+                slot["lead_id"],
+                f"lease of dial {dial_id} expired in phase {slot['status']}",
+            )
         elif slot["resend_at"] is not None and now >= slot["resend_at"]:
             if now >= slot["dial_by"]:
                 slot["resend_at"] = None
@@ -731,20 +946,30 @@ def _wake(step: _Step, bid: str, bucket: int) -> None:
                 slot["resends"] += 1
                 slot["resend_at"] = now + step.rules.ack_timeout
                 step.emit(CALLS_DIAL, bid, _dial_command(bid, dial_id, slot))
-                step.note("dial-resent", bid, slot["lead_id"],
-                          f"dial {dial_id} had no status after"
-                          f" {now - slot['granted_at']:.1f}s; resent ({slot['resends']})")
+                step.note(
+                    "dial-resent",
+                    bid,
+                    slot["lead_id"],
+                    f"dial {dial_id} had no status after"
+                    f" {now - slot['granted_at']:.1f}s; resent ({slot['resends']})",
+                )
     for dial_id, until in list(business["orphans"].items()):
         if now >= until:
             del business["orphans"][dial_id]
             held = step.get(_held_key(bid, dial_id)) or []
             step.delete(_held_key(bid, dial_id))
             for entry in held:
-                letter = dict(entry["source"], reason=(
-                    f"status {entry['status']['status']} for unknown dial {dial_id}:"
-                    f" no grant claimed it within {step.rules.orphan_hold:g}s"))
+                letter = dict(
+                    entry["source"],
+                    reason=(
+                        f"status {entry['status']['status']} for unknown dial {dial_id}:"
+                        f" no grant claimed it within {step.rules.orphan_hold:g}s"
+                    ),
+                )
                 step.emit(LEADS_DEADLETTER, bid, DeadLetter(**letter))
-                step.note("dead-lettered", bid, entry["status"]["lead_id"], letter["reason"])
+                step.note(
+                    "dead-lettered", bid, entry["status"]["lead_id"], letter["reason"]
+                )
     _fill(step, business, bid)
     _save(step, bid, business)
 

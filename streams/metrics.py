@@ -33,15 +33,23 @@ import asyncio
 import heapq
 import itertools
 import time
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from prometheus_client import (
-    CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    gc_collector,
+    generate_latest,
+    platform_collector,
+    process_collector,
 )
-from prometheus_client import gc_collector, platform_collector, process_collector
 
-from .limiter_table import Effects, oldest_waiting_since, waiting_count
-from .topics import LEADS_OUTCOMES
+from streams.limiter_table import Effects, oldest_waiting_since, waiting_count
+from streams.topics import LEADS_OUTCOMES
 
 #: How many businesses get their own `business_id` series in the per-business gauges.
 TOP_BUSINESSES = 20
@@ -64,116 +72,200 @@ gc_collector.GCCollector(registry=REGISTRY)
 # -- worker ----------------------------------------------------------------------------
 
 EVENTS = Counter(
-    "streams_events_total", "Input events the worker handled, by Kafka topic.",
-    ["topic"], registry=REGISTRY)
+    "streams_events_total",
+    "Input events the worker handled, by Kafka topic.",
+    ["topic"],
+    registry=REGISTRY,
+)
 EVENT_SECONDS = Histogram(
     "streams_event_processing_seconds",
     "Time to handle one input event: decide, write the table, wait for the changelog,"
     " emit.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-             5.0, 10.0),
-    registry=REGISTRY)
+    buckets=(
+        0.0005,
+        0.001,
+        0.0025,
+        0.005,
+        0.01,
+        0.025,
+        0.05,
+        0.1,
+        0.25,
+        0.5,
+        1.0,
+        2.5,
+        5.0,
+        10.0,
+    ),
+    registry=REGISTRY,
+)
 SKIPPED_RECORDS = Counter(
     "streams_skipped_records_recovered_total",
     "Input records the Kafka consumer skipped (faust-streaming, around rebalances) that"
-    " the worker read again from the broker and handled (streams/progress.py).",
-    ["topic"], registry=REGISTRY)
+    " the worker read again from the broker and handled (streams/shell/progress.py).",
+    ["topic"],
+    registry=REGISTRY,
+)
 DECISIONS = Counter(
     "streams_decisions_total",
     "Every decision of the limiter core, by kind (the same as GET /counters/).",
-    ["kind"], registry=REGISTRY)
+    ["kind"],
+    registry=REGISTRY,
+)
 DIALS_GRANTED = Counter(
-    "streams_dials_granted_total", "Dial commands granted (a slot was taken).",
-    registry=REGISTRY)
+    "streams_dials_granted_total",
+    "Dial commands granted (a slot was taken).",
+    registry=REGISTRY,
+)
 OUTCOMES = Counter(
     "streams_outcomes_total",
     "Leads that ended, by outcome (a terminal call status, expired or rejected).",
-    ["outcome"], registry=REGISTRY)
+    ["outcome"],
+    registry=REGISTRY,
+)
 LEASE_EXPIRIES = Counter(
     "streams_lease_expiries_total",
     "Slots freed because their lease ran out: a call status was lost somewhere.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 DIAL_RESENDS = Counter(
     "streams_dial_resends_total",
     "Dial commands resent because the dialer reported nothing in time.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 DEAD_LETTERS = Counter(
     "streams_dead_letters_total",
     "Records sent to leads.deadletter (bad input, failed events, orphan statuses).",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 ACTIVE_CALLS = Gauge(
-    "streams_active_calls", "Calls in flight (slots taken) on this worker's partitions.",
-    registry=REGISTRY)
+    "streams_active_calls",
+    "Calls in flight (slots taken) on this worker's partitions.",
+    registry=REGISTRY,
+)
 WAITING_LEADS = Gauge(
     "streams_waiting_leads",
     "Leads waiting for a slot on this worker's partitions (not consumer lag).",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 BUSINESSES = Gauge(
-    "streams_businesses", "Businesses with state on this worker's partitions.",
-    registry=REGISTRY)
+    "streams_businesses",
+    "Businesses with state on this worker's partitions.",
+    registry=REGISTRY,
+)
 BUSINESS_ACTIVE_CALLS = Gauge(
     "streams_business_active_calls",
     f"Calls in flight per business, for the {TOP_BUSINESSES} busiest businesses of this"
-    " worker only.", ["business_id"], registry=REGISTRY)
+    " worker only.",
+    ["business_id"],
+    registry=REGISTRY,
+)
 BUSINESS_WAITING_LEADS = Gauge(
     "streams_business_waiting_leads",
     f"Waiting leads per business, for the {TOP_BUSINESSES} busiest businesses of this"
-    " worker only.", ["business_id"], registry=REGISTRY)
+    " worker only.",
+    ["business_id"],
+    registry=REGISTRY,
+)
 OLDEST_WAITING = Gauge(
     "streams_oldest_waiting_seconds",
     "Age of the longest-waiting lead at the head of a queue on this worker (0: none).",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 READY = Gauge(
     "streams_worker_ready",
     "1 when the worker's table is recovered and it serves its partitions, else 0.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 LAG_RECORDS = Gauge(
     "streams_consumer_lag_records",
     "High watermark minus committed offset, per input partition this worker owns.",
-    ["topic", "partition"], registry=REGISTRY)
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 LAG_SECONDS = Gauge(
     "streams_consumer_lag_seconds",
     "Approximate lag in time per owned input partition: 0 without lag, else now minus"
     " the timestamp of the last processed event (see streams/metrics.py).",
-    ["topic", "partition"], registry=REGISTRY)
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 COMMITTED_OFFSET = Gauge(
     "streams_consumer_committed_offset",
     "Offset this worker last committed, per input partition it owns (for STALL"
     " detection: lag with an offset that stands still).",
-    ["topic", "partition"], registry=REGISTRY)
+    ["topic", "partition"],
+    registry=REGISTRY,
+)
 
 # -- dialer (incremented by the dialer) ---------------------------------------------------
 
 TWILIO_ERRORS = Counter(
     "streams_twilio_errors_total",
     "Twilio REST API errors by Twilio error code (or HTTP status when none).",
-    ["code"], registry=REGISTRY)
+    ["code"],
+    registry=REGISTRY,
+)
 TWILIO_CPS_THROTTLED = Counter(
     "streams_twilio_cps_throttled_total",
     "Call creates that waited for the TWILIO_CPS rate limit or got 429/20429.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 WEBHOOK_SIGNATURE_FAILURES = Counter(
     "streams_webhook_signature_failures_total",
     "Status callbacks rejected because X-Twilio-Signature did not verify.",
-    registry=REGISTRY)
+    registry=REGISTRY,
+)
 DIALER_CALLS_CREATED = Counter(
-    "streams_dialer_calls_created_total", "Calls the dialer created at Twilio.",
-    registry=REGISTRY)
+    "streams_dialer_calls_created_total",
+    "Calls the dialer created at Twilio.",
+    registry=REGISTRY,
+)
 
 #: Every metric above, for `exported_names()`.
-ALL = (EVENTS, EVENT_SECONDS, DECISIONS, DIALS_GRANTED, OUTCOMES, LEASE_EXPIRIES,
-       DIAL_RESENDS, DEAD_LETTERS, ACTIVE_CALLS, WAITING_LEADS, BUSINESSES,
-       BUSINESS_ACTIVE_CALLS, BUSINESS_WAITING_LEADS, OLDEST_WAITING, READY, LAG_RECORDS,
-       LAG_SECONDS, COMMITTED_OFFSET, TWILIO_ERRORS, TWILIO_CPS_THROTTLED,
-       WEBHOOK_SIGNATURE_FAILURES, DIALER_CALLS_CREATED)
+ALL = (
+    EVENTS,
+    EVENT_SECONDS,
+    DECISIONS,
+    DIALS_GRANTED,
+    OUTCOMES,
+    LEASE_EXPIRIES,
+    DIAL_RESENDS,
+    DEAD_LETTERS,
+    ACTIVE_CALLS,
+    WAITING_LEADS,
+    BUSINESSES,
+    BUSINESS_ACTIVE_CALLS,
+    BUSINESS_WAITING_LEADS,
+    OLDEST_WAITING,
+    READY,
+    LAG_RECORDS,
+    LAG_SECONDS,
+    COMMITTED_OFFSET,
+    TWILIO_ERRORS,
+    TWILIO_CPS_THROTTLED,
+    WEBHOOK_SIGNATURE_FAILURES,
+    DIALER_CALLS_CREATED,
+)
 
 #: Note kinds with a metric of their own (besides `streams_decisions_total{kind}`).
-_NOTE_COUNTERS = {"dial-granted": DIALS_GRANTED, "lease-expired": LEASE_EXPIRIES,
-                  "dial-resent": DIAL_RESENDS, "dead-lettered": DEAD_LETTERS}
+_NOTE_COUNTERS = {
+    "dial-granted": DIALS_GRANTED,
+    "lease-expired": LEASE_EXPIRIES,
+    "dial-resent": DIAL_RESENDS,
+    "dead-lettered": DEAD_LETTERS,
+}
 
 #: Outcomes that exist from the start, so rate() sees them go from 0.
-OUTCOME_VALUES = ("completed", "busy", "failed", "no-answer", "canceled", "expired",
-                  "rejected")
+OUTCOME_VALUES = (
+    "completed",
+    "busy",
+    "failed",
+    "no-answer",
+    "canceled",
+    "expired",
+    "rejected",
+)
 for _outcome in OUTCOME_VALUES:
     OUTCOMES.labels(outcome=_outcome)
 
@@ -181,8 +273,11 @@ for _outcome in OUTCOME_VALUES:
 def exported_names() -> set[str]:
     """Every sample name our metrics can expose (counters' `_total`, histograms'
     `_bucket`/`_sum`/`_count`, ...), whether or not a series exists yet."""
-    suffixes = {"counter": ("_total",), "gauge": ("",),
-                "histogram": ("_bucket", "_sum", "_count")}
+    suffixes = {
+        "counter": ("_total",),
+        "gauge": ("",),
+        "histogram": ("_bucket", "_sum", "_count"),
+    }
     names: set[str] = set()
     for metric in ALL:
         for family in metric.describe():
@@ -204,7 +299,7 @@ def observe_effects(effects: Effects) -> None:
     for note in effects.notes:
         DECISIONS.labels(kind=note.kind).inc()
         if note.kind.startswith("outcome-"):
-            OUTCOMES.labels(outcome=note.kind[len("outcome-"):]).inc()
+            OUTCOMES.labels(outcome=note.kind[len("outcome-") :]).inc()
         counter = _NOTE_COUNTERS.get(note.kind)
         if counter is not None:
             counter.inc()
@@ -258,8 +353,9 @@ class BusinessSummary:
             oldest = min((row[2] for _, row in chunk if row[2] is not None), default=None)
             if oldest is not None and (since is None or oldest < since):
                 since = oldest
-            busiest = heapq.nsmallest(TOP_BUSINESSES, itertools.chain(busiest, chunk),
-                                      key=_busiest_first)
+            busiest = heapq.nsmallest(
+                TOP_BUSINESSES, itertools.chain(busiest, chunk), key=_busiest_first
+            )
         OLDEST_WAITING.set(0.0 if since is None else max(0.0, now - since))
         BUSINESS_ACTIVE_CALLS.clear()
         BUSINESS_WAITING_LEADS.clear()
@@ -301,7 +397,9 @@ class LagTracker:
         """The Kafka timestamp of the last event processed from that partition."""
         return self._last_event.get((topic, partition))
 
-    def refresh(self, consumer: Any, topics: Iterable[str], now: float | None = None) -> None:
+    def refresh(
+        self, consumer: Any, topics: Iterable[str], now: float | None = None
+    ) -> None:
         """Set the lag gauges for the partitions of `topics` the consumer owns now."""
         now = time.time() if now is None else now
         wanted = set(topics)

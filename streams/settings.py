@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
-from .limiter_table import Rules
+from streams.errors import StreamsError
+from streams.limiter_table import Rules
 
 #: The rule the whole project exists for: each business stays below this many calls.
 DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS = 3
@@ -21,7 +22,7 @@ TABLE_STORES = ("memory://", "rocksdb://")
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 
 
-class ConfigError(ValueError):
+class ConfigError(StreamsError, ValueError):
     """A setting is missing or malformed; the message is one line naming it."""
 
 
@@ -54,7 +55,9 @@ def _bootstrap(name: str, raw: str) -> str:
 
 def _prefix(name: str, raw: str) -> str:
     if not _TOPIC_PREFIX_RE.match(raw):
-        raise ConfigError(f"{name} may only hold letters, digits, '.', '_' and '-', got {raw!r}")
+        raise ConfigError(
+            f"{name} may only hold letters, digits, '.', '_' and '-', got {raw!r}"
+        )
     return raw
 
 
@@ -84,8 +87,9 @@ def _url(name: str, raw: str, keep_slash: bool = False) -> str:
 
 def _twiml(name: str, raw: str) -> str:
     if not re.fullmatch(r"<Response\b.*</Response>|<Response\b[^>]*/>", raw, re.DOTALL):
-        raise ConfigError(f"{name} must be a TwiML document, <Response>...</Response>,"
-                          f" got {raw[:40]!r}")
+        raise ConfigError(
+            f"{name} must be a TwiML document, <Response>...</Response>, got {raw[:40]!r}"
+        )
     return raw
 
 
@@ -143,7 +147,7 @@ class Settings:
     reconcile_after_seconds: float = 30.0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: the process environment)."""
         env = os.environ if environ is None else environ
         values = {}
@@ -153,20 +157,30 @@ class Settings:
                 values[field_name] = parse(var, raw.strip())
         settings = cls(**values)
         if settings.twilio_voice_url and settings.twilio_twiml:
-            raise ConfigError("set TWILIO_VOICE_URL or TWILIO_TWIML, not both: an answered"
-                              " call runs one voice flow")
+            raise ConfigError(
+                "set TWILIO_VOICE_URL or TWILIO_TWIML, not both: an answered"
+                " call runs one voice flow"
+            )
         if settings.dial_ack_timeout_seconds >= settings.dial_deadline_seconds:
-            raise ConfigError("DIAL_ACK_TIMEOUT_SECONDS must be shorter than"
-                              " DIAL_DEADLINE_SECONDS, or a lost dial is never resent")
+            raise ConfigError(
+                "DIAL_ACK_TIMEOUT_SECONDS must be shorter than"
+                " DIAL_DEADLINE_SECONDS, or a lost dial is never resent"
+            )
         return settings
 
-    def require_twilio(self) -> "Settings":
+    def require_twilio(self) -> Settings:
         """Stop the dialer before any call when a Twilio setting is missing."""
-        for field_name in ("twilio_account_sid", "twilio_auth_token", "twilio_from_number",
-                           "public_base_url"):
+        for field_name in (
+            "twilio_account_sid",
+            "twilio_auth_token",
+            "twilio_from_number",
+            "public_base_url",
+        ):
             if getattr(self, field_name) is None:
-                raise ConfigError(f"{_ENVIRONMENT[field_name][0]} is required by the"
-                                  " Twilio dialer (or run `streams dialer --simulate`)")
+                raise ConfigError(
+                    f"{_ENVIRONMENT[field_name][0]} is required by the"
+                    " Twilio dialer (or run `streams dialer --simulate`)"
+                )
         return self
 
     def rules(self) -> Rules:
@@ -190,16 +204,23 @@ _Parser = Callable[[str, str], object]
 _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", _bootstrap),
     "max_outbound_calls_per_business": (
-        "MAX_OUTBOUND_CALLS_PER_BUSINESS", lambda n, r: _int(n, r, 1)),
+        "MAX_OUTBOUND_CALLS_PER_BUSINESS",
+        lambda n, r: _int(n, r, 1),
+    ),
     "topic_prefix": ("TOPIC_PREFIX", _prefix),
     "topic_partitions": ("TOPIC_PARTITIONS", lambda n, r: _int(n, r, 1)),
     "dial_deadline_seconds": ("DIAL_DEADLINE_SECONDS", lambda n, r: _float(n, r, 1.0)),
-    "dial_ack_timeout_seconds": ("DIAL_ACK_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 0.1)),
+    "dial_ack_timeout_seconds": (
+        "DIAL_ACK_TIMEOUT_SECONDS",
+        lambda n, r: _float(n, r, 0.1),
+    ),
     "ring_timeout_seconds": ("RING_TIMEOUT_SECONDS", lambda n, r: _float(n, r, 1.0)),
     "call_time_limit_seconds": ("CALL_TIME_LIMIT_SECONDS", lambda n, r: _float(n, r, 1.0)),
     "lease_grace_seconds": ("LEASE_GRACE_SECONDS", lambda n, r: _float(n, r, 0.0)),
     "orphan_status_hold_seconds": (
-        "ORPHAN_STATUS_HOLD_SECONDS", lambda n, r: _float(n, r, 1.0)),
+        "ORPHAN_STATUS_HOLD_SECONDS",
+        lambda n, r: _float(n, r, 1.0),
+    ),
     "max_dial_attempts": ("MAX_DIAL_ATTEMPTS", lambda n, r: _int(n, r, 1)),
     "lead_retention_seconds": ("LEAD_RETENTION_SECONDS", lambda n, r: _float(n, r, 1.0)),
     "tick_interval_seconds": ("TICK_INTERVAL_SECONDS", lambda n, r: _float(n, r, 0.05)),
@@ -225,5 +246,7 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
 def environment_variables() -> dict[str, str]:
     """Environment variable -> default value, for `--help` texts and the README."""
     defaults = Settings()
-    return {var: "" if getattr(defaults, field) is None else str(getattr(defaults, field))
-            for field, (var, _) in _ENVIRONMENT.items()}
+    return {
+        var: "" if getattr(defaults, field) is None else str(getattr(defaults, field))
+        for field, (var, _) in _ENVIRONMENT.items()
+    }

@@ -133,8 +133,9 @@ _MAX_ID_LENGTH = 200
 class InvalidRecord(ValueError):
     """A record we cannot use. `reason` is one line; ids are kept when they were readable."""
 
-    def __init__(self, reason: str, *, lead_id: str | None = None,
-                 business_id: str | None = None):
+    def __init__(
+        self, reason: str, *, lead_id: str | None = None, business_id: str | None = None
+    ):
         super().__init__(reason)
         self.reason = reason
         self.lead_id = lead_id
@@ -172,7 +173,9 @@ def _check_key(key: bytes | None, *, business_id: str, lead_id: str | None) -> N
         raise InvalidRecord(
             f"record key {key!r} is not the raw UTF-8 business_id {business_id!r}"
             " (records must be keyed by business_id to reach the right partition)",
-            lead_id=lead_id, business_id=business_id)
+            lead_id=lead_id,
+            business_id=business_id,
+        )
 
 
 def _timestamp(data: dict, name: str, **ids: str | None) -> float:
@@ -180,7 +183,11 @@ def _timestamp(data: dict, name: str, **ids: str | None) -> float:
     try:
         if isinstance(raw, str):
             return from_iso(raw)
-        if isinstance(raw, (int, float)) and not isinstance(raw, bool) and math.isfinite(raw):
+        if (
+            isinstance(raw, (int, float))
+            and not isinstance(raw, bool)
+            and math.isfinite(raw)
+        ):
             return float(raw)
     except ValueError:
         pass
@@ -194,8 +201,9 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         # Every field is a scalar: a shallow dict is all of it (dataclasses.asdict
         # copies recursively, and was a tenth of the worker's time).
-        return {k: v for k in self.__dataclass_fields__
-                if (v := getattr(self, k)) is not None}
+        return {
+            k: v for k in self.__dataclass_fields__ if (v := getattr(self, k)) is not None
+        }
 
     def encode(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -211,7 +219,7 @@ class LeadRequest(Record):
     priority: int = 0
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> "LeadRequest":
+    def decode(cls, value: bytes, key: bytes | None) -> LeadRequest:
         data = _load_object(value)
         lead_id = data.get("lead_id") if isinstance(data.get("lead_id"), str) else None
         business_id = _ident(data, "business_id", lead_id=lead_id)
@@ -220,16 +228,21 @@ class LeadRequest(Record):
         _check_key(key, **ids)
         phone = data.get("phone")
         if not isinstance(phone, str) or not _E164.match(phone):
-            raise InvalidRecord(f"phone {phone!r} is not an E.164 number like +14155550100",
-                                **ids)
+            raise InvalidRecord(
+                f"phone {phone!r} is not an E.164 number like +14155550100", **ids
+            )
         priority = data.get("priority", 0)
         if priority is None:
             priority = 0
-        if (not isinstance(priority, int) or isinstance(priority, bool)
-                or not MIN_PRIORITY <= priority <= MAX_PRIORITY):
+        if (
+            not isinstance(priority, int)
+            or isinstance(priority, bool)
+            or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+        ):
             raise InvalidRecord(
                 f"priority must be an integer {MIN_PRIORITY}-{MAX_PRIORITY}, got {priority!r}",
-                **ids)
+                **ids,
+            )
         return cls(lead_id=lead_id, business_id=business_id, phone=phone, priority=priority)
 
 
@@ -248,7 +261,7 @@ class CallStatus(Record):
     error_code: int | None = None
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> "CallStatus":
+    def decode(cls, value: bytes, key: bytes | None) -> CallStatus:
         data = _load_object(value)
         business_id = _ident(data, "business_id")
         lead_id = _ident(data, "lead_id", business_id=business_id)
@@ -257,20 +270,33 @@ class CallStatus(Record):
         _check_key(key, **ids)
         status = data.get("status")
         if status not in CALL_STATUSES:
-            raise InvalidRecord(f"unknown call status {status!r}; expected one of "
-                                + ", ".join(CALL_STATUSES), **ids)
+            raise InvalidRecord(
+                f"unknown call status {status!r}; expected one of "
+                + ", ".join(CALL_STATUSES),
+                **ids,
+            )
         _timestamp(data, "at", **ids)
         sequence = data.get("sequence")
-        if sequence is not None and (not isinstance(sequence, int) or isinstance(sequence, bool)):
+        if sequence is not None and (
+            not isinstance(sequence, int) or isinstance(sequence, bool)
+        ):
             raise InvalidRecord(f"sequence must be an integer, got {sequence!r}", **ids)
         error_code = data.get("error_code")
-        if error_code is not None and (not isinstance(error_code, int)
-                                       or isinstance(error_code, bool)):
+        if error_code is not None and (
+            not isinstance(error_code, int) or isinstance(error_code, bool)
+        ):
             raise InvalidRecord(f"error_code must be an integer, got {error_code!r}", **ids)
-        return cls(dial_id=dial_id, lead_id=lead_id, business_id=business_id, status=status,
-                   at=data["at"], call_sid=_optional_str(data, "call_sid", **ids),
-                   sequence=sequence, reason=_optional_str(data, "reason", **ids),
-                   error_code=error_code)
+        return cls(
+            dial_id=dial_id,
+            lead_id=lead_id,
+            business_id=business_id,
+            status=status,
+            at=data["at"],
+            call_sid=_optional_str(data, "call_sid", **ids),
+            sequence=sequence,
+            reason=_optional_str(data, "reason", **ids),
+            error_code=error_code,
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,11 +307,13 @@ class Tick(Record):
     at: str
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> "Tick":
+    def decode(cls, value: bytes, key: bytes | None) -> Tick:
         data = _load_object(value)
         partition = data.get("partition")
         if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
-            raise InvalidRecord(f"tick partition must be a non-negative integer, got {partition!r}")
+            raise InvalidRecord(
+                f"tick partition must be a non-negative integer, got {partition!r}"
+            )
         _timestamp(data, "at")
         return cls(partition=partition, at=data["at"])
 
@@ -303,16 +331,18 @@ class BusinessControl(Record):
     paused: bool = False
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> "BusinessControl":
+    def decode(cls, value: bytes, key: bytes | None) -> BusinessControl:
         data = _load_object(value)
         business_id = _ident(data, "business_id")
         ids = {"lead_id": None, "business_id": business_id}
         _check_key(key, **ids)
         limit = data.get("limit")
-        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
-                                  or limit < 0):
-            raise InvalidRecord(f"limit must be a non-negative integer or null, got {limit!r}",
-                                **ids)
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise InvalidRecord(
+                f"limit must be a non-negative integer or null, got {limit!r}", **ids
+            )
         paused = data.get("paused", False)
         if not isinstance(paused, bool):
             raise InvalidRecord(f"paused must be true or false, got {paused!r}", **ids)
@@ -335,7 +365,7 @@ class DialCommand(Record):
     dial_by: str
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None = None) -> "DialCommand":
+    def decode(cls, value: bytes, key: bytes | None = None) -> DialCommand:
         data = _load_object(value)
         try:
             command = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
@@ -358,7 +388,7 @@ class LeadOutcome(Record):
     attempt: int | None = None
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None = None) -> "LeadOutcome":
+    def decode(cls, value: bytes, key: bytes | None = None) -> LeadOutcome:
         data = _load_object(value)
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
@@ -379,13 +409,26 @@ class DeadLetter(Record):
     value: str | None
 
     @classmethod
-    def of(cls, reason: str, topic: str, partition: int, offset: int,
-           key: bytes | None, value: bytes | None) -> "DeadLetter":
-        return cls(reason=reason, topic=topic, partition=partition, offset=offset,
-                   key=_b64(key), value=_b64(value))
+    def of(
+        cls,
+        reason: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+    ) -> DeadLetter:
+        return cls(
+            reason=reason,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=_b64(key),
+            value=_b64(value),
+        )
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None = None) -> "DeadLetter":
+    def decode(cls, value: bytes, key: bytes | None = None) -> DeadLetter:
         return cls(**_load_object(value))
 
     def original_value(self) -> bytes | None:

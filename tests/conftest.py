@@ -7,16 +7,14 @@ import os
 import pytest
 from hypothesis import Phase, settings
 
-from streams.broker import Broker
-
-TEST_PORT = 19092
-TEST_CONTROLLER_PORT = 19093
+from streams.devtools.broker import Broker
+from tests.support.deployment import free_port
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "integration: needs a Kafka broker (started on localhost:19092 unless STREAMS_TEST_BOOTSTRAP is set)",
+        "integration: needs a Kafka broker (started on free local ports unless STREAMS_TEST_BOOTSTRAP is set)",
     )
 
 
@@ -32,12 +30,14 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
     if external:
         host, _, port = external.split(",")[0].rpartition(":")
         if not host or not port.isdigit():
-            pytest.fail(f"STREAMS_TEST_BOOTSTRAP must be host:port, got {external!r}", pytrace=False)
+            pytest.fail(
+                f"STREAMS_TEST_BOOTSTRAP must be host:port, got {external!r}", pytrace=False
+            )
         yield Broker(host=host, port=int(port))
         return
     broker = Broker(
-        port=TEST_PORT,
-        controller_port=TEST_CONTROLLER_PORT,
+        port=free_port(),
+        controller_port=free_port(),
         data_dir=tmp_path_factory.mktemp("kafka"),
     )
     if not broker.start():
@@ -61,7 +61,7 @@ settings.register_profile("fail-fast", phases=[Phase.explicit, Phase.reuse, Phas
 def postgres_url():
     """A SQLAlchemy URL of a throwaway PostgreSQL database (Debian's package), for the
     session; skipped when PostgreSQL is not installed, except in CI where it must be."""
-    from tests.postgres import postgres_or_skip
+    from tests.support.postgres import postgres_or_skip
 
     server = postgres_or_skip()
     try:
@@ -75,7 +75,7 @@ def ledger_url(request, tmp_path):
     """The dialer's ledger database, once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
-    from tests.postgres import fresh_database
+    from tests.support.postgres import fresh_database
 
     return fresh_database(request.getfixturevalue("postgres_url"))
 

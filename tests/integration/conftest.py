@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.harness import Deployment
+from tests.support.deployment import Deployment
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import time
 import pytest
 from confluent_kafka.admin import NewTopic
 
-from streams import admin
-from streams.simdialer import concurrency_from_ledger
-from tests.integration.harness import Deployment
+from streams.dialers.simulated import concurrency_from_ledger
+from streams.kafka import admin
+from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -27,16 +27,27 @@ LIMIT = 3
 
 def make_leads(businesses: list[str], per_business: int, run: str = "r") -> list[dict]:
     """Each business's leads in one burst, so that every business saturates its slots."""
-    return [{"lead_id": f"{b}-{run}-{n}", "business_id": b,
-             "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}"}
-            for b in businesses for n in range(per_business)]
+    return [
+        {
+            "lead_id": f"{b}-{run}-{n}",
+            "business_id": b,
+            "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}",
+        }
+        for b in businesses
+        for n in range(per_business)
+    ]
 
 
 def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
     """Peak concurrent placed-but-not-ended calls per key(line), from ledger lines."""
-    marks = sorted(((line["at"], 0 if line["event"] == "ended" else 1, line)
-                    for line in lines if line["event"] in ("placed", "ended")),
-                   key=lambda m: (m[0], m[1]))
+    marks = sorted(
+        (
+            (line["at"], 0 if line["event"] == "ended" else 1, line)
+            for line in lines
+            if line["event"] in ("placed", "ended")
+        ),
+        key=lambda m: (m[0], m[1]),
+    )
     live, peaks = collections.Counter(), collections.Counter()
     for _, placed, line in marks:
         live[key(line)] += 1 if placed else -1
@@ -49,7 +60,9 @@ def assert_core_guarantees(deployment: Deployment, leads: list[dict]) -> list[di
     lines = deployment.ledger_lines()
     per_business = concurrency_from_ledger(deployment.ledger)
     assert per_business and max(per_business.values()) <= LIMIT, per_business
-    placed = collections.Counter(line["lead_id"] for line in lines if line["event"] == "placed")
+    placed = collections.Counter(
+        line["lead_id"] for line in lines if line["event"] == "placed"
+    )
     assert max(placed.values()) == 1, [lead for lead, n in placed.items() if n > 1]
     assert set(placed) <= {lead["lead_id"] for lead in leads}
     return lines
@@ -70,8 +83,11 @@ def test_seed_scenario_nine_calls_and_each_fourth_lead_waits(deployment):
     assert peak(lines) == {"all": 9}, "9 calls at once overall: there is no global limit"
     for business in "ABC":
         fourth = next(line for line in placed if line["lead_id"] == f"{business}-r-3")
-        first_end = min(line["at"] for line in lines
-                        if line["event"] == "ended" and line["business_id"] == business)
+        first_end = min(
+            line["at"]
+            for line in lines
+            if line["event"] == "ended" and line["business_id"] == business
+        )
         assert fourth["at"] >= first_end, f"{business}'s 4th lead did not wait for a slot"
 
 
@@ -95,8 +111,9 @@ def kill_worker_mid_run(deployment, businesses, leads_each, outcomes_before_kill
     deployment.start_dialer(talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.2))
     leads = make_leads([f"biz{n}" for n in range(businesses)], leads_each)
     deployment.produce_leads(leads)
-    deployment.read("leads.outcomes", until=lambda recs: len(recs) >= outcomes_before_kill,
-                    timeout=120)
+    deployment.read(
+        "leads.outcomes", until=lambda recs: len(recs) >= outcomes_before_kill, timeout=120
+    )
     first.kill()
     return first, leads
 
@@ -104,18 +121,23 @@ def kill_worker_mid_run(deployment, businesses, leads_each, outcomes_before_kill
 @pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store):
     deployment.env["TABLE_STORE"] = store
-    _, leads = kill_worker_mid_run(deployment, businesses=30, leads_each=15,
-                                   outcomes_before_kill=100)
+    _, leads = kill_worker_mid_run(
+        deployment, businesses=30, leads_each=15, outcomes_before_kill=100
+    )
     second = deployment.start_worker("w1")  # same data dir, same group: a restart
     second.wait_serving()
     deployment.outcomes(leads, timeout=240)
-    # A RocksDB store holds only what the changelog acknowledged (streams/units.py), so
+    # A RocksDB store holds only what the changelog acknowledged (streams/shell/units.py), so
     # the restart keeps it and reads just the changelog since; the guarantees below are
     # what would break if it held a write the changelog lacked.
     assert_core_guarantees(deployment, leads)
+
     def holding():
-        return [b for b in second.businesses() or [{"business_id": "?", "active": ["?"]}]
-                if b["active"] or b["waiting"]]
+        return [
+            b
+            for b in second.businesses() or [{"business_id": "?", "active": ["?"]}]
+            if b["active"] or b["waiting"]
+        ]
 
     deadline = time.monotonic() + 30
     while holding() and time.monotonic() < deadline:
@@ -130,15 +152,17 @@ DYNAMIC_RESUME_SECONDS = 15.0 - 3.0
 
 
 def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires(
-        deployment):
+    deployment,
+):
     """WORKER_INSTANCE_ID (Kafka static membership): the restarted worker replaces its
     killed self in the group at once and takes its partitions back; a dynamic member
     would first wait for the killed one's session to expire. With RocksDB it also keeps
     its local tables (they only hold what the changelog acknowledged)."""
     instance = deployment.settings.topic_prefix + "w1"
     deployment.env.update(TABLE_STORE="rocksdb://", WORKER_INSTANCE_ID=instance)
-    first, leads = kill_worker_mid_run(deployment, businesses=20, leads_each=8,
-                                       outcomes_before_kill=40)
+    first, leads = kill_worker_mid_run(
+        deployment, businesses=20, leads_each=8, outcomes_before_kill=40
+    )
     killed = time.monotonic()
     # The same address: Faust's assignor asserts a static member keeps its URL.
     second = deployment.start_worker("w1", web_port=first.web_port)
@@ -146,7 +170,8 @@ def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires
     resumed_after = time.monotonic() - killed
     print(f"resumed {resumed_after:.1f}s after the kill")
     assert resumed_after < DYNAMIC_RESUME_SECONDS, (
-        f"resumed {resumed_after:.1f}s after the kill: it waited for the session timeout")
+        f"resumed {resumed_after:.1f}s after the kill: it waited for the session timeout"
+    )
     deployment.wait_group(members=1)
     group = deployment.settings.topic_prefix + deployment.settings.app_id
     client = admin.admin_client(deployment.settings)  # must outlive its futures
@@ -165,8 +190,9 @@ def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(deployme
     leads = make_leads([f"biz{n}" for n in range(40)], 10)
     deployment.produce_leads(leads)
     deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 80, timeout=120)
-    assert "granted dial" in first.log() and "granted dial" in second.log(), \
+    assert "granted dial" in first.log() and "granted dial" in second.log(), (
         "both workers should have owned partitions with leads"
+    )
     second.stop()  # a clean leave: its partitions rebalance to the first worker
     deployment.outcomes(leads, timeout=240)
     assert_core_guarantees(deployment, leads)
@@ -180,14 +206,38 @@ def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):
     bad_leads = [
         (b"G", b"{not json"),
         (b"G", json.dumps({"business_id": "G", "phone": "+14155550100"}).encode()),
-        (b"G", json.dumps({"lead_id": "bad-phone", "business_id": "G",
-                           "phone": "555-0100"}).encode()),
+        (
+            b"G",
+            json.dumps(
+                {"lead_id": "bad-phone", "business_id": "G", "phone": "555-0100"}
+            ).encode(),
+        ),
     ]
     bad_statuses = [
-        (b"G", json.dumps({"dial_id": "G:x:1", "lead_id": "x", "business_id": "G",
-                           "status": "exploded", "at": "2026-01-01T00:00:00Z"}).encode()),
-        (b"G", json.dumps({"dial_id": "G:ghost:1", "lead_id": "ghost", "business_id": "G",
-                           "status": "ringing", "at": "2026-01-01T00:00:00Z"}).encode()),
+        (
+            b"G",
+            json.dumps(
+                {
+                    "dial_id": "G:x:1",
+                    "lead_id": "x",
+                    "business_id": "G",
+                    "status": "exploded",
+                    "at": "2026-01-01T00:00:00Z",
+                }
+            ).encode(),
+        ),
+        (
+            b"G",
+            json.dumps(
+                {
+                    "dial_id": "G:ghost:1",
+                    "lead_id": "ghost",
+                    "business_id": "G",
+                    "status": "ringing",
+                    "at": "2026-01-01T00:00:00Z",
+                }
+            ).encode(),
+        ),
     ]
     deployment.produce_leads(good[:2])
     deployment.produce("leads.requests", bad_leads)
@@ -215,14 +265,19 @@ def test_bad_input_is_dead_lettered_and_the_worker_goes_on(deployment):
 
 
 def test_an_exception_in_our_code_dead_letters_the_event_and_the_worker_goes_on(
-        kafka_broker, tmp_path):
+    kafka_broker, tmp_path
+):
     """Faust acks an event whose agent raised, and it is gone: the worker catches per
     event. Here handling the second lead and the first status raise (STREAMS_WORKER_
     FAULTS "raise"): both are dead-lettered, the lead is told `rejected`, the call
     whose status was lost still ends and frees its slot, and the other leads go on."""
     leads = make_leads(["E"], 5, run="raise")  # offsets 0..4 of one partition
-    deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
-                            STREAMS_WORKER_FAULTS="leads.requests:1:raise,calls.status:0:raise")
+    deployment = Deployment(
+        kafka_broker.bootstrap,
+        tmp_path,
+        TOPIC_PARTITIONS="1",
+        STREAMS_WORKER_FAULTS="leads.requests:1:raise,calls.status:0:raise",
+    )
     try:
         deployment.create_topics()
         worker = deployment.start_worker()
@@ -233,17 +288,25 @@ def test_an_exception_in_our_code_dead_letters_the_event_and_the_worker_goes_on(
         failed = leads[1]["lead_id"]
         assert outcomes[failed]["outcome"] == "rejected", outcomes[failed]
         assert "internal error" in outcomes[failed]["reason"]
-        assert all(outcome["outcome"] != "rejected" for lead_id, outcome in outcomes.items()
-                   if lead_id != failed), outcomes
+        assert all(
+            outcome["outcome"] != "rejected"
+            for lead_id, outcome in outcomes.items()
+            if lead_id != failed
+        ), outcomes
         lines = assert_core_guarantees(deployment, leads)
         assert failed not in {line["lead_id"] for line in lines}
 
         letters = deployment.read("leads.deadletter", until=lambda recs: len(recs) >= 2)
         assert sorted((letter["topic"], letter["offset"]) for letter in letters) == [
-            (deployment.topic("calls.status"), 0), (deployment.topic("leads.requests"), 1)]
+            (deployment.topic("calls.status"), 0),
+            (deployment.topic("leads.requests"), 1),
+        ]
         assert all("internal error" in letter["reason"] for letter in letters)
-        lead_letter = next(letter for letter in letters
-                           if letter["topic"] == deployment.topic("leads.requests"))
+        lead_letter = next(
+            letter
+            for letter in letters
+            if letter["topic"] == deployment.topic("leads.requests")
+        )
         assert json.loads(base64.b64decode(lead_letter["value"]))["lead_id"] == failed
 
         def busy(state: list[dict] | None) -> bool:
@@ -264,8 +327,13 @@ def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path
     limiter. Its dial_id is the same, so the dialer (deduping on dial_id) does not call
     it again: still one call per lead (the simulated dialer stays silent, the lease
     ends it)."""
-    deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="1",
-                            LEAD_RETENTION_SECONDS="3", LEASE_GRACE_SECONDS="1")
+    deployment = Deployment(
+        kafka_broker.bootstrap,
+        tmp_path,
+        TOPIC_PARTITIONS="1",
+        LEAD_RETENTION_SECONDS="3",
+        LEASE_GRACE_SECONDS="1",
+    )
     try:
         deployment.create_topics()
         worker = deployment.start_worker()
@@ -284,8 +352,11 @@ def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path
         dials = deployment.read("calls.dial", until=lambda recs: len(recs) >= 3)
         first = f"R:{leads[0]['lead_id']}:1"
         assert [d["dial_id"] for d in dials].count(first) >= 2, "granted again (and resent)"
-        placed = [line["lead_id"] for line in deployment.ledger_lines()
-                  if line["event"] == "placed"]
+        placed = [
+            line["lead_id"]
+            for line in deployment.ledger_lines()
+            if line["event"] == "placed"
+        ]
         assert sorted(placed) == sorted(lead["lead_id"] for lead in leads)
     finally:
         deployment.close()
@@ -294,13 +365,25 @@ def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path
 def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
     deployment = Deployment(kafka_broker.bootstrap, tmp_path)
     client = admin.admin_client(deployment.settings)
-    futures = client.create_topics([
-        NewTopic(deployment.topic("leads.requests"), num_partitions=4, replication_factor=1),
-        NewTopic(deployment.topic("calls.status"), num_partitions=2, replication_factor=1)])
+    futures = client.create_topics(
+        [
+            NewTopic(
+                deployment.topic("leads.requests"), num_partitions=4, replication_factor=1
+            ),
+            NewTopic(
+                deployment.topic("calls.status"), num_partitions=2, replication_factor=1
+            ),
+        ]
+    )
     for future in futures.values():
         future.result(30)
-    result = subprocess.run([sys.executable, "-m", "streams", "worker"], env=deployment.env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "worker"],
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr

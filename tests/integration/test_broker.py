@@ -1,4 +1,4 @@
-"""The local broker launcher (streams/broker.py) against a real broker."""
+"""The local broker launcher (streams/devtools/broker.py) against a real broker."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from streams.broker import Broker
+from streams.devtools.broker import Broker
 
 pytestmark = pytest.mark.integration
 
@@ -26,18 +26,23 @@ def test_produce_and_consume(kafka_broker: Broker) -> None:
         producer = Producer({"bootstrap.servers": kafka_broker.bootstrap})
         delivery_errors = []
         producer.produce(
-            topic, key=b"business-42", value=b"hello", on_delivery=lambda err, _: delivery_errors.append(err)
+            topic,
+            key=b"business-42",
+            value=b"hello",
+            on_delivery=lambda err, _: delivery_errors.append(err),
         )
         assert producer.flush(10) == 0
         assert delivery_errors == [None]
 
         # A consumer group, not assign(): joining a group exercises the group coordinator
         # and the offsets topic, which the stream processor relies on.
-        consumer = Consumer({
-            "bootstrap.servers": kafka_broker.bootstrap,
-            "group.id": f"{topic}-group",
-            "auto.offset.reset": "earliest",
-        })
+        consumer = Consumer(
+            {
+                "bootstrap.servers": kafka_broker.bootstrap,
+                "group.id": f"{topic}-group",
+                "auto.offset.reset": "earliest",
+            }
+        )
         try:
             consumer.subscribe([topic])
             message = None

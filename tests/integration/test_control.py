@@ -10,23 +10,30 @@ import urllib.request
 
 import pytest
 
-from streams.simdialer import concurrency_from_ledger
-from tests.integration.harness import Deployment
+from streams.dialers.simulated import concurrency_from_ledger
+from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
 
 
 def cli(deployment: Deployment, worker, *args: str) -> str:
     env = {**deployment.env, "WORKER_WEB_PORT": str(worker.web_port)}
-    result = subprocess.run([sys.executable, "-m", "streams", "business", *args], env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "business", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
 def view(worker, business_id: str, lead: str | None = None) -> dict:
     url = f"http://127.0.0.1:{worker.web_port}/businesses/{business_id}/"
-    with urllib.request.urlopen(url + (f"?lead={lead}" if lead else ""), timeout=5) as reply:
+    with urllib.request.urlopen(
+        url + (f"?lead={lead}" if lead else ""), timeout=5
+    ) as reply:
         return json.load(reply)
 
 
@@ -49,8 +56,12 @@ def test_pause_resume_and_lower_the_limit_of_one_business(deployment):
     worker = deployment.start_worker()
     worker.wait_serving()
     assert "paused" in cli(deployment, worker, "pause", "P")
-    deployment.produce_leads([{"lead_id": f"P{n}", "business_id": "P",
-                               "phone": "+14155550100"} for n in range(6)])
+    deployment.produce_leads(
+        [
+            {"lead_id": f"P{n}", "business_id": "P", "phone": "+14155550100"}
+            for n in range(6)
+        ]
+    )
     paused = eventually(lambda: (v := view(worker, "P"))["waiting"] == 6 and v)
     assert paused["paused"] and paused["active"] == []
     lead = view(worker, "P", lead="P4")["lead"]
@@ -66,6 +77,7 @@ def test_pause_resume_and_lower_the_limit_of_one_business(deployment):
 
     deployment.start_dialer(talk_seconds=(0.5, 1.0))
     outcomes = deployment.read(
-        "leads.outcomes", until=lambda recs: len({r["lead_id"] for r in recs}) == 6)
+        "leads.outcomes", until=lambda recs: len({r["lead_id"] for r in recs}) == 6
+    )
     assert len({r["lead_id"] for r in outcomes}) == 6
     assert concurrency_from_ledger(deployment.ledger) == {"P": 2}

@@ -1,4 +1,4 @@
-"""`streams demo` (streams/demo.py) end to end, as a newcomer runs it, on the test broker."""
+"""`streams demo` (streams/devtools/demo.py) end to end, as a newcomer runs it, on the test broker."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from streams.demo import Scenario, seed_leads, summarize, total_peak_from_ledger
-from streams.simdialer import concurrency_from_ledger
+from streams.devtools.demo import Scenario, seed_leads, summarize, total_peak_from_ledger
+from streams.dialers.simulated import concurrency_from_ledger
 from streams.topics import LeadRequest, record_key
 
 LIMIT = 3
@@ -36,10 +36,16 @@ def free_port() -> int:
 def demo_env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
     """Settings of a demo that shares the test broker with nobody."""
     tag = uuid.uuid4().hex[:8]
-    return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "TOPIC_PREFIX": f"demo{tag}.", "STREAMS_APP_ID": f"demo-{tag}",
-            "WORKER_WEB_PORT": str(free_port()), "STREAMS_DATA_DIR": str(tmp_path / "data"),
-            "MAX_OUTBOUND_CALLS_PER_BUSINESS": str(LIMIT), "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": f"demo{tag}.",
+        "STREAMS_APP_ID": f"demo-{tag}",
+        "WORKER_WEB_PORT": str(free_port()),
+        "STREAMS_DATA_DIR": str(tmp_path / "data"),
+        "MAX_OUTBOUND_CALLS_PER_BUSINESS": str(LIMIT),
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 def demo_command(*args: str) -> list[str]:
@@ -73,17 +79,22 @@ def test_seed_leads_are_valid_and_unique_per_run() -> None:
     leads = seed_leads(3, 5, "run1") + seed_leads(3, 5, "run2")
     assert len({lead["lead_id"] for lead in leads}) == 30
     for lead in leads:
-        decoded = LeadRequest.decode(json.dumps(lead).encode(), record_key(lead["business_id"]))
+        decoded = LeadRequest.decode(
+            json.dumps(lead).encode(), record_key(lead["business_id"])
+        )
         assert decoded.business_id in BUSINESSES
     assert [lead["lead_id"] for lead in leads[:2]] == ["A-run1-1", "A-run1-2"]
 
 
 def test_demo_fails_clearly_when_kafka_is_not_there(tmp_path: Path) -> None:
     env = demo_env(f"127.0.0.1:{free_port()}", tmp_path)  # nothing listens there
-    run = subprocess.run(demo_command(), env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=60)
+    run = subprocess.run(
+        demo_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
     assert run.returncode == 2, run.stdout + run.stderr
-    errors = [line for line in run.stderr.splitlines() if line.startswith("streams: error:")]
+    errors = [
+        line for line in run.stderr.splitlines() if line.startswith("streams: error:")
+    ]
     assert len(errors) == 1 and "no Kafka broker answers at" in errors[0], run.stderr
     assert "Traceback" not in run.stderr
 
@@ -91,11 +102,21 @@ def test_demo_fails_clearly_when_kafka_is_not_there(tmp_path: Path) -> None:
 def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
     """The verdict comes from the ledger: four overlapping calls of A must fail the run."""
     ledger = tmp_path / "dialer-x.jsonl"
-    lines = [{"event": "placed", "at": 100.0 + n, "dial_id": f"A:A-x-{n}:1",
-              "lead_id": f"A-x-{n}", "business_id": "A", "phone": "+14155550101"}
-             for n in range(4)]
-    lines += [{**line, "event": "ended", "at": 110.0 + n, "status": "completed"}
-              for n, line in enumerate(lines)]
+    lines = [
+        {
+            "event": "placed",
+            "at": 100.0 + n,
+            "dial_id": f"A:A-x-{n}:1",
+            "lead_id": f"A-x-{n}",
+            "business_id": "A",
+            "phone": "+14155550101",
+        }
+        for n in range(4)
+    ]
+    lines += [
+        {**line, "event": "ended", "at": 110.0 + n, "status": "completed"}
+        for n, line in enumerate(lines)
+    ]
     ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))
     scenario = Scenario("x", LIMIT, seed_leads(1, 4, "x"))
     console = Console(file=io.StringIO(), width=100)
@@ -109,8 +130,9 @@ def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
 def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Path) -> None:
     env = demo_env(kafka_broker.bootstrap, tmp_path)
     began = time.monotonic()
-    run = subprocess.run(demo_command(), env=env, cwd=tmp_path, capture_output=True,
-                         text=True, timeout=120)
+    run = subprocess.run(
+        demo_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert f"every business stayed within {LIMIT} calls" in run.stdout, output
@@ -120,14 +142,16 @@ def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Pa
     ledger = the_ledger(tmp_path)
     peaks = concurrency_from_ledger(ledger)
     assert peaks == {b: LIMIT for b in BUSINESSES}, (
-        f"each business should fill its {LIMIT} slots and never exceed them: {peaks}")
+        f"each business should fill its {LIMIT} slots and never exceed them: {peaks}"
+    )
     # No global limit: all three businesses were on their three calls at the start.
     assert total_peak_from_ledger(ledger) == LIMIT * len(BUSINESSES), output
 
     # What the summary printed agrees with the ledger.
     for business in BUSINESSES:
-        assert re.search(rf"^\s*{business}\s+{LIMIT} \(limit {LIMIT}\)\s+5/5", run.stdout,
-                         re.MULTILINE), output
+        assert re.search(
+            rf"^\s*{business}\s+{LIMIT} \(limit {LIMIT}\)\s+5/5", run.stdout, re.MULTILINE
+        ), output
     assert f"overall peak: {LIMIT * len(BUSINESSES)} calls at once" in run.stdout, output
     assert "outcomes: 15 of 15 leads" in run.stdout, output
     # The live view, without a terminal, printed plain progress lines, not a flood.
@@ -146,9 +170,15 @@ def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Pa
 def test_ctrl_c_during_the_live_view_stops_everything(kafka_broker, tmp_path: Path) -> None:
     env = demo_env(kafka_broker.bootstrap, tmp_path)
     # Its own process group, like a shell job: Ctrl-C goes to the whole group.
-    demo = subprocess.Popen(demo_command("--leads-per-business", "8"), env=env, cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    demo = subprocess.Popen(
+        demo_command("--leads-per-business", "8"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:

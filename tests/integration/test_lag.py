@@ -15,7 +15,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from tests.integration.harness import Deployment
+from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -24,25 +24,40 @@ def _produce(deployment: Deployment, topic: str, counts: dict[int, int]) -> None
     producer = Producer({"bootstrap.servers": deployment.settings.kafka_bootstrap_servers})
     for partition, count in counts.items():
         for n in range(count):
-            producer.produce(topic, key=b"biz", value=json.dumps({"n": n}).encode(),
-                             partition=partition)
+            producer.produce(
+                topic, key=b"biz", value=json.dumps({"n": n}).encode(), partition=partition
+            )
     assert producer.flush(30) == 0
 
 
-def _commit(deployment: Deployment, group: str, offsets: dict[tuple[str, int], int]) -> None:
+def _commit(
+    deployment: Deployment, group: str, offsets: dict[tuple[str, int], int]
+) -> None:
     """Commit offsets for `group` the way a consumer that processed that far would."""
-    consumer = Consumer({"bootstrap.servers": deployment.settings.kafka_bootstrap_servers,
-                         "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": deployment.settings.kafka_bootstrap_servers,
+            "group.id": group,
+            "enable.auto.commit": False,
+        }
+    )
     try:
-        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                        asynchronous=False)
+        consumer.commit(
+            offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+            asynchronous=False,
+        )
     finally:
         consumer.close()
 
 
 def _lag(deployment: Deployment, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams", "lag", *args],
-                          env=deployment.env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "streams", "lag", *args],
+        env=deployment.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_lag_reports_offsets_time_lag_and_fails_over(deployment):
@@ -61,8 +76,16 @@ def test_lag_reports_offsets_time_lag_and_fails_over(deployment):
     assert group["group"] == behind
     partitions = {p["partition"]: p for p in group["partitions"] if p["topic"] == leads}
     assert set(partitions) == {0, 1}
-    assert (partitions[0]["committed"], partitions[0]["end"], partitions[0]["lag"]) == (4, 10, 6)
-    assert (partitions[1]["committed"], partitions[1]["end"], partitions[1]["lag"]) == (6, 6, 0)
+    assert (partitions[0]["committed"], partitions[0]["end"], partitions[0]["lag"]) == (
+        4,
+        10,
+        6,
+    )
+    assert (partitions[1]["committed"], partitions[1]["end"], partitions[1]["lag"]) == (
+        6,
+        6,
+        0,
+    )
     assert partitions[0]["time_lag_seconds"] >= 0.2
     assert partitions[1]["time_lag_seconds"] == 0
     assert group["total_lag"] == 6
@@ -76,14 +99,16 @@ def test_lag_reports_offsets_time_lag_and_fails_over(deployment):
     table = " ".join(over.stdout.split())
     assert behind in table and "STOP" in table and f"{leads}/0 time lag" in table
 
-    over = _lag(deployment, "--json", "--group", behind, "--fail-over", "0.001",
-                "--samples", "1")
+    over = _lag(
+        deployment, "--json", "--group", behind, "--fail-over", "0.001", "--samples", "1"
+    )
     assert over.returncode == 1, over.stderr
     assert json.loads(over.stdout)["ok"] is False
     assert f"{leads}/0 time lag" in over.stderr
 
-    fine = _lag(deployment, "--json", "--group", caught_up, "--fail-over", "3600",
-                "--samples", "1")
+    fine = _lag(
+        deployment, "--json", "--group", caught_up, "--fail-over", "3600", "--samples", "1"
+    )
     assert fine.returncode == 0, fine.stderr
     [group] = json.loads(fine.stdout)["groups"]
     assert group["status"] == "OK" and group["total_lag"] == 0
@@ -104,8 +129,14 @@ def test_lag_shows_only_the_project_groups_that_exist(deployment):
     assert (partition["committed"], partition["end"], partition["lag"]) == (1, 3, 2)
     assert partition["time_lag_seconds"] > 0
 
-    missing = _lag(deployment, "--json", "--samples", "1", "--group",
-                   f"{deployment.settings.topic_prefix}nobody")
+    missing = _lag(
+        deployment,
+        "--json",
+        "--samples",
+        "1",
+        "--group",
+        f"{deployment.settings.topic_prefix}nobody",
+    )
     assert missing.returncode == 0, missing.stderr
     [group] = json.loads(missing.stdout)["groups"]
     assert group["status"] == "ERR" and "no such consumer group" in group["reason"]
@@ -116,10 +147,24 @@ def test_lag_watch_refreshes_until_interrupted(deployment):
     _produce(deployment, leads, {3: 2})
     group = f"{deployment.settings.topic_prefix}watched"
     _commit(deployment, group, {(leads, 3): 2})
-    watch = subprocess.Popen([sys.executable, "-m", "streams", "lag", "--watch", "--json",
-                              "--interval", "0.5", "--group", group],
-                             env=deployment.env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    watch = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streams",
+            "lag",
+            "--watch",
+            "--json",
+            "--interval",
+            "0.5",
+            "--group",
+            group,
+        ],
+        env=deployment.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         reports = [json.loads(watch.stdout.readline()) for _ in range(3)]
         watch.send_signal(signal.SIGINT)

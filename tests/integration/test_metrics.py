@@ -9,18 +9,21 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-
 pytestmark = pytest.mark.integration
 
 
 def scrape(worker) -> tuple[str, dict[tuple[str, frozenset], float]]:
     """(Content-Type, {(sample name, labels): value}) of the worker's /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/metrics",
-                                timeout=5) as reply:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{worker.web_port}/metrics", timeout=5
+    ) as reply:
         content_type = reply.headers["Content-Type"]
         text = reply.read().decode()
-    samples = {(s.name, frozenset(s.labels.items())): s.value
-               for family in text_string_to_metric_families(text) for s in family.samples}
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
     return content_type, samples
 
 
@@ -32,22 +35,31 @@ def test_metrics_show_dials_waiting_leads_and_top_businesses(deployment):
     worker = deployment.start_worker()
     worker.wait_serving()
     # Business M: 3 dials (the default limit), 2 waiting; no dialer, so they stay.
-    deployment.produce_leads([{"lead_id": f"M{n}", "business_id": "M",
-                               "phone": "+14155550100"} for n in range(5)])
-    deployment.produce_leads([{"lead_id": "bad", "business_id": "M",
-                               "phone": "not-a-number"}])
+    deployment.produce_leads(
+        [
+            {"lead_id": f"M{n}", "business_id": "M", "phone": "+14155550100"}
+            for n in range(5)
+        ]
+    )
+    deployment.produce_leads(
+        [{"lead_id": "bad", "business_id": "M", "phone": "not-a-number"}]
+    )
     leads_topic = deployment.topic("leads.requests")
 
     deadline = time.monotonic() + 30
     while True:
         content_type, samples = scrape(worker)
-        ready = (value(samples, "streams_business_active_calls", business_id="M") == 3
-                 and value(samples, "streams_waiting_leads") == 2)
+        ready = (
+            value(samples, "streams_business_active_calls", business_id="M") == 3
+            and value(samples, "streams_waiting_leads") == 2
+        )
         if ready or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    dump = json.dumps({f"{n}{dict(l)}": v for (n, l), v in samples.items()
-                       if n.startswith("streams_")}, indent=1)
+    dump = json.dumps(
+        {f"{n}{dict(l)}": v for (n, l), v in samples.items() if n.startswith("streams_")},
+        indent=1,
+    )
     assert content_type.startswith("text/plain"), content_type
     assert value(samples, "streams_dials_granted_total") == 3, dump
     assert value(samples, "streams_active_calls") == 3, dump
@@ -56,8 +68,9 @@ def test_metrics_show_dials_waiting_leads_and_top_businesses(deployment):
     assert value(samples, "streams_business_waiting_leads", business_id="M") == 2, dump
     assert value(samples, "streams_oldest_waiting_seconds") > 0, dump
     assert value(samples, "streams_worker_ready") == 1, dump
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.web_port}/ready/",
-                                timeout=5) as reply:
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{worker.web_port}/ready/", timeout=5
+    ) as reply:
         assert (reply.status, json.load(reply)) == (200, {"ready": True})
     assert value(samples, "streams_events_total", topic=leads_topic) == 6, dump
     assert value(samples, "streams_decisions_total", kind="waiting") == 2, dump
@@ -65,7 +78,9 @@ def test_metrics_show_dials_waiting_leads_and_top_businesses(deployment):
     assert value(samples, "streams_outcomes_total", outcome="rejected") == 1, dump
     assert value(samples, "streams_event_processing_seconds_count") >= 6, dump
     # Lag series exist for every input partition this (only) worker owns.
-    lagged = {dict(labels)["partition"] for (name, labels) in samples
-              if name == "streams_consumer_lag_records"
-              and dict(labels)["topic"] == leads_topic}
+    lagged = {
+        dict(labels)["partition"]
+        for (name, labels) in samples
+        if name == "streams_consumer_lag_records" and dict(labels)["topic"] == leads_topic
+    }
     assert lagged == {str(p) for p in range(deployment.settings.topic_partitions)}, dump

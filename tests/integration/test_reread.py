@@ -1,4 +1,4 @@
-"""Reading records again by offset (streams/reread.py), against the real broker.
+"""Reading records again by offset (streams/shell/reread.py), against the real broker.
 
 The worker trusts what `BrokerReader.read` returns as the whole of a range: a record
 missing from the answer is a record never handled. One reader serves every partition
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.reread import BrokerReader
-from tests.integration.harness import Deployment
+from streams.shell.reread import BrokerReader
+from tests.support.deployment import Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +20,23 @@ def test_ranges_of_different_partitions_read_back_to_back_are_exact(kafka_broker
     deployment.create_topics()
     topic = deployment.topic("leads.requests")
     for partition in (0, 1):
-        deployment.produce_to(topic, partition,
-                              [f"p{partition}-{n}".encode() for n in range(20)])
+        deployment.produce_to(
+            topic, partition, [f"p{partition}-{n}".encode() for n in range(20)]
+        )
     reader = BrokerReader(kafka_broker.bootstrap, "reread-test")
     try:
-        for partition, start, end in [(0, 3, 7), (1, 0, 20), (0, 15, 20), (1, 5, 6),
-                                      (0, 0, 1), (1, 19, 20)]:
+        for partition, start, end in [
+            (0, 3, 7),
+            (1, 0, 20),
+            (0, 15, 20),
+            (1, 5, 6),
+            (0, 0, 1),
+            (1, 19, 20),
+        ]:
             got = reader.read(topic, partition, start, end)
             assert [(s.partition, s.offset, s.value) for s in got] == [
-                (partition, n, f"p{partition}-{n}".encode()) for n in range(start, end)]
+                (partition, n, f"p{partition}-{n}".encode()) for n in range(start, end)
+            ]
         assert reader.committed(topic, 1) == 0, "no commit yet: the log's start"
     finally:
         reader.close()

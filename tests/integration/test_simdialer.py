@@ -1,4 +1,4 @@
-"""The simulated dialer (streams/simdialer.py) against a real broker."""
+"""The simulated dialer (streams/dialers/simulated.py) against a real broker."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from streams.dialers.simulated import SimulatedDialer, concurrency_from_ledger
 from streams.settings import Settings
-from streams.simdialer import SimulatedDialer, concurrency_from_ledger
 from streams.topics import (
-    CALLS_DIAL,
     CALL_STATUSES,
+    CALLS_DIAL,
     CALLS_STATUS,
     DIAL_DEADLINE_PASSED,
     TERMINAL_STATUSES,
@@ -42,27 +42,42 @@ def settings(kafka_broker):
     prefix = f"t{uuid.uuid4().hex[:8]}."
     names = [topic_name(CALLS_DIAL, prefix), topic_name(CALLS_STATUS, prefix)]
     admin = AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
-    for future in admin.create_topics([NewTopic(n, num_partitions=3) for n in names]).values():
+    for future in admin.create_topics(
+        [NewTopic(n, num_partitions=3) for n in names]
+    ).values():
         future.result(timeout=30)
-    yield Settings(kafka_bootstrap_servers=kafka_broker.bootstrap, topic_prefix=prefix,
-                   topic_partitions=3, ring_timeout_seconds=RING_TIMEOUT,
-                   call_time_limit_seconds=CALL_TIME_LIMIT)
+    yield Settings(
+        kafka_bootstrap_servers=kafka_broker.bootstrap,
+        topic_prefix=prefix,
+        topic_partitions=3,
+        ring_timeout_seconds=RING_TIMEOUT,
+        call_time_limit_seconds=CALL_TIME_LIMIT,
+    )
     for future in admin.delete_topics(names).values():
         future.result(timeout=30)
 
 
 def command(business: str, lead: str, *, dial_by_in: float = 30.0) -> DialCommand:
     now = time.time()
-    return DialCommand(dial_id=f"{business}:{lead}:1", lead_id=lead, business_id=business,
-                       phone="+14155550100", attempt=1, granted_at=to_iso(now),
-                       dial_by=to_iso(now + dial_by_in))
+    return DialCommand(
+        dial_id=f"{business}:{lead}:1",
+        lead_id=lead,
+        business_id=business,
+        phone="+14155550100",
+        attempt=1,
+        granted_at=to_iso(now),
+        dial_by=to_iso(now + dial_by_in),
+    )
 
 
 def produce(settings: Settings, commands: list[DialCommand]) -> None:
     producer = Producer(producer_config(settings.kafka_bootstrap_servers))
     for c in commands:
-        producer.produce(topic_name(CALLS_DIAL, settings.topic_prefix),
-                         key=record_key(c.business_id), value=c.encode())
+        producer.produce(
+            topic_name(CALLS_DIAL, settings.topic_prefix),
+            key=record_key(c.business_id),
+            value=c.encode(),
+        )
     assert producer.flush(10) == 0
 
 
@@ -79,12 +94,17 @@ def halt(thread: threading.Thread, stop: threading.Event) -> None:
     assert not thread.is_alive(), "dialer did not stop"
 
 
-def statuses_until_final(settings: Settings, dial_ids: set[str],
-                         timeout: float = 25.0) -> dict[str, list[tuple[CallStatus, float]]]:
+def statuses_until_final(
+    settings: Settings, dial_ids: set[str], timeout: float = 25.0
+) -> dict[str, list[tuple[CallStatus, float]]]:
     """Every status per dial_id, with the time it was read, until each dial has a terminal one."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                         "group.id": f"{settings.topic_prefix}test-reader",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"{settings.topic_prefix}test-reader",
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([topic_name(CALLS_STATUS, settings.topic_prefix)])
     seen: dict[str, list[tuple[CallStatus, float]]] = defaultdict(list)
     deadline = time.monotonic() + timeout
@@ -95,12 +115,17 @@ def statuses_until_final(settings: Settings, dial_ids: set[str],
                 continue
             status = read_status(message.value(), message.key())
             seen[status.dial_id].append((status, time.time()))
-            if all(d in seen and seen[d][-1][0].status in TERMINAL_STATUSES for d in dial_ids):
+            if all(
+                d in seen and seen[d][-1][0].status in TERMINAL_STATUSES for d in dial_ids
+            ):
                 return seen
     finally:
         consumer.close()
-    missing = sorted(d for d in dial_ids
-                     if not seen.get(d) or seen[d][-1][0].status not in TERMINAL_STATUSES)
+    missing = sorted(
+        d
+        for d in dial_ids
+        if not seen.get(d) or seen[d][-1][0].status not in TERMINAL_STATUSES
+    )
     pytest.fail(f"no terminal status within {timeout:.0f}s for {missing}")
 
 
@@ -117,12 +142,20 @@ def ledger_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_dialer_places_dedupes_refuses_and_reports(settings: Settings, tmp_path: Path) -> None:
+def test_dialer_places_dedupes_refuses_and_reports(
+    settings: Settings, tmp_path: Path
+) -> None:
     live = [command("A", f"lead-{i}") for i in range(1, 6)] + [command("B", "lead-1")]
     stale = command("C", "lead-1", dial_by_in=-1.0)
     ledger = tmp_path / "ledger.jsonl"
-    dialer = SimulatedDialer(settings, seed=7, talk_seconds=(0.3, 3.0), ring_seconds=(0.1, 0.5),
-                             answer_ratio=0.5, ledger_path=ledger)
+    dialer = SimulatedDialer(
+        settings,
+        seed=7,
+        talk_seconds=(0.3, 3.0),
+        ring_seconds=(0.1, 0.5),
+        answer_ratio=0.5,
+        ledger_path=ledger,
+    )
     produce(settings, [*live, stale, live[-1]])  # the last one a resend of B's dial
     thread, stop = start(dialer)
     try:
@@ -135,34 +168,50 @@ def test_dialer_places_dedupes_refuses_and_reports(settings: Settings, tmp_path:
         got = [s for s, _ in statuses[c.dial_id]]
         names = [s.status for s in got]
         assert names[:3] == ["queued", "initiated", "ringing"], names
-        assert names[3:] in (["in-progress", "completed"], ["no-answer"], ["busy"], ["failed"])
+        assert names[3:] in (
+            ["in-progress", "completed"],
+            ["no-answer"],
+            ["busy"],
+            ["failed"],
+        )
         assert [s.sequence for s in got] == list(range(len(got)))
         assert len({s.call_sid for s in got}) == 1 and got[0].call_sid.startswith("CA")
         assert len(got[0].call_sid) == 34
         if "in-progress" in names:
             talk = from_iso(got[-1].at) - from_iso(got[-2].at)
-            assert talk <= CALL_TIME_LIMIT + 0.25, f"talked {talk:.2f}s, limit {CALL_TIME_LIMIT}s"
+            assert talk <= CALL_TIME_LIMIT + 0.25, (
+                f"talked {talk:.2f}s, limit {CALL_TIME_LIMIT}s"
+            )
         else:
             ring = from_iso(got[-1].at) - from_iso(got[-2].at)
             assert ring <= RING_TIMEOUT + 0.25, f"rang {ring:.2f}s, limit {RING_TIMEOUT}s"
 
     # The stale command is refused, never placed.
-    (refusal, _), = statuses[stale.dial_id]
+    ((refusal, _),) = statuses[stale.dial_id]
     assert (refusal.status, refusal.reason, refusal.sequence) == (
-        "canceled", DIAL_DEADLINE_PASSED, 0)
+        "canceled",
+        DIAL_DEADLINE_PASSED,
+        0,
+    )
 
     lines = ledger_lines(ledger)
     placed = [line["dial_id"] for line in lines if line["event"] == "placed"]
     assert sorted(placed) == sorted(c.dial_id for c in live)  # B's twice-sent dial once
-    assert [line["dial_id"] for line in lines if line["event"] == "refused"] == [stale.dial_id]
-    assert [line["dial_id"] for line in lines if line["event"] == "duplicate"] == [live[-1].dial_id]
+    assert [line["dial_id"] for line in lines if line["event"] == "refused"] == [
+        stale.dial_id
+    ]
+    assert [line["dial_id"] for line in lines if line["event"] == "duplicate"] == [
+        live[-1].dial_id
+    ]
     ended = {line["dial_id"]: line for line in lines if line["event"] == "ended"}
     assert set(ended) == set(placed)
     for dial_id, status_reads in statuses.items():
         if dial_id in ended:
             final, read_at = status_reads[-1]
             assert ended[dial_id]["status"] == final.status
-            assert ended[dial_id]["at"] <= read_at, "the ledger ended the call after it was reported"
+            assert ended[dial_id]["at"] <= read_at, (
+                "the ledger ended the call after it was reported"
+            )
 
     snapshot = dialer.snapshot()
     assert snapshot["placed"] == len(live)
@@ -178,12 +227,20 @@ def test_dialer_places_dedupes_refuses_and_reports(settings: Settings, tmp_path:
 def test_restarted_dialer_does_not_place_again(settings: Settings, tmp_path: Path) -> None:
     """A dialer reading the same commands again (here: a new consumer group) with the
     ledger of an earlier run treats them all as duplicates."""
-    commands = [command("A", "lead-1"), command("B", "lead-1"),
-                command("C", "lead-1", dial_by_in=-1.0)]
+    commands = [
+        command("A", "lead-1"),
+        command("B", "lead-1"),
+        command("C", "lead-1", dial_by_in=-1.0),
+    ]
     ledger = tmp_path / "ledger.jsonl"
     produce(settings, commands)
-    first = SimulatedDialer(settings, seed=1, talk_seconds=(0.1, 0.2), ring_seconds=(0.1, 0.2),
-                            ledger_path=ledger)
+    first = SimulatedDialer(
+        settings,
+        seed=1,
+        talk_seconds=(0.1, 0.2),
+        ring_seconds=(0.1, 0.2),
+        ledger_path=ledger,
+    )
     thread, stop = start(first)
     try:
         statuses_until_final(settings, {c.dial_id for c in commands})
@@ -191,12 +248,15 @@ def test_restarted_dialer_does_not_place_again(settings: Settings, tmp_path: Pat
         halt(thread, stop)
     assert (first.snapshot()["placed"], first.snapshot()["refused"]) == (2, 1)
 
-    second = SimulatedDialer(settings, ledger_path=ledger,
-                             group_id=f"{settings.topic_prefix}sim-dialer-2")
+    second = SimulatedDialer(
+        settings, ledger_path=ledger, group_id=f"{settings.topic_prefix}sim-dialer-2"
+    )
     thread, stop = start(second)
     try:
         deadline = time.monotonic() + 20
-        while second.snapshot()["duplicates"] < len(commands) and time.monotonic() < deadline:
+        while (
+            second.snapshot()["duplicates"] < len(commands) and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
     finally:
         halt(thread, stop)
@@ -205,17 +265,31 @@ def test_restarted_dialer_does_not_place_again(settings: Settings, tmp_path: Pat
     assert concurrency_from_ledger(ledger) == first.snapshot()["max_live_by_business"]
 
 
-def test_stopped_or_crashed_calls_end_in_the_ledger(settings: Settings, tmp_path: Path) -> None:
+def test_stopped_or_crashed_calls_end_in_the_ledger(
+    settings: Settings, tmp_path: Path
+) -> None:
     """Calls cut off by a stop, or by a crash before it, still get an "ended" line, so
     placed/ended pairs keep bounding when each call could have been live."""
     ledger = tmp_path / "ledger.jsonl"
     crashed = command("Z", "lead-0")
-    ledger.write_text(json.dumps({"event": "placed", "at": time.time(), "dial_id": crashed.dial_id,
-                                  "lead_id": "lead-0", "business_id": "Z",
-                                  "phone": crashed.phone}) + "\n" + '{"event": "pla')
+    ledger.write_text(
+        json.dumps(
+            {
+                "event": "placed",
+                "at": time.time(),
+                "dial_id": crashed.dial_id,
+                "lead_id": "lead-0",
+                "business_id": "Z",
+                "phone": crashed.phone,
+            }
+        )
+        + "\n"
+        + '{"event": "pla'
+    )
     produce(settings, [command("A", "lead-1")])
-    dialer = SimulatedDialer(settings, talk_seconds=(5.0, 5.0), answer_ratio=1.0,
-                             ledger_path=ledger)
+    dialer = SimulatedDialer(
+        settings, talk_seconds=(5.0, 5.0), answer_ratio=1.0, ledger_path=ledger
+    )
     thread, stop = start(dialer)
     try:
         deadline = time.monotonic() + 20
@@ -227,16 +301,20 @@ def test_stopped_or_crashed_calls_end_in_the_ledger(settings: Settings, tmp_path
     assert dialer.snapshot()["live_by_business"] == {}
     # Line 1 is the one the crash cut short; the dialer's own lines must stay whole.
     written = [json.loads(line) for line in ledger.read_text().splitlines()[2:]]
-    ended = [(line["dial_id"], line["status"]) for line in written if line["event"] == "ended"]
+    ended = [
+        (line["dial_id"], line["status"]) for line in written if line["event"] == "ended"
+    ]
     assert ended == [(crashed.dial_id, "abandoned"), ("A:lead-1:1", "abandoned")]
     assert concurrency_from_ledger(ledger) == {"Z": 1, "A": 1}
 
     # The handled command's offset is committed for the dialer's group.
-    reader = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                       "group.id": dialer.group_id})
+    reader = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": dialer.group_id}
+    )
     try:
-        committed = reader.committed([TopicPartition(dialer.dial_topic, p) for p in range(3)],
-                                     timeout=10)
+        committed = reader.committed(
+            [TopicPartition(dialer.dial_topic, p) for p in range(3)], timeout=10
+        )
     finally:
         reader.close()
     assert sum(max(tp.offset, 0) for tp in committed) == 1

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.integration.harness import Deployment, free_port
+from tests.support.deployment import Deployment, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +22,24 @@ LEADS = {"S1": 5, "S2": 4}
 
 
 def streams(deployment: Deployment, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams", *args],
-                          env={**deployment.env, **env}, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        env={**deployment.env, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def wait_for_queues(worker, timeout: float = 30) -> dict[str, dict]:
     deadline = time.monotonic() + timeout
     while True:
         seen = {b["business_id"]: b for b in worker.businesses() or ()}
-        if all(len(seen.get(bid, {}).get("active", ())) == 3
-               and seen[bid]["waiting"] == count - 3 for bid, count in LEADS.items()):
+        if all(
+            len(seen.get(bid, {}).get("active", ())) == 3
+            and seen[bid]["waiting"] == count - 3
+            for bid, count in LEADS.items()
+        ):
             return seen
         if time.monotonic() > deadline:
             raise AssertionError(f"the worker never held the leads: {seen}")
@@ -42,9 +49,13 @@ def wait_for_queues(worker, timeout: float = 30) -> dict[str, dict]:
 def test_status_and_top_show_active_calls_and_queues(deployment):
     worker = deployment.start_worker()
     worker.wait_serving()
-    deployment.produce_leads([{"lead_id": f"{bid}-L{n}", "business_id": bid,
-                               "phone": "+14155550100"}
-                              for bid, count in LEADS.items() for n in range(1, count + 1)])
+    deployment.produce_leads(
+        [
+            {"lead_id": f"{bid}-L{n}", "business_id": bid, "phone": "+14155550100"}
+            for bid, count in LEADS.items()
+            for n in range(1, count + 1)
+        ]
+    )
     wait_for_queues(worker)
     here = f"127.0.0.1:{worker.web_port}"
     down = f"127.0.0.1:{free_port()}"
@@ -55,43 +66,60 @@ def test_status_and_top_show_active_calls_and_queues(deployment):
     report = json.loads(run.stdout)
     assert report["workers"] == [
         {"worker": here, "state": "ok", "businesses": 2},
-        {"worker": down, "state": "down", "error": "connection refused"}]
+        {"worker": down, "state": "down", "error": "connection refused"},
+    ]
     found = {b["business_id"]: b for b in report["businesses"]}
     assert set(found) == set(LEADS)
     for bid, count in LEADS.items():
         business = found[bid]
-        assert (business["limit"], business["paused"], business["waiting"]) == \
-            (3, False, count - 3)
+        assert (business["limit"], business["paused"], business["waiting"]) == (
+            3,
+            False,
+            count - 3,
+        )
         assert business["worker"] == here
-        assert sorted(a["lead_id"] for a in business["active"]) == \
-            [f"{bid}-L{n}" for n in (1, 2, 3)]
-        assert {a["dial_id"] for a in business["active"]} == \
-            {f"{bid}:{bid}-L{n}:1" for n in (1, 2, 3)}
-        assert all(a["age_seconds"] >= 0 and a["lease_left_seconds"] > 0
-                   for a in business["active"])
+        assert sorted(a["lead_id"] for a in business["active"]) == [
+            f"{bid}-L{n}" for n in (1, 2, 3)
+        ]
+        assert {a["dial_id"] for a in business["active"]} == {
+            f"{bid}:{bid}-L{n}:1" for n in (1, 2, 3)
+        }
+        assert all(
+            a["age_seconds"] >= 0 and a["lease_left_seconds"] > 0
+            for a in business["active"]
+        )
         assert business["oldest_waiting_seconds"] >= 0
     assert report["totals"]["active"] == 6 and report["totals"]["waiting"] == 3
 
     # One business and one lead, from the default worker (localhost:WORKER_WEB_PORT).
-    run = streams(deployment, "status", "S1", "--lead", "S1-L5",
-                  WORKER_WEB_PORT=str(worker.web_port))
+    run = streams(
+        deployment, "status", "S1", "--lead", "S1-L5", WORKER_WEB_PORT=str(worker.web_port)
+    )
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
-    assert lines[0].startswith("business S1: limit 3, running, 3 of 3 active, 2 waiting,"
-                               " oldest for "), run.stdout
-    assert [line.split()[:2] for line in lines[2:5]] == \
-        [[f"S1:S1-L{n}:1", f"S1-L{n}"] for n in (1, 2, 3)]
-    assert lines[-2:] == ["lead S1-L5: waiting (attempt 1), number 2 in line",
-                          "  waits for a free slot: 3 of 3 in use, 1 lead(s) ahead"]
+    assert lines[0].startswith(
+        "business S1: limit 3, running, 3 of 3 active, 2 waiting, oldest for "
+    ), run.stdout
+    assert [line.split()[:2] for line in lines[2:5]] == [
+        [f"S1:S1-L{n}:1", f"S1-L{n}"] for n in (1, 2, 3)
+    ]
+    assert lines[-2:] == [
+        "lead S1-L5: waiting (attempt 1), number 2 in line",
+        "  waits for a free slot: 3 of 3 in use, 1 lead(s) ahead",
+    ]
 
     run = streams(deployment, "status", "nobody", "--workers", here)
     assert run.returncode == 1, run.stderr
-    assert run.stdout.strip() == f"business nobody: not found on the worker that answered ({here})"
+    assert (
+        run.stdout.strip()
+        == f"business nobody: not found on the worker that answered ({here})"
+    )
 
     run = streams(deployment, "status", "--workers", down)
     assert run.returncode == 2
-    assert run.stderr.strip() == (f"streams: error: no worker answered: {down} down"
-                                  " (connection refused)")
+    assert run.stderr.strip() == (
+        f"streams: error: no worker answered: {down} down (connection refused)"
+    )
 
     # top without a terminal: one plain snapshot, lag of the worker group in the header.
     run = streams(deployment, "top", "--workers", here, "--sort", "waiting")
@@ -105,8 +133,16 @@ def test_status_and_top_show_active_calls_and_queues(deployment):
     assert lines[3] == "outcomes since start: none yet"
     assert lines[4] == "sorted by waiting, top 2 of 2"
     table = [line.split() for line in lines[5:]]
-    assert table[0] == ["business", "active", "limit", "waiting", "oldest", "dials/min",
-                        "state", "outcomes"]
+    assert table[0] == [
+        "business",
+        "active",
+        "limit",
+        "waiting",
+        "oldest",
+        "dials/min",
+        "state",
+        "outcomes",
+    ]
     assert [row[:4] for row in table[1:3]] == [["S1", "3", "3", "2"], ["S2", "3", "3", "1"]]
     assert [(row[5], row[6]) for row in table[1:3]] == [("3", "full"), ("3", "full")]
     assert table[3][0] == "total" and table[3][1:3] == ["6", "3"]

@@ -1,5 +1,5 @@
-"""The Twilio dialer (streams/twilio_dialer.py) on the real broker, with the real `twilio`
-library talking to a fake Twilio server (tests/fake_twilio.py) on 127.0.0.1.
+"""The Twilio dialer (streams/dialers/twilio/dialer.py) on the real broker, with the real `twilio`
+library talking to a fake Twilio server (tests/support/fake_twilio.py) on 127.0.0.1.
 
 Every check of what was really dialed reads the fake's records (create requests, calls,
 true concurrency per business), never the dialer's own view; the design note's query
@@ -25,7 +25,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
-from streams.ledger import Ledger
+from streams.dialers.twilio.dialer import (
+    DEFAULT_TWIML,
+    STATUS_PATH,
+    CreateRateLimiter,
+    TwilioFailure,
+    backoff_seconds,
+)
+from streams.dialers.twilio.ledger import Ledger
 from streams.topics import (
     DIAL_DEADLINE_PASSED,
     TERMINAL_STATUSES,
@@ -34,15 +41,8 @@ from streams.topics import (
     record_key,
     to_iso,
 )
-from streams.twilio_dialer import (
-    DEFAULT_TWIML,
-    STATUS_PATH,
-    CreateRateLimiter,
-    TwilioFailure,
-    backoff_seconds,
-)
-from tests.fake_twilio import FakeTwilio
-from tests.integration.harness import FROM_NUMBER, Deployment, Dialer
+from tests.support.deployment import FROM_NUMBER, Deployment, Dialer
+from tests.support.fake_twilio import FakeTwilio
 
 integration = pytest.mark.integration
 
@@ -78,7 +78,7 @@ class SeedQuerySampler:
                 pass
             self._stop.wait(0.1)
 
-    def __enter__(self) -> "SeedQuerySampler":
+    def __enter__(self) -> SeedQuerySampler:
         self._thread.start()
         return self
 
@@ -90,23 +90,39 @@ class SeedQuerySampler:
 
 def make_leads(businesses: int, per_business: int, run: str = "r") -> list[dict]:
     """Unique phone per lead, so "no phone called twice" is checkable at the fake."""
-    return [{"lead_id": f"{run}-b{b}-{n}", "business_id": f"b{b}",
-             "phone": f"+1415{b:03d}{n:04d}"}
-            for b in range(businesses) for n in range(per_business)]
+    return [
+        {
+            "lead_id": f"{run}-b{b}-{n}",
+            "business_id": f"b{b}",
+            "phone": f"+1415{b:03d}{n:04d}",
+        }
+        for b in range(businesses)
+        for n in range(per_business)
+    ]
 
 
-def dial_commands(count: int, businesses: int = 4, dial_by_in: float = 30.0,
-                  run: str = "d") -> list[DialCommand]:
+def dial_commands(
+    count: int, businesses: int = 4, dial_by_in: float = 30.0, run: str = "d"
+) -> list[DialCommand]:
     now = time.time()
-    return [DialCommand(dial_id=f"b{n % businesses}:{run}{n}:1", lead_id=f"{run}{n}",
-                        business_id=f"b{n % businesses}", phone=f"+1650555{n:04d}", attempt=1,
-                        granted_at=to_iso(now), dial_by=to_iso(now + dial_by_in))
-            for n in range(count)]
+    return [
+        DialCommand(
+            dial_id=f"b{n % businesses}:{run}{n}:1",
+            lead_id=f"{run}{n}",
+            business_id=f"b{n % businesses}",
+            phone=f"+1650555{n:04d}",
+            attempt=1,
+            granted_at=to_iso(now),
+            dial_by=to_iso(now + dial_by_in),
+        )
+        for n in range(count)
+    ]
 
 
 def produce_commands(deployment: Deployment, commands: list[DialCommand]) -> None:
-    deployment.produce("calls.dial", [(record_key(c.business_id), c.encode())
-                                      for c in commands])
+    deployment.produce(
+        "calls.dial", [(record_key(c.business_id), c.encode()) for c in commands]
+    )
 
 
 def statuses_until(deployment: Deployment, done, timeout: float = 60) -> list[dict]:
@@ -126,18 +142,19 @@ def assert_no_double_dial(fake: FakeTwilio) -> None:
     limit live per business."""
     calls = fake.calls()
     per_dial = collections.Counter(c["dial_id"] for c in calls)
-    assert all(n == 1 for n in per_dial.values()), \
-        [d for d, n in per_dial.items() if n > 1]
+    assert all(n == 1 for n in per_dial.values()), [d for d, n in per_dial.items() if n > 1]
     per_phone = collections.Counter(c["to"] for c in calls)
-    assert all(n == 1 for n in per_phone.values()), \
-        [p for p, n in per_phone.items() if n > 1]
+    assert all(n == 1 for n in per_phone.values()), [
+        p for p, n in per_phone.items() if n > 1
+    ]
     peak = fake.peak_live_by_business()
     assert peak and max(peak.values()) <= LIMIT, peak
 
 
 def callback_url(dialer: Dialer, dial_id: str, business_id: str, lead_id: str) -> str:
-    query = urllib.parse.urlencode({"dial_id": dial_id, "business_id": business_id,
-                                    "lead_id": lead_id})
+    query = urllib.parse.urlencode(
+        {"dial_id": dial_id, "business_id": business_id, "lead_id": lead_id}
+    )
     return f"{dialer.settings.public_base_url}{STATUS_PATH}?{query}"
 
 
@@ -145,8 +162,9 @@ def post_callback(url: str, params: dict, signature: str | None) -> int:
     headers = {"Content-Type": "application/x-www-form-urlencoded"}
     if signature is not None:
         headers["X-Twilio-Signature"] = signature
-    request = urllib.request.Request(url, data=urllib.parse.urlencode(params).encode(),
-                                     headers=headers, method="POST")
+    request = urllib.request.Request(
+        url, data=urllib.parse.urlencode(params).encode(), headers=headers, method="POST"
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.status
@@ -204,8 +222,12 @@ def test_backoff_grows_and_is_capped():
 
 def test_twilio_failure_classification():
     from twilio.base.exceptions import TwilioRestException
-    rate = TwilioFailure.of(TwilioRestException(429, "/x", "Unable to create record: Too Many"
-                                                 " Requests", 20429, "POST"))
+
+    rate = TwilioFailure.of(
+        TwilioRestException(
+            429, "/x", "Unable to create record: Too Many Requests", 20429, "POST"
+        )
+    )
     assert rate.rate_limited and rate.message == "Too Many Requests"
     server = TwilioFailure.of(TwilioRestException(503, "/x", "oops", 20503, "POST"))
     assert server.server_error and not server.rate_limited
@@ -251,7 +273,12 @@ def test_two_hundred_leads_end_to_end(deployment, fake, ledger_url):
         assert Ledger(ledger_url).active_calls() == []
         # Every create was made as the contract says.
         params = fake.create_requests()[0]["params"]
-        assert params["StatusCallbackEvent"] == ["initiated", "ringing", "answered", "completed"]
+        assert params["StatusCallbackEvent"] == [
+            "initiated",
+            "ringing",
+            "answered",
+            "completed",
+        ]
         assert params["TimeLimit"] == "5" and params["Timeout"] == "3"
         assert params["From"] == FROM_NUMBER and params["StatusCallbackMethod"] == "POST"
         assert dialer.health()[0] == 200
@@ -273,8 +300,11 @@ def test_sigkilled_dialer_never_calls_twice_and_loses_no_lead(deployment, fake, 
         deployment.produce_leads(leads)
         assert dialer.process.wait(60) == 137, dialer.log()
         assert "exiting after create #15" in dialer.log()
-        orphans = [j for j in Ledger(sqlite_url).all() if j.live and j.call_sid is None
-                   and j.create_requests > 0]
+        orphans = [
+            j
+            for j in Ledger(sqlite_url).all()
+            if j.live and j.call_sid is None and j.create_requests > 0
+        ]
         assert orphans, "the crash left no create without its CallSid"
         dialer.start_process()
         deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 30, timeout=90)
@@ -305,8 +335,9 @@ def test_sigkilled_dialer_never_calls_twice_and_loses_no_lead(deployment, fake, 
 def test_backlog_longer_than_dial_by_is_refused_never_dialed(deployment, fake, sqlite_url):
     """CPS 1 and 30 businesses each granted 3 dials at once: most commands cannot be
     placed before their dial_by; they are reported stale and never reach Twilio."""
-    deployment.env.update(DIAL_DEADLINE_SECONDS="3", DIAL_ACK_TIMEOUT_SECONDS="1",
-                          MAX_DIAL_ATTEMPTS="2")
+    deployment.env.update(
+        DIAL_DEADLINE_SECONDS="3", DIAL_ACK_TIMEOUT_SECONDS="1", MAX_DIAL_ATTEMPTS="2"
+    )
     worker = deployment.start_worker()
     dialer = Dialer(deployment, fake, sqlite_url, TWILIO_CPS="1")
     leads = make_leads(30, 3, run="s")
@@ -316,15 +347,20 @@ def test_backlog_longer_than_dial_by_is_refused_never_dialed(deployment, fake, s
         deployment.produce_leads(leads)
         outcomes = deployment.outcomes(leads, timeout=120)
         statuses = deployment.read("calls.status", until=lambda recs: True, timeout=5)
-        refused = {s["dial_id"] for s in statuses
-                   if s["status"] == "canceled" and s.get("reason") == DIAL_DEADLINE_PASSED}
+        refused = {
+            s["dial_id"]
+            for s in statuses
+            if s["status"] == "canceled" and s.get("reason") == DIAL_DEADLINE_PASSED
+        }
         assert len(refused) > 30, len(refused)
         dialed = {c["dial_id"] for c in fake.calls()}
         assert dialed and not refused & dialed, refused & dialed
         assert max(fake.peak_live_by_business().values()) <= LIMIT
         assert fake.max_creates_in_any_second() <= 1
-        assert any(o["outcome"] == "canceled" and DIAL_DEADLINE_PASSED in (o.get("reason") or "")
-                   for o in outcomes.values())
+        assert any(
+            o["outcome"] == "canceled" and DIAL_DEADLINE_PASSED in (o.get("reason") or "")
+            for o in outcomes.values()
+        )
         for job in Ledger(sqlite_url).all():
             if job.dial_id in refused:
                 assert job.status == "canceled" and job.create_requests == 0, job
@@ -362,9 +398,11 @@ def test_rate_storm_server_errors_and_a_rejected_number(deployment, fake, sqlite
         # The dialer's Prometheus endpoint counts the same story (the registry is this
         # process's, so earlier tests may have added to it: at least, never less).
         with urllib.request.urlopen(f"{dialer.base_url}/metrics", timeout=5) as reply:
-            exposed = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-                       for family in text_string_to_metric_families(reply.read().decode())
-                       for sample in family.samples}
+            exposed = {
+                (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+                for family in text_string_to_metric_families(reply.read().decode())
+                for sample in family.samples
+            }
         assert exposed[("streams_twilio_errors_total", (("code", "21211"),))] >= 1
         assert exposed[("streams_twilio_errors_total", (("code", "20429"),))] >= 16
         assert exposed[("streams_dialer_calls_created_total", ())] >= 15
@@ -373,9 +411,12 @@ def test_rate_storm_server_errors_and_a_rejected_number(deployment, fake, sqlite
 
 
 @integration
-def test_forged_or_missing_signature_is_refused_and_changes_nothing(deployment, fake,
-                                                                     sqlite_url):
-    dialer = Dialer(deployment, fake, sqlite_url, RECONCILE_AFTER_SECONDS="600").start_thread()
+def test_forged_or_missing_signature_is_refused_and_changes_nothing(
+    deployment, fake, sqlite_url
+):
+    dialer = Dialer(
+        deployment, fake, sqlite_url, RECONCILE_AFTER_SECONDS="600"
+    ).start_thread()
     try:
         fake.drop_callbacks(True)  # only our own callbacks reach the webhook
         command = dial_commands(1)[0]
@@ -385,15 +426,23 @@ def test_forged_or_missing_signature_is_refused_and_changes_nothing(deployment, 
         before = ledger.get(command.dial_id)
         assert before.call_sid and before.twilio_status == "queued"
         url = callback_url(dialer, command.dial_id, command.business_id, command.lead_id)
-        params = {"CallSid": before.call_sid, "CallStatus": "completed", "SequenceNumber": "3",
-                  "AccountSid": fake.account_sid, "Timestamp": "Tue, 31 Aug 2010 20:36:28 +0000"}
+        params = {
+            "CallSid": before.call_sid,
+            "CallStatus": "completed",
+            "SequenceNumber": "3",
+            "AccountSid": fake.account_sid,
+            "Timestamp": "Tue, 31 Aug 2010 20:36:28 +0000",
+        }
         validator = RequestValidator(fake.auth_token)
         forged = RequestValidator("not-the-token").compute_signature(url, params)
         other_url = url.replace("127.0.0.1", "evil.example")
         assert post_callback(url, params, None) == 403
         assert post_callback(url, params, "") == 403
         assert post_callback(url, params, forged) == 403
-        assert post_callback(url, params, validator.compute_signature(other_url, params)) == 403
+        assert (
+            post_callback(url, params, validator.compute_signature(other_url, params))
+            == 403
+        )
         tampered = dict(params, CallStatus="busy")
         assert post_callback(url, tampered, validator.compute_signature(url, params)) == 403
         assert ledger.get(command.dial_id) == before
@@ -406,10 +455,16 @@ def test_forged_or_missing_signature_is_refused_and_changes_nothing(deployment, 
         assert post_callback(url, params, signature) in (200, 204)
         assert post_callback(url, params, signature) in (200, 204)
         late = dict(params, CallStatus="ringing", SequenceNumber="1")
-        assert post_callback(url, late, validator.compute_signature(url, late)) in (200, 204)
+        assert post_callback(url, late, validator.compute_signature(url, late)) in (
+            200,
+            204,
+        )
         after = ledger.get(command.dial_id)
-        assert (after.status, after.twilio_status, after.sequence) == ("completed",
-                                                                      "completed", 3)
+        assert (after.status, after.twilio_status, after.sequence) == (
+            "completed",
+            "completed",
+            3,
+        )
         time.sleep(1.0)
         statuses = statuses_until(deployment, lambda recs: False, timeout=2)
         assert [s["status"] for s in statuses] == ["queued", "completed"]
@@ -423,13 +478,16 @@ def test_forged_or_missing_signature_is_refused_and_changes_nothing(deployment, 
 @integration
 def test_lost_webhooks_are_recovered_by_the_reconciler(deployment, fake, ledger_url):
     fake.drop_callbacks(True)
-    dialer = Dialer(deployment, fake, ledger_url, RECONCILE_AFTER_SECONDS="1").start_thread()
+    dialer = Dialer(
+        deployment, fake, ledger_url, RECONCILE_AFTER_SECONDS="1"
+    ).start_thread()
     try:
         commands = dial_commands(8)
         produce_commands(deployment, commands)
         ids = {c.dial_id for c in commands}
-        records = statuses_until(deployment, lambda recs: len(terminal_for(recs, ids)) == 8,
-                                 timeout=60)
+        records = statuses_until(
+            deployment, lambda recs: len(terminal_for(recs, ids)) == 8, timeout=60
+        )
         final = terminal_for(records, ids)
         assert len(final) == 8
         truth = {c["dial_id"]: c["status"] for c in fake.calls()}
@@ -444,13 +502,17 @@ def test_lost_webhooks_are_recovered_by_the_reconciler(deployment, fake, ledger_
 @integration
 def test_twilio_cps_two_means_two_creates_in_any_second(deployment, fake, sqlite_url):
     voice_url = "https://voice.example.com/flows/outbound/"
-    dialer = Dialer(deployment, fake, sqlite_url, TWILIO_CPS="2",
-                    TWILIO_VOICE_URL=voice_url).start_thread()
+    dialer = Dialer(
+        deployment, fake, sqlite_url, TWILIO_CPS="2", TWILIO_VOICE_URL=voice_url
+    ).start_thread()
     try:
         commands = dial_commands(12, businesses=12)
         produce_commands(deployment, commands)
-        statuses_until(deployment, lambda recs: sum(r["status"] == "queued" for r in recs) == 12,
-                       timeout=30)
+        statuses_until(
+            deployment,
+            lambda recs: sum(r["status"] == "queued" for r in recs) == 12,
+            timeout=30,
+        )
         assert len(fake.create_requests()) == 12
         assert [call["voice"] for call in fake.calls()] == [{"Url": voice_url}] * 12
         assert fake.max_creates_in_any_second() <= 2
@@ -461,19 +523,21 @@ def test_twilio_cps_two_means_two_creates_in_any_second(deployment, fake, sqlite
 
 
 @integration
-def test_resent_command_is_not_dialed_again_and_gets_the_last_status(deployment, fake,
-                                                                      sqlite_url):
+def test_resent_command_is_not_dialed_again_and_gets_the_last_status(
+    deployment, fake, sqlite_url
+):
     dialer = Dialer(deployment, fake, sqlite_url).start_thread()
     try:
         command = dial_commands(1, run="dup")[0]
         produce_commands(deployment, [command])
-        records = statuses_until(deployment, lambda recs: bool(terminal_for(recs,
-                                                                            {command.dial_id})))
+        records = statuses_until(
+            deployment, lambda recs: bool(terminal_for(recs, {command.dial_id}))
+        )
         produce_commands(deployment, [command, command])
         again = statuses_until(deployment, lambda recs: len(recs) >= len(records) + 2)
         assert len(fake.calls()) == 1
         final = terminal_for(records, {command.dial_id})[command.dial_id]["status"]
-        assert [r["status"] for r in again[len(records):]] == [final, final]
+        assert [r["status"] for r in again[len(records) :]] == [final, final]
         assert dialer.dialer.counters["duplicate"] == 2
     finally:
         dialer.stop()
@@ -481,19 +545,35 @@ def test_resent_command_is_not_dialed_again_and_gets_the_last_status(deployment,
 
 def test_missing_twilio_settings_stop_the_dialer_with_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TWILIO_")}
-    env.update(DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
-               PUBLIC_BASE_URL="https://dialer.example.com")
-    result = subprocess.run([sys.executable, "-m", "streams", "dialer"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env.update(
+        DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        PUBLIC_BASE_URL="https://dialer.example.com",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "dialer"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "streams: error: TWILIO_ACCOUNT_SID is required by the Twilio dialer"
-        " (or run `streams dialer --simulate`)"]
+        " (or run `streams dialer --simulate`)"
+    ]
     assert not (tmp_path / "ledger.db").exists()
-    env.update(TWILIO_ACCOUNT_SID="AC" + "0" * 32, TWILIO_AUTH_TOKEN="t",
-               TWILIO_FROM_NUMBER="555-0100")
-    result = subprocess.run([sys.executable, "-m", "streams", "dialer"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env.update(
+        TWILIO_ACCOUNT_SID="AC" + "0" * 32,
+        TWILIO_AUTH_TOKEN="t",
+        TWILIO_FROM_NUMBER="555-0100",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "streams", "dialer"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "TWILIO_FROM_NUMBER must be an E.164 number" in result.stderr
 
@@ -503,19 +583,30 @@ def test_ledger_active_prints_the_design_note_query(kafka_broker, tmp_path):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)
     ledger.migrate()
-    from streams.ledger import from_epoch
+    from streams.dialers.twilio.ledger import from_epoch
+
     for n, business in enumerate(["1", "1", "2", "1"]):
-        ledger.claim(dial_id=f"{business}:{n}:1", lead_id=str(n), business_id=business,
-                     phone="+14155550100", attempt=1, dial_by=from_epoch(time.time() + 30))
+        ledger.claim(
+            dial_id=f"{business}:{n}:1",
+            lead_id=str(n),
+            business_id=business,
+            phone="+14155550100",
+            attempt=1,
+            dial_by=from_epoch(time.time() + 30),
+        )
     ledger.close()
     deployment = Deployment(kafka_broker.bootstrap, tmp_path)
     deployment.create_topics()
     env = {**deployment.env, "DATABASE_URL": url}
 
     def active(*args: str, **extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "streams", "ledger", "active", *args],
-                              env={**env, **extra}, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "streams", "ledger", "active", *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     result = active()
     assert result.returncode == 0, result.stderr
@@ -524,13 +615,17 @@ def test_ledger_active_prints_the_design_note_query(kafka_broker, tmp_path):
     assert any(line.startswith("1 ") and " 3 " in line and "<= 3" in line for line in lines)
     assert any(line.startswith("2 ") and " 1 " in line for line in lines)
     # Business 1 gets its own limit of 2 (business.control): now it is over.
-    deployment.produce("business.control", [(record_key("1"),
-                                             BusinessControl("1", 2, False).encode())])
+    deployment.produce(
+        "business.control", [(record_key("1"), BusinessControl("1", 2, False).encode())]
+    )
     result = active("--json")
     assert result.returncode == 1
-    assert json.loads(result.stdout) == {"limit": 3, "limits": {"1": 2},
-                                         "active_calls": {"1": 3, "2": 1},
-                                         "within_limit": False}
+    assert json.loads(result.stdout) == {
+        "limit": 3,
+        "limits": {"1": 2},
+        "active_calls": {"1": 3, "2": 1},
+        "within_limit": False,
+    }
     # --default-limit judges by MAX_OUTBOUND_CALLS_PER_BUSINESS and needs no broker.
     result = active("--json", "--default-limit", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
     assert result.returncode == 0, result.stderr

@@ -11,24 +11,43 @@ import pytest
 from streams.cli import build_parser
 from streams.settings import ConfigError, Settings
 from streams.topics import (
-    CallStatus, InvalidRecord, LeadRequest, producer_config, record_key, status_producer_config,
+    CallStatus,
+    InvalidRecord,
+    LeadRequest,
+    producer_config,
+    record_key,
+    status_producer_config,
 )
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"MAX_OUTBOUND_CALLS_PER_BUSINESS": "three"}, "MAX_OUTBOUND_CALLS_PER_BUSINESS must be an integer"),
-    ({"MAX_OUTBOUND_CALLS_PER_BUSINESS": "0"}, "at least 1"),
-    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "host:port"),
-    ({"TABLE_STORE": "redis://"}, "memory://, rocksdb://"),
-    ({"TOPIC_PREFIX": "a b"}, "TOPIC_PREFIX"),
-    ({"WORKER_WEB_PORT": "70000"}, "TCP port"),
-    ({"DIAL_ACK_TIMEOUT_SECONDS": "40"}, "shorter than DIAL_DEADLINE_SECONDS"),
-    ({"TICK_INTERVAL_SECONDS": "nan"}, "TICK_INTERVAL_SECONDS"),
-    ({"TWILIO_VOICE_URL": "voice.example.com/flow"}, "TWILIO_VOICE_URL must be an http"),
-    ({"TWILIO_TWIML": "<Say>hello</Say>"}, "TWILIO_TWIML must be a TwiML document"),
-    ({"TWILIO_VOICE_URL": "https://voice.example.com/flow",
-      "TWILIO_TWIML": "<Response><Say>hi</Say></Response>"}, "not both"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        (
+            {"MAX_OUTBOUND_CALLS_PER_BUSINESS": "three"},
+            "MAX_OUTBOUND_CALLS_PER_BUSINESS must be an integer",
+        ),
+        ({"MAX_OUTBOUND_CALLS_PER_BUSINESS": "0"}, "at least 1"),
+        ({"KAFKA_BOOTSTRAP_SERVERS": "localhost"}, "host:port"),
+        ({"TABLE_STORE": "redis://"}, "memory://, rocksdb://"),
+        ({"TOPIC_PREFIX": "a b"}, "TOPIC_PREFIX"),
+        ({"WORKER_WEB_PORT": "70000"}, "TCP port"),
+        ({"DIAL_ACK_TIMEOUT_SECONDS": "40"}, "shorter than DIAL_DEADLINE_SECONDS"),
+        ({"TICK_INTERVAL_SECONDS": "nan"}, "TICK_INTERVAL_SECONDS"),
+        (
+            {"TWILIO_VOICE_URL": "voice.example.com/flow"},
+            "TWILIO_VOICE_URL must be an http",
+        ),
+        ({"TWILIO_TWIML": "<Say>hello</Say>"}, "TWILIO_TWIML must be a TwiML document"),
+        (
+            {
+                "TWILIO_VOICE_URL": "https://voice.example.com/flow",
+                "TWILIO_TWIML": "<Response><Say>hi</Say></Response>",
+            },
+            "not both",
+        ),
+    ],
+)
 def test_bad_settings_name_the_variable(env, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(env)
@@ -51,7 +70,9 @@ def test_status_producers_partition_like_every_producer_and_send_at_once():
 
 
 def test_the_voice_flow_is_a_url_or_twiml_kept_as_given():
-    settings = Settings.from_env({"TWILIO_VOICE_URL": "https://voice.example.com/flows/out/"})
+    settings = Settings.from_env(
+        {"TWILIO_VOICE_URL": "https://voice.example.com/flows/out/"}
+    )
     assert settings.twilio_voice_url == "https://voice.example.com/flows/out/"
     assert settings.twilio_twiml is None
     twiml = '<Response>\n  <Say voice="alice">Hello</Say>\n</Response>'
@@ -59,8 +80,9 @@ def test_the_voice_flow_is_a_url_or_twiml_kept_as_given():
 
 
 def lead(**fields) -> bytes:
-    return json.dumps({"lead_id": "L1", "business_id": "B1", "phone": "+14155550100",
-                       **fields}).encode()
+    return json.dumps(
+        {"lead_id": "L1", "business_id": "B1", "phone": "+14155550100", **fields}
+    ).encode()
 
 
 def test_lead_records_are_validated_with_readable_reasons():
@@ -80,20 +102,34 @@ def test_lead_records_are_validated_with_readable_reasons():
 
 
 def test_status_records_need_a_known_status_and_a_timestamp():
-    base = {"dial_id": "B1:L1:1", "lead_id": "L1", "business_id": "B1",
-            "status": "ringing", "at": "2026-11-24T10:00:00Z"}
+    base = {
+        "dial_id": "B1:L1:1",
+        "lead_id": "L1",
+        "business_id": "B1",
+        "status": "ringing",
+        "at": "2026-11-24T10:00:00Z",
+    }
     assert CallStatus.decode(json.dumps(base).encode(), b"B1").status == "ringing"
-    for change, reason in (({"status": "ringing?"}, "unknown call status"),
-                           ({"at": "yesterday"}, "ISO-8601"),
-                           ({"sequence": "3"}, "sequence")):
+    for change, reason in (
+        ({"status": "ringing?"}, "unknown call status"),
+        ({"at": "yesterday"}, "ISO-8601"),
+        ({"sequence": "3"}, "sequence"),
+    ):
         with pytest.raises(InvalidRecord, match=reason):
             CallStatus.decode(json.dumps({**base, **change}).encode(), b"B1")
 
 
 def test_every_command_has_help():
     parser = build_parser()
-    commands = [["worker"], ["topics", "create"], ["broker"], ["produce-leads"],
-                ["dialer"], ["demo"], []]
+    commands = [
+        ["worker"],
+        ["topics", "create"],
+        ["broker"],
+        ["produce-leads"],
+        ["dialer"],
+        ["demo"],
+        [],
+    ]
     for command in commands:
         with pytest.raises(SystemExit) as done:
             parser.parse_args(command + ["--help"])
@@ -101,16 +137,25 @@ def test_every_command_has_help():
 
 
 def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "streams", *args], capture_output=True,
-                          text=True, timeout=60, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "streams", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
 
 
 def test_bad_config_stops_a_command_with_one_line():
-    result = run_cli("topics", "create", env={"MAX_OUTBOUND_CALLS_PER_BUSINESS": "-1",
-                                              "PATH": "/usr/bin:/bin"})
+    result = run_cli(
+        "topics",
+        "create",
+        env={"MAX_OUTBOUND_CALLS_PER_BUSINESS": "-1", "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2
-    assert result.stderr.strip() == ("streams: error: MAX_OUTBOUND_CALLS_PER_BUSINESS"
-                                     " must be at least 1, got -1")
+    assert result.stderr.strip() == (
+        "streams: error: MAX_OUTBOUND_CALLS_PER_BUSINESS must be at least 1, got -1"
+    )
 
 
 def test_bad_arguments_fail_fast():
@@ -118,5 +163,7 @@ def test_bad_arguments_fail_fast():
     assert result.returncode == 2 and "MIN <= MAX" in result.stderr
     result = run_cli("dialer", env={"PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
-    assert result.stderr == ("streams: error: TWILIO_ACCOUNT_SID is required by the Twilio"
-                             " dialer (or run `streams dialer --simulate`)\n")
+    assert result.stderr == (
+        "streams: error: TWILIO_ACCOUNT_SID is required by the Twilio"
+        " dialer (or run `streams dialer --simulate`)\n"
+    )

@@ -38,9 +38,12 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
         pytest.skip("promtool not installed (apt-get install prometheus)")
-    result = subprocess.run([tool, *args], capture_output=True, text=True, timeout=120,
-                            cwd=PROMETHEUS)
-    assert result.returncode == 0, f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    result = subprocess.run(
+        [tool, *args], capture_output=True, text=True, timeout=120, cwd=PROMETHEUS
+    )
+    assert result.returncode == 0, (
+        f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+    )
     return result
 
 
@@ -72,22 +75,34 @@ def alert_rules() -> dict[str, dict]:
 
 def dashboard_exprs() -> list[str]:
     dashboard = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
-    return [target["expr"] for panel in dashboard["panels"]
-            for target in panel.get("targets", [])]
+    return [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+    ]
 
 
 def test_the_metrics_module_defines_every_metric_ops_asked_for():
     names = metrics.exported_names()
     assert all(name.startswith("streams_") for name in names)
     assert {
-        "streams_events_total", "streams_event_processing_seconds_bucket",
-        "streams_dials_granted_total", "streams_outcomes_total",
-        "streams_lease_expiries_total", "streams_dial_resends_total",
-        "streams_dead_letters_total", "streams_active_calls", "streams_waiting_leads",
-        "streams_business_active_calls", "streams_business_waiting_leads",
-        "streams_oldest_waiting_seconds", "streams_consumer_lag_records",
-        "streams_consumer_lag_seconds", "streams_twilio_errors_total",
-        "streams_twilio_cps_throttled_total", "streams_webhook_signature_failures_total",
+        "streams_events_total",
+        "streams_event_processing_seconds_bucket",
+        "streams_dials_granted_total",
+        "streams_outcomes_total",
+        "streams_lease_expiries_total",
+        "streams_dial_resends_total",
+        "streams_dead_letters_total",
+        "streams_active_calls",
+        "streams_waiting_leads",
+        "streams_business_active_calls",
+        "streams_business_waiting_leads",
+        "streams_oldest_waiting_seconds",
+        "streams_consumer_lag_records",
+        "streams_consumer_lag_seconds",
+        "streams_twilio_errors_total",
+        "streams_twilio_cps_throttled_total",
+        "streams_webhook_signature_failures_total",
         "streams_dialer_calls_created_total",
     } <= names
     body, content_type = metrics.metrics_text()
@@ -98,11 +113,16 @@ def test_rules_and_dashboard_use_only_metrics_we_export():
     exported = metrics.exported_names()
     used = {
         "deploy/prometheus/alerts.yml": {
-            name for rule in alert_rules().values() for name in METRIC_NAME.findall(rule["expr"])},
+            name
+            for rule in alert_rules().values()
+            for name in METRIC_NAME.findall(rule["expr"])
+        },
         "deploy/grafana/dashboard.json": {
-            name for expr in dashboard_exprs() for name in METRIC_NAME.findall(expr)},
-        "deploy/prometheus/alerts.test.yml": set(METRIC_NAME.findall(
-            (PROMETHEUS / "alerts.test.yml").read_text())),
+            name for expr in dashboard_exprs() for name in METRIC_NAME.findall(expr)
+        },
+        "deploy/prometheus/alerts.test.yml": set(
+            METRIC_NAME.findall((PROMETHEUS / "alerts.test.yml").read_text())
+        ),
     }
     for where, names in used.items():
         assert names, f"{where} uses no streams_* metric?"
@@ -111,9 +131,15 @@ def test_rules_and_dashboard_use_only_metrics_we_export():
 
 def test_the_alerts_ops_asked_for_exist():
     rules = alert_rules()
-    by_metric = {name: [alert for alert, rule in rules.items() if name in rule["expr"]]
-                 for name in ("streams_consumer_lag_seconds", "streams_lease_expiries_total",
-                              "streams_dead_letters_total", "streams_twilio_errors_total")}
+    by_metric = {
+        name: [alert for alert, rule in rules.items() if name in rule["expr"]]
+        for name in (
+            "streams_consumer_lag_seconds",
+            "streams_lease_expiries_total",
+            "streams_dead_letters_total",
+            "streams_twilio_errors_total",
+        )
+    }
     assert all(by_metric.values()), by_metric
     statuses = {rule.get("labels", {}).get("status") for rule in rules.values()}
     assert {"STALL", "STOP"} <= statuses
@@ -125,9 +151,19 @@ def test_the_alerts_ops_asked_for_exist():
 def test_the_dashboard_has_the_panels_ops_asked_for():
     dashboard = json.loads((DEPLOY / "grafana" / "dashboard.json").read_text())
     titles = " | ".join(panel["title"].lower() for panel in dashboard["panels"])
-    for wanted in ("lag (records)", "lag (seconds)", "active calls", "waiting leads",
-                   "top businesses", "outcomes by status", "dials granted",
-                   "lease expiries", "dead letters", "twilio errors", "processing time"):
+    for wanted in (
+        "lag (records)",
+        "lag (seconds)",
+        "active calls",
+        "waiting leads",
+        "top businesses",
+        "outcomes by status",
+        "dials granted",
+        "lease expiries",
+        "dead letters",
+        "twilio errors",
+        "processing time",
+    ):
         assert wanted in titles, wanted
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
@@ -142,8 +178,18 @@ def compose() -> dict:
 
 def test_the_compose_file_matches_the_compose_specification():
     result = subprocess.run(
-        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
-         str(DEPLOY / "docker-compose.yml")], capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DEPLOY / "docker-compose.yml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -158,20 +204,26 @@ def test_the_compose_file_runs_kafka_two_workers_the_dialer_and_prometheus():
     for name, service in workers.items():
         assert service["stop_grace_period"] == "60s", name
         assert service["environment"]["STREAMS_DATA_DIR"].startswith(
-            service["volumes"][0].split(":")[1]), name
+            service["volumes"][0].split(":")[1]
+        ), name
     assert "--simulate" in services["dialer"]["command"]
     streams_services = [s for s in services.values() if "build" in s]
     assert len(streams_services) >= 4  # topics, two workers, dialer
     for service in streams_services:
-        assert (ROOT / "deploy" / service["build"]["context"]
-                / service["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
+        assert (
+            ROOT / "deploy" / service["build"]["context"] / service["build"]["dockerfile"]
+        ).resolve() == DEPLOY / "Dockerfile"
         unknown = set(service.get("environment", {})) - SETTINGS_VARIABLES
         assert not unknown, f"not settings of ours: {unknown}"
     prometheus = services["prometheus"]
     assert "./prometheus:/etc/prometheus:ro" in prometheus["volumes"]
     scrape = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    targets = {target for job in scrape["scrape_configs"] for static in job["static_configs"]
-               for target in static["targets"]}
+    targets = {
+        target
+        for job in scrape["scrape_configs"]
+        for static in job["static_configs"]
+        for target in static["targets"]
+    }
     ports = {name: s["environment"]["WORKER_WEB_PORT"] for name, s in workers.items()}
     assert {f"{name}:{port}" for name, port in ports.items()} <= targets
 
@@ -212,8 +264,11 @@ def test_kustomization_lists_every_manifest():
 
 
 def env_sources(container: dict) -> set[tuple[str, str]]:
-    return {(kind, ref["name"]) for source in container.get("envFrom", [])
-            for kind, ref in source.items()}
+    return {
+        (kind, ref["name"])
+        for source in container.get("envFrom", [])
+        for kind, ref in source.items()
+    }
 
 
 def probe_path(container: dict, probe: str) -> str | None:
@@ -234,7 +289,9 @@ def test_workers_are_a_statefulset_with_state_volume_probes_and_a_graceful_stop(
     assert container["args"] == ["worker"]
     assert ("configMapRef", "streams-config") in env_sources(container)
     (claim,) = spec["volumeClaimTemplates"]
-    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    mount = next(
+        m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"]
+    )
     assert config["STREAMS_DATA_DIR"].startswith(mount["mountPath"])
     assert config["TABLE_STORE"] == "rocksdb://"
     assert probe_path(container, "readinessProbe") == "/ready/"
@@ -256,8 +313,10 @@ def test_the_dialer_is_a_deployment_behind_its_webhook_service():
     dialer = resources[("Deployment", "streams-dialer")]
     (container,) = dialer["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["dialer"]
-    assert env_sources(container) == {("configMapRef", "streams-config"),
-                                      ("secretRef", "streams-twilio")}
+    assert env_sources(container) == {
+        ("configMapRef", "streams-config"),
+        ("secretRef", "streams-twilio"),
+    }
     assert probe_path(container, "readinessProbe") == "/healthz"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["web"] == int(config["DIALER_WEB_PORT"])

@@ -17,7 +17,7 @@ from twilio.base.exceptions import TwilioRestException
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from tests.fake_twilio import CALLBACK_ATTEMPTS, FakeTwilio
+from tests.support.fake_twilio import CALLBACK_ATTEMPTS, FakeTwilio
 
 SID = "AC" + "1" * 32
 TOKEN = "secret-token"
@@ -41,11 +41,15 @@ class Receiver:
                 body = self.rfile.read(length).decode()
                 params = dict(urllib.parse.parse_qsl(body, keep_blank_values=True))
                 with receiver.lock:
-                    receiver.received.append({
-                        "url": receiver.base_url + self.path, "params": params,
-                        "signature": self.headers.get("X-Twilio-Signature"),
-                        "token": self.headers.get("I-Twilio-Idempotency-Token"),
-                        "at": time.time()})
+                    receiver.received.append(
+                        {
+                            "url": receiver.base_url + self.path,
+                            "params": params,
+                            "signature": self.headers.get("X-Twilio-Signature"),
+                            "token": self.headers.get("I-Twilio-Idempotency-Token"),
+                            "at": time.time(),
+                        }
+                    )
                     status = receiver.statuses.pop(0) if receiver.statuses else 204
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -57,8 +61,9 @@ class Receiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.05,),
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, args=(0.05,), daemon=True
+        )
         self.thread.start()
 
     def url(self, business_id: str | None = "b1", dial_id: str | None = "d1") -> str:
@@ -67,8 +72,11 @@ class Receiver:
 
     def for_call(self, sid: str) -> list[dict]:
         with self.lock:
-            return [r["params"] | {"_url": r["url"], "_sig": r["signature"], "_tok": r["token"]}
-                    for r in self.received if r["params"].get("CallSid") == sid]
+            return [
+                r["params"] | {"_url": r["url"], "_sig": r["signature"], "_tok": r["token"]}
+                for r in self.received
+                if r["params"].get("CallSid") == sid
+            ]
 
     def close(self) -> None:
         self.server.shutdown()
@@ -106,12 +114,24 @@ def client_for(fake: FakeTwilio, sid: str = SID, token: str = TOKEN) -> Client:
     return client
 
 
-def dial(client: Client, receiver: Receiver, to: str = "+14155550101", *,
-         business_id: str | None = "b1", dial_id: str | None = "d1",
-         events=ALL_EVENTS, **extra):
-    return client.calls.create(to=to, from_=FROM, url="http://example.com/twiml",
-                               status_callback=receiver.url(business_id, dial_id),
-                               status_callback_event=events, **extra)
+def dial(
+    client: Client,
+    receiver: Receiver,
+    to: str = "+14155550101",
+    *,
+    business_id: str | None = "b1",
+    dial_id: str | None = "d1",
+    events=ALL_EVENTS,
+    **extra,
+):
+    return client.calls.create(
+        to=to,
+        from_=FROM,
+        url="http://example.com/twiml",
+        status_callback=receiver.url(business_id, dial_id),
+        status_callback_event=events,
+        **extra,
+    )
 
 
 def test_full_lifecycle_callbacks_are_signed_and_in_sequence(fake, receiver):
@@ -129,7 +149,12 @@ def test_full_lifecycle_callbacks_are_signed_and_in_sequence(fake, receiver):
 
     assert fake.wait_idle(5)
     got = receiver.for_call(call.sid)
-    assert [g["CallStatus"] for g in got] == ["initiated", "ringing", "in-progress", "completed"]
+    assert [g["CallStatus"] for g in got] == [
+        "initiated",
+        "ringing",
+        "in-progress",
+        "completed",
+    ]
     assert [g["SequenceNumber"] for g in got] == ["0", "1", "2", "3"]
     validator = RequestValidator(TOKEN)
     for g in got:
@@ -157,7 +182,9 @@ def test_full_lifecycle_callbacks_are_signed_and_in_sequence(fake, receiver):
 
 
 def test_fetch_returns_the_true_status_as_it_changes(receiver):
-    with make_fake(ring_seconds=(0.8, 0.8), talk_seconds=(0.8, 0.8), answer_ratio=1.0) as fake:
+    with make_fake(
+        ring_seconds=(0.8, 0.8), talk_seconds=(0.8, 0.8), answer_ratio=1.0
+    ) as fake:
         client = client_for(fake)
         call = dial(client, receiver, business_id="b7")
         started = time.monotonic()
@@ -216,7 +243,10 @@ def test_rejected_number_and_missing_fields_answer_twilio_errors(receiver):
         with pytest.raises(TwilioRestException) as error:
             dial(client, receiver, "+15005550001")
         assert error.value.status == 400 and error.value.code == 21211
-        assert "+15005550001" in error.value.msg and "not a valid phone number" in error.value.msg
+        assert (
+            "+15005550001" in error.value.msg
+            and "not a valid phone number" in error.value.msg
+        )
         with pytest.raises(TwilioRestException) as error:
             client.calls.create(to="+14155550101", from_=FROM)
         assert error.value.code == 21205
@@ -234,7 +264,9 @@ def test_wrong_credentials_answer_401(fake, receiver):
 
 
 def test_peak_live_counts_overlapping_calls_per_business(receiver):
-    with make_fake(ring_seconds=(0.2, 0.2), talk_seconds=(0.2, 0.2), answer_ratio=1.0) as fake:
+    with make_fake(
+        ring_seconds=(0.2, 0.2), talk_seconds=(0.2, 0.2), answer_ratio=1.0
+    ) as fake:
         client = client_for(fake)
         dial(client, receiver, "+14155550201", business_id="b1", dial_id="p1")
         dial(client, receiver, "+14155550202", business_id="b1", dial_id="p2")
@@ -256,16 +288,23 @@ def test_peak_live_counts_overlapping_calls_per_business(receiver):
 def test_concurrent_creates_from_many_threads(receiver):
     # Calls ring for 2 s, so all 27 are live at once even when a loaded machine takes
     # well over a second to place them.
-    with make_fake(ring_seconds=(2.0, 2.2), talk_seconds=(0.3, 0.4), answer_ratio=1.0) as fake:
+    with make_fake(
+        ring_seconds=(2.0, 2.2), talk_seconds=(0.3, 0.4), answer_ratio=1.0
+    ) as fake:
         errors: list[BaseException] = []
 
         def worker(w: int) -> None:
             client = client_for(fake)
             try:
                 for n in range(3):
-                    dial(client, receiver, f"+1415555{w:02d}{n:02d}", business_id=f"c{w % 3}",
-                         dial_id=f"c{w}-{n}")
-            except BaseException as error:  # noqa: BLE001 - reported below
+                    dial(
+                        client,
+                        receiver,
+                        f"+1415555{w:02d}{n:02d}",
+                        business_id=f"c{w % 3}",
+                        dial_id=f"c{w}-{n}",
+                    )
+            except BaseException as error:
                 errors.append(error)
 
         threads = [threading.Thread(target=worker, args=(w,)) for w in range(9)]
@@ -276,7 +315,9 @@ def test_concurrent_creates_from_many_threads(receiver):
         assert errors == []
         created = sorted(call["created_at"] for call in fake.calls())
         assert len(created) == 27
-        busiest = max(sum(1 for t in created if start <= t < start + 1) for start in created)
+        busiest = max(
+            sum(1 for t in created if start <= t < start + 1) for start in created
+        )
         assert fake.max_creates_in_any_second() == busiest  # 27 unless the machine stalled
         assert sum(fake.live_by_business().values()) == 27
         assert fake.peak_live_by_business() == {"c0": 9, "c1": 9, "c2": 9}
@@ -339,8 +380,12 @@ def test_drop_callbacks_switch_loses_them_while_enabled(fake, receiver):
 
 
 def test_reordered_callbacks_are_late_but_all_arrive(receiver):
-    with make_fake(answer_ratio=1.0, reorder_ratio=1.0, ring_seconds=(0.05, 0.05),
-                   talk_seconds=(0.05, 0.05)) as fake:
+    with make_fake(
+        answer_ratio=1.0,
+        reorder_ratio=1.0,
+        ring_seconds=(0.05, 0.05),
+        talk_seconds=(0.05, 0.05),
+    ) as fake:
         call = dial(client_for(fake), receiver)
         assert fake.wait_idle(5)
         got = receiver.for_call(call.sid)
@@ -390,7 +435,13 @@ def test_timeout_caps_the_ring_and_unanswered_calls_end_without_answer(receiver)
     with make_fake(answer_ratio=0.0, seed=3) as fake:
         client = client_for(fake)
         for n in range(12):
-            dial(client, receiver, f"+1415555040{n % 10}", dial_id=f"u{n}", events=["completed"])
+            dial(
+                client,
+                receiver,
+                f"+1415555040{n % 10}",
+                dial_id=f"u{n}",
+                events=["completed"],
+            )
         assert fake.wait_idle(5)
         finals = {c["status"] for c in fake.calls()}
         assert finals <= {"no-answer", "busy", "failed"} and len(finals) >= 2
@@ -404,9 +455,17 @@ def test_same_seed_same_script(receiver):
         with make_fake(seed=42) as fake:
             client = client_for(fake)
             for n in range(6):
-                dial(client, receiver, f"+1415555050{n}", dial_id=f"s{n}", events=["completed"])
+                dial(
+                    client,
+                    receiver,
+                    f"+1415555050{n}",
+                    dial_id=f"s{n}",
+                    events=["completed"],
+                )
             assert fake.wait_idle(5)
-            scripts.append(sorted((c["dial_id"], c["sid"], c["status"]) for c in fake.calls()))
+            scripts.append(
+                sorted((c["dial_id"], c["sid"], c["status"]) for c in fake.calls())
+            )
     assert scripts[0] == scripts[1]
     assert len({sid for _, sid, _ in scripts[0]}) == 6
 
@@ -432,9 +491,12 @@ def test_async_client_creates_a_call(fake, receiver):
             client = Client(SID, TOKEN, http_client=http_client)
             client.api.base_url = fake.base_url
             call = await client.calls.create_async(
-                to="+14155550601", from_=FROM, url="http://example.com/twiml",
+                to="+14155550601",
+                from_=FROM,
+                url="http://example.com/twiml",
                 status_callback=receiver.url("b-async", "d-async"),
-                status_callback_event=ALL_EVENTS)
+                status_callback_event=ALL_EVENTS,
+            )
             fetched = await client.calls(call.sid).fetch_async()
             listed = await client.calls.list_async(to="+14155550601")
             return call, fetched, listed

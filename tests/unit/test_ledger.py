@@ -1,4 +1,4 @@
-"""The dialer's SQL ledger (streams/ledger.py) on SQLite and on a throwaway PostgreSQL."""
+"""The dialer's SQL ledger (streams/dialers/twilio/ledger.py) on SQLite and on a throwaway PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import threading
 import pytest
 from sqlalchemy import inspect, text
 
-from streams import ledger as ledger_module
-from streams.ledger import (
+from streams.dialers.twilio import ledger as ledger_module
+from streams.dialers.twilio.ledger import (
     ACTIVE_CALLS_QUERY,
     LEDGER_STATUS,
     LIVE,
@@ -32,9 +32,14 @@ def ledger(ledger_url):
 
 
 def claim(ledger: Ledger, business: str, lead: str, **extra):
-    values = dict(dial_id=f"{business}:{lead}:1", lead_id=lead, business_id=business,
-                  phone="+14155550100", attempt=1,
-                  dial_by=utcnow() + dt.timedelta(seconds=30))
+    values = dict(
+        dial_id=f"{business}:{lead}:1",
+        lead_id=lead,
+        business_id=business,
+        phone="+14155550100",
+        attempt=1,
+        dial_by=utcnow() + dt.timedelta(seconds=30),
+    )
     values.update(extra)
     return ledger.claim(**values)
 
@@ -83,8 +88,9 @@ def test_format_active_calls_gives_a_verdict_per_business():
 
 
 def test_format_active_calls_judges_each_business_by_its_own_limit():
-    lines = format_active_calls([("big", 5), ("small", 2), ("plain", 3)], 3,
-                                {"big": 5, "small": 1})
+    lines = format_active_calls(
+        [("big", 5), ("small", 2), ("plain", 3)], 3, {"big": 5, "small": 1}
+    )
     assert any(line.startswith("big ") and "\u2705 <= 5" in line for line in lines)
     assert any(line.startswith("small ") and "\u274c > 1" in line for line in lines)
     assert any(line.startswith("plain ") and "\u2705 <= 3" in line for line in lines)
@@ -103,9 +109,22 @@ def test_migrations_create_the_schema_once(ledger_url):
         assert ledger.version() == ledger_module.MIGRATIONS[-1][0]
         with ledger.engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("outbound_call_jobs")}
-        assert {"dial_id", "lead_id", "business_id", "phone", "attempt", "call_sid", "status",
-                "twilio_status", "error_code", "error_message", "sequence", "created_at",
-                "updated_at", "last_heard_at"} <= columns
+        assert {
+            "dial_id",
+            "lead_id",
+            "business_id",
+            "phone",
+            "attempt",
+            "call_sid",
+            "status",
+            "twilio_status",
+            "error_code",
+            "error_message",
+            "sequence",
+            "created_at",
+            "updated_at",
+            "last_heard_at",
+        } <= columns
     finally:
         ledger.close()
 
@@ -124,8 +143,12 @@ def test_a_ledger_at_an_older_version_gets_the_missing_steps(ledger_url, monkeyp
 
 def test_a_ledger_newer_than_the_code_is_refused(ledger):
     with ledger.engine.begin() as conn:
-        conn.execute(text("INSERT INTO schema_version (version, description, applied_at)"
-                          " VALUES (999, 'from the future', CURRENT_TIMESTAMP)"))
+        conn.execute(
+            text(
+                "INSERT INTO schema_version (version, description, applied_at)"
+                " VALUES (999, 'from the future', CURRENT_TIMESTAMP)"
+            )
+        )
     with pytest.raises(LedgerError, match="newer than this code"):
         ledger.migrate()
 
@@ -159,7 +182,9 @@ def test_concurrent_claims_of_one_dial_id_let_exactly_one_win(ledger):
 
 def test_a_refused_command_is_recorded_but_never_live(ledger):
     inserted, job = claim(ledger, "A", "1", refused_reason=DIAL_DEADLINE_PASSED)
-    assert inserted and job.status == "canceled" and job.error_message == DIAL_DEADLINE_PASSED
+    assert (
+        inserted and job.status == "canceled" and job.error_message == DIAL_DEADLINE_PASSED
+    )
     assert ledger.active_calls() == []
 
 
@@ -176,17 +201,24 @@ def test_begin_create_is_a_compare_and_set(ledger):
 def test_statuses_move_a_row_forward_and_terminal_is_final(ledger):
     _, job = claim(ledger, "A", "1")
     changed, job = ledger.adopt_call(job.dial_id, "CA1", "queued")
-    assert changed and (job.status, job.twilio_status, job.call_sid) == ("dialing", "queued",
-                                                                        "CA1")
+    assert changed and (job.status, job.twilio_status, job.call_sid) == (
+        "dialing",
+        "queued",
+        "CA1",
+    )
     assert ledger.apply_status(job.dial_id, "ringing", sequence=1, call_sid="CA1")[0]
     assert not ledger.apply_status(job.dial_id, "initiated", sequence=0, call_sid="CA1")[0]
     changed, job = ledger.apply_status(job.dial_id, "in-progress", sequence=2)
     assert changed and job.status == "calling"
     assert not ledger.apply_status(job.dial_id, "in-progress", sequence=2)[0]  # duplicate
-    changed, job = ledger.apply_status(job.dial_id, "failed", sequence=3, error_code=31005,
-                                       error_message="boom")
-    assert changed and (job.status, job.error_code, job.error_message) == ("failed", 31005,
-                                                                          "boom")
+    changed, job = ledger.apply_status(
+        job.dial_id, "failed", sequence=3, error_code=31005, error_message="boom"
+    )
+    assert changed and (job.status, job.error_code, job.error_message) == (
+        "failed",
+        31005,
+        "boom",
+    )
     for status in ("in-progress", "ringing", "completed"):
         changed, after = ledger.apply_status(job.dial_id, status, sequence=9)
         assert not changed and after.status == "failed"
@@ -204,7 +236,9 @@ def test_a_row_never_takes_a_second_call(ledger):
 
 def test_a_callback_can_adopt_the_call_of_a_row_without_one(ledger):
     _, job = claim(ledger, "A", "1")
-    changed, after = ledger.apply_status(job.dial_id, "initiated", sequence=0, call_sid="CA9")
+    changed, after = ledger.apply_status(
+        job.dial_id, "initiated", sequence=0, call_sid="CA9"
+    )
     assert changed and after.call_sid == "CA9" and after.twilio_status == "initiated"
     assert ledger.by_call_sid("CA9").dial_id == job.dial_id
 
@@ -226,8 +260,12 @@ def test_the_design_note_query_counts_live_rows_per_business(ledger):
     claim(ledger, "5", "1", refused_reason=DIAL_DEADLINE_PASSED)
     assert ledger.active_calls() == [("1", 3), ("2", 1)]
     with ledger.engine.connect() as conn:
-        raw = conn.execute(text("SELECT business_id, COUNT(*) FROM outbound_call_jobs"
-                                " WHERE status IN ('dialing','calling') GROUP BY business_id"))
+        raw = conn.execute(
+            text(
+                "SELECT business_id, COUNT(*) FROM outbound_call_jobs"
+                " WHERE status IN ('dialing','calling') GROUP BY business_id"
+            )
+        )
         assert sorted((b, int(n)) for b, n in raw) == [("1", 3), ("2", 1)]
     assert "outbound_call_jobs" in ACTIVE_CALLS_QUERY
 
@@ -248,7 +286,9 @@ def test_reports_are_tracked_so_a_lost_terminal_report_is_found(ledger):
 
 def test_the_reconcilers_scans(ledger):
     _, silent = claim(ledger, "A", "1")
-    ledger.adopt_call(silent.dial_id, "CA1", "ringing", now=utcnow() - dt.timedelta(minutes=5))
+    ledger.adopt_call(
+        silent.dial_id, "CA1", "ringing", now=utcnow() - dt.timedelta(minutes=5)
+    )
     _, fresh = claim(ledger, "A", "2")
     ledger.adopt_call(fresh.dial_id, "CA2", "ringing")
     _, orphan = claim(ledger, "A", "3", now=utcnow() - dt.timedelta(minutes=1))
@@ -267,6 +307,9 @@ def test_a_call_for_a_dial_ended_without_one_is_recorded_not_revived(ledger):
     ledger.finish(job.dial_id, "canceled", error_message=DIAL_DEADLINE_PASSED)
     changed, after = ledger.apply_status(job.dial_id, "ringing", sequence=1, call_sid="CAx")
     assert not changed
-    assert (after.status, after.call_sid, after.error_message) == ("canceled", "CAx",
-                                                                  DIAL_DEADLINE_PASSED)
+    assert (after.status, after.call_sid, after.error_message) == (
+        "canceled",
+        "CAx",
+        DIAL_DEADLINE_PASSED,
+    )
     assert ledger.active_calls() == []

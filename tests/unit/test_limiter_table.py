@@ -12,28 +12,76 @@ from __future__ import annotations
 import collections
 import json
 
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streams.limiter_table import (
-    Rules, Source, business_key, describe_business, is_business_key, lead_key,
-    oldest_waiting_since, process,
+    Rules,
+    Source,
+    business_key,
+    describe_business,
+    is_business_key,
+    lead_key,
+    oldest_waiting_since,
+    process,
 )
-from streams.units import Units
+from streams.shell.units import Units
 from streams.topics import (
-    CALLS_DIAL, CALLS_STATUS, LEADS_DEADLETTER, LEADS_OUTCOMES, LEADS_REQUESTS,
-    LIMITER_TICKS, BusinessControl, CallStatus, LeadRequest, Tick, to_iso,
+    CALLS_DIAL,
+    CALLS_STATUS,
+    LEADS_DEADLETTER,
+    LEADS_OUTCOMES,
+    LEADS_REQUESTS,
+    LIMITER_TICKS,
+    BusinessControl,
+    CallStatus,
+    LeadRequest,
+    Tick,
+    to_iso,
 )
 from tests.unit.world import World
 
-RULES = Rules(limit=3, dial_deadline=10, ack_timeout=2, ring_timeout=3,
-              call_time_limit=8, lease_grace=2, orphan_hold=20, max_attempts=2,
-              max_wakes_per_tick=4, lead_retention=3600)
+RULES = Rules(
+    limit=3,
+    dial_deadline=10,
+    ack_timeout=2,
+    ring_timeout=3,
+    call_time_limit=8,
+    lease_grace=2,
+    orphan_hold=20,
+    max_attempts=2,
+    max_wakes_per_tick=4,
+    lead_retention=3600,
+)
 BUSINESSES = ("A", "B", "C")
 
-ACTIONS = ("lead", "lead", "lead", "repeat-lead", "junk-status", "process", "process",
-           "process", "process", "dialer", "dialer", "report", "report", "report",
-           "report-fault", "tick", "advance", "advance", "flush", "flush", "commit",
-           "crash", "control", "skip", "marker")
+ACTIONS = (
+    "lead",
+    "lead",
+    "lead",
+    "repeat-lead",
+    "junk-status",
+    "process",
+    "process",
+    "process",
+    "process",
+    "dialer",
+    "dialer",
+    "report",
+    "report",
+    "report",
+    "report-fault",
+    "tick",
+    "advance",
+    "advance",
+    "flush",
+    "flush",
+    "commit",
+    "crash",
+    "control",
+    "skip",
+    "marker",
+)
 
 
 def run_world(data, rules: Rules, steps: int) -> World:
@@ -41,8 +89,9 @@ def run_world(data, rules: Rules, steps: int) -> World:
     for _ in range(steps):
         action = data.draw(st.sampled_from(ACTIONS))
         if action == "lead":
-            world.request_lead(data.draw(st.sampled_from(BUSINESSES)),
-                               data.draw(st.integers(0, 2)))
+            world.request_lead(
+                data.draw(st.sampled_from(BUSINESSES)), data.draw(st.integers(0, 2))
+            )
         elif action == "repeat-lead":
             world.repeat_lead()
         elif action == "junk-status":
@@ -70,9 +119,11 @@ def run_world(data, rules: Rules, steps: int) -> World:
         elif action == "marker":
             world.marker(data.draw(st.sampled_from(sorted(world.logs))))
         elif action == "control":
-            world.control(data.draw(st.sampled_from(BUSINESSES)),
-                          data.draw(st.one_of(st.none(), st.integers(0, 4))),
-                          data.draw(st.booleans()))
+            world.control(
+                data.draw(st.sampled_from(BUSINESSES)),
+                data.draw(st.one_of(st.none(), st.integers(0, 4))),
+                data.draw(st.booleans()),
+            )
     for business in BUSINESSES:  # back to defaults, so that every queue can drain
         world.control(business, None, False)
     quiesce(world)
@@ -83,21 +134,30 @@ def quiesce(world: World) -> None:
     """No more faults: let time pass until every lead is settled."""
     for _ in range(400):
         world.tick()
-        while (world.process_one() or world.drain() or world.dialer_consume()
-               or world.deliver_report(0)):
+        while (
+            world.process_one()
+            or world.drain()
+            or world.dialer_consume()
+            or world.deliver_report(0)
+        ):
             pass
         world.commit()
-        if (not world.reports and all(world.position[t] == len(world.logs[t])
-                                      for t in world.logs)
-                and not world.handled.unrevealed(0) and _settled(world)):
+        if (
+            not world.reports
+            and all(world.position[t] == len(world.logs[t]) for t in world.logs)
+            and not world.handled.unrevealed(0)
+            and _settled(world)
+        ):
             return
         world.now += 1.0
     raise AssertionError("the world never quiesced")
 
 
 def _settled(world: World) -> bool:
-    return not any(is_business_key(k) and (v["active"] or v["queues"] or v["orphans"])
-                   for k, v in world.state.items())
+    return not any(
+        is_business_key(k) and (v["active"] or v["queues"] or v["orphans"])
+        for k, v in world.state.items()
+    )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -128,8 +188,10 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     assert _settled(world)
 
     # Every junk status for a dial nobody granted is dead-lettered.
-    lettered = {letter.reason.split(" for unknown dial ")[1].split(": no grant")[0]
-                for letter in world.outputs[LEADS_DEADLETTER]}
+    lettered = {
+        letter.reason.split(" for unknown dial ")[1].split(": no grant")[0]
+        for letter in world.outputs[LEADS_DEADLETTER]
+    }
     assert lettered == world.junk_dial_ids
 
     # Once the retention has passed, the leads are forgotten and the state holds only
@@ -137,8 +199,11 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     world.now += RULES.lead_retention + 1
 
     def leftovers() -> dict:
-        return {k: v for k, v in world.state.items()
-                if k.split("\x1f")[0] in ("l", "b", "w", "wn", "o")}
+        return {
+            k: v
+            for k, v in world.state.items()
+            if k.split("\x1f")[0] in ("l", "b", "w", "wn", "o")
+        }
 
     for _ in range(1000):  # each tick visits at most max_wakes_per_tick entries
         world.tick()
@@ -150,8 +215,11 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(BUSINESSES), st.integers(0, 9)),
-                min_size=1, max_size=40))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(BUSINESSES), st.integers(0, 9)), min_size=1, max_size=40
+    )
+)
 def test_waiting_leads_are_released_by_priority_then_arrival(requests):
     """Fill each business, then free slots one by one: grants follow (-priority, arrival)."""
     state: dict = {}
@@ -164,16 +232,22 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
             state.pop(key, None) if value is None else state.__setitem__(key, value)
         for business in BUSINESSES:  # the value's head times are the heads' own
             value = state.get(business_key(business))
-            heads = [state[lead_key(business, state[f"q\x1f{business}\x1f{level}\x1f{head}"])]
-                     ["waiting_since"] for level, (head, _, _) in
-                     (value["queues"].items() if value else ())]
-            assert (oldest_waiting_since(value) if value else None) == min(heads, default=None)
+            heads = [
+                state[lead_key(business, state[f"q\x1f{business}\x1f{level}\x1f{head}"])][
+                    "waiting_since"
+                ]
+                for level, (head, _, _) in (value["queues"].items() if value else ())
+            ]
+            assert (oldest_waiting_since(value) if value else None) == min(
+                heads, default=None
+            )
         return [e.record for e in effects.emits if e.topic == CALLS_DIAL]
 
     granted, arrival = [], {}
     for n, (business, priority) in enumerate(requests):
-        lead = LeadRequest(lead_id=f"L{n}", business_id=business, phone="+14155550100",
-                           priority=priority)
+        lead = LeadRequest(
+            lead_id=f"L{n}", business_id=business, phone="+14155550100", priority=priority
+        )
         arrival[lead.lead_id] = (business, -priority, n)
         granted += feed(LEADS_REQUESTS, lead, 10.0 + n)
     # Exactly min(limit, leads of the business) were granted at once, per business.
@@ -184,9 +258,13 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
     released = []
     while granted:
         dial = granted.pop(0)
-        finished = CallStatus(dial_id=dial.dial_id, lead_id=dial.lead_id,
-                              business_id=dial.business_id, status="completed",
-                              at=to_iso(11.0))
+        finished = CallStatus(
+            dial_id=dial.dial_id,
+            lead_id=dial.lead_id,
+            business_id=dial.business_id,
+            status="completed",
+            at=to_iso(11.0),
+        )
         new = feed(CALLS_STATUS, finished, 11.0)
         assert len(new) <= 1 and all(d.business_id == dial.business_id for d in new)
         released += [d.lead_id for d in new]
@@ -206,8 +284,11 @@ def test_per_event_writes_do_not_grow_with_backlog():
             effects = process(state.get, lead, Source(LEADS_REQUESTS, 0, n), 5.0, RULES)
             for key, value in effects.writes:
                 state.pop(key, None) if value is None else state.__setitem__(key, value)
-        return (len(effects.writes), sum(len(repr(v)) for _, v in effects.writes),
-                len(repr(state[business_key("A")])))
+        return (
+            len(effects.writes),
+            sum(len(repr(v)) for _, v in effects.writes),
+            len(repr(state[business_key("A")])),
+        )
 
     writes_0, bytes_0, business_0 = cost(0)
     writes_n, bytes_n, business_n = cost(10_000)
@@ -220,8 +301,9 @@ def test_no_global_limit_thousand_businesses_each_get_their_slots():
     state: dict = {}
     dials = 0
     for n in range(3_000):
-        lead = LeadRequest(lead_id=f"L{n}", business_id=f"biz{n % 1000}",
-                           phone="+14155550100")
+        lead = LeadRequest(
+            lead_id=f"L{n}", business_id=f"biz{n % 1000}", phone="+14155550100"
+        )
         effects = process(state.get, lead, Source(LEADS_REQUESTS, 0, n), 1.0, RULES)
         for key, value in effects.writes:
             state.pop(key, None) if value is None else state.__setitem__(key, value)
@@ -249,10 +331,16 @@ def test_pause_keeps_the_queue_resume_fills_every_slot_and_lowering_drains():
     view = describe_business(state.get, "A", 1.0, RULES)
     assert len(view["active"]) == 3 and view["limit"] == 1, "lowering ends no live call"
     for n in range(2):  # draining: ending calls frees no slot until below the new limit
-        assert feed(CALLS_STATUS, CallStatus(f"A:L{n}:1", f"L{n}", "A", "completed",
-                                             to_iso(1.0))) == []
-    assert feed(CALLS_STATUS, CallStatus("A:L2:1", "L2", "A", "completed",
-                                         to_iso(1.0))) == ["A:L3:1"]
+        assert (
+            feed(
+                CALLS_STATUS,
+                CallStatus(f"A:L{n}:1", f"L{n}", "A", "completed", to_iso(1.0)),
+            )
+            == []
+        )
+    assert feed(
+        CALLS_STATUS, CallStatus("A:L2:1", "L2", "A", "completed", to_iso(1.0))
+    ) == ["A:L3:1"]
     assert feed("business.control", BusinessControl("A", 4, paused=False)) == ["A:L4:1"]
 
 
@@ -268,17 +356,26 @@ def test_an_unacknowledged_grant_outlives_dial_by_plus_the_longest_call():
     state: dict = {}
     lead = LeadRequest(lead_id="L", business_id="A", phone="+14155550100")
     dial = _feed(state, lead, Source(LEADS_REQUESTS, 0, 0), 100.0).emits[0].record
-    last_possible_end = (100.0 + RULES.dial_deadline + RULES.ring_timeout
-                         + RULES.call_time_limit)
+    last_possible_end = (
+        100.0 + RULES.dial_deadline + RULES.ring_timeout + RULES.call_time_limit
+    )
     for offset, now in enumerate((last_possible_end - 0.5, last_possible_end + 0.01)):
-        _feed(state, Tick(partition=0, at=to_iso(now)), Source("limiter.ticks", 0, offset),
-              now)
+        _feed(
+            state,
+            Tick(partition=0, at=to_iso(now)),
+            Source("limiter.ticks", 0, offset),
+            now,
+        )
         assert describe_business(state.get, "A", now, RULES)["active"], now
     expiry = last_possible_end + RULES.lease_grace + 1
-    effects = _feed(state, Tick(partition=0, at=to_iso(expiry)),
-                    Source("limiter.ticks", 0, 2), expiry)
-    assert [(e.record.lead_id, e.record.outcome) for e in effects.emits
-            if e.topic == LEADS_OUTCOMES] == [("L", "expired")]
+    effects = _feed(
+        state, Tick(partition=0, at=to_iso(expiry)), Source("limiter.ticks", 0, 2), expiry
+    )
+    assert [
+        (e.record.lead_id, e.record.outcome)
+        for e in effects.emits
+        if e.topic == LEADS_OUTCOMES
+    ] == [("L", "expired")]
     assert dial.dial_id == "A:L:1"
 
 
@@ -292,20 +389,45 @@ def _script() -> list[tuple[object, Source, float]]:
         offsets[topic] += 1
 
     for n in range(5):
-        add(LEADS_REQUESTS, LeadRequest(lead_id=f"L{n}", business_id="A",
-                                        phone="+14155550100", priority=n % 2), 1.0)
+        add(
+            LEADS_REQUESTS,
+            LeadRequest(
+                lead_id=f"L{n}", business_id="A", phone="+14155550100", priority=n % 2
+            ),
+            1.0,
+        )
     for n, status in ((1, "ringing"), (1, "completed"), (0, "in-progress"), (0, "busy")):
-        add(CALLS_STATUS, CallStatus(dial_id=f"A:L{n}:1", lead_id=f"L{n}", business_id="A",
-                                     status=status, at=to_iso(2.0)), 2.0)
-    add(CALLS_STATUS, CallStatus(dial_id="A:L2:1", lead_id="L2", business_id="A",
-                                 status="canceled", reason="dial-deadline-passed",
-                                 at=to_iso(3.0)), 3.0)
+        add(
+            CALLS_STATUS,
+            CallStatus(
+                dial_id=f"A:L{n}:1",
+                lead_id=f"L{n}",
+                business_id="A",
+                status=status,
+                at=to_iso(2.0),
+            ),
+            2.0,
+        )
+    add(
+        CALLS_STATUS,
+        CallStatus(
+            dial_id="A:L2:1",
+            lead_id="L2",
+            business_id="A",
+            status="canceled",
+            reason="dial-deadline-passed",
+            at=to_iso(3.0),
+        ),
+        3.0,
+    )
     add("limiter.ticks", Tick(partition=0, at=to_iso(4.0)), 4.0)
     add("limiter.ticks", Tick(partition=0, at=to_iso(500.0)), 500.0)
     return events
 
 
-def _run(events, crash_at: int | None = None, delivered: bool = True) -> tuple[set, set, dict]:
+def _run(
+    events, crash_at: int | None = None, delivered: bool = True
+) -> tuple[set, set, dict]:
     """Run the script through the shell's units, one unit per event; optionally crash
     before event `crash_at`, with the records of the event before it delivered or not,
     then restart: take the partition over and redeliver every event (none committed)."""
@@ -341,8 +463,9 @@ def _run(events, crash_at: int | None = None, delivered: bool = True) -> tuple[s
         units.add(0, process(units.get, event, source, now, RULES))
         landed = land()
     emitted += deliver(landed)
-    outcomes = {(e.record.lead_id, e.record.outcome) for e in emitted
-                if e.topic == LEADS_OUTCOMES}
+    outcomes = {
+        (e.record.lead_id, e.record.outcome) for e in emitted if e.topic == LEADS_OUTCOMES
+    }
     dials = {e.record.dial_id for e in emitted if e.topic == CALLS_DIAL}
     business = {k: v for k, v in durable.items() if is_business_key(k)}
     return outcomes, dials, business
@@ -377,16 +500,20 @@ def test_a_silent_dial_is_resent_until_dial_by_and_a_refusal_retries_it_first():
     assert {d.dial_by for d in resent} == {to_iso(RULES.dial_deadline)}, "same dial_by"
     acked = CallStatus("A:L1:1", "L1", "A", "queued", to_iso(3.0))
     feed(CALLS_STATUS, acked, 3.0)
-    again = feed("limiter.ticks", Tick(0, to_iso(2 * RULES.ack_timeout)), 2 * RULES.ack_timeout)
+    again = feed(
+        "limiter.ticks", Tick(0, to_iso(2 * RULES.ack_timeout)), 2 * RULES.ack_timeout
+    )
     assert sorted(d.dial_id for d in again) == ["A:L0:1", "A:L2:1"], "acked dials rest"
     late = RULES.dial_deadline + 0.5
     assert feed("limiter.ticks", Tick(0, to_iso(late)), late) == [], "never after dial_by"
 
-    refused = CallStatus("A:L2:1", "L2", "A", "canceled", to_iso(late),
-                         reason="dial-deadline-passed")
+    refused = CallStatus(
+        "A:L2:1", "L2", "A", "canceled", to_iso(late), reason="dial-deadline-passed"
+    )
     retried = feed(CALLS_STATUS, refused, late)
-    assert [(d.dial_id, d.attempt) for d in retried] == [("A:L2:2", 2)], \
+    assert [(d.dial_id, d.attempt) for d in retried] == [("A:L2:2", 2)], (
         "the refused lead goes back to the front, ahead of L3, as a new attempt"
+    )
     assert describe_business(state.get, "A", late, RULES)["waiting"] == 1
 
 
@@ -398,8 +525,14 @@ def test_a_dial_is_resent_only_once_statuses_up_to_the_resend_time_were_read():
     resend_at = 100.0 + RULES.ack_timeout
 
     def tick(offset: int, now: float, read_until: float | None) -> list:
-        effects = process(state.get, Tick(partition=0, at=to_iso(now)),
-                          Source("limiter.ticks", 0, offset), now, RULES, read_until)
+        effects = process(
+            state.get,
+            Tick(partition=0, at=to_iso(now)),
+            Source("limiter.ticks", 0, offset),
+            now,
+            RULES,
+            read_until,
+        )
         for key, value in effects.writes:
             state.pop(key, None) if value is None else state.__setitem__(key, value)
         return [e.record.dial_id for e in effects.emits if e.topic == CALLS_DIAL]
@@ -418,11 +551,14 @@ class Partition:
         self.offsets: collections.Counter[str] = collections.Counter()
 
     def feed(self, topic: str, event, now: float) -> list:
-        effects = process(self.state.get, event, Source(topic, 0, self.offsets[topic]), now,
-                          RULES)
+        effects = process(
+            self.state.get, event, Source(topic, 0, self.offsets[topic]), now, RULES
+        )
         self.offsets[topic] += 1
         for key, value in effects.writes:
-            self.state.pop(key, None) if value is None else self.state.__setitem__(key, value)
+            self.state.pop(key, None) if value is None else self.state.__setitem__(
+                key, value
+            )
         return effects.emits
 
 
@@ -430,12 +566,23 @@ def test_a_finished_lead_is_forgotten_after_the_retention_and_may_come_again():
     table = Partition()
     lead = LeadRequest(lead_id="L1", business_id="A", phone="+14155550100")
     dial = table.feed(LEADS_REQUESTS, lead, 100.0)[0].record
-    table.feed(CALLS_STATUS, CallStatus(dial_id=dial.dial_id, lead_id="L1", business_id="A",
-                                        status="completed", at=to_iso(101.0)), 101.0)
+    table.feed(
+        CALLS_STATUS,
+        CallStatus(
+            dial_id=dial.dial_id,
+            lead_id="L1",
+            business_id="A",
+            status="completed",
+            at=to_iso(101.0),
+        ),
+        101.0,
+    )
     assert table.state[lead_key("A", "L1")]["outcome"] == "completed"
     # Within the retention the same lead id is a duplicate...
     table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3000.0)), 3000.0)
-    assert not [e for e in table.feed(LEADS_REQUESTS, lead, 3000.0) if e.topic == CALLS_DIAL]
+    assert not [
+        e for e in table.feed(LEADS_REQUESTS, lead, 3000.0) if e.topic == CALLS_DIAL
+    ]
     # ...after it the record is gone (and only it), and the id is a new lead.
     table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3702.0)), 3702.0)
     assert lead_key("A", "L1") not in table.state

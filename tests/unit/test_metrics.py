@@ -18,38 +18,82 @@ def sample(name: str, **labels: str) -> float | None:
 
 
 def test_note_kinds_count_into_their_metrics():
-    before = {name: sample(name) for name in (
-        "streams_dials_granted_total", "streams_lease_expiries_total",
-        "streams_dial_resends_total", "streams_dead_letters_total")}
+    before = {
+        name: sample(name)
+        for name in (
+            "streams_dials_granted_total",
+            "streams_lease_expiries_total",
+            "streams_dial_resends_total",
+            "streams_dead_letters_total",
+        )
+    }
     expired = sample("streams_outcomes_total", outcome="expired")
     rejected = sample("streams_outcomes_total", outcome="rejected")
-    notes = [core.Note(kind, "B", "L", "") for kind in (
-        "dial-granted", "dial-granted", "outcome-expired", "lease-expired", "dial-resent",
-        "waiting")]
+    notes = [
+        core.Note(kind, "B", "L", "")
+        for kind in (
+            "dial-granted",
+            "dial-granted",
+            "outcome-expired",
+            "lease-expired",
+            "dial-resent",
+            "waiting",
+        )
+    ]
     metrics.observe_effects(core.Effects([], [], notes))
-    rules = core.Rules(limit=3, dial_deadline=10, ack_timeout=2, ring_timeout=3,
-                       call_time_limit=8, lease_grace=2, orphan_hold=20, max_attempts=2)
-    metrics.observe_effects(core.reject({}.get, core.Source("leads.requests", 0, 0),
-                                        "bad phone", 1.0, rules, "L2", "B"))
-    assert sample("streams_dials_granted_total") == before["streams_dials_granted_total"] + 2
-    assert sample("streams_lease_expiries_total") == before["streams_lease_expiries_total"] + 1
+    rules = core.Rules(
+        limit=3,
+        dial_deadline=10,
+        ack_timeout=2,
+        ring_timeout=3,
+        call_time_limit=8,
+        lease_grace=2,
+        orphan_hold=20,
+        max_attempts=2,
+    )
+    metrics.observe_effects(
+        core.reject(
+            {}.get, core.Source("leads.requests", 0, 0), "bad phone", 1.0, rules, "L2", "B"
+        )
+    )
+    assert (
+        sample("streams_dials_granted_total") == before["streams_dials_granted_total"] + 2
+    )
+    assert (
+        sample("streams_lease_expiries_total") == before["streams_lease_expiries_total"] + 1
+    )
     assert sample("streams_dial_resends_total") == before["streams_dial_resends_total"] + 1
     assert sample("streams_dead_letters_total") == before["streams_dead_letters_total"] + 1
     assert sample("streams_outcomes_total", outcome="expired") == expired + 1
     assert sample("streams_outcomes_total", outcome="rejected") == rejected + 1
     assert sample("streams_decisions_total", kind="waiting") >= 1
     # a replayed event re-emits its records but counts nothing again
-    replay = core.Effects([], [core.Emit(LEADS_OUTCOMES, "B", LeadOutcome(
-        lead_id="L3", business_id="B", outcome="rejected"))], [], replayed=True)
+    replay = core.Effects(
+        [],
+        [
+            core.Emit(
+                LEADS_OUTCOMES,
+                "B",
+                LeadOutcome(lead_id="L3", business_id="B", outcome="rejected"),
+            )
+        ],
+        [],
+        replayed=True,
+    )
     metrics.observe_effects(replay)
     assert sample("streams_outcomes_total", outcome="rejected") == rejected + 1
 
 
 def value(active: int, waiting: int, since: float | None = None) -> dict:
     """A business's table value with `active` slots and `waiting` leads in one queue."""
-    return {"active": {f"d{n}": {} for n in range(active)},
-            "queues": {"0": [5, 5 + waiting, since]} if waiting else {},
-            "orphans": {}, "wake": None, "limit": None, "paused": False}
+    return {
+        "active": {f"d{n}": {} for n in range(active)},
+        "queues": {"0": [5, 5 + waiting, since]} if waiting else {},
+        "orphans": {},
+        "wake": None,
+        "limit": None,
+        "paused": False,
+    }
 
 
 def test_business_gauges_hold_totals_and_only_the_busiest_businesses():
@@ -65,10 +109,13 @@ def test_business_gauges_hold_totals_and_only_the_busiest_businesses():
     assert sample("streams_waiting_leads") == sum(w for _, w in rows.values())
     assert sample("streams_businesses") == 99
     assert sample("streams_oldest_waiting_seconds") == 1200.0 - 1001.0
-    labelled = {s.labels["business_id"]: s.value
-                for family in metrics.BUSINESS_ACTIVE_CALLS.collect() for s in family.samples}
+    labelled = {
+        s.labels["business_id"]: s.value
+        for family in metrics.BUSINESS_ACTIVE_CALLS.collect()
+        for s in family.samples
+    }
     assert len(labelled) == metrics.TOP_BUSINESSES
-    busiest = sorted(rows, key=lambda b: (-sum(rows[b]), b))[:metrics.TOP_BUSINESSES]
+    busiest = sorted(rows, key=lambda b: (-sum(rows[b]), b))[: metrics.TOP_BUSINESSES]
     assert set(labelled) == set(busiest)
     # the next refresh replaces the set: a business that went quiet loses its series
     summary.clear()
@@ -95,8 +142,9 @@ class FakeConsumer:
 def test_lag_in_records_and_approximate_seconds_for_owned_input_partitions():
     leads0, leads1, changelog = TP("leads", 0), TP("leads", 1), TP("changelog", 0)
     tracker = metrics.LagTracker()
-    consumer = FakeConsumer({leads0: 120, leads1: 50, changelog: 999},
-                            {leads0: 100, leads1: 50})
+    consumer = FakeConsumer(
+        {leads0: 120, leads1: 50, changelog: 999}, {leads0: 100, leads1: 50}
+    )
     tracker.processed("leads", 0, 1000.0)
     tracker.refresh(consumer, ["leads"], now=1030.0)
     assert sample("streams_consumer_lag_records", topic="leads", partition="0") == 20

@@ -1,8 +1,8 @@
-"""The worker's own account of handled offsets (streams/progress.py)."""
+"""The worker's own account of handled offsets (streams/shell/progress.py)."""
 
 from __future__ import annotations
 
-from streams.progress import HandledOffsets
+from streams.shell.progress import HandledOffsets
 
 KEY = ("leads.requests", 2)
 

@@ -1,4 +1,4 @@
-"""The shell's units (streams/units.py): atomic groups of table writes, reads through
+"""The shell's units (streams/shell/units.py): atomic groups of table writes, reads through
 writes not yet durable, and records kept in the table until delivered."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from faust.serializers import codecs
 
 from streams.app import encode_json
 from streams.limiter_table import Effects, Emit, undelivered_key
+from streams.shell.units import Units
 from streams.topics import CALLS_DIAL, LEADS_OUTCOMES, LeadOutcome
-from streams.units import Units
 
 
 def _encode(value) -> bytes:
@@ -18,8 +18,9 @@ def _encode(value) -> bytes:
 
 
 def _outcome(lead: str) -> Emit:
-    return Emit(LEADS_OUTCOMES, "A", LeadOutcome(lead_id=lead, business_id="A",
-                                                  outcome="completed"))
+    return Emit(
+        LEADS_OUTCOMES, "A", LeadOutcome(lead_id=lead, business_id="A", outcome="completed")
+    )
 
 
 def _land(units: Units, store: dict) -> list:
@@ -32,9 +33,15 @@ def _land(units: Units, store: dict) -> list:
 
 def test_the_changelog_codec_is_faust_s_own_byte_for_byte():
     """A RocksDB store finds a key only under the bytes Faust's codec gives it."""
-    for value in ("b\x1fACME", "l\x1fé\x1fL1", {"active": {"A:L:1": {"dial_by": 1.5}},
-                                               "queues": {"0": [0, 2]}, "wake": None},
-                  [["calls.dial", "A", {"x": 1}]], 7, 1e-7, True):
+    for value in (
+        "b\x1fACME",
+        "l\x1fé\x1fL1",
+        {"active": {"A:L:1": {"dial_by": 1.5}}, "queues": {"0": [0, 2]}, "wake": None},
+        [["calls.dial", "A", {"x": 1}]],
+        7,
+        1e-7,
+        True,
+    ):
         assert encode_json(value) == codecs.dumps("json", value), value
 
 
@@ -68,7 +75,8 @@ def test_a_unit_holds_whole_events_and_each_key_once():
     for unit in taken:
         assert list(unit.records).count("cursor") == 1
         assert unit.records["cursor"][0] == max(
-            int(k.split("-")[1]) for k in unit.records if k.startswith("lead-"))
+            int(k.split("-")[1]) for k in unit.records if k.startswith("lead-")
+        )
 
 
 def test_every_unit_carries_its_partition_s_undelivered_records():

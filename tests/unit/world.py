@@ -2,8 +2,8 @@
 
 Kafka topics are lists (a None entry is an offset without a record, like a transaction
 marker), the consumer may skip records and ack them (as faust-streaming can around a
-rebalance) while the shell keeps its own account (`streams.progress`), the table's
-writes go through the shell's units (`streams.units`: the changelog takes whole units,
+rebalance) while the shell keeps its own account (`streams.shell.progress`), the table's
+writes go through the shell's units (`streams.shell.units`: the changelog takes whole units,
 and a crash keeps those acknowledged plus a prefix of those in flight; records leave
 only after their unit, and a crash delivers any prefix of them), the dialer is an
 honest one (dedupes on dial_id, honours dial_by, calls never ring or talk longer than
@@ -17,15 +17,26 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from streams.limiter_table import Rules, Source, business_key, process
-from streams.progress import HandledOffsets
-from streams.units import Unit, Units
+from streams.shell.progress import HandledOffsets
+from streams.shell.units import Unit, Units
 from streams.topics import (
-    BUSINESS_CONTROL, CALLS_DIAL, CALLS_STATUS, DIAL_DEADLINE_PASSED, LEADS_DEADLETTER,
-    LEADS_OUTCOMES, LEADS_REQUESTS, LIMITER_TICKS, BusinessControl, CallStatus,
-    LeadRequest, Tick, from_iso, to_iso,
+    BUSINESS_CONTROL,
+    CALLS_DIAL,
+    CALLS_STATUS,
+    DIAL_DEADLINE_PASSED,
+    LEADS_DEADLETTER,
+    LEADS_OUTCOMES,
+    LEADS_REQUESTS,
+    LIMITER_TICKS,
+    BusinessControl,
+    CallStatus,
+    LeadRequest,
+    Tick,
+    from_iso,
+    to_iso,
 )
 
 INPUTS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS, BUSINESS_CONTROL)
@@ -58,8 +69,11 @@ class World:
         self.in_flight: list[Unit] = []  # taken from the units, not yet acknowledged
         self.to_deliver: list[Unit] = []  # durable units whose records are not yet out
         self.delivered_of_first = 0  # records of to_deliver[0] already out
-        self.outputs: dict[str, list] = {CALLS_DIAL: [], LEADS_OUTCOMES: [],
-                                          LEADS_DEADLETTER: []}
+        self.outputs: dict[str, list] = {
+            CALLS_DIAL: [],
+            LEADS_OUTCOMES: [],
+            LEADS_DEADLETTER: [],
+        }
         self.dialer_position = 0
         self.dialed: set[str] = set()
         self.calls: list[Call] = []
@@ -73,8 +87,12 @@ class World:
     # -- the CRM -------------------------------------------------------------------
 
     def request_lead(self, business_id: str, priority: int) -> None:
-        lead = LeadRequest(lead_id=f"L{len(self.leads)}", business_id=business_id,
-                           phone=f"+1415555{len(self.leads):04d}", priority=priority)
+        lead = LeadRequest(
+            lead_id=f"L{len(self.leads)}",
+            business_id=business_id,
+            phone=f"+1415555{len(self.leads):04d}",
+            priority=priority,
+        )
         self.leads[lead.lead_id] = lead
         self.logs[LEADS_REQUESTS].append(lead)
 
@@ -86,9 +104,15 @@ class World:
     def junk_status(self, business_id: str) -> None:
         dial_id = f"{business_id}:ghost{len(self.junk_dial_ids)}:1"
         self.junk_dial_ids.add(dial_id)
-        self.logs[CALLS_STATUS].append(CallStatus(
-            dial_id=dial_id, lead_id="ghost", business_id=business_id, status="ringing",
-            at=to_iso(self.now)))
+        self.logs[CALLS_STATUS].append(
+            CallStatus(
+                dial_id=dial_id,
+                lead_id="ghost",
+                business_id=business_id,
+                status="ringing",
+                at=to_iso(self.now),
+            )
+        )
 
     def control(self, business_id: str, limit: int | None, paused: bool) -> None:
         if limit is not None:
@@ -150,15 +174,21 @@ class World:
             resent = self.units.resend(0)
             if resent is not None:
                 self.to_deliver.append(resent)
-        effects = process(self.units.get, event, Source(topic, 0, offset, key=b"k",
-                                                        value=b"v"),
-                          self.now, self.rules)
+        effects = process(
+            self.units.get,
+            event,
+            Source(topic, 0, offset, key=b"k", value=b"v"),
+            self.now,
+            self.rules,
+        )
         self.units.add(0, effects)
         self.notes.extend(effects.notes)
         for note in effects.notes:  # a grant may only fill a slot below the current limit
             if note.kind == "dial-granted":
                 business = self.units.get(business_key(note.business_id))
-                limit = business["limit"] if business["limit"] is not None else self.rules.limit
+                limit = (
+                    business["limit"] if business["limit"] is not None else self.rules.limit
+                )
                 if len(business["active"]) > limit or business["paused"]:
                     self.grants_over_limit.append(note.message)
         self.handled.handled((topic, 0), offset)
@@ -186,7 +216,7 @@ class World:
         """`count` records of durable units reach their topics, in order."""
         while self.to_deliver:
             unit = self.to_deliver[0]
-            for emit in unit.emits[self.delivered_of_first:][:count]:
+            for emit in unit.emits[self.delivered_of_first :][:count]:
                 self.outputs[emit.topic].append(emit.record)
                 self.delivered_of_first += 1
                 count -= 1
@@ -245,26 +275,50 @@ class World:
         if command.dial_id in self.dialed:
             return True
         self.dialed.add(command.dial_id)
-        report = dict(dial_id=command.dial_id, lead_id=command.lead_id,
-                      business_id=command.business_id)
+        report = dict(
+            dial_id=command.dial_id,
+            lead_id=command.lead_id,
+            business_id=command.business_id,
+        )
         if self.now > from_iso(command.dial_by):
-            self.reports.append((self.now, CallStatus(
-                status="canceled", reason=DIAL_DEADLINE_PASSED, at=to_iso(self.now),
-                **report)))
+            self.reports.append(
+                (
+                    self.now,
+                    CallStatus(
+                        status="canceled",
+                        reason=DIAL_DEADLINE_PASSED,
+                        at=to_iso(self.now),
+                        **report,
+                    ),
+                )
+            )
             return True
         ring = self.rules.ring_timeout * self.choose(5) / 4
         talk = self.rules.call_time_limit * self.choose(5) / 4
         answered = self.choose(4) > 0
         ended = self.now + ring + (talk if answered else 0)
-        self.calls.append(Call(command.dial_id, command.business_id, command.lead_id,
-                               self.now, ended))
+        self.calls.append(
+            Call(command.dial_id, command.business_id, command.lead_id, self.now, ended)
+        )
         script = [(self.now, "queued"), (self.now + ring / 2, "ringing")]
-        script += ([(self.now + ring, "in-progress"), (ended, "completed")] if answered
-                   else [(ended, "no-answer")])
+        script += (
+            [(self.now + ring, "in-progress"), (ended, "completed")]
+            if answered
+            else [(ended, "no-answer")]
+        )
         for seq, (at, status) in enumerate(script):
-            self.reports.append((at, CallStatus(status=status, sequence=seq,
-                                                at=to_iso(at), call_sid=f"CA{seq}",
-                                                **report)))
+            self.reports.append(
+                (
+                    at,
+                    CallStatus(
+                        status=status,
+                        sequence=seq,
+                        at=to_iso(at),
+                        call_sid=f"CA{seq}",
+                        **report,
+                    ),
+                )
+            )
         return True
 
     def deliver_report(self, fault: int) -> bool:
@@ -278,7 +332,9 @@ class World:
             return False
         at, status = self.reports.pop(due[self.choose(len(due))])
         if fault in (3, 4):
-            delay = 2.0 if fault == 3 else self.rules.ring_timeout + self.rules.call_time_limit
+            delay = (
+                2.0 if fault == 3 else self.rules.ring_timeout + self.rules.call_time_limit
+            )
             self.reports.append((self.now + delay, status))
             return True
         if fault != 2:

@@ -18,17 +18,17 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams import admin
+from streams.dialers.simulated import SimulatedDialer
+from streams.dialers.twilio.dialer import TwilioDialer
+from streams.kafka import admin
 from streams.settings import Settings
-from streams.simdialer import SimulatedDialer
 from streams.topics import producer_config, record_key, topic_name
-from streams.twilio_dialer import TwilioDialer
-from tests.fake_twilio import FakeTwilio
+from tests.support.fake_twilio import FakeTwilio
 
 #: The caller id the Twilio dialer uses against the fake Twilio server.
 FROM_NUMBER = "+14155550199"
@@ -58,9 +58,14 @@ class Deployment:
     def __init__(self, bootstrap: str, workdir: Path, **overrides: str):
         tag = uuid.uuid4().hex[:8]
         self.workdir = workdir
-        self.env = {**os.environ, **FAST_TIMINGS,
-                    "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TOPIC_PREFIX": f"t{tag}.",
-                    "STREAMS_APP_ID": f"limiter-{tag}", **overrides}
+        self.env = {
+            **os.environ,
+            **FAST_TIMINGS,
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "TOPIC_PREFIX": f"t{tag}.",
+            "STREAMS_APP_ID": f"limiter-{tag}",
+            **overrides,
+        }
         self.settings = Settings.from_env(self.env)
         self.workers: list[WorkerProcess] = []
         self.ledger = workdir / "dialer.jsonl"
@@ -74,17 +79,24 @@ class Deployment:
     def create_topics(self) -> None:
         admin.create_topics(self.settings)
 
-    def start_worker(self, name: str = "w1", *args: str,
-                     web_port: int | None = None) -> "WorkerProcess":
+    def start_worker(
+        self, name: str = "w1", *args: str, web_port: int | None = None
+    ) -> WorkerProcess:
         worker = WorkerProcess(self, name, *args, web_port=web_port)
         self.workers.append(worker)
         return worker
 
     def start_dialer(self, talk_seconds=(0.3, 1.0), ring_seconds=(0.05, 0.3)) -> None:
-        self.dialer = SimulatedDialer(self.settings, seed=7, talk_seconds=talk_seconds,
-                                      ring_seconds=ring_seconds, ledger_path=self.ledger)
-        self._dialer_thread = threading.Thread(target=self.dialer.run,
-                                               args=(self._dialer_stop,), daemon=True)
+        self.dialer = SimulatedDialer(
+            self.settings,
+            seed=7,
+            talk_seconds=talk_seconds,
+            ring_seconds=ring_seconds,
+            ledger_path=self.ledger,
+        )
+        self._dialer_thread = threading.Thread(
+            target=self.dialer.run, args=(self._dialer_stop,), daemon=True
+        )
         self._dialer_thread.start()
 
     def produce(self, base_topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -101,15 +113,30 @@ class Deployment:
         assert producer.flush(30) == 0
 
     def produce_leads(self, leads: list[dict]) -> None:
-        self.produce("leads.requests", [(record_key(lead["business_id"]),
-                                         json.dumps(lead).encode()) for lead in leads])
+        self.produce(
+            "leads.requests",
+            [
+                (record_key(lead["business_id"]), json.dumps(lead).encode())
+                for lead in leads
+            ],
+        )
 
-    def read(self, base_topic: str, until: Callable[[list], bool], timeout: float = 90,
-             decode=json.loads) -> list:
+    def read(
+        self,
+        base_topic: str,
+        until: Callable[[list], bool],
+        timeout: float = 90,
+        decode=json.loads,
+    ) -> list:
         """All records of a topic from the start, polled until `until(records)` holds."""
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                             "group.id": f"reader-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                "group.id": f"reader-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            }
+        )
         name = self.topic(base_topic)
         partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
         consumer.assign([TopicPartition(name, p, 0) for p in partitions])
@@ -129,15 +156,23 @@ class Deployment:
     def outcomes(self, leads: list[dict], timeout: float = 120) -> dict[str, dict]:
         """Wait for every lead's outcome; each lead must have one (repeats are verbatim)."""
         wanted = {lead["lead_id"] for lead in leads}
-        records = self.read("leads.outcomes", timeout=timeout,
-                            until=lambda recs: wanted <= {r["lead_id"] for r in recs})
+        records = self.read(
+            "leads.outcomes",
+            timeout=timeout,
+            until=lambda recs: wanted <= {r["lead_id"] for r in recs},
+        )
         by_lead = collections.defaultdict(list)
         for record in records:
             by_lead[record["lead_id"]].append(record)
         missing = wanted - set(by_lead)
-        assert not missing, f"{len(missing)} leads have no outcome, e.g. {sorted(missing)[:5]}"
-        twice = {lead: {r["outcome"] for r in recs} for lead, recs in by_lead.items()
-                 if len({r["outcome"] for r in recs}) > 1}
+        assert not missing, (
+            f"{len(missing)} leads have no outcome, e.g. {sorted(missing)[:5]}"
+        )
+        twice = {
+            lead: {r["outcome"] for r in recs}
+            for lead, recs in by_lead.items()
+            if len({r["outcome"] for r in recs}) > 1
+        }
         assert not twice, f"leads with two different outcomes: {twice}"
         return {lead: recs[0] for lead, recs in by_lead.items()}
 
@@ -150,8 +185,11 @@ class Deployment:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             description = client.describe_consumer_groups([group])[group].result(10)
-            owners = [m for m in description.members
-                      if any(tp.topic == leads for tp in m.assignment.topic_partitions)]
+            owners = [
+                m
+                for m in description.members
+                if any(tp.topic == leads for tp in m.assignment.topic_partitions)
+            ]
             if str(description.state).endswith("STABLE") and len(owners) == members:
                 return
             time.sleep(0.5)
@@ -160,8 +198,11 @@ class Deployment:
     def ledger_lines(self) -> list[dict]:
         if not self.ledger.exists():
             return []
-        return [json.loads(line) for line in self.ledger.read_text().splitlines()
-                if line.strip()]
+        return [
+            json.loads(line)
+            for line in self.ledger.read_text().splitlines()
+            if line.strip()
+        ]
 
     def close(self) -> None:
         self._dialer_stop.set()
@@ -174,20 +215,29 @@ class Deployment:
 class WorkerProcess:
     """`streams worker` as a real process, with its own web port and data dir."""
 
-    def __init__(self, deployment: Deployment, name: str, *args: str,
-                 web_port: int | None = None):
+    def __init__(
+        self, deployment: Deployment, name: str, *args: str, web_port: int | None = None
+    ):
         self.web_port = web_port or free_port()
         self.log_path = deployment.workdir / f"worker-{name}.log"
-        env = {**deployment.env, "WORKER_WEB_PORT": str(self.web_port),
-               "STREAMS_DATA_DIR": str(deployment.workdir / f"data-{name}")}
+        env = {
+            **deployment.env,
+            "WORKER_WEB_PORT": str(self.web_port),
+            "STREAMS_DATA_DIR": str(deployment.workdir / f"data-{name}"),
+        }
         self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "streams", "worker", *args],
-                                        env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streams", "worker", *args],
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
 
     def businesses(self) -> list[dict] | None:
         try:
             with urllib.request.urlopen(
-                    f"http://127.0.0.1:{self.web_port}/businesses/", timeout=2) as reply:
+                f"http://127.0.0.1:{self.web_port}/businesses/", timeout=2
+            ) as reply:
                 return json.load(reply)["businesses"]
         except OSError:
             return None
@@ -196,7 +246,9 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise AssertionError(f"worker exited {self.process.returncode}:\n{self.log()}")
+                raise AssertionError(
+                    f"worker exited {self.process.returncode}:\n{self.log()}"
+                )
             if self.businesses() is not None:
                 return
             time.sleep(0.3)
@@ -223,20 +275,24 @@ class WorkerProcess:
 class Dialer:
     """The Twilio dialer under test: in this process (a thread) or as `streams dialer`."""
 
-    def __init__(self, deployment: Deployment, fake: FakeTwilio, ledger_url: str, **env: str):
+    def __init__(
+        self, deployment: Deployment, fake: FakeTwilio, ledger_url: str, **env: str
+    ):
         self.deployment = deployment
         self.port = free_port()
-        self.env = {**deployment.env,
-                    "TWILIO_ACCOUNT_SID": fake.account_sid,
-                    "TWILIO_AUTH_TOKEN": fake.auth_token,
-                    "TWILIO_FROM_NUMBER": FROM_NUMBER,
-                    "TWILIO_API_BASE_URL": fake.base_url,
-                    "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
-                    "DIALER_WEB_PORT": str(self.port),
-                    "DATABASE_URL": ledger_url,
-                    "TWILIO_CPS": "50",
-                    "RECONCILE_AFTER_SECONDS": "2",
-                    **env}
+        self.env = {
+            **deployment.env,
+            "TWILIO_ACCOUNT_SID": fake.account_sid,
+            "TWILIO_AUTH_TOKEN": fake.auth_token,
+            "TWILIO_FROM_NUMBER": FROM_NUMBER,
+            "TWILIO_API_BASE_URL": fake.base_url,
+            "PUBLIC_BASE_URL": f"http://127.0.0.1:{self.port}",
+            "DIALER_WEB_PORT": str(self.port),
+            "DATABASE_URL": ledger_url,
+            "TWILIO_CPS": "50",
+            "RECONCILE_AFTER_SECONDS": "2",
+            **env,
+        }
         for name in ("TWILIO_EDGE", "TWILIO_REGION", "STREAMS_DIALER_CRASH_AFTER_CREATE"):
             self.env.pop(name, None)
         self.settings = Settings.from_env(self.env)
@@ -250,21 +306,26 @@ class Dialer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_thread(self) -> "Dialer":
+    def start_thread(self) -> Dialer:
         self.dialer = TwilioDialer(self.settings, seed=5)
         self._stop.clear()
-        self._thread = threading.Thread(target=self.dialer.run, args=(self._stop,), daemon=True)
+        self._thread = threading.Thread(
+            target=self.dialer.run, args=(self._stop,), daemon=True
+        )
         self._thread.start()
         assert self.dialer.started.wait(30), "dialer did not start"
         return self
 
-    def start_process(self, **extra_env: str) -> "Dialer":
+    def start_process(self, **extra_env: str) -> Dialer:
         log = self.deployment.workdir / f"dialer-{len(self.logs)}.log"
         self.logs.append(log)
         with open(log, "ab") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "streams", "dialer"],
-                                            env={**self.env, **extra_env}, stdout=out,
-                                            stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "streams", "dialer"],
+                env={**self.env, **extra_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -284,8 +345,9 @@ class Dialer:
             return 0, {}
 
     def log(self, tail: int | None = 3000) -> str:
-        return "\n".join(p.read_text(errors="replace")[-(tail or 0):]
-                         for p in self.logs if p.exists())
+        return "\n".join(
+            p.read_text(errors="replace")[-(tail or 0) :] for p in self.logs if p.exists()
+        )
 
     def kill(self) -> None:
         self.process.send_signal(signal.SIGKILL)

@@ -1,6 +1,6 @@
 """Read input records again, by offset, straight from the broker.
 
-The worker's answer to records faust-streaming skipped (see `streams/progress.py`):
+The worker's answer to records faust-streaming skipped (see `streams/shell/progress.py`):
 it asks here where its consumer group's committed offset stands when a partition is
 assigned, and reads a skipped range again to handle it before going on.
 """
@@ -11,7 +11,7 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from .limiter_table import Source
+from streams.limiter_table import Source
 
 
 class BrokerReader:
@@ -34,14 +34,16 @@ class BrokerReader:
         """Where the group resumes this partition: its committed offset or, before any
         commit, the log's start (the worker's consumer starts from the earliest)."""
         consumer = self._client()
-        found = consumer.committed([TopicPartition(topic, partition)],
-                                   timeout=self._timeout)[0]
+        found = consumer.committed(
+            [TopicPartition(topic, partition)], timeout=self._timeout
+        )[0]
         if found.error:
             raise KafkaException(found.error)
         if found.offset >= 0:
             return found.offset
-        low, _ = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                timeout=self._timeout)
+        low, _ = consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=self._timeout
+        )
         return low
 
     def read(self, topic: str, partition: int, start: int, end: int) -> list[Source]:
@@ -54,8 +56,10 @@ class BrokerReader:
         try:
             while True:
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {topic}/{partition} offsets"
-                                       f" {start}-{end - 1} within {self._timeout:.0f}s")
+                    raise TimeoutError(
+                        f"could not read {topic}/{partition} offsets"
+                        f" {start}-{end - 1} within {self._timeout:.0f}s"
+                    )
                 message = consumer.poll(0.5)
                 if message is None:
                     position = consumer.position([TopicPartition(topic, partition)])[0]
@@ -75,8 +79,16 @@ class BrokerReader:
                 if message.offset() >= end:
                     break
                 _, timestamp_ms = message.timestamp()
-                records.append(Source(topic, partition, message.offset(), message.key(),
-                                      message.value(), timestamp_ms / 1000))
+                records.append(
+                    Source(
+                        topic,
+                        partition,
+                        message.offset(),
+                        message.key(),
+                        message.value(),
+                        timestamp_ms / 1000,
+                    )
+                )
         finally:
             consumer.unassign()
         return records

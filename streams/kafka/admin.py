@@ -13,18 +13,26 @@ import logging
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from .settings import Settings
-from .topics import (
-    ALL_TOPICS, BUSINESS_CONTROL, INPUT_TOPICS, LIMITER_TICKS, changelog_topic, topic_name,
+from streams.errors import StreamsError
+from streams.settings import Settings
+from streams.topics import (
+    ALL_TOPICS,
+    BUSINESS_CONTROL,
+    INPUT_TOPICS,
+    LIMITER_TICKS,
+    changelog_topic,
+    topic_name,
 )
 
 #: Ticks are worthless once processed; keep them an hour. Control records are the
 #: current configuration of each business: keep the latest per business forever.
-TOPIC_CONFIGS = {LIMITER_TICKS: {"retention.ms": str(3_600_000)},
-                 BUSINESS_CONTROL: {"cleanup.policy": "compact"}}
+TOPIC_CONFIGS = {
+    LIMITER_TICKS: {"retention.ms": str(3_600_000)},
+    BUSINESS_CONTROL: {"cleanup.policy": "compact"},
+}
 
 
-class TopicsError(RuntimeError):
+class TopicsError(StreamsError):
     """The topics cannot be used as they are; the message is one line saying why."""
 
 
@@ -39,8 +47,9 @@ def quiet_client_config(bootstrap: str) -> dict:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                        "log_level": 3})
+    return AdminClient(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers, "log_level": 3}
+    )
 
 
 def partition_counts(settings: Settings, timeout: float = 15.0) -> dict[str, int]:
@@ -51,8 +60,10 @@ def partition_counts(settings: Settings, timeout: float = 15.0) -> dict[str, int
     try:
         metadata = admin_client(settings).list_topics(timeout=timeout)
     except KafkaException as exc:
-        raise TopicsError(f"cannot reach Kafka at {settings.kafka_bootstrap_servers}:"
-                          f" {exc.args[0].str() if exc.args else exc}") from None
+        raise TopicsError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}:"
+            f" {exc.args[0].str() if exc.args else exc}"
+        ) from None
     counts = {}
     changelog = changelog_topic(settings.topic_prefix, settings.app_id)
     for base in ALL_TOPICS + (changelog,):
@@ -73,12 +84,17 @@ def create_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
     present = [existing[b] for b in INPUT_TOPICS if b in existing]
     partitions = max(present) if present else settings.topic_partitions
     admin = admin_client(settings)  # must outlive the futures
-    futures = admin.create_topics([
-        NewTopic(topic_name(base, settings.topic_prefix),
-                 num_partitions=partitions,
-                 replication_factor=replication_factor,
-                 config=TOPIC_CONFIGS.get(base, {}))
-        for base in missing])
+    futures = admin.create_topics(
+        [
+            NewTopic(
+                topic_name(base, settings.topic_prefix),
+                num_partitions=partitions,
+                replication_factor=replication_factor,
+                config=TOPIC_CONFIGS.get(base, {}),
+            )
+            for base in missing
+        ]
+    )
     created = []
     for name, future in futures.items():
         try:
@@ -94,10 +110,13 @@ def create_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
 def check_copartitioned(settings: Settings) -> int:
     """The common partition count of the input topics, or TopicsError saying which differ."""
     counts = partition_counts(settings)
-    missing = [topic_name(b, settings.topic_prefix) for b in INPUT_TOPICS if b not in counts]
+    missing = [
+        topic_name(b, settings.topic_prefix) for b in INPUT_TOPICS if b not in counts
+    ]
     if missing:
-        raise TopicsError(f"input topic(s) {', '.join(missing)} do not exist;"
-                          " run `streams topics create`")
+        raise TopicsError(
+            f"input topic(s) {', '.join(missing)} do not exist; run `streams topics create`"
+        )
     inputs = {topic_name(b, settings.topic_prefix): counts[b] for b in INPUT_TOPICS}
     changelog = changelog_topic(settings.topic_prefix, settings.app_id)
     if changelog in counts:
@@ -106,5 +125,6 @@ def check_copartitioned(settings: Settings) -> int:
         listing = ", ".join(f"{name}={n}" for name, n in inputs.items())
         raise TopicsError(
             f"input topics are not co-partitioned ({listing}): a business would be split"
-            " across workers and could exceed its limit; give them equal partition counts")
+            " across workers and could exceed its limit; give them equal partition counts"
+        )
     return next(iter(inputs.values()))

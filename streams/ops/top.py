@@ -5,7 +5,7 @@ Each refresh asks every worker (the same workers as `streams status`) for
 active calls ✅, waiting leads ⏳, the oldest wait, dials per minute and whether it is
 paused, full or draining; and in the header the totals, the dials granted and the
 outcomes (from the workers' decision counters, `outcome-*`) and the consumer lag of the
-workers' group, read by `streams.lag`'s `LagReader` in a background thread (the broker
+workers' group, read by `streams.ops.lag`'s `LagReader` in a background thread (the broker
 may be slow; the view must not wait for it).
 
 Dials per minute per business are counted from successive snapshots: every dial id seen
@@ -29,14 +29,21 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from .lag import format_age, project_groups
-from .settings import Settings
-from .status import (
-    DEFAULT_TIMEOUT, MAX_PARALLEL, Merged, Reply, fetch, merge_businesses, natural_key,
+from streams.ops.lag import format_age, project_groups
+from streams.ops.status import (
+    DEFAULT_TIMEOUT,
+    MAX_PARALLEL,
+    Merged,
+    Reply,
+    fetch,
+    merge_businesses,
+    natural_key,
     require_an_answer,
 )
+from streams.settings import Settings
 
 #: Sort orders; keys 1-5 choose them in the live view.
 SORTS = ("active", "waiting", "oldest", "dials", "business")
@@ -46,7 +53,7 @@ DIAL_WINDOW = 60.0
 #: Counts up to this many are also drawn as icons.
 MAX_ICONS = 5
 DEFAULT_INTERVAL = 2.0
-#: Lag samples the header's status is judged over (Burrow-style, see streams.lag).
+#: Lag samples the header's status is judged over (Burrow-style, see streams.ops.lag).
 LAG_WINDOW = 10
 #: A plain snapshot waits this long for its one lag sample.
 LAG_SNAPSHOT_WAIT = 8.0
@@ -56,10 +63,22 @@ OVERHEAD_LINES = 11
 WORKER_COLUMN_WIDTH = 100
 ACTIVE, WAITING = "✅", "⏳"
 _STATE_STYLES = {"paused": "yellow", "draining": "magenta", "full": "cyan", "idle": "dim"}
-_LAG_STYLES = {"OK": "green", "WARN": "yellow", "REWIND": "magenta", "STALL": "bold red",
-               "STOP": "bold red", "ERR": "red"}
-_OUTCOME_STYLES = {"completed": "green", "no-answer": "yellow", "busy": "yellow",
-                   "failed": "red", "canceled": "red", "expired": "red"}
+_LAG_STYLES = {
+    "OK": "green",
+    "WARN": "yellow",
+    "REWIND": "magenta",
+    "STALL": "bold red",
+    "STOP": "bold red",
+    "ERR": "red",
+}
+_OUTCOME_STYLES = {
+    "completed": "green",
+    "no-answer": "yellow",
+    "busy": "yellow",
+    "failed": "red",
+    "canceled": "red",
+    "expired": "red",
+}
 
 
 # -- rows --------------------------------------------------------------------------------
@@ -72,10 +91,10 @@ class Row:
     limit: int | None
     waiting: int
     oldest: float | None
-    dials: int                 # dials granted within the last DIAL_WINDOW seconds (seen)
+    dials: int  # dials granted within the last DIAL_WINDOW seconds (seen)
     paused: bool
     worker: str = ""
-    outcomes: tuple[tuple[str, int], ...] = ()   # since the worker started, most first
+    outcomes: tuple[tuple[str, int], ...] = ()  # since the worker started, most first
 
     @property
     def state(self) -> str:
@@ -92,10 +111,16 @@ class Row:
 
 _SORT_FUNCS: dict[str, Callable[[Row], tuple]] = {
     "active": lambda r: (-r.active, -r.waiting, natural_key(r.business_id)),
-    "waiting": lambda r: (-r.waiting, -(r.oldest if r.oldest is not None else -1.0),
-                          natural_key(r.business_id)),
-    "oldest": lambda r: (-(r.oldest if r.oldest is not None else -1.0), -r.waiting,
-                         natural_key(r.business_id)),
+    "waiting": lambda r: (
+        -r.waiting,
+        -(r.oldest if r.oldest is not None else -1.0),
+        natural_key(r.business_id),
+    ),
+    "oldest": lambda r: (
+        -(r.oldest if r.oldest is not None else -1.0),
+        -r.waiting,
+        natural_key(r.business_id),
+    ),
     "dials": lambda r: (-r.dials, -r.active, natural_key(r.business_id)),
     "business": lambda r: (natural_key(r.business_id),),
 }
@@ -202,12 +227,24 @@ def build_rows(merged: Merged, dials: DialCounter) -> list[Row]:
     append = rows.append
     for bid, business in merged.businesses.items():
         limit = business.get("limit")
-        append(Row(bid, len(business.get("active") or ()),
-                   limit if isinstance(limit, int) else None,
-                   int(business.get("waiting") or 0), business.get("oldest_waiting_seconds"),
-                   dials.count(bid), bool(business.get("paused")), business.get("worker", ""),
-                   tuple(sorted((business.get("outcomes") or {}).items(),
-                                key=lambda kv: (-kv[1], kv[0])))))
+        append(
+            Row(
+                bid,
+                len(business.get("active") or ()),
+                limit if isinstance(limit, int) else None,
+                int(business.get("waiting") or 0),
+                business.get("oldest_waiting_seconds"),
+                dials.count(bid),
+                bool(business.get("paused")),
+                business.get("worker", ""),
+                tuple(
+                    sorted(
+                        (business.get("outcomes") or {}).items(),
+                        key=lambda kv: (-kv[1], kv[0]),
+                    )
+                ),
+            )
+        )
     return rows
 
 
@@ -221,18 +258,23 @@ def outcome_text(outcomes: Iterable[tuple[str, int]]) -> str:
 class LagWatcher:
     """The workers' consumer group lag, sampled in a background thread."""
 
-    def __init__(self, settings: Settings, interval: float,
-                 on_update: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        interval: float,
+        on_update: Callable[[], None] | None = None,
+    ):
         self.group = project_groups(settings)[0]
         self.bootstrap = settings.kafka_bootstrap_servers
         self.interval = interval
         self.on_update = on_update
-        self.status = None            # streams.lag.GroupStatus
+        self.status = None  # streams.ops.lag.GroupStatus
         self.error: str | None = None
         self.updated = threading.Event()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="streams-top-lag",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="streams-top-lag", daemon=True
+        )
 
     def start(self) -> None:
         self._thread.start()
@@ -243,7 +285,8 @@ class LagWatcher:
             self._thread.join(wait)
 
     def _run(self) -> None:
-        from .lag import LagError, LagReader, evaluate
+        from streams.ops.lag import LagError, LagReader, evaluate
+
         window: collections.deque = collections.deque(maxlen=LAG_WINDOW)
         reader = None
         try:
@@ -272,15 +315,23 @@ class LagWatcher:
 
     def segments(self) -> list[tuple[str, str]]:
         if self.error is not None:
-            return [(f"lag {self.group}: ", "bold"), ("unavailable: " + self.error, "yellow")]
+            return [
+                (f"lag {self.group}: ", "bold"),
+                ("unavailable: " + self.error, "yellow"),
+            ]
         status = self.status
         if status is None:
             return [(f"lag {self.group}: ", "bold"), ("reading...", "dim")]
-        parts = [(f"lag {self.group} ", "bold"),
-                 (status.status.value, _LAG_STYLES.get(status.status.value, "")),
-                 (f"  {status.total_lag:,} records / {format_age(status.max_time_lag)}", ""),
-                 (f"  ({status.state.lower()}, {status.members} member"
-                  f"{'' if status.members == 1 else 's'})", "dim")]
+        parts = [
+            (f"lag {self.group} ", "bold"),
+            (status.status.value, _LAG_STYLES.get(status.status.value, "")),
+            (f"  {status.total_lag:,} records / {format_age(status.max_time_lag)}", ""),
+            (
+                f"  ({status.state.lower()}, {status.members} member"
+                f"{'' if status.members == 1 else 's'})",
+                "dim",
+            ),
+        ]
         if status.status.value != "OK":
             parts.append((f"  {status.reason}", _LAG_STYLES.get(status.status.value, "")))
         return parts
@@ -292,10 +343,14 @@ class LagWatcher:
 class Top:
     """The state of `streams top` between refreshes."""
 
-    def __init__(self, workers: Sequence[str], sort: str = "waiting",
-                 timeout: float = DEFAULT_TIMEOUT,
-                 get: Callable[[str, str, float], Reply] = fetch,
-                 clock: Callable[[], float] = time.time):
+    def __init__(
+        self,
+        workers: Sequence[str],
+        sort: str = "waiting",
+        timeout: float = DEFAULT_TIMEOUT,
+        get: Callable[[str, str, float], Reply] = fetch,
+        clock: Callable[[], float] = time.time,
+    ):
         if sort not in SORTS:
             raise ValueError(f"sort must be one of {', '.join(SORTS)}")
         self.workers = list(workers)
@@ -311,7 +366,8 @@ class Top:
         self.totals = Totals()
         self.at: float | None = None
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            min(MAX_PARALLEL, 2 * len(self.workers)), thread_name_prefix="streams-top")
+            min(MAX_PARALLEL, 2 * len(self.workers)), thread_name_prefix="streams-top"
+        )
         self._shown: tuple[tuple, list[Row]] | None = None
 
     def close(self) -> None:
@@ -319,18 +375,26 @@ class Top:
 
     def refresh(self) -> None:
         """Ask every worker (businesses and counters at once) and rebuild the rows."""
-        asks = [(w, "/businesses/") for w in self.workers] + [(w, "/counters/")
-                                                              for w in self.workers]
+        asks = [(w, "/businesses/") for w in self.workers] + [
+            (w, "/counters/") for w in self.workers
+        ]
         replies = list(self._pool.map(lambda a: self.get(a[0], a[1], self.timeout), asks))
         now = self.clock()
-        self.update(replies[:len(self.workers)], replies[len(self.workers):], now)
+        self.update(replies[: len(self.workers)], replies[len(self.workers) :], now)
 
-    def update(self, business_replies: Sequence[Reply], counter_replies: Sequence[Reply],
-               now: float) -> None:
+    def update(
+        self,
+        business_replies: Sequence[Reply],
+        counter_replies: Sequence[Reply],
+        now: float,
+    ) -> None:
         self.at = now
         self.merged = merge_businesses(business_replies)
-        self.counters = {r.worker: r.body for r in counter_replies
-                         if r.code == 200 and isinstance(r.body, dict)}
+        self.counters = {
+            r.worker: r.body
+            for r in counter_replies
+            if r.code == 200 and isinstance(r.body, dict)
+        }
         for worker, counters in self.counters.items():
             self.history.observe(worker, counters, now)
         self.dials.observe(self.merged.businesses.values(), now)
@@ -354,35 +418,50 @@ class Top:
         for counters in self.counters.values():
             for kind, n in counters.items():
                 if kind.startswith("outcome-"):
-                    found[kind[len("outcome-"):]] += int(n or 0)
+                    found[kind[len("outcome-") :]] += int(n or 0)
         return sorted(found.items(), key=lambda kv: (-kv[1], kv[0]))
 
-    def header(self, lag: LagWatcher | None, interval: float | None = None,
-               keys: bool = False, shown: int = 0, plain: bool = False
-               ) -> list[list[tuple[str, str]]]:
+    def header(
+        self,
+        lag: LagWatcher | None,
+        interval: float | None = None,
+        keys: bool = False,
+        shown: int = 0,
+        plain: bool = False,
+    ) -> list[list[tuple[str, str]]]:
         """The header as lines of (text, style) segments."""
         at = time.strftime("%H:%M:%S", time.localtime(self.at or time.time()))
         answering = len(self.merged.answered)
         first = [("streams top", "bold"), (f"  {at}", "")]
         if interval is not None:
             first.append((f"  every {interval:g}s", "dim"))
-        first.append((f"  workers {answering}/{len(self.workers)} answering",
-                      "" if answering == len(self.workers) else "bold yellow"))
+        first.append(
+            (
+                f"  workers {answering}/{len(self.workers)} answering",
+                "" if answering == len(self.workers) else "bold yellow",
+            )
+        )
         for reply in self.merged.unanswered:
             first.append((f"  {reply.describe()}", "yellow"))
         t = self.totals
         active_icon, waiting_icon = ("", "") if plain else (f" {ACTIVE}", f" {WAITING}")
-        second = [(f"businesses {t.businesses:,}", "bold"),
-                  (f"  active{active_icon} {t.active:,}", "green"),
-                  (f"  waiting{waiting_icon} {t.waiting:,}", "cyan"),
-                  (f"  oldest wait {format_age(t.oldest) if t.oldest is not None else '-'}",
-                   "")]
+        second = [
+            (f"businesses {t.businesses:,}", "bold"),
+            (f"  active{active_icon} {t.active:,}", "green"),
+            (f"  waiting{waiting_icon} {t.waiting:,}", "cyan"),
+            (f"  oldest wait {format_age(t.oldest) if t.oldest is not None else '-'}", ""),
+        ]
         if t.paused:
             second.append((f"  paused {t.paused:,}", "yellow"))
         granted = self.counter_total("dial-granted")
         rate = self.history.per_minute("dial-granted", self.counters)
-        second.append((f"  dials granted {granted:,} since start"
-                       + (f", {rate:,.0f}/min" if rate is not None else ""), ""))
+        second.append(
+            (
+                f"  dials granted {granted:,} since start"
+                + (f", {rate:,.0f}/min" if rate is not None else ""),
+                "",
+            )
+        )
         third = [("outcomes since start: ", "bold")]
         outcomes = self.outcomes()
         for i, (kind, n) in enumerate(outcomes):
@@ -391,8 +470,10 @@ class Top:
             third.append((f"{kind} {n:,}", _OUTCOME_STYLES.get(kind, "")))
         if not outcomes:
             third.append(("none yet", "dim"))
-        for kind, label in (("dead-lettered", "dead-lettered"),
-                            ("lease-expired", "lease expiries")):
+        for kind, label in (
+            ("dead-lettered", "dead-lettered"),
+            ("lease-expired", "lease expiries"),
+        ):
             n = self.counter_total(kind)
             if n:
                 third.append((f"  {label} {n:,}", "bold red"))
@@ -400,11 +481,19 @@ class Top:
         if lag is not None:
             lines.append(lag.segments())
         lines.append(third)
-        order = [(f"sorted by {self.sort}", "bold"),
-                 (f", top {shown:,} of {t.businesses:,}", "dim")]
+        order = [
+            (f"sorted by {self.sort}", "bold"),
+            (f", top {shown:,} of {t.businesses:,}", "dim"),
+        ]
         if keys:
-            order.append(("   keys: " + "  ".join(f"{k} {name}" for k, name in SORT_KEYS.items())
-                          + "  q quit", "dim"))
+            order.append(
+                (
+                    "   keys: "
+                    + "  ".join(f"{k} {name}" for k, name in SORT_KEYS.items())
+                    + "  q quit",
+                    "dim",
+                )
+            )
         lines.append(order)
         return lines
 
@@ -412,34 +501,68 @@ class Top:
 
     def columns(self) -> list[str]:
         several = len(self.workers) > 1
-        return (["business"] + (["worker"] if several else [])
-                + ["active", "limit", "waiting", "oldest", "dials/min", "state", "outcomes"])
+        return (
+            ["business"]
+            + (["worker"] if several else [])
+            + ["active", "limit", "waiting", "oldest", "dials/min", "state", "outcomes"]
+        )
 
     def plain(self, n: int | None, lag: LagWatcher | None = None) -> str:
         """One plain-text snapshot (no colours, no icons): for pipes and tests."""
         rows = self.shown(n)
-        lines = ["".join(text for text, _ in line)
-                 for line in self.header(lag, shown=len(rows), plain=True)]
+        lines = [
+            "".join(text for text, _ in line)
+            for line in self.header(lag, shown=len(rows), plain=True)
+        ]
         several = len(self.workers) > 1
         table = [self.columns()]
         for r in rows:
-            table.append([r.business_id] + ([r.worker] if several else [])
-                         + [f"{r.active:,}", "-" if r.limit is None else str(r.limit),
-                            f"{r.waiting:,}", _age(r.oldest), f"{r.dials:,}", r.state,
-                            outcome_text(r.outcomes)])
+            table.append(
+                [r.business_id]
+                + ([r.worker] if several else [])
+                + [
+                    f"{r.active:,}",
+                    "-" if r.limit is None else str(r.limit),
+                    f"{r.waiting:,}",
+                    _age(r.oldest),
+                    f"{r.dials:,}",
+                    r.state,
+                    outcome_text(r.outcomes),
+                ]
+            )
         t = self.totals
-        table.append(["total"] + ([""] if several else [])
-                     + [f"{t.active:,}", "", f"{t.waiting:,}", _age(t.oldest),
-                        f"{t.dials:,}", "", ""])
+        table.append(
+            ["total"]
+            + ([""] if several else [])
+            + [
+                f"{t.active:,}",
+                "",
+                f"{t.waiting:,}",
+                _age(t.oldest),
+                f"{t.dials:,}",
+                "",
+                "",
+            ]
+        )
         widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         left = {0, len(widths) - 2, len(widths) - 1} | ({1} if several else set())
         for row in table:
-            lines.append("  ".join(cell.ljust(w) if i in left else cell.rjust(w)
-                                   for i, (cell, w) in enumerate(zip(row, widths))).rstrip())
+            lines.append(
+                "  ".join(
+                    cell.ljust(w) if i in left else cell.rjust(w)
+                    for i, (cell, w) in enumerate(zip(row, widths))
+                ).rstrip()
+            )
         return "\n".join(lines)
 
-    def render(self, n: int, lag: LagWatcher | None = None,
-               interval: float | None = None, keys: bool = False, width: int = 200):
+    def render(
+        self,
+        n: int,
+        lag: LagWatcher | None = None,
+        interval: float | None = None,
+        keys: bool = False,
+        width: int = 200,
+    ):
         """One frame of the live view (rich): header lines, then the top `n` rows; the
         worker column only with several workers and `width` for it."""
         from rich import box
@@ -454,50 +577,84 @@ class Top:
         t = self.totals
         several = len(self.workers) > 1 and width >= WORKER_COLUMN_WIDTH
         count_width = len(f"{max([t.active, t.waiting, 1]):,}")
-        icons_active = max((min(r.active, MAX_ICONS) for r in rows if r.active <= MAX_ICONS),
-                           default=0)
-        icons_waiting = max((min(r.waiting, MAX_ICONS) for r in rows
-                             if r.waiting <= MAX_ICONS), default=0)
-        table = Table(box=box.SIMPLE, show_footer=True, header_style="bold",
-                      footer_style="bold", pad_edge=False, expand=False)
+        icons_active = max(
+            (min(r.active, MAX_ICONS) for r in rows if r.active <= MAX_ICONS), default=0
+        )
+        icons_waiting = max(
+            (min(r.waiting, MAX_ICONS) for r in rows if r.waiting <= MAX_ICONS), default=0
+        )
+        table = Table(
+            box=box.SIMPLE,
+            show_footer=True,
+            header_style="bold",
+            footer_style="bold",
+            pad_edge=False,
+            expand=False,
+        )
         # Numbers never wrap nor shrink; a narrow terminal cuts business and worker names.
-        table.add_column("business", footer="total", no_wrap=True, overflow="ellipsis",
-                         min_width=min(16, max((len(r.business_id) for r in rows),
-                                               default=5)), max_width=40)
+        table.add_column(
+            "business",
+            footer="total",
+            no_wrap=True,
+            overflow="ellipsis",
+            min_width=min(16, max((len(r.business_id) for r in rows), default=5)),
+            max_width=40,
+        )
         if several:
-            table.add_column("worker", style="dim", no_wrap=True, overflow="ellipsis",
-                             min_width=6)
+            table.add_column(
+                "worker", style="dim", no_wrap=True, overflow="ellipsis", min_width=6
+            )
         fixed = dict(no_wrap=True)
-        table.add_column("active", footer=f"{t.active:>{count_width},}",
-                         min_width=count_width + (1 + 2 * icons_active if icons_active else 0),
-                         **fixed)
+        table.add_column(
+            "active",
+            footer=f"{t.active:>{count_width},}",
+            min_width=count_width + (1 + 2 * icons_active if icons_active else 0),
+            **fixed,
+        )
         table.add_column("limit", justify="right", min_width=5, **fixed)
-        table.add_column("waiting", footer=f"{t.waiting:>{count_width},}",
-                         min_width=max(7, count_width
-                                       + (1 + 2 * icons_waiting if icons_waiting else 0)),
-                         **fixed)
-        table.add_column("oldest", justify="right", footer=_age(t.oldest), min_width=6,
-                         **fixed)
-        table.add_column("dials/min", justify="right", footer=f"{t.dials:,}", min_width=9,
-                         **fixed)
+        table.add_column(
+            "waiting",
+            footer=f"{t.waiting:>{count_width},}",
+            min_width=max(7, count_width + (1 + 2 * icons_waiting if icons_waiting else 0)),
+            **fixed,
+        )
+        table.add_column(
+            "oldest", justify="right", footer=_age(t.oldest), min_width=6, **fixed
+        )
+        table.add_column(
+            "dials/min", justify="right", footer=f"{t.dials:,}", min_width=9, **fixed
+        )
         table.add_column("state", min_width=8, **fixed)
         table.add_column("outcomes", no_wrap=True, overflow="ellipsis", max_width=40)
         for r in rows:
             over = r.limit is not None and r.active > r.limit
             at_limit = r.limit is not None and r.active >= r.limit and r.active
-            active = Text(f"{r.active:>{count_width},}",
-                          style="bold red" if over else "bold" if at_limit else "")
+            active = Text(
+                f"{r.active:>{count_width},}",
+                style="bold red" if over else "bold" if at_limit else "",
+            )
             if 0 < r.active <= MAX_ICONS:
                 active.append(" " + ACTIVE * r.active)
-            waiting = Text(f"{r.waiting:>{count_width},}", style="cyan" if r.waiting else "dim")
+            waiting = Text(
+                f"{r.waiting:>{count_width},}", style="cyan" if r.waiting else "dim"
+            )
             if 0 < r.waiting <= MAX_ICONS:
                 waiting.append(" " + WAITING * r.waiting)
             cells = [Text(r.business_id, style="bold")] + ([r.worker] if several else [])
-            cells += [active, "-" if r.limit is None else str(r.limit), waiting,
-                      _age(r.oldest), f"{r.dials:,}" if r.dials else Text("0", style="dim"),
-                      Text(r.state, style=_STATE_STYLES.get(r.state, "")),
-                      Text.assemble(*[(f"{kind} {n:,} ", _OUTCOME_STYLES.get(kind, ""))
-                                      for kind, n in r.outcomes])]
+            cells += [
+                active,
+                "-" if r.limit is None else str(r.limit),
+                waiting,
+                _age(r.oldest),
+                f"{r.dials:,}" if r.dials else Text("0", style="dim"),
+                Text(r.state, style=_STATE_STYLES.get(r.state, "")),
+                Text.assemble(
+                    *[
+                        (f"{kind} {n:,} ", _OUTCOME_STYLES.get(kind, ""))
+                        for kind, n in r.outcomes
+                    ]
+                ),
+            ]
             table.add_row(*cells)
         parts.append(table)
         return Group(*parts)
@@ -526,25 +683,28 @@ class Keys:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def __enter__(self) -> "Keys":
+    def __enter__(self) -> Keys:
         try:
             if self.stream is None or not self.stream.isatty():
                 return self
             import termios
             import tty
+
             self._fd = self.stream.fileno()
             self._saved = termios.tcgetattr(self._fd)
             tty.setcbreak(self._fd)
         except (OSError, ValueError, ImportError, AttributeError):
             self._fd = None
             return self
-        self._thread = threading.Thread(target=self._run, name="streams-top-keys",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, name="streams-top-keys", daemon=True
+        )
         self._thread.start()
         return self
 
     def _run(self) -> None:
         import select
+
         while not self._stop.is_set():
             try:
                 ready, _, _ = select.select([self._fd], [], [], 0.2)
@@ -563,16 +723,25 @@ class Keys:
             self._thread.join(1)
         if self._fd is not None and self._saved is not None:
             import termios
+
             termios.tcsetattr(self._fd, termios.TCSADRAIN, self._saved)
 
 
 # -- the command ------------------------------------------------------------------------
 
 
-def run_top(settings: Settings, workers: Sequence[str], sort: str = "waiting",
-            limit_rows: int | None = None, interval: float = DEFAULT_INTERVAL,
-            timeout: float = DEFAULT_TIMEOUT, lag: bool = True, out=None, stdin=None,
-            get: Callable[[str, str, float], Reply] = fetch) -> int:
+def run_top(
+    settings: Settings,
+    workers: Sequence[str],
+    sort: str = "waiting",
+    limit_rows: int | None = None,
+    interval: float = DEFAULT_INTERVAL,
+    timeout: float = DEFAULT_TIMEOUT,
+    lag: bool = True,
+    out=None,
+    stdin=None,
+    get: Callable[[str, str, float], Reply] = fetch,
+) -> int:
     """`streams top`: live until Ctrl-C or q (exit 0); without a terminal one plain
     snapshot (StatusError when no worker answered)."""
     from rich.console import Console
@@ -591,16 +760,28 @@ def run_top(settings: Settings, workers: Sequence[str], sort: str = "waiting",
                 watcher.updated.wait(LAG_SNAPSHOT_WAIT)
             print(top.plain(limit_rows, watcher), file=out, flush=True)
             return 0
-        return _live(top, watcher, console, limit_rows, interval,
-                     sys.stdin if stdin is None else stdin)
+        return _live(
+            top,
+            watcher,
+            console,
+            limit_rows,
+            interval,
+            sys.stdin if stdin is None else stdin,
+        )
     finally:
         if watcher is not None:
             watcher.stop()
         top.close()
 
 
-def _live(top: Top, watcher: LagWatcher | None, console, limit_rows: int | None,
-          interval: float, stdin) -> int:
+def _live(
+    top: Top,
+    watcher: LagWatcher | None,
+    console,
+    limit_rows: int | None,
+    interval: float,
+    stdin,
+) -> int:
     from rich.live import Live
 
     wake = threading.Event()
@@ -619,19 +800,36 @@ def _live(top: Top, watcher: LagWatcher | None, console, limit_rows: int | None,
 
     if watcher is not None:
         watcher.on_update = wake.set
-    previous = (signal.signal(signal.SIGTERM, interrupt)
-                if threading.current_thread() is threading.main_thread() else None)
+    previous = (
+        signal.signal(signal.SIGTERM, interrupt)
+        if threading.current_thread() is threading.main_thread()
+        else None
+    )
     try:
-        with Keys(stdin, on_key), Live(console=console, auto_refresh=False, screen=True,
-                                       redirect_stdout=False, redirect_stderr=False) as live:
+        with (
+            Keys(stdin, on_key),
+            Live(
+                console=console,
+                auto_refresh=False,
+                screen=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
+            ) as live,
+        ):
             next_refresh = 0.0
             while not quit_asked.is_set():
                 if time.monotonic() >= next_refresh:
                     top.refresh()
                     next_refresh = time.monotonic() + interval
-                rows = limit_rows or rows_for_height(console.size.height, watcher is not None)
-                live.update(top.render(rows, watcher, interval, keys=True,
-                                       width=console.size.width), refresh=True)
+                rows = limit_rows or rows_for_height(
+                    console.size.height, watcher is not None
+                )
+                live.update(
+                    top.render(
+                        rows, watcher, interval, keys=True, width=console.size.width
+                    ),
+                    refresh=True,
+                )
                 wake.wait(max(0.0, next_refresh - time.monotonic()))
                 wake.clear()
     except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) ends the view cleanly

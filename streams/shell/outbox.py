@@ -1,4 +1,4 @@
-"""Sending units to the changelog and their records out (`streams/units.py` says why).
+"""Sending units to the changelog and their records out (`streams/shell/units.py` says why).
 
 For each partition, one unit at a time: a unit is sent as one record batch to its
 partition of the table's changelog, and the next unit of that partition only once the
@@ -21,14 +21,15 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.structs import TopicPartition
 
-from .units import UNIT_MAX_BYTES, Unit, Units
+from streams.shell.units import UNIT_MAX_BYTES, Unit, Units
 
 log = logging.getLogger("streams.worker")
 
@@ -54,9 +55,16 @@ FATAL_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError)
 class Outbox:
     """One worker's sender of units and records."""
 
-    def __init__(self, units: Units, bootstrap_servers: str, changelog: str,
-                 output_topics: dict[str, str], store: Callable[[], Any],
-                 client_id: str, on_fatal: Callable[[BaseException], Any]):
+    def __init__(
+        self,
+        units: Units,
+        bootstrap_servers: str,
+        changelog: str,
+        output_topics: dict[str, str],
+        store: Callable[[], Any],
+        client_id: str,
+        on_fatal: Callable[[BaseException], Any],
+    ):
         self._units = units
         self._bootstrap = bootstrap_servers
         self._changelog = changelog
@@ -85,9 +93,11 @@ class Outbox:
         self._wake.set()
 
     def full(self) -> bool:
-        return (self._units.overlay_size() > MAX_PENDING_KEYS
-                or self._units.undelivered_count() > MAX_UNDELIVERED_RECORDS
-                or self._units.undelivered_bytes() > MAX_UNDELIVERED_BYTES)
+        return (
+            self._units.overlay_size() > MAX_PENDING_KEYS
+            or self._units.undelivered_count() > MAX_UNDELIVERED_RECORDS
+            or self._units.undelivered_bytes() > MAX_UNDELIVERED_BYTES
+        )
 
     async def room(self) -> None:
         """Wait until little enough is pending (backpressure on the agent)."""
@@ -124,8 +134,9 @@ class Outbox:
                 self._progress.set()
                 return
             producer = await self._client()
-            await asyncio.gather(*(self._send_units(producer, units)
-                                   for units in by_partition.values()))
+            await asyncio.gather(
+                *(self._send_units(producer, units) for units in by_partition.values())
+            )
             for units in by_partition.values():
                 self._unsent.extend(units)
             while self._unsent:
@@ -157,19 +168,31 @@ class Outbox:
                         if batch.append(key=key, value=value, timestamp=None) is None:
                             raise RecordTooLargeError(
                                 f"unit of {len(unit.records)} records ({unit.size} bytes)"
-                                " does not fit one record batch")
-                    metadata = await (await producer.send_batch(
-                        batch, self._changelog, partition=unit.partition))
+                                " does not fit one record batch"
+                            )
+                    metadata = await (
+                        await producer.send_batch(
+                            batch, self._changelog, partition=unit.partition
+                        )
+                    )
                     break
                 except FATAL_ERRORS as exc:
-                    log.critical("cannot write the changelog of partition %d: %r; stopping",
-                                 unit.partition, exc)
+                    log.critical(
+                        "cannot write the changelog of partition %d: %r; stopping",
+                        unit.partition,
+                        exc,
+                    )
                     await self._on_fatal(exc)
                     raise
                 except (KafkaError, OSError) as exc:
-                    log.warning("changelog write for partition %d failed (%r); sending the"
-                                " same %d records again in %.0f s", unit.partition, exc,
-                                len(unit.records), RETRY_SECONDS)
+                    log.warning(
+                        "changelog write for partition %d failed (%r); sending the"
+                        " same %d records again in %.0f s",
+                        unit.partition,
+                        exc,
+                        len(unit.records),
+                        RETRY_SECONDS,
+                    )
                     await asyncio.sleep(RETRY_SECONDS)
             self._apply(unit, metadata.offset)
             self.counts["units"] += 1
@@ -179,21 +202,37 @@ class Outbox:
     def _apply(self, unit: Unit, base_offset: int) -> None:
         """Write a durable unit into the store as Faust's recovery would have."""
         tp = TopicPartition(self._changelog, unit.partition)
-        events = [SimpleNamespace(key=key, value=value, message=SimpleNamespace(
-                      key=key_bytes, value=value_bytes, partition=unit.partition,
-                      offset=base_offset + n, tp=tp))
-                  for n, (key, value, key_bytes, value_bytes)
-                  in enumerate(self._units.durable(unit))]
+        events = [
+            SimpleNamespace(
+                key=key,
+                value=value,
+                message=SimpleNamespace(
+                    key=key_bytes,
+                    value=value_bytes,
+                    partition=unit.partition,
+                    offset=base_offset + n,
+                    tp=tp,
+                ),
+            )
+            for n, (key, value, key_bytes, value_bytes) in enumerate(
+                self._units.durable(unit)
+            )
+        ]
         self._store().apply_changelog_batch(events, to_key=_same, to_value=_same)
 
     async def _send_records(self, producer: AIOKafkaProducer, unit: Unit) -> None:
         futures = []
         try:
             for emit, value in zip(unit.emits, unit.values):
-                futures.append(await producer.send(self._outputs[emit.topic], value=value,
-                                                   key=emit.key.encode("utf-8")))
+                futures.append(
+                    await producer.send(
+                        self._outputs[emit.topic], value=value, key=emit.key.encode("utf-8")
+                    )
+                )
         except (KafkaError, OSError) as exc:
-            log.warning("sending records failed (%r); retrying in %.0f s", exc, RETRY_SECONDS)
+            log.warning(
+                "sending records failed (%r); retrying in %.0f s", exc, RETRY_SECONDS
+            )
             for future in futures:
                 future.cancel()
             self._unsent.appendleft(unit)
@@ -206,9 +245,11 @@ class Outbox:
         def delivered(result: asyncio.Future) -> None:
             self._sent.discard(done)
             if result.cancelled() or result.exception() is not None:
-                log.warning("records of partition %d were not delivered (%r); sending"
-                            " them again", unit.partition,
-                            None if result.cancelled() else result.exception())
+                log.warning(
+                    "records of partition %d were not delivered (%r); sending them again",
+                    unit.partition,
+                    None if result.cancelled() else result.exception(),
+                )
                 self._unsent.append(unit)
                 self._wake.set()
             else:
@@ -220,18 +261,26 @@ class Outbox:
     async def _client(self) -> AIOKafkaProducer:
         if self._producer is None:
             producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap, client_id=self._client_id,
-                acks="all", enable_idempotence=True, linger_ms=0,
-                max_batch_size=1024 * 1024, max_request_size=1024 * 1024,
-                request_timeout_ms=30_000)
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=0,
+                max_batch_size=1024 * 1024,
+                max_request_size=1024 * 1024,
+                request_timeout_ms=30_000,
+            )
             started = time.monotonic()
             while True:
                 try:
                     await producer.start()
                     break
                 except (KafkaError, OSError) as exc:
-                    log.warning("cannot start the changelog producer (%r) after %.0f s;"
-                                " retrying", exc, time.monotonic() - started)
+                    log.warning(
+                        "cannot start the changelog producer (%r) after %.0f s; retrying",
+                        exc,
+                        time.monotonic() - started,
+                    )
                     await asyncio.sleep(RETRY_SECONDS)
             self._producer = producer
         return self._producer

@@ -10,24 +10,37 @@ import dataclasses
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from .admin import quiet_client_config
-from .settings import Settings
-from .topics import (
-    BUSINESS_CONTROL, BusinessControl, InvalidRecord, producer_config, record_key, topic_name,
+from streams.kafka.admin import quiet_client_config
+from streams.settings import Settings
+from streams.topics import (
+    BUSINESS_CONTROL,
+    BusinessControl,
+    InvalidRecord,
+    producer_config,
+    record_key,
+    topic_name,
 )
 
 
-def current_controls(settings: Settings, timeout: float = 15.0) -> dict[str, BusinessControl]:
+def current_controls(
+    settings: Settings, timeout: float = 15.0
+) -> dict[str, BusinessControl]:
     """The latest control record of every business that has one (read to the end)."""
     name = topic_name(BUSINESS_CONTROL, settings.topic_prefix)
-    consumer = Consumer({**quiet_client_config(settings.kafka_bootstrap_servers),
-                         "group.id": "streams-control-reader", "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            **quiet_client_config(settings.kafka_bootstrap_servers),
+            "group.id": "streams-control-reader",
+            "enable.auto.commit": False,
+        }
+    )
     latest: dict[str, BusinessControl] = {}
     try:
         metadata = consumer.list_topics(name, timeout=timeout).topics[name]
         for partition in metadata.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(name, partition),
-                                                       timeout=timeout)
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(name, partition), timeout=timeout
+            )
             if high <= low:
                 continue
             consumer.assign([TopicPartition(name, partition, low)])
@@ -50,19 +63,24 @@ def current_controls(settings: Settings, timeout: float = 15.0) -> dict[str, Bus
     return latest
 
 
-def current_control(settings: Settings, business_id: str,
-                    timeout: float = 15.0) -> BusinessControl:
+def current_control(
+    settings: Settings, business_id: str, timeout: float = 15.0
+) -> BusinessControl:
     """The latest control record of a business (defaults when it has none)."""
     return current_controls(settings, timeout).get(
-        business_id, BusinessControl(business_id=business_id))
+        business_id, BusinessControl(business_id=business_id)
+    )
 
 
 def change_control(settings: Settings, business_id: str, **changes) -> BusinessControl:
     """Write the business's configuration with `changes` applied; return it."""
     control = dataclasses.replace(current_control(settings, business_id), **changes)
     producer = Producer(producer_config(settings.kafka_bootstrap_servers))
-    producer.produce(topic_name(BUSINESS_CONTROL, settings.topic_prefix),
-                     key=record_key(business_id), value=control.encode())
+    producer.produce(
+        topic_name(BUSINESS_CONTROL, settings.topic_prefix),
+        key=record_key(business_id),
+        value=control.encode(),
+    )
     if producer.flush(30) != 0:
         raise RuntimeError("the control record was not delivered within 30 s")
     return control

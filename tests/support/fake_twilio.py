@@ -58,12 +58,13 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 from twilio.request_validator import RequestValidator
 
-log = logging.getLogger("tests.fake_twilio")
+log = logging.getLogger("tests.support.fake_twilio")
 
 API_VERSION = "2010-04-01"
 #: Delays from the create's acceptance to ``initiated`` and to ``ringing``.
@@ -106,7 +107,8 @@ def rfc2822(epoch: float | None) -> str | None:
     if epoch is None:
         return None
     return email.utils.format_datetime(
-        datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc))
+        datetime.datetime.fromtimestamp(int(epoch), datetime.timezone.utc)
+    )
 
 
 class TwilioError(Exception):
@@ -117,9 +119,12 @@ class TwilioError(Exception):
         self.status, self.code, self.message = status, code, message
 
     def body(self) -> dict:
-        return {"code": self.code, "message": self.message,
-                "more_info": f"https://www.twilio.com/docs/errors/{self.code}",
-                "status": self.status}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "more_info": f"https://www.twilio.com/docs/errors/{self.code}",
+            "status": self.status,
+        }
 
 
 @dataclasses.dataclass(eq=False)
@@ -175,7 +180,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, fake: "FakeTwilio"):
+    def __init__(self, fake: FakeTwilio):
         self.fake = fake
         super().__init__(("127.0.0.1", 0), _Handler)
 
@@ -194,18 +199,27 @@ class _Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         self.server.fake._handle(self, "DELETE")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
 class FakeTwilio:
     """See the module docstring. Thread-safe; observations return copies."""
 
-    def __init__(self, *, account_sid: str = "AC" + "0" * 32, auth_token: str = "test-token",
-                 seed: int = 0, ring_seconds=(0.1, 0.5), talk_seconds=(0.5, 2.0),
-                 answer_ratio: float = 0.8, duplicate_ratio: float = 0.0,
-                 reorder_ratio: float = 0.0, drop_ratio: float = 0.0,
-                 rejected_numbers: set[str] = frozenset()):
+    def __init__(
+        self,
+        *,
+        account_sid: str = "AC" + "0" * 32,
+        auth_token: str = "test-token",
+        seed: int = 0,
+        ring_seconds=(0.1, 0.5),
+        talk_seconds=(0.5, 2.0),
+        answer_ratio: float = 0.8,
+        duplicate_ratio: float = 0.0,
+        reorder_ratio: float = 0.0,
+        drop_ratio: float = 0.0,
+        rejected_numbers: set[str] = frozenset(),
+    ):
         self.account_sid = account_sid
         self.auth_token = auth_token
         self.seed = seed
@@ -247,16 +261,19 @@ class FakeTwilio:
             raise RuntimeError("FakeTwilio.base_url is known only after start()")
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FakeTwilio":
+    def start(self) -> FakeTwilio:
         if self._server is not None:
             return self
         self._stopping = False
         self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=32, thread_name_prefix="fake-twilio-callback")
+            max_workers=32, thread_name_prefix="fake-twilio-callback"
+        )
         self._server = _Server(self)
         server = self._server
-        for name, target in (("fake-twilio-http", lambda: server.serve_forever(poll_interval=0.05)),
-                             ("fake-twilio-clock", self._run_timers)):
+        for name, target in (
+            ("fake-twilio-http", lambda: server.serve_forever(poll_interval=0.05)),
+            ("fake-twilio-clock", self._run_timers),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -280,7 +297,7 @@ class FakeTwilio:
             self._idle.notify_all()
         self._server = None
 
-    def __enter__(self) -> "FakeTwilio":
+    def __enter__(self) -> FakeTwilio:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -307,8 +324,14 @@ class FakeTwilio:
         ``StatusCallbackEvent``) maps to the list of its values.
         """
         with self._lock:
-            return [{"at": r["at"], "params": dict(r["params"]), "http_status": r["http_status"]}
-                    for r in self._create_requests]
+            return [
+                {
+                    "at": r["at"],
+                    "params": dict(r["params"]),
+                    "http_status": r["http_status"],
+                }
+                for r in self._create_requests
+            ]
 
     def calls(self) -> list[dict]:
         """Every call created, in creation order, as the fake knows it now."""
@@ -318,11 +341,22 @@ class FakeTwilio:
     def callbacks(self) -> list[dict]:
         """Every status callback scheduled (an extra, for tests of the fake itself)."""
         with self._lock:
-            return [{"sid": cb.call.sid, "seq": cb.seq, "status": cb.status, "copy": cb.copy,
-                     "delayed": cb.delayed, "attempts": cb.attempts, "outcome": cb.outcome,
-                     "http_status": cb.http_status, "sent_at": list(cb.sent_at),
-                     "url": cb.url, "params": dict(cb.params)}
-                    for cb in self._callbacks]
+            return [
+                {
+                    "sid": cb.call.sid,
+                    "seq": cb.seq,
+                    "status": cb.status,
+                    "copy": cb.copy,
+                    "delayed": cb.delayed,
+                    "attempts": cb.attempts,
+                    "outcome": cb.outcome,
+                    "http_status": cb.http_status,
+                    "sent_at": list(cb.sent_at),
+                    "url": cb.url,
+                    "params": dict(cb.params),
+                }
+                for cb in self._callbacks
+            ]
 
     def peak_live_by_business(self) -> dict[str, int]:
         with self._lock:
@@ -347,7 +381,8 @@ class FakeTwilio:
         """Wait until no call is live and no callback is pending; False on timeout."""
         with self._idle:
             return self._idle.wait_for(
-                lambda: self._pending == 0 and not any(self._live.values()), timeout)
+                lambda: self._pending == 0 and not any(self._live.values()), timeout
+            )
 
     # ---------------------------------------------------------------- HTTP
 
@@ -363,12 +398,16 @@ class FakeTwilio:
         after: Callable[[], None] | None = None
         try:
             if match is None:
-                raise TwilioError(404, 20404, f"The requested resource {split.path} was not found")
+                raise TwilioError(
+                    404, 20404, f"The requested resource {split.path} was not found"
+                )
             if not self._authorized(req.headers.get("Authorization")):
                 raise TwilioError(401, 20003, ERROR_MESSAGES[20003])
             account, sid = match.groups()
             if account != self.account_sid:
-                raise TwilioError(404, 20404, f"The requested resource {split.path} was not found")
+                raise TwilioError(
+                    404, 20404, f"The requested resource {split.path} was not found"
+                )
             if is_create:
                 status, payload, after = self._create(form)
             elif method == "POST":
@@ -387,7 +426,8 @@ class FakeTwilio:
         if is_create:
             with self._lock:
                 self._create_requests.append(
-                    {"at": arrived, "params": _flatten(form), "http_status": status})
+                    {"at": arrived, "params": _flatten(form), "http_status": status}
+                )
                 self._create_times.append(arrived_mono)
         data = json.dumps(payload).encode("utf-8")
         try:
@@ -418,7 +458,9 @@ class FakeTwilio:
         with self._lock:
             if self._fail_queue:
                 status, code = self._fail_queue.popleft()
-                raise TwilioError(status, code, ERROR_MESSAGES.get(code, f"Injected error {code}"))
+                raise TwilioError(
+                    status, code, ERROR_MESSAGES.get(code, f"Injected error {code}")
+                )
         to, from_ = one("To"), one("From")
         if not to:
             raise TwilioError(400, 21201, "No 'To' number is specified")
@@ -427,13 +469,17 @@ class FakeTwilio:
         if not (one("Url") or one("Twiml") or one("ApplicationSid")):
             raise TwilioError(400, 21205, "Url parameter is required.")
         if to in self.rejected_numbers:
-            raise TwilioError(400, 21211, f"The 'To' number {to} is not a valid phone number.")
+            raise TwilioError(
+                400, 21211, f"The 'To' number {to} is not a valid phone number."
+            )
         timeout = min(_number(one("Timeout"), "Timeout", DEFAULT_TIMEOUT), MAX_TIMEOUT)
         time_limit = _number(one("TimeLimit"), "TimeLimit", DEFAULT_TIME_LIMIT)
         callback_url = one("StatusCallback") or None
         method = (one("StatusCallbackMethod") or "POST").upper()
         if method not in ("GET", "POST"):
-            raise TwilioError(400, 21200, f"StatusCallbackMethod {method} is not GET or POST")
+            raise TwilioError(
+                400, 21200, f"StatusCallbackMethod {method} is not GET or POST"
+            )
         events: list[str] = []
         for value in form.get("StatusCallbackEvent", []):
             events.extend(e.lower() for e in value.replace(",", " ").split())
@@ -445,7 +491,9 @@ class FakeTwilio:
         if callback_url:
             parts = urllib.parse.urlsplit(callback_url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise TwilioError(400, 21205, f"StatusCallback {callback_url} is not a valid URL")
+                raise TwilioError(
+                    400, 21205, f"StatusCallback {callback_url} is not a valid URL"
+                )
             cbq = urllib.parse.parse_qs(parts.query)
             business_id = (cbq.get("business_id") or ["unknown"])[0] or "unknown"
             dial_id = (cbq.get("dial_id") or [None])[0] or None
@@ -462,7 +510,9 @@ class FakeTwilio:
             ring = rng.uniform(*self.ring_seconds)
             answered = rng.random() < self.answer_ratio
             talk = rng.uniform(*self.talk_seconds)
-            unanswered = rng.choices([s for s, _ in UNANSWERED], [w for _, w in UNANSWERED])[0]
+            unanswered = rng.choices(
+                [s for s, _ in UNANSWERED], [w for _, w in UNANSWERED]
+            )[0]
             if answered and ring < timeout:
                 final, talk_or_none = "completed", min(talk, time_limit)
             elif answered or unanswered == "no-answer":
@@ -470,15 +520,31 @@ class FakeTwilio:
             else:
                 final, talk_or_none, ring = unanswered, None, min(ring, timeout)
             now = time.time()
-            call = _Call(sid=sid, account_sid=self.account_sid, to=to, from_=from_,
-                         business_id=business_id, dial_id=dial_id, created_at=now,
-                         timeout=timeout, time_limit=time_limit, callback_url=callback_url,
-                         callback_method=method, events=tuple(e for e in EVENTS if e in events),
-                         voice={k: one(k) for k in ("Url", "Twiml") if one(k)}, rng=rng,
-                         ring=ring, talk=talk_or_none, final=final, updated_at=now)
+            call = _Call(
+                sid=sid,
+                account_sid=self.account_sid,
+                to=to,
+                from_=from_,
+                business_id=business_id,
+                dial_id=dial_id,
+                created_at=now,
+                timeout=timeout,
+                time_limit=time_limit,
+                callback_url=callback_url,
+                callback_method=method,
+                events=tuple(e for e in EVENTS if e in events),
+                voice={k: one(k) for k in ("Url", "Twiml") if one(k)},
+                rng=rng,
+                ring=ring,
+                talk=talk_or_none,
+                final=final,
+                updated_at=now,
+            )
             self._calls[sid] = call
             self._live[business_id] += 1
-            self._peak[business_id] = max(self._peak.get(business_id, 0), self._live[business_id])
+            self._peak[business_id] = max(
+                self._peak.get(business_id, 0), self._live[business_id]
+            )
             payload = self._resource(call)
         return 201, payload, lambda: self._start_clock(call)
 
@@ -486,19 +552,26 @@ class FakeTwilio:
         with self._lock:
             call = self._calls.get(sid)
             if call is None:
-                raise TwilioError(404, 20404, f"The requested resource {path} was not found")
+                raise TwilioError(
+                    404, 20404, f"The requested resource {path} was not found"
+                )
             return self._resource(call)
 
     def _update(self, sid: str, form: dict[str, list[str]], path: str) -> dict:
         with self._lock:
             call = self._calls.get(sid)
             if call is None:
-                raise TwilioError(404, 20404, f"The requested resource {path} was not found")
+                raise TwilioError(
+                    404, 20404, f"The requested resource {path} was not found"
+                )
             wanted = (form.get("Status") or [None])[-1]
             if wanted not in (None, "canceled", "completed"):
                 raise TwilioError(400, 21218, f"Invalid Status {wanted}")
             if call.ended_at is None:
-                if call.status in ("queued", "ringing") and wanted in ("canceled", "completed"):
+                if call.status in ("queued", "ringing") and wanted in (
+                    "canceled",
+                    "completed",
+                ):
                     self._end(call, "canceled")
                 elif call.status == "in-progress" and wanted == "completed":
                     self._end(call, "completed")
@@ -506,8 +579,9 @@ class FakeTwilio:
 
     def _list(self, query: dict[str, list[str]]) -> dict:
         one = lambda name: (query.get(name) or [None])[-1]  # noqa: E731
-        page_size = min(int(_number(one("PageSize"), "PageSize", DEFAULT_PAGE_SIZE)),
-                        MAX_PAGE_SIZE)
+        page_size = min(
+            int(_number(one("PageSize"), "PageSize", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE
+        )
         page = int(_number(one("Page"), "Page", 0))
         if page_size < 1 or page < 0:
             raise TwilioError(400, 20001, "Invalid paging parameters")
@@ -517,62 +591,116 @@ class FakeTwilio:
                 tests.append(lambda c, a=attr, v=one(field): getattr(c, a) == v)
         if one("ParentCallSid"):
             tests.append(lambda c: False)  # the fake never makes child legs
-        for field, when in (("StartTime", lambda c: c.started_at or c.created_at),
-                            ("EndTime", lambda c: c.ended_at)):
+        for field, when in (
+            ("StartTime", lambda c: c.started_at or c.created_at),
+            ("EndTime", lambda c: c.ended_at),
+        ):
             for suffix in ("", ">", "<"):
                 if one(field + suffix):
-                    tests.append(_time_filter(field + suffix, one(field + suffix), suffix, when))
+                    tests.append(
+                        _time_filter(field + suffix, one(field + suffix), suffix, when)
+                    )
         with self._lock:
             chosen = [c for c in self._calls.values() if all(t(c) for t in tests)]
             chosen.sort(key=lambda c: (c.created_at, c.sid), reverse=True)
             start = page * page_size
-            records = [self._resource(c) for c in chosen[start:start + page_size]]
+            records = [self._resource(c) for c in chosen[start : start + page_size]]
         base = f"/{API_VERSION}/Accounts/{self.account_sid}/Calls.json"
-        filters = [(k, v[-1]) for k, v in query.items() if k not in ("Page", "PageSize",
-                                                                    "PageToken")]
+        filters = [
+            (k, v[-1])
+            for k, v in query.items()
+            if k not in ("Page", "PageSize", "PageToken")
+        ]
 
         def uri(p: int) -> str:
-            return base + "?" + urllib.parse.urlencode(filters + [("PageSize", page_size),
-                                                                  ("Page", p)])
+            return (
+                base
+                + "?"
+                + urllib.parse.urlencode(filters + [("PageSize", page_size), ("Page", p)])
+            )
 
         more = start + page_size < len(chosen)
-        return {"calls": records, "end": start + max(len(records) - 1, 0),
-                "first_page_uri": uri(0), "next_page_uri": uri(page + 1) if more else None,
-                "page": page, "page_size": page_size,
-                "previous_page_uri": uri(page - 1) if page > 0 else None,
-                "start": start, "uri": uri(page)}
+        return {
+            "calls": records,
+            "end": start + max(len(records) - 1, 0),
+            "first_page_uri": uri(0),
+            "next_page_uri": uri(page + 1) if more else None,
+            "page": page,
+            "page_size": page_size,
+            "previous_page_uri": uri(page - 1) if page > 0 else None,
+            "start": start,
+            "uri": uri(page),
+        }
 
     def _resource(self, call: _Call) -> dict:
         base = f"/{API_VERSION}/Accounts/{call.account_sid}/Calls/{call.sid}"
         duration = None
         if call.ended_at is not None:
-            duration = str(_seconds(call.ended_at - call.answered_at) if call.answered_at else 0)
+            duration = str(
+                _seconds(call.ended_at - call.answered_at) if call.answered_at else 0
+            )
         return {
-            "account_sid": call.account_sid, "annotation": None, "answered_by": None,
-            "api_version": API_VERSION, "caller_name": None,
-            "date_created": rfc2822(call.created_at), "date_updated": rfc2822(call.updated_at),
-            "direction": "outbound-api", "duration": duration,
-            "end_time": rfc2822(call.ended_at), "forwarded_from": None, "from": call.from_,
-            "from_formatted": call.from_, "group_sid": None, "parent_call_sid": None,
+            "account_sid": call.account_sid,
+            "annotation": None,
+            "answered_by": None,
+            "api_version": API_VERSION,
+            "caller_name": None,
+            "date_created": rfc2822(call.created_at),
+            "date_updated": rfc2822(call.updated_at),
+            "direction": "outbound-api",
+            "duration": duration,
+            "end_time": rfc2822(call.ended_at),
+            "forwarded_from": None,
+            "from": call.from_,
+            "from_formatted": call.from_,
+            "group_sid": None,
+            "parent_call_sid": None,
             "phone_number_sid": "PN" + hashlib.md5(call.from_.encode()).hexdigest(),
-            "price": None, "price_unit": "USD", "queue_time": "0", "sid": call.sid,
-            "start_time": rfc2822(call.started_at), "status": call.status,
-            "subresource_uris": {name: f"{base}/{name}.json" for name in (
-                "notifications", "recordings", "payments", "events", "siprec", "streams",
-                "transcriptions", "user_defined_message_subscriptions",
-                "user_defined_messages")},
-            "to": call.to, "to_formatted": call.to, "trunk_sid": None, "uri": base + ".json",
+            "price": None,
+            "price_unit": "USD",
+            "queue_time": "0",
+            "sid": call.sid,
+            "start_time": rfc2822(call.started_at),
+            "status": call.status,
+            "subresource_uris": {
+                name: f"{base}/{name}.json"
+                for name in (
+                    "notifications",
+                    "recordings",
+                    "payments",
+                    "events",
+                    "siprec",
+                    "streams",
+                    "transcriptions",
+                    "user_defined_message_subscriptions",
+                    "user_defined_messages",
+                )
+            },
+            "to": call.to,
+            "to_formatted": call.to,
+            "trunk_sid": None,
+            "uri": base + ".json",
         }
 
     @staticmethod
     def _call_view(call: _Call) -> dict:
-        return {"sid": call.sid, "to": call.to, "from": call.from_, "status": call.status,
-                "business_id": call.business_id, "dial_id": call.dial_id,
-                "created_at": call.created_at, "answered_at": call.answered_at,
-                "ended_at": call.ended_at, "started_at": call.started_at,
-                "timeout": call.timeout, "time_limit": call.time_limit,
-                "status_callback": call.callback_url, "events": list(call.events),
-                "voice": dict(call.voice)}
+        return {
+            "sid": call.sid,
+            "to": call.to,
+            "from": call.from_,
+            "status": call.status,
+            "business_id": call.business_id,
+            "dial_id": call.dial_id,
+            "created_at": call.created_at,
+            "answered_at": call.answered_at,
+            "ended_at": call.ended_at,
+            "started_at": call.started_at,
+            "timeout": call.timeout,
+            "time_limit": call.time_limit,
+            "status_callback": call.callback_url,
+            "events": list(call.events),
+            "voice": dict(call.voice),
+        }
 
     # ---------------------------------------------------------------- the call's clock
 
@@ -629,11 +757,20 @@ class FakeTwilio:
         status = EVENT_STATUS.get(event, call.status)
         seq = call.next_seq
         call.next_seq += 1
-        params = {"AccountSid": call.account_sid, "ApiVersion": API_VERSION,
-                  "CallSid": call.sid, "CallStatus": status, "Called": call.to,
-                  "Caller": call.from_, "CallbackSource": "call-progress-events",
-                  "Direction": "outbound-api", "From": call.from_,
-                  "SequenceNumber": str(seq), "Timestamp": rfc2822(at), "To": call.to}
+        params = {
+            "AccountSid": call.account_sid,
+            "ApiVersion": API_VERSION,
+            "CallSid": call.sid,
+            "CallStatus": status,
+            "Called": call.to,
+            "Caller": call.from_,
+            "CallbackSource": "call-progress-events",
+            "Direction": "outbound-api",
+            "From": call.from_,
+            "SequenceNumber": str(seq),
+            "Timestamp": rfc2822(at),
+            "To": call.to,
+        }
         if status in TERMINAL:
             seconds = _seconds(at - call.answered_at) if call.answered_at else 0
             params["CallDuration"] = str(seconds)
@@ -650,9 +787,20 @@ class FakeTwilio:
         # Always draw five values, so the fates stay put when one ratio changes.
         rng = call.rng
         u_drop, u_dup, u_reorder = rng.random(), rng.random(), rng.random()
-        reorder_delay, dup_delay = rng.uniform(*REORDER_DELAY), rng.uniform(*DUPLICATE_DELAY)
-        original = _Callback(call=call, seq=seq, status=status, params=params, url=url,
-                             method=call.callback_method, signature=signature, token=token)
+        reorder_delay, dup_delay = (
+            rng.uniform(*REORDER_DELAY),
+            rng.uniform(*DUPLICATE_DELAY),
+        )
+        original = _Callback(
+            call=call,
+            seq=seq,
+            status=status,
+            params=params,
+            url=url,
+            method=call.callback_method,
+            signature=signature,
+            token=token,
+        )
         self._callbacks.append(original)
         if u_drop < self.drop_ratio:
             original.outcome = "dropped"
@@ -738,7 +886,9 @@ class FakeTwilio:
         with self._timer_cond:
             if self._stopping:
                 return
-            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._timer_seq), action))
+            heapq.heappush(
+                self._timers, (time.monotonic() + delay, next(self._timer_seq), action)
+            )
             self._timer_cond.notify()
 
     def _run_timers(self) -> None:
@@ -748,7 +898,9 @@ class FakeTwilio:
                     now = time.monotonic()
                     if self._timers and self._timers[0][0] <= now:
                         break
-                    self._timer_cond.wait(self._timers[0][0] - now if self._timers else None)
+                    self._timer_cond.wait(
+                        self._timers[0][0] - now if self._timers else None
+                    )
                 if self._stopping:
                     return
                 _, _, action = heapq.heappop(self._timers)
@@ -761,14 +913,21 @@ class FakeTwilio:
 def _post(callback: _Callback) -> int | None:
     """One delivery attempt; the HTTP status, or None when no answer came."""
     parts = urllib.parse.urlsplit(callback.url)
-    connection_class = (http.client.HTTPSConnection if parts.scheme == "https"
-                        else http.client.HTTPConnection)
+    connection_class = (
+        http.client.HTTPSConnection
+        if parts.scheme == "https"
+        else http.client.HTTPConnection
+    )
     target = parts.path or "/"
     if parts.query:
         target += "?" + parts.query
     body = urllib.parse.urlencode(callback.params) if callback.method == "POST" else None
-    headers = {"X-Twilio-Signature": callback.signature, "User-Agent": "TwilioProxy/1.1",
-               "I-Twilio-Idempotency-Token": callback.token, "Connection": "close"}
+    headers = {
+        "X-Twilio-Signature": callback.signature,
+        "User-Agent": "TwilioProxy/1.1",
+        "I-Twilio-Idempotency-Token": callback.token,
+        "Connection": "close",
+    }
     if body is not None:
         headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
     connection = connection_class(parts.hostname, parts.port, timeout=CALLBACK_TIMEOUT)
@@ -786,7 +945,9 @@ def _post(callback: _Callback) -> int | None:
 def _flatten(form: dict[str, list[str]]) -> dict:
     flat: dict[str, Any] = {}
     for key, values in form.items():
-        flat[key] = list(values) if len(values) > 1 or key == "StatusCallbackEvent" else values[0]
+        flat[key] = (
+            list(values) if len(values) > 1 or key == "StatusCallbackEvent" else values[0]
+        )
     return flat
 
 
@@ -813,8 +974,9 @@ def _parse_when(raw: str, name: str) -> tuple[float, bool]:
     try:
         if len(text) == 10:
             day = datetime.date.fromisoformat(text)
-            return datetime.datetime(day.year, day.month, day.day,
-                                     tzinfo=datetime.timezone.utc).timestamp(), True
+            return datetime.datetime(
+                day.year, day.month, day.day, tzinfo=datetime.timezone.utc
+            ).timestamp(), True
         when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise TwilioError(400, 20001, f"{name} is not a date: {raw!r}") from None
@@ -825,8 +987,9 @@ def _parse_when(raw: str, name: str) -> tuple[float, bool]:
     return when.timestamp(), midnight
 
 
-def _time_filter(name: str, raw: str, suffix: str,
-                 when: Callable[[_Call], float | None]) -> Callable[[_Call], bool]:
+def _time_filter(
+    name: str, raw: str, suffix: str, when: Callable[[_Call], float | None]
+) -> Callable[[_Call], bool]:
     """Twilio's date filters: ``X`` on that day, ``X>`` on or after, ``X<`` on or before."""
     start, is_date = _parse_when(raw, name)
     end = start + (86400.0 if is_date else 1.0)  # the day, or the second, named

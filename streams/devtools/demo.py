@@ -34,10 +34,15 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .cli import CliError, produce_leads
-from .settings import ConfigError, Settings, _ENVIRONMENT
-from .simdialer import SimulatedDialer, _ledger_lines, concurrency_from_ledger
-from .topics import LEADS_OUTCOMES, LeadOutcome, topic_name
+from streams.devtools.leads import produce_leads
+from streams.dialers.simulated import (
+    SimulatedDialer,
+    _ledger_lines,
+    concurrency_from_ledger,
+)
+from streams.errors import StreamsError
+from streams.settings import _ENVIRONMENT, ConfigError, Settings
+from streams.topics import LEADS_OUTCOMES, LeadOutcome, topic_name
 
 DEMO_DIR = ".streams-demo"
 DEFAULT_BOOTSTRAP_HOSTS = ("localhost", "127.0.0.1")
@@ -53,18 +58,51 @@ REFRESH_PER_SECOND = 4
 PLAIN_INTERVAL = 1.0
 PLAIN_HEARTBEAT = 10.0
 #: US area codes for the businesses' fictional 555-01xx numbers, in business order.
-AREA_CODES = ("415", "212", "312", "617", "206", "303", "512", "404", "305", "702",
-              "503", "612", "615", "619", "214", "713", "602", "215", "646", "718",
-              "310", "408", "510", "720", "919", "801")
-OUTCOME_STYLES = {"completed": "green", "no-answer": "yellow", "busy": "yellow",
-                  "failed": "red", "canceled": "red", "expired": "red", "rejected": "red"}
+AREA_CODES = (
+    "415",
+    "212",
+    "312",
+    "617",
+    "206",
+    "303",
+    "512",
+    "404",
+    "305",
+    "702",
+    "503",
+    "612",
+    "615",
+    "619",
+    "214",
+    "713",
+    "602",
+    "215",
+    "646",
+    "718",
+    "310",
+    "408",
+    "510",
+    "720",
+    "919",
+    "801",
+)
+OUTCOME_STYLES = {
+    "completed": "green",
+    "no-answer": "yellow",
+    "busy": "yellow",
+    "failed": "red",
+    "canceled": "red",
+    "expired": "red",
+    "rejected": "red",
+}
 LIVE, WAITING, EARLIER_LIVE = "✅", "⏳", "📞"
 #: More glyphs than this in one cell are shown as a count.
 MAX_GLYPHS = 12
 
 
-def demo_overrides(settings: Settings, talk_seconds: tuple[float, float],
-                   environ: dict[str, str]) -> dict[str, str]:
+def demo_overrides(
+    settings: Settings, talk_seconds: tuple[float, float], environ: dict[str, str]
+) -> dict[str, str]:
     """Timings that make the demo snappy, for variables the user did not set.
 
     The deadline and lease settings matter after a Ctrl-C: calls cut off then hold their
@@ -81,7 +119,9 @@ def demo_overrides(settings: Settings, talk_seconds: tuple[float, float],
         "CALL_TIME_LIMIT_SECONDS": f"{max(15.0, 2 * talk_seconds[1]):g}",
         "LEASE_GRACE_SECONDS": "5",
     }
-    wanted = {var: value for var, value in wanted.items() if not environ.get(var, "").strip()}
+    wanted = {
+        var: value for var, value in wanted.items() if not environ.get(var, "").strip()
+    }
     deadline = float(wanted.get("DIAL_DEADLINE_SECONDS", settings.dial_deadline_seconds))
     ack = float(wanted.get("DIAL_ACK_TIMEOUT_SECONDS", settings.dial_ack_timeout_seconds))
     if ack >= deadline:  # the user's own value wins; ours must stay below it
@@ -103,8 +143,14 @@ def seed_leads(businesses: int, leads_per_business: int, run_id: str) -> list[di
         business = chr(ord("A") + b)
         for n in range(1, leads_per_business + 1):
             line = 100 + n if n < 100 else n % 10_000  # 555-0101..0199 are fictional
-            leads.append({"lead_id": f"{business}-{run_id}-{n}", "business_id": business,
-                          "phone": f"+1{AREA_CODES[b]}555{line:04d}", "priority": 0})
+            leads.append(
+                {
+                    "lead_id": f"{business}-{run_id}-{n}",
+                    "business_id": business,
+                    "phone": f"+1{AREA_CODES[b]}555{line:04d}",
+                    "priority": 0,
+                }
+            )
     return leads
 
 
@@ -131,7 +177,9 @@ class LedgerTail:
         self.path = path
         self._file = None
         self._partial = ""
-        self.live: dict[str, dict[str, str]] = collections.defaultdict(dict)  # biz -> dial -> lead
+        self.live: dict[str, dict[str, str]] = collections.defaultdict(
+            dict
+        )  # biz -> dial -> lead
         self.peak: collections.Counter[str] = collections.Counter()
         self.total_live = self.total_peak = 0
         self.placed = self.refused = self.duplicates = 0
@@ -191,8 +239,11 @@ class WorkerView:
             return False
         if not isinstance(data, dict) or not isinstance(data.get("businesses"), list):
             return False
-        self.businesses = {b["business_id"]: b for b in data["businesses"]
-                           if isinstance(b, dict) and "business_id" in b}
+        self.businesses = {
+            b["business_id"]: b
+            for b in data["businesses"]
+            if isinstance(b, dict) and "business_id" in b
+        }
         return True
 
 
@@ -205,20 +256,23 @@ class OutcomeReader:
         self.lead_ids = lead_ids
         self.outcomes: dict[str, LeadOutcome] = {}
         self.topic = topic_name(LEADS_OUTCOMES, settings.topic_prefix)
-        self.consumer = Consumer({
-            "bootstrap.servers": settings.kafka_bootstrap_servers,
-            "group.id": f"{settings.topic_prefix}streams-demo-{run_id}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "log_level": 3,
-        })
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap_servers,
+                "group.id": f"{settings.topic_prefix}streams-demo-{run_id}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "log_level": 3,
+            }
+        )
         # Start at each partition's current end, read before any lead is sent: every
         # outcome of this run comes later, and old runs' outcomes need not be read.
         metadata = self.consumer.list_topics(self.topic, timeout=15).topics[self.topic]
         starts = []
         for partition in metadata.partitions:
             _low, high = self.consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=15)
+                TopicPartition(self.topic, partition), timeout=15
+            )
             starts.append(TopicPartition(self.topic, partition, high))
         self.consumer.assign(starts)
 
@@ -259,8 +313,13 @@ class Scenario:
         return time.monotonic() - self.started
 
 
-def _business_row(scenario: Scenario, business: str, ledger: LedgerTail, view: WorkerView,
-                  outcomes: dict[str, LeadOutcome]) -> dict[str, Any]:
+def _business_row(
+    scenario: Scenario,
+    business: str,
+    ledger: LedgerTail,
+    view: WorkerView,
+    outcomes: dict[str, LeadOutcome],
+) -> dict[str, Any]:
     mine = set(scenario.by_business[business])
     live_leads = list(ledger.live.get(business, {}).values())
     live_mine = sum(lead in mine for lead in live_leads)
@@ -278,13 +337,24 @@ def _business_row(scenario: Scenario, business: str, ledger: LedgerTail, view: W
     live_ids = set(live_leads)
     # Slots the limiter still holds for leads of earlier runs with no live call here:
     # calls cut off by a stop, held until their lease ends.
-    held = [a for a in active if a.get("lead_id") not in mine and a.get("lead_id") not in live_ids]
+    held = [
+        a
+        for a in active
+        if a.get("lead_id") not in mine and a.get("lead_id") not in live_ids
+    ]
     counts = collections.Counter(o.outcome for o in done)
     return {
-        "business": business, "leads": len(mine), "live": live_mine, "live_earlier": live_earlier,
-        "waiting": waiting_mine, "waiting_earlier": waiting_all - waiting_mine,
-        "done": len(done), "outcomes": counts, "peak": ledger.peak.get(business, 0),
-        "limit": int(state.get("limit") or scenario.limit), "held": held,
+        "business": business,
+        "leads": len(mine),
+        "live": live_mine,
+        "live_earlier": live_earlier,
+        "waiting": waiting_mine,
+        "waiting_earlier": waiting_all - waiting_mine,
+        "done": len(done),
+        "outcomes": counts,
+        "peak": ledger.peak.get(business, 0),
+        "limit": int(state.get("limit") or scenario.limit),
+        "held": held,
     }
 
 
@@ -297,17 +367,29 @@ def _outcome_text(counts: collections.Counter) -> Text:
     return text
 
 
-def _rows(scenario: Scenario, ledger: LedgerTail, view: WorkerView,
-          outcomes: dict[str, LeadOutcome]) -> list[dict[str, Any]]:
-    return [_business_row(scenario, b, ledger, view, outcomes) for b in scenario.by_business]
+def _rows(
+    scenario: Scenario,
+    ledger: LedgerTail,
+    view: WorkerView,
+    outcomes: dict[str, LeadOutcome],
+) -> list[dict[str, Any]]:
+    return [
+        _business_row(scenario, b, ledger, view, outcomes) for b in scenario.by_business
+    ]
 
 
 def _others_live(scenario: Scenario, ledger: LedgerTail) -> int:
-    return sum(len(calls) for b, calls in ledger.live.items() if b not in scenario.by_business)
+    return sum(
+        len(calls) for b, calls in ledger.live.items() if b not in scenario.by_business
+    )
 
 
-def render(scenario: Scenario, ledger: LedgerTail, view: WorkerView,
-           outcomes: dict[str, LeadOutcome]) -> Group:
+def render(
+    scenario: Scenario,
+    ledger: LedgerTail,
+    view: WorkerView,
+    outcomes: dict[str, LeadOutcome],
+) -> Group:
     """One frame of the live view."""
     rows = _rows(scenario, ledger, view, outcomes)
     limit = scenario.limit
@@ -322,8 +404,13 @@ def render(scenario: Scenario, ledger: LedgerTail, view: WorkerView,
     done = sum(r["done"] for r in rows)
     header.append(f"   {done}/{len(scenario.leads)} leads done", style="dim")
 
-    table = Table(box=box.ROUNDED, header_style="bold", expand=False,
-                  title=f"streams demo · run {scenario.run_id}", title_style="bold")
+    table = Table(
+        box=box.ROUNDED,
+        header_style="bold",
+        expand=False,
+        title=f"streams demo · run {scenario.run_id}",
+        title_style="bold",
+    )
     table.add_column("business", justify="center")
     table.add_column("on a call", min_width=2 * limit + limit)
     table.add_column("waiting", min_width=8)
@@ -334,30 +421,53 @@ def render(scenario: Scenario, ledger: LedgerTail, view: WorkerView,
     if show_notes:
         table.add_column("earlier runs", style="dim")
     for r in rows:
-        calls = Text(" ".join(filter(None, [_glyphs(LIVE, r["live"]),
-                                            _glyphs(EARLIER_LIVE, r["live_earlier"])])))
+        calls = Text(
+            " ".join(
+                filter(
+                    None,
+                    [_glyphs(LIVE, r["live"]), _glyphs(EARLIER_LIVE, r["live_earlier"])],
+                )
+            )
+        )
         waiting = Text(_glyphs(WAITING, r["waiting"]))
         peak_style = "bold red" if r["peak"] > r["limit"] else "green"
-        cells = [Text(r["business"], style="bold"), calls, waiting,
-                 f"{r['done']}/{r['leads']}", _outcome_text(r["outcomes"]),
-                 Text(f"{r['peak']}/{r['limit']}", style=peak_style)]
+        cells = [
+            Text(r["business"], style="bold"),
+            calls,
+            waiting,
+            f"{r['done']}/{r['leads']}",
+            _outcome_text(r["outcomes"]),
+            Text(f"{r['peak']}/{r['limit']}", style=peak_style),
+        ]
         if show_notes:
             cells.append(_earlier_note(r))
         table.add_row(*cells)
     others = _others_live(scenario, ledger)
     footer = Text()
-    footer.append(f" each business ≤ {limit} calls at once; no global limit", style="italic")
-    footer.append(f" ({len(rows)} businesses may have {len(rows) * limit} calls together)",
-                  style="dim italic")
+    footer.append(
+        f" each business ≤ {limit} calls at once; no global limit", style="italic"
+    )
+    footer.append(
+        f" ({len(rows)} businesses may have {len(rows) * limit} calls together)",
+        style="dim italic",
+    )
     if any(r["live_earlier"] for r in rows):
-        footer.append(f"\n {EARLIER_LIVE} a call for a lead of an earlier run: it counts"
-                      " against the limit too", style="dim")
+        footer.append(
+            f"\n {EARLIER_LIVE} a call for a lead of an earlier run: it counts"
+            " against the limit too",
+            style="dim",
+        )
     if any(r["held"] for r in rows):
-        footer.append("\n held: slots of calls an interrupted run cut off; the limiter frees"
-                      " them when their lease runs out", style="dim")
+        footer.append(
+            "\n held: slots of calls an interrupted run cut off; the limiter frees"
+            " them when their lease runs out",
+            style="dim",
+        )
     if others:
-        footer.append(f"\n {others} calls live for other businesses (leads of earlier runs)",
-                      style="dim")
+        footer.append(
+            f"\n {others} calls live for other businesses (leads of earlier runs)",
+            style="dim",
+        )
     return Group(header, table, footer)
 
 
@@ -373,26 +483,36 @@ def _earlier_note(r: dict[str, Any]) -> str:
         notes.append(f"{r['waiting_earlier']} waiting")
     if r["held"]:
         left = max(a.get("lease_left_seconds", 0) for a in r["held"])
-        notes.append(f"{len(r['held'])} held, " + (f"≤{left:.0f}s left" if left > 0
-                                                    else "lease over, freeing"))
+        notes.append(
+            f"{len(r['held'])} held, "
+            + (f"≤{left:.0f}s left" if left > 0 else "lease over, freeing")
+        )
     return ", ".join(notes)
 
 
-def plain_line(scenario: Scenario, ledger: LedgerTail, view: WorkerView,
-               outcomes: dict[str, LeadOutcome]) -> str:
+def plain_line(
+    scenario: Scenario,
+    ledger: LedgerTail,
+    view: WorkerView,
+    outcomes: dict[str, LeadOutcome],
+) -> str:
     """The live view as one line, for logs and pipes."""
     rows = _rows(scenario, ledger, view, outcomes)
     parts = []
     for r in rows:
-        part = (f"{r['business']}: {r['live']} on a call, {r['waiting']} waiting,"
-                f" {r['done']}/{r['leads']} done")
+        part = (
+            f"{r['business']}: {r['live']} on a call, {r['waiting']} waiting,"
+            f" {r['done']}/{r['leads']} done"
+        )
         note = _earlier_note(r)
         parts.append(part + (f" (earlier runs: {note})" if note else ""))
     others = _others_live(scenario, ledger)
     if others:
         parts.append(f"other businesses: {others} on a call")
-    return (f"[{scenario.elapsed():5.1f}s] calls live {ledger.total_live} (peak"
-            f" {ledger.total_peak}) | " + " | ".join(parts))
+    return (
+        f"[{scenario.elapsed():5.1f}s] calls live {ledger.total_live} (peak"
+        f" {ledger.total_peak}) | " + " | ".join(parts)
+    )
 
 
 # -- starting and stopping -----------------------------------------------------------
@@ -400,8 +520,11 @@ def plain_line(scenario: Scenario, ledger: LedgerTail, view: WorkerView,
 
 def _is_default_bootstrap(bootstrap: str) -> bool:
     host, _, port = bootstrap.rpartition(":")
-    return "," not in bootstrap and host in DEFAULT_BOOTSTRAP_HOSTS and port == str(
-        DEFAULT_BOOTSTRAP_PORT)
+    return (
+        "," not in bootstrap
+        and host in DEFAULT_BOOTSTRAP_HOSTS
+        and port == str(DEFAULT_BOOTSTRAP_PORT)
+    )
 
 
 def _kafka_answers(bootstrap: str) -> bool:
@@ -422,7 +545,9 @@ def _kafka_answers(bootstrap: str) -> bool:
     if not reachable:
         return False
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(timeout=10)
+        AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(
+            timeout=10
+        )
     except KafkaException:
         return False
     return True
@@ -447,8 +572,14 @@ def _log_tail(path: Path, lines: int = 25) -> str:
 class Demo:
     """The parts one demo run started, so that it stops exactly those."""
 
-    def __init__(self, settings: Settings, console: Console, workdir: Path, run_id: str,
-                 talk_seconds: tuple[float, float]):
+    def __init__(
+        self,
+        settings: Settings,
+        console: Console,
+        workdir: Path,
+        run_id: str,
+        talk_seconds: tuple[float, float],
+    ):
         self.settings = settings
         self.console = console
         self.workdir = workdir
@@ -473,7 +604,8 @@ class Demo:
     def ensure_broker(self) -> None:
         bootstrap = self.settings.kafka_bootstrap_servers
         if _is_default_bootstrap(bootstrap):
-            from .broker import Broker, BrokerError
+            from streams.devtools.broker import Broker, BrokerError
+
             broker = Broker()
             try:
                 if broker.start():
@@ -482,21 +614,24 @@ class Demo:
                 if broker._process is not None:  # it launched a JVM before it failed
                     self.interrupted_broker = broker
                 if isinstance(exc, BrokerError):
-                    raise CliError(str(exc)) from None
+                    raise StreamsError(str(exc)) from None
                 print(file=sys.stderr)  # end the broker's line of progress dots
                 raise
         elif not _kafka_answers(bootstrap):
-            raise CliError(f"no Kafka broker answers at {bootstrap}"
-                           " (KAFKA_BOOTSTRAP_SERVERS); start it, or unset the variable"
-                           " to let the demo run a local one on localhost:9092")
+            raise StreamsError(
+                f"no Kafka broker answers at {bootstrap}"
+                " (KAFKA_BOOTSTRAP_SERVERS); start it, or unset the variable"
+                " to let the demo run a local one on localhost:9092"
+            )
 
     def create_topics(self) -> int:
-        from . import admin
+        from streams.kafka import admin
+
         try:
             created = admin.create_topics(self.settings)
             partitions = admin.check_copartitioned(self.settings)
         except admin.TopicsError as exc:
-            raise CliError(str(exc)) from None
+            raise StreamsError(str(exc)) from None
         if created:
             self.say(f"created {len(created)} topics ({partitions} partitions each)")
         return partitions
@@ -504,34 +639,45 @@ class Demo:
     def start_worker(self, env: dict[str, str]) -> None:
         port = self.settings.worker_web_port
         if _port_in_use(port):
-            raise CliError(
+            raise StreamsError(
                 f"something already listens on port {port} (WORKER_WEB_PORT): a worker"
-                " left running? Stop it, or set WORKER_WEB_PORT to a free port")
+                " left running? Stop it, or set WORKER_WEB_PORT to a free port"
+            )
         log = open(self.worker_log, "wb")
         with log:
             # Its own session: Ctrl-C reaches only the demo, which then stops the
             # worker in order instead of both stopping at once.
             self.worker = subprocess.Popen(
-                [sys.executable, "-m", "streams", "worker"], env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        self.say(f"started worker (pid {self.worker.pid}), log: {self.rel(self.worker_log)}")
+                [sys.executable, "-m", "streams", "worker"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.say(
+            f"started worker (pid {self.worker.pid}), log: {self.rel(self.worker_log)}"
+        )
 
     def wait_worker(self, view: WorkerView) -> None:
         began = time.monotonic()
         deadline = began + WORKER_START_TIMEOUT
-        status = (self.console.status("starting worker...") if self.console.is_terminal
-                  else contextlib.nullcontext())
+        status = (
+            self.console.status("starting worker...")
+            if self.console.is_terminal
+            else contextlib.nullcontext()
+        )
         if not self.console.is_terminal:
             self.say("starting worker...")
         with status:
             while not view.fetch():
                 self.check_worker_alive("during startup")
                 if time.monotonic() > deadline:
-                    raise CliError(
+                    raise StreamsError(
                         f"the worker did not serve {view.url} within"
                         f" {WORKER_START_TIMEOUT:g}s; end of {self.rel(self.worker_log)}:\n"
-                        + _log_tail(self.worker_log))
+                        + _log_tail(self.worker_log)
+                    )
                 time.sleep(0.5)
         self.say(f"worker ready after {time.monotonic() - began:.1f}s")
 
@@ -539,25 +685,37 @@ class Demo:
         if self.worker is not None and self.worker.poll() is not None:
             code = self.worker.returncode
             self.worker = None
-            raise CliError(f"the worker exited (status {code}) {when}; end of"
-                           f" {self.rel(self.worker_log)}:\n{_log_tail(self.worker_log)}")
+            raise StreamsError(
+                f"the worker exited (status {code}) {when}; end of"
+                f" {self.rel(self.worker_log)}:\n{_log_tail(self.worker_log)}"
+            )
 
     def start_dialer(self) -> None:
-        handler = logging.FileHandler(self.workdir / "dialer.log", mode="w", encoding="utf-8")
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        handler = logging.FileHandler(
+            self.workdir / "dialer.log", mode="w", encoding="utf-8"
+        )
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        )
         dialer_log = logging.getLogger("streams.dialer")
         dialer_log.addHandler(handler)
         dialer_log.setLevel(logging.INFO)
         dialer_log.propagate = False  # keep its lines out of the live view
         self.dialer_log_handler = handler
-        self.dialer = SimulatedDialer(self.settings, talk_seconds=self.talk_seconds,
-                                      ledger_path=self.ledger_path)
-        self.dialer_thread = threading.Thread(target=self.dialer.run, args=(self.dialer_stop,),
-                                              name="simulated-dialer", daemon=True)
+        self.dialer = SimulatedDialer(
+            self.settings, talk_seconds=self.talk_seconds, ledger_path=self.ledger_path
+        )
+        self.dialer_thread = threading.Thread(
+            target=self.dialer.run,
+            args=(self.dialer_stop,),
+            name="simulated-dialer",
+            daemon=True,
+        )
         self.dialer_thread.start()
-        self.say(f"started simulated dialer (talk {self.talk_seconds[0]:g}-"
-                 f"{self.talk_seconds[1]:g}s), ledger: {self.rel(self.ledger_path)}")
+        self.say(
+            f"started simulated dialer (talk {self.talk_seconds[0]:g}-"
+            f"{self.talk_seconds[1]:g}s), ledger: {self.rel(self.ledger_path)}"
+        )
 
     def dialer_alive(self) -> bool:
         return self.dialer_thread is not None and self.dialer_thread.is_alive()
@@ -569,10 +727,20 @@ class Demo:
             return
         self.dialer_stop.set()
         if self.dialer_thread.is_alive():
-            live = sum(self.dialer.snapshot()["live_by_business"].values()) if self.dialer else 0
-            self.say("stopping simulated dialer..." + (
-                f" (cutting off {live} live calls: their slots stay held until their"
-                " leases run out)" if live else ""))
+            live = (
+                sum(self.dialer.snapshot()["live_by_business"].values())
+                if self.dialer
+                else 0
+            )
+            self.say(
+                "stopping simulated dialer..."
+                + (
+                    f" (cutting off {live} live calls: their slots stay held until their"
+                    " leases run out)"
+                    if live
+                    else ""
+                )
+            )
             self.dialer_thread.join(timeout=20)
             if self.dialer_thread.is_alive():
                 self.say("the simulated dialer did not stop within 20s", style="yellow")
@@ -588,7 +756,9 @@ class Demo:
         if worker is None:
             return
         if worker.poll() is not None:
-            self.say(f"worker (pid {worker.pid}) had already exited (status {worker.returncode})")
+            self.say(
+                f"worker (pid {worker.pid}) had already exited (status {worker.returncode})"
+            )
             return
         self.say(f"stopping worker (pid {worker.pid})...")
         self._signal_worker(worker, signal.SIGTERM)
@@ -596,8 +766,15 @@ class Demo:
         while worker.poll() is None and time.monotonic() < deadline and not self.hurry:
             time.sleep(0.1)
         if worker.poll() is None:
-            self.say("killing the worker: " + ("asked to hurry" if self.hurry else
-                     f"it did not stop within {WORKER_STOP_TIMEOUT:g}s"), style="yellow")
+            self.say(
+                "killing the worker: "
+                + (
+                    "asked to hurry"
+                    if self.hurry
+                    else f"it did not stop within {WORKER_STOP_TIMEOUT:g}s"
+                ),
+                style="yellow",
+            )
             self._signal_worker(worker, signal.SIGKILL)
             worker.wait(10)
 
@@ -618,12 +795,16 @@ class Demo:
             else:
                 self.say("the Kafka broker the demo was starting has stopped")
         elif _is_default_bootstrap(self.settings.kafka_bootstrap_servers):
-            self.say(f"leaving Kafka running at {self.settings.kafka_bootstrap_servers}"
-                     " (the demo did not start it)", style="dim")
+            self.say(
+                f"leaving Kafka running at {self.settings.kafka_bootstrap_servers}"
+                " (the demo did not start it)",
+                style="dim",
+            )
 
     def stop_all(self, before: list = ()) -> None:
         """Stop in order (after the `before` steps); a second Ctrl-C only hurries it,
         never cuts it short."""
+
         def hurry(*_: Any) -> None:
             self.hurry = True
             self.say("still stopping; one moment", style="yellow")
@@ -634,7 +815,9 @@ class Demo:
                 try:
                     step()
                 except Exception as exc:  # keep stopping the rest
-                    self.say(f"could not {step.__name__.replace('_', ' ')}: {exc}", style="red")
+                    self.say(
+                        f"could not {step.__name__.replace('_', ' ')}: {exc}", style="red"
+                    )
         finally:
             _restore(previous)
 
@@ -659,8 +842,14 @@ def _restore(previous: dict[int, Any]) -> None:
 # -- the run ---------------------------------------------------------------------------
 
 
-def watch(demo: Demo, scenario: Scenario, ledger: LedgerTail, view: WorkerView,
-          reader: OutcomeReader, timeout: float) -> bool:
+def watch(
+    demo: Demo,
+    scenario: Scenario,
+    ledger: LedgerTail,
+    view: WorkerView,
+    reader: OutcomeReader,
+    timeout: float,
+) -> bool:
     """Show the run until every lead has an outcome (True) or `timeout` passes (False)."""
     console = demo.console
     period = 1.0 / REFRESH_PER_SECOND
@@ -672,13 +861,19 @@ def watch(demo: Demo, scenario: Scenario, ledger: LedgerTail, view: WorkerView,
         view.fetch(timeout=period)
         demo.check_worker_alive("while the demo ran")
         if not demo.dialer_alive():
-            raise CliError("the simulated dialer stopped unexpectedly; see"
-                           f" {demo.rel(demo.workdir / 'dialer.log')}")
+            raise StreamsError(
+                "the simulated dialer stopped unexpectedly; see"
+                f" {demo.rel(demo.workdir / 'dialer.log')}"
+            )
         return reader.done()
 
     if console.is_terminal and not console.is_dumb_terminal:
-        with Live(render(scenario, ledger, view, reader.outcomes), console=console,
-                  auto_refresh=False, transient=False) as live:
+        with Live(
+            render(scenario, ledger, view, reader.outcomes),
+            console=console,
+            auto_refresh=False,
+            transient=False,
+        ) as live:
             while True:
                 finished = step()
                 live.update(render(scenario, ledger, view, reader.outcomes), refresh=True)
@@ -693,8 +888,11 @@ def watch(demo: Demo, scenario: Scenario, ledger: LedgerTail, view: WorkerView,
         line = plain_line(scenario, ledger, view, reader.outcomes)
         now = time.monotonic()
         state = line.split("]", 1)[1]  # without the clock
-        if finished or (state != last_line and now - last_at >= PLAIN_INTERVAL) or (
-                now - last_at >= PLAIN_HEARTBEAT):
+        if (
+            finished
+            or (state != last_line and now - last_at >= PLAIN_INTERVAL)
+            or (now - last_at >= PLAIN_HEARTBEAT)
+        ):
             console.print(line, highlight=False, soft_wrap=True)
             last_line, last_at = state, now
         if finished:
@@ -704,13 +902,23 @@ def watch(demo: Demo, scenario: Scenario, ledger: LedgerTail, view: WorkerView,
         time.sleep(period)
 
 
-def summarize(console: Console, scenario: Scenario, ledger_path: Path,
-              outcomes: dict[str, LeadOutcome], limit: int, complete: bool = True) -> bool:
+def summarize(
+    console: Console,
+    scenario: Scenario,
+    ledger_path: Path,
+    outcomes: dict[str, LeadOutcome],
+    limit: int,
+    complete: bool = True,
+) -> bool:
     """The verdict from the ledger alone; True when no business exceeded its limit."""
     peaks = concurrency_from_ledger(ledger_path) if ledger_path.exists() else {}
     overall = total_peak_from_ledger(ledger_path) if ledger_path.exists() else 0
-    table = Table(box=box.SIMPLE_HEAD, title="summary (recomputed from the dialer's ledger)",
-                  title_style="bold", title_justify="left")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title="summary (recomputed from the dialer's ledger)",
+        title_style="bold",
+        title_justify="left",
+    )
     table.add_column("business", justify="center")
     table.add_column("peak concurrent calls", justify="right")
     table.add_column("leads done", justify="right")
@@ -718,50 +926,80 @@ def summarize(console: Console, scenario: Scenario, ledger_path: Path,
     for business, lead_ids in scenario.by_business.items():
         peak = peaks.get(business, 0)
         done = [outcomes[lead] for lead in lead_ids if lead in outcomes]
-        table.add_row(business, Text(f"{peak} (limit {limit})",
-                                     style="bold red" if peak > limit else "green"),
-                      f"{len(done)}/{len(lead_ids)}",
-                      _outcome_text(collections.Counter(o.outcome for o in done)))
+        table.add_row(
+            business,
+            Text(f"{peak} (limit {limit})", style="bold red" if peak > limit else "green"),
+            f"{len(done)}/{len(lead_ids)}",
+            _outcome_text(collections.Counter(o.outcome for o in done)),
+        )
     console.print(table)
     others = {b: p for b, p in peaks.items() if b not in scenario.by_business}
     if others:
-        console.print(f"calls for {len(others)} other businesses (leads of earlier runs):"
-                      f" peak {max(others.values())} per business", highlight=False)
+        console.print(
+            f"calls for {len(others)} other businesses (leads of earlier runs):"
+            f" peak {max(others.values())} per business",
+            highlight=False,
+        )
     counts = collections.Counter(o.outcome for o in outcomes.values())
-    console.print(f"overall peak: {overall} calls at once (no global limit)", highlight=False)
-    console.print(f"outcomes: {len(outcomes)} of {len(scenario.leads)} leads: "
-                  + (", ".join(f"{k} {n}" for k, n in counts.most_common()) or "none"),
-                  highlight=False)
+    console.print(
+        f"overall peak: {overall} calls at once (no global limit)", highlight=False
+    )
+    console.print(
+        f"outcomes: {len(outcomes)} of {len(scenario.leads)} leads: "
+        + (", ".join(f"{k} {n}" for k, n in counts.most_common()) or "none"),
+        highlight=False,
+    )
     console.print(f"ledger: {ledger_path}", style="dim", highlight=False, soft_wrap=True)
     violations = {b: p for b, p in peaks.items() if p > limit}
     if violations:
         for business, peak in sorted(violations.items()):
-            console.print(f"✘ LIMIT VIOLATED: business {business} had {peak} calls at once"
-                          f" (limit {limit})", style="bold white on red", highlight=False)
+            console.print(
+                f"✘ LIMIT VIOLATED: business {business} had {peak} calls at once"
+                f" (limit {limit})",
+                style="bold white on red",
+                highlight=False,
+            )
         return False
-    console.print(f"✔ every business stayed within {limit} calls"
-                  + ("" if complete else " (while the demo ran; it did not finish)"),
-                  style="bold green", highlight=False, soft_wrap=True)
+    console.print(
+        f"✔ every business stayed within {limit} calls"
+        + ("" if complete else " (while the demo ran; it did not finish)"),
+        style="bold green",
+        highlight=False,
+        soft_wrap=True,
+    )
     return True
 
 
-def run_demo(settings: Settings, *, leads_per_business: int = 5, businesses: int = 3,
-             talk_seconds: tuple[float, float] = (2.0, 5.0), timeout: float = 300.0,
-             console: Console | None = None) -> int:
+def run_demo(
+    settings: Settings,
+    *,
+    leads_per_business: int = 5,
+    businesses: int = 3,
+    talk_seconds: tuple[float, float] = (2.0, 5.0),
+    timeout: float = 300.0,
+    console: Console | None = None,
+) -> int:
     """Run the demo; the exit status: 0 all well, 1 a limit violated or the run timed
-    out, 130 Ctrl-C, 143 SIGTERM. Setup problems raise `CliError` (exit status 2)."""
+    out, 130 Ctrl-C, 143 SIGTERM. Setup problems raise `StreamsError` (exit status 2)."""
     if not 1 <= businesses <= 26:
-        raise CliError(f"--businesses must be 1-26 (A-Z), got {businesses}")
+        raise StreamsError(f"--businesses must be 1-26 (A-Z), got {businesses}")
     if leads_per_business < 1:
-        raise CliError(f"--leads-per-business must be at least 1, got {leads_per_business}")
+        raise StreamsError(
+            f"--leads-per-business must be at least 1, got {leads_per_business}"
+        )
     console = console or Console()
     environ = dict(os.environ)
     overrides = demo_overrides(settings, talk_seconds, environ)
-    env = {**environ, **settings_environment(settings), **overrides, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **environ,
+        **settings_environment(settings),
+        **overrides,
+        "PYTHONUNBUFFERED": "1",
+    }
     try:
         settings = Settings.from_env(env)
     except ConfigError as exc:
-        raise CliError(str(exc)) from None
+        raise StreamsError(str(exc)) from None
     run_id = uuid.uuid4().hex[:8]
     workdir = Path.cwd() / DEMO_DIR
     workdir.mkdir(parents=True, exist_ok=True)
@@ -783,9 +1021,11 @@ def run_demo(settings: Settings, *, leads_per_business: int = 5, businesses: int
         demo.ensure_broker()
         demo.create_topics()
         if overrides:
-            demo.say("demo timings (set these variables to choose your own): "
-                     + " ".join(f"{var}={value}" for var, value in overrides.items()),
-                     style="dim")
+            demo.say(
+                "demo timings (set these variables to choose your own): "
+                + " ".join(f"{var}={value}" for var, value in overrides.items()),
+                style="dim",
+            )
         demo.start_worker(env)
         demo.start_dialer()
         view = WorkerView(settings.worker_web_port)
@@ -799,13 +1039,23 @@ def run_demo(settings: Settings, *, leads_per_business: int = 5, businesses: int
         console.print(
             f"sent {len(leads)} leads: {businesses} businesses × {leads_per_business},"
             f" limit {limit} per business, so "
-            + (f"{excess} of each business's leads must wait" if excess > 0
-               else "no lead has to wait"), highlight=False, soft_wrap=True)
+            + (
+                f"{excess} of each business's leads must wait"
+                if excess > 0
+                else "no lead has to wait"
+            ),
+            highlight=False,
+            soft_wrap=True,
+        )
         finished = watch(demo, scenario, ledger, view, reader, timeout)
         if not finished:
-            console.print(f"✘ timed out after {timeout:g}s with"
-                          f" {len(scenario.lead_ids) - len(reader.outcomes)} leads still"
-                          " without an outcome", style="bold red", highlight=False)
+            console.print(
+                f"✘ timed out after {timeout:g}s with"
+                f" {len(scenario.lead_ids) - len(reader.outcomes)} leads still"
+                " without an outcome",
+                style="bold red",
+                highlight=False,
+            )
             code = 1
     except KeyboardInterrupt:
         console.print("interrupted; stopping", style="yellow")
@@ -819,7 +1069,8 @@ def run_demo(settings: Settings, *, leads_per_business: int = 5, businesses: int
             signal.signal(signal.SIGTERM, previous_term)
     if scenario is not None:
         outcomes = reader.outcomes if reader is not None else {}
-        if not summarize(console, scenario, demo.ledger_path, outcomes, limit,
-                         complete=code == 0):
+        if not summarize(
+            console, scenario, demo.ledger_path, outcomes, limit, complete=code == 0
+        ):
             code = 1
     return code

@@ -32,13 +32,14 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from .settings import Settings
-from .topics import (
+from streams.settings import Settings
+from streams.topics import (
     CALLS_DIAL,
     CALLS_STATUS,
     DIAL_DEADLINE_PASSED,
@@ -46,8 +47,8 @@ from .topics import (
     DialCommand,
     InvalidRecord,
     from_iso,
-    status_producer_config,
     record_key,
+    status_producer_config,
     to_iso,
     topic_name,
 )
@@ -108,8 +109,12 @@ class _Ledger:
         if self._file is None:
             return
         ids = call if isinstance(call, dict) else dataclasses.asdict(call)
-        line = {"event": event, "at": time.time(), **{k: ids.get(k) for k in _LEDGER_IDS},
-                **extra}
+        line = {
+            "event": event,
+            "at": time.time(),
+            **{k: ids.get(k) for k in _LEDGER_IDS},
+            **extra,
+        }
         self._file.write(json.dumps(line, separators=(",", ":")) + "\n")
         self._file.flush()
 
@@ -184,12 +189,17 @@ def _span(name: str, bounds: tuple[float, float]) -> tuple[float, float]:
 class SimulatedDialer:
     """Plays the dialer against Kafka; build it, then `run()` it on one thread."""
 
-    def __init__(self, settings: Settings, *, seed: int | None = None,
-                 talk_seconds: tuple[float, float] = (1.0, 4.0),
-                 ring_seconds: tuple[float, float] = (0.1, 0.8),
-                 answer_ratio: float = 0.8,
-                 ledger_path: str | os.PathLike | None = None,
-                 group_id: str | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        seed: int | None = None,
+        talk_seconds: tuple[float, float] = (1.0, 4.0),
+        ring_seconds: tuple[float, float] = (0.1, 0.8),
+        answer_ratio: float = 0.8,
+        ledger_path: str | os.PathLike | None = None,
+        group_id: str | None = None,
+    ):
         if not 0.0 <= answer_ratio <= 1.0:
             raise ValueError(f"answer_ratio must be within 0..1, got {answer_ratio!r}")
         self.settings = settings
@@ -229,8 +239,9 @@ class SimulatedDialer:
                 "ended_by_status": dict(self._ended),
             }
 
-    def run(self, stop: threading.Event | None = None,
-            idle_exit_seconds: float | None = None) -> None:
+    def run(
+        self, stop: threading.Event | None = None, idle_exit_seconds: float | None = None
+    ) -> None:
         """Serve dial commands until `stop` is set, or until nothing arrived and no call
         was live for `idle_exit_seconds`. Live calls are then dropped, not finished."""
         stop = threading.Event() if stop is None else stop
@@ -238,17 +249,24 @@ class SimulatedDialer:
         try:
             self._seen |= handled
             for line in unended:
-                log.warning("ledger shows dial %s placed but never ended (crashed run?);"
-                            " recording it as %s", line["dial_id"], ABANDONED)
+                log.warning(
+                    "ledger shows dial %s placed but never ended (crashed run?);"
+                    " recording it as %s",
+                    line["dial_id"],
+                    ABANDONED,
+                )
                 self._ledger.write("ended", line, status=ABANDONED)
             self._producer = Producer(
-                status_producer_config(self.settings.kafka_bootstrap_servers))
-            consumer = Consumer({
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": self.group_id,
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            })
+                status_producer_config(self.settings.kafka_bootstrap_servers)
+            )
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+                    "group.id": self.group_id,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                }
+            )
             try:
                 self._serve(consumer, stop, idle_exit_seconds)
             finally:
@@ -257,8 +275,9 @@ class SimulatedDialer:
         finally:
             self._ledger.close()
 
-    def _serve(self, consumer: Consumer, stop: threading.Event,
-               idle_exit_seconds: float | None) -> None:
+    def _serve(
+        self, consumer: Consumer, stop: threading.Event, idle_exit_seconds: float | None
+    ) -> None:
         consumer.subscribe([self.dial_topic])
         self._last_activity = time.monotonic()
         while not stop.is_set():
@@ -274,8 +293,11 @@ class SimulatedDialer:
                 consumer.commit(asynchronous=True)
             self._run_due()
             self._producer.poll(0)
-            if (idle_exit_seconds is not None and not self._calls
-                    and time.monotonic() - self._last_activity >= idle_exit_seconds):
+            if (
+                idle_exit_seconds is not None
+                and not self._calls
+                and time.monotonic() - self._last_activity >= idle_exit_seconds
+            ):
                 return
 
     # -- commands --------------------------------------------------------------------
@@ -288,8 +310,13 @@ class SimulatedDialer:
         try:
             command = _decode(message)
         except InvalidRecord as exc:
-            log.warning("skipping unusable dial command at %s[%d]@%d: %s", message.topic(),
-                        message.partition(), message.offset(), exc.reason)
+            log.warning(
+                "skipping unusable dial command at %s[%d]@%d: %s",
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                exc.reason,
+            )
             return
         if command.dial_id in self._seen:
             self._ledger.write("duplicate", command)
@@ -307,20 +334,32 @@ class SimulatedDialer:
         self._ledger.write("refused", command)
         with self._lock:
             self._refused += 1
-        log.info("refused dial %s for lead %s of business %s: dial_by %s has passed",
-                 command.dial_id, command.lead_id, command.business_id, command.dial_by)
+        log.info(
+            "refused dial %s for lead %s of business %s: dial_by %s has passed",
+            command.dial_id,
+            command.lead_id,
+            command.business_id,
+            command.dial_by,
+        )
         self._produce(command, "canceled", sequence=0, reason=DIAL_DEADLINE_PASSED)
 
     def _place(self, command: DialCommand) -> None:
         rng, settings = self._rng, self.settings
         answered = rng.random() < self.answer_ratio
         call = _Call(
-            command=command, sid=call_sid(command.dial_id),
+            command=command,
+            sid=call_sid(command.dial_id),
             ring=min(rng.uniform(*self.ring_seconds), settings.ring_timeout_seconds),
-            talk=(min(rng.uniform(*self.talk_seconds), settings.call_time_limit_seconds)
-                  if answered else None),
-            final=("completed" if answered else
-                   rng.choices(list(UNANSWERED), weights=list(UNANSWERED.values()))[0]),
+            talk=(
+                min(rng.uniform(*self.talk_seconds), settings.call_time_limit_seconds)
+                if answered
+                else None
+            ),
+            final=(
+                "completed"
+                if answered
+                else rng.choices(list(UNANSWERED), weights=list(UNANSWERED.values()))[0]
+            ),
             placed_at=time.monotonic(),
         )
         business = command.business_id
@@ -330,8 +369,15 @@ class SimulatedDialer:
             self._live[business] = live = self._live.get(business, 0) + 1
             self._max_live[business] = max(self._max_live.get(business, 0), live)
             self._placed += 1
-        log.info("placed dial %s for lead %s of business %s to %s (%d live for %s)",
-                 command.dial_id, command.lead_id, business, command.phone, live, business)
+        log.info(
+            "placed dial %s for lead %s of business %s to %s (%d live for %s)",
+            command.dial_id,
+            command.lead_id,
+            business,
+            command.phone,
+            live,
+            business,
+        )
         self._status(call, "queued")
         self._after(rng.uniform(*SETUP_SECONDS), lambda: self._initiated(call))
 
@@ -355,18 +401,30 @@ class SimulatedDialer:
     def _end(self, call: _Call) -> None:
         """The call is over before anyone is told: ledger and counters first, then status."""
         live = self._forget(call, call.final)
-        log.info("ended dial %s for lead %s of business %s: %s after %.1fs (%d live for %s)",
-                 call.command.dial_id, call.command.lead_id, call.command.business_id,
-                 call.final, time.monotonic() - call.placed_at, live,
-                 call.command.business_id)
+        log.info(
+            "ended dial %s for lead %s of business %s: %s after %.1fs (%d live for %s)",
+            call.command.dial_id,
+            call.command.lead_id,
+            call.command.business_id,
+            call.final,
+            time.monotonic() - call.placed_at,
+            live,
+            call.command.business_id,
+        )
         self._status(call, call.final)
 
     def _abandon_live(self) -> None:
         for call in list(self._calls.values()):
             live = self._forget(call, ABANDONED)
-            log.info("abandoned dial %s for lead %s of business %s: dialer stopping"
-                     " (%d live for %s)", call.command.dial_id, call.command.lead_id,
-                     call.command.business_id, live, call.command.business_id)
+            log.info(
+                "abandoned dial %s for lead %s of business %s: dialer stopping"
+                " (%d live for %s)",
+                call.command.dial_id,
+                call.command.lead_id,
+                call.command.business_id,
+                live,
+                call.command.business_id,
+            )
         self._due.clear()
 
     def _forget(self, call: _Call, status: str) -> int:
@@ -389,19 +447,32 @@ class SimulatedDialer:
         call.sequence += 1
 
     def _produce(self, command: DialCommand, status: str, **fields: Any) -> None:
-        record = CallStatus(dial_id=command.dial_id, lead_id=command.lead_id,
-                            business_id=command.business_id, status=status,
-                            at=to_iso(time.time()), **fields)
+        record = CallStatus(
+            dial_id=command.dial_id,
+            lead_id=command.lead_id,
+            business_id=command.business_id,
+            status=status,
+            at=to_iso(time.time()),
+            **fields,
+        )
 
         def delivered(err: KafkaError | None, _message: Message) -> None:
             if err is not None:
-                log.error("status %s of dial %s was not delivered: %s",
-                          status, command.dial_id, err)
+                log.error(
+                    "status %s of dial %s was not delivered: %s",
+                    status,
+                    command.dial_id,
+                    err,
+                )
 
         while True:
             try:
-                self._producer.produce(self.status_topic, key=record_key(command.business_id),
-                                       value=record.encode(), on_delivery=delivered)
+                self._producer.produce(
+                    self.status_topic,
+                    key=record_key(command.business_id),
+                    value=record.encode(),
+                    on_delivery=delivered,
+                )
                 return
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
@@ -447,4 +518,3 @@ def _decode(message: Message) -> DialCommand:
         if not isinstance(value, str) or not value:
             raise InvalidRecord(f"{name} must be a non-empty string, got {value!r}")
     return command
-

@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from .limiter_table import Effects, Emit, decode_emits, encode_emits, undelivered_key
+from streams.limiter_table import Effects, Emit, decode_emits, encode_emits, undelivered_key
 
 #: A unit is closed before it grows past this many bytes of keys and values, so that
 #: its record batch stays under the broker's default message.max.bytes (1 MiB) with
@@ -51,7 +52,8 @@ class Unit:
     number: int
     #: key -> (value, encoded key, encoded value or None for a delete)
     records: dict[str, tuple[Any, bytes, bytes | None]] = dataclasses.field(
-        default_factory=dict)
+        default_factory=dict
+    )
     emits: list[Emit] = dataclasses.field(default_factory=list)
     #: each emit's record, encoded once: for the undelivered record's size and to send
     values: list[bytes] = dataclasses.field(default_factory=list)
@@ -70,8 +72,12 @@ class Unit:
 class Units:
     """One worker's writes not yet durable and records not yet delivered."""
 
-    def __init__(self, store_get: Callable[[str], Any], encode: Encode,
-                 max_bytes: int = UNIT_MAX_BYTES):
+    def __init__(
+        self,
+        store_get: Callable[[str], Any],
+        encode: Encode,
+        max_bytes: int = UNIT_MAX_BYTES,
+    ):
         self._store_get = store_get
         self._encode = encode
         self._max_bytes = max_bytes
@@ -115,9 +121,16 @@ class Units:
             size += _record_size(key_bytes, value_bytes)
         values = [e.record.encode() for e in effects.emits]
         unit = self._open.get(partition)
-        if (unit is not None and unit.events
-                and unit.size + unit.emits_size + self._undelivered_bytes(partition)
-                + size + _emits_size(effects.emits, values) > self._max_bytes):
+        if (
+            unit is not None
+            and unit.events
+            and unit.size
+            + unit.emits_size
+            + self._undelivered_bytes(partition)
+            + size
+            + _emits_size(effects.emits, values)
+            > self._max_bytes
+        ):
             self._close(partition)
             unit = None
         if unit is None:
@@ -162,8 +175,11 @@ class Units:
         unit = self._open.pop(partition)
         if unit.emits:
             self._undelivered.setdefault(partition, {})[unit.number] = unit
-        waiting = [e for pending in self._undelivered.get(partition, {}).values()
-                   for e in pending.emits]
+        waiting = [
+            e
+            for pending in self._undelivered.get(partition, {}).values()
+            for e in pending.emits
+        ]
         key = undelivered_key(partition)
         value = encode_emits(waiting)
         if value != (self.get(key) or []):  # an empty list is left unwritten
@@ -182,8 +198,10 @@ class Units:
         for key in unit.records:
             if self._overlay.get(key, (None,))[0] == unit.number:
                 del self._overlay[key]
-        return [(key, value, key_bytes, value_bytes)
-                for key, (value, key_bytes, value_bytes) in unit.records.items()]
+        return [
+            (key, value, key_bytes, value_bytes)
+            for key, (value, key_bytes, value_bytes) in unit.records.items()
+        ]
 
     def delivered(self, unit: Unit) -> None:
         """The broker acknowledged every record `unit` emitted."""
@@ -204,8 +222,11 @@ class Units:
         return min(numbers, default=None)
 
     def undelivered_count(self) -> int:
-        return sum(len(unit.emits) for by_unit in self._undelivered.values()
-                   for unit in by_unit.values())
+        return sum(
+            len(unit.emits)
+            for by_unit in self._undelivered.values()
+            for unit in by_unit.values()
+        )
 
     def undelivered_bytes(self) -> int:
         """The largest undelivered record of any partition, in bytes (roughly)."""
@@ -215,7 +236,9 @@ class Units:
         return len(self._overlay)
 
     def _undelivered_bytes(self, partition: int) -> int:
-        return sum(unit.emits_size for unit in self._undelivered.get(partition, {}).values())
+        return sum(
+            unit.emits_size for unit in self._undelivered.get(partition, {}).values()
+        )
 
 
 def _record_size(key: bytes, value: bytes | None) -> int:

@@ -22,8 +22,10 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from streams.errors import StreamsError
+
 KAFKA_VERSION = "4.4.0"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 KAFKA_DEPLOY_DIR = REPO_ROOT / "deploy" / "kafka"
 POM = KAFKA_DEPLOY_DIR / "pom.xml"
 LOG4J_CONFIG = KAFKA_DEPLOY_DIR / "log4j2.properties"
@@ -33,7 +35,7 @@ KAFKA_JAR = f"kafka_2.13-{KAFKA_VERSION}.jar"
 READY_PROBE_TOPIC = "streams-broker-ready-probe"
 
 
-class BrokerError(RuntimeError):
+class BrokerError(StreamsError):
     """The local broker could not be resolved, started or stopped; the message says why."""
 
 
@@ -57,10 +59,17 @@ def _command_line(pid: int) -> str:
     """The command line of a process, empty if it is gone (/proc on Linux, ps elsewhere)."""
     if Path("/proc/self").exists():
         try:
-            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            return (
+                Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
         except OSError:
             return ""
-    ps = subprocess.run(["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    ps = subprocess.run(
+        ["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True
+    )
     return ps.stdout
 
 
@@ -80,10 +89,14 @@ class Broker:
     host: str = "localhost"
     # The JVM when this object started it: polling it reaps the child, which would
     # otherwise linger as a zombie that still looks alive.
-    _process: subprocess.Popen | None = field(default=None, init=False, repr=False, compare=False)
+    _process: subprocess.Popen | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir or REPO_ROOT / ".kafka" / f"data-{self.port}").resolve()
+        self.data_dir = Path(
+            self.data_dir or REPO_ROOT / ".kafka" / f"data-{self.port}"
+        ).resolve()
         self.lib_dir = Path(self.lib_dir).resolve()
 
     @property
@@ -124,9 +137,18 @@ class Broker:
         shutil.rmtree(partial, ignore_errors=True)
         partial.parent.mkdir(parents=True, exist_ok=True)
         mvn_run = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-             f"-DoutputDirectory={partial}", "-DincludeScope=runtime"],
-            capture_output=True, text=True,
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(POM),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={partial}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
         )
         if mvn_run.returncode != 0 or not (partial / KAFKA_JAR).exists():
             raise BrokerError(
@@ -201,7 +223,9 @@ class Broker:
             "pid": self._pid(),
             "bootstrap": self.bootstrap,
             "data_dir": str(self.data_dir),
-            "topics": None if metadata is None else sum(not t.startswith("__") for t in metadata.topics),
+            "topics": None
+            if metadata is None
+            else sum(not t.startswith("__") for t in metadata.topics),
         }
 
     def _server_properties(self) -> str:
@@ -210,7 +234,7 @@ class Broker:
         # would stall), few partitions so startup and first group join are quick. The
         # offsets topic has no min ISR setting of its own; it uses min.insync.replicas.
         return f"""\
-# Written by streams/broker.py on every start; edit the code, not this file.
+# Written by streams/devtools/broker.py on every start; edit the code, not this file.
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers={controller}
@@ -239,12 +263,22 @@ group.initial.rebalance.delay.ms=0
     #: every client of the broker stalls for a young collection; the broker had 122 of
     #: them averaging 23 ms in 40 minutes of benchmarks, its 512 MB heap 85% full.
     #: Pauses are logged to gc.log in the data dir.
-    JVM_PERFORMANCE_OPTS = ("-server", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
-                            "-XX:InitiatingHeapOccupancyPercent=35",
-                            "-XX:+ExplicitGCInvokesConcurrent", "-Djava.awt.headless=true")
+    JVM_PERFORMANCE_OPTS = (
+        "-server",
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:InitiatingHeapOccupancyPercent=35",
+        "-XX:+ExplicitGCInvokesConcurrent",
+        "-Djava.awt.headless=true",
+    )
 
     def _java_args(self, java: str) -> list[str]:
-        return [java, "-cp", str(self.lib_dir / "*"), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
+        return [
+            java,
+            "-cp",
+            str(self.lib_dir / "*"),
+            f"-Dlog4j2.configurationFile={LOG4J_CONFIG}",
+        ]
 
     def _format(self, java: str) -> None:
         """KRaft storage is formatted once with a new cluster id; later starts reuse it."""
@@ -253,29 +287,47 @@ group.initial.rebalance.delay.ms=0
         if (self.log_dirs / "meta.properties").exists():
             return
         cluster_id = self._storage_tool(java, "random-uuid").split()[-1]
-        self._storage_tool(java, "format", "-t", cluster_id, "-c", str(self.properties_file), "--standalone")
+        self._storage_tool(
+            java,
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(self.properties_file),
+            "--standalone",
+        )
 
     def _storage_tool(self, java: str, *args: str) -> str:
         command = [*self._java_args(java), "kafka.tools.StorageTool", *args]
         run = subprocess.run(command, capture_output=True, text=True)
         if run.returncode != 0 or not run.stdout.strip():
             output = _tail(run.stdout + run.stderr)
-            raise BrokerError(f"kafka StorageTool {args[0]} failed (exit {run.returncode}):\n{output}")
+            raise BrokerError(
+                f"kafka StorageTool {args[0]} failed (exit {run.returncode}):\n{output}"
+            )
         return run.stdout
 
     def _launch(self, java: str) -> int:
         low, high = self.heap
         command = [
-            *self._java_args(java), f"-Xms{low}", f"-Xmx{high}", *self.JVM_PERFORMANCE_OPTS,
+            *self._java_args(java),
+            f"-Xms{low}",
+            f"-Xmx{high}",
+            *self.JVM_PERFORMANCE_OPTS,
             f"-Xlog:gc:file={self.data_dir / 'gc.log'}:time,uptime:filecount=2,filesize=10m",
-            "kafka.Kafka", str(self.properties_file),
+            "kafka.Kafka",
+            str(self.properties_file),
         ]
         with open(self.log_file, "w") as log:
             # A new session keeps the broker alive after this process exits and out of
             # reach of Ctrl-C in the terminal that started it.
             self._process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.data_dir, start_new_session=True,
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.data_dir,
+                start_new_session=True,
             )
         self.pid_file.write_text(f"{self._process.pid}\n")
         _say(f"started Kafka broker (pid {self._process.pid}), log: {self.log_file}")

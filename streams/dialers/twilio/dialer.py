@@ -2,7 +2,7 @@
 
 It plays the dialer's part of the contract (`streams.topics`) against the real Twilio
 REST API through the `twilio` library (its async client), with a SQL ledger
-(`streams.ledger`) as the truth about every dial:
+(`streams.dialers.twilio.ledger`) as the truth about every dial:
 
 * **Commands.** A confluent-kafka consumer (group `<TOPIC_PREFIX>twilio-dialer`, no
   auto-commit) reads `calls.dial`. A command past its `dial_by` is never dialed: its row
@@ -93,21 +93,34 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Any, Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
-from sqlalchemy.exc import OperationalError, InterfaceError
-from twilio.base.exceptions import TwilioException, TwilioRestException, TwilioServiceException
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from sqlalchemy.exc import InterfaceError, OperationalError
+from twilio.base.exceptions import (
+    TwilioException,
+    TwilioRestException,
+    TwilioServiceException,
+)
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
-from . import metrics
-from .ledger import Job, Ledger, from_epoch, utcnow
-from .settings import Settings
-from .topics import (
+from streams import metrics
+from streams.dialers.twilio.ledger import Job, Ledger, from_epoch, utcnow
+from streams.errors import StreamsError
+from streams.settings import Settings
+from streams.topics import (
     CALL_STATUSES,
     CALLS_DIAL,
     CALLS_STATUS,
@@ -116,8 +129,8 @@ from .topics import (
     DialCommand,
     InvalidRecord,
     from_iso,
-    status_producer_config,
     record_key,
+    status_producer_config,
     to_iso,
     topic_name,
 )
@@ -128,7 +141,7 @@ STATUS_PATH = "/twilio/status"
 HEALTH_PATH = "/healthz"
 CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
 #: What an answered call does when neither TWILIO_VOICE_URL nor TWILIO_TWIML is set.
-DEFAULT_TWIML = "<Response><Pause length=\"1\"/></Response>"
+DEFAULT_TWIML = '<Response><Pause length="1"/></Response>'
 
 #: One Twilio REST request may take this long.
 REQUEST_TIMEOUT_SECONDS = 15.0
@@ -162,7 +175,7 @@ CRASH_AFTER_CREATE_ENV = "STREAMS_DIALER_CRASH_AFTER_CREATE"
 T = TypeVar("T")
 
 
-class DialerError(RuntimeError):
+class DialerError(StreamsError):
     """The dialer cannot start; the message is one line."""
 
 
@@ -190,14 +203,15 @@ class TwilioFailure:
         return self.status >= 500
 
     @classmethod
-    def of(cls, exc: TwilioException) -> "TwilioFailure":
+    def of(cls, exc: TwilioException) -> TwilioFailure:
         if isinstance(exc, TwilioRestException):
             message = re.sub(r"^Unable to \w+ record: ", "", str(exc.msg or ""))
             code = exc.code if isinstance(exc.code, int) else None
             return cls(status=int(exc.status), code=code, message=message)
         if isinstance(exc, TwilioServiceException):
-            return cls(status=int(exc.status), code=exc.code,
-                       message=exc.detail or exc.title)
+            return cls(
+                status=int(exc.status), code=exc.code, message=exc.detail or exc.title
+            )
         return cls(status=0, code=None, message=str(exc))
 
 
@@ -235,8 +249,9 @@ class CreateRateLimiter:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    async def acquire(self, deadline: float | None = None,
-                      cancel: asyncio.Event | None = None) -> bool:
+    async def acquire(
+        self, deadline: float | None = None, cancel: asyncio.Event | None = None
+    ) -> bool:
         """Take a token; False when `deadline` (a `clock()` time) comes first, or when
         `cancel` is set."""
         ticket = object()
@@ -244,7 +259,9 @@ class CreateRateLimiter:
         try:
             while True:
                 now = self._clock()
-                if (deadline is not None and now >= deadline) or (cancel and cancel.is_set()):
+                if (deadline is not None and now >= deadline) or (
+                    cancel and cancel.is_set()
+                ):
                     return False
                 first = self._queue[0] is ticket
                 if first and self._available(now):
@@ -257,8 +274,9 @@ class CreateRateLimiter:
                 if cancel is not None:
                     waiters.append(asyncio.ensure_future(cancel.wait()))
                 try:
-                    await asyncio.wait(waiters, timeout=wait,
-                                       return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait(
+                        waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                    )
                 finally:
                     for waiter in waiters:
                         waiter.cancel()
@@ -276,8 +294,9 @@ class CreateRateLimiter:
 
 def backoff_seconds(failures: int, rng: random.Random) -> float:
     """Exponential backoff with jitter for the `failures`-th failed create (1-based)."""
-    return min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (failures - 1)) \
-        * rng.uniform(0.5, 1.0)
+    return min(
+        BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (failures - 1)
+    ) * rng.uniform(0.5, 1.0)
 
 
 # -- Kafka -----------------------------------------------------------------------------
@@ -291,8 +310,9 @@ class StatusProducer:
         self.topic = topic_name(CALLS_STATUS, settings.topic_prefix)
         self.producer = Producer(status_producer_config(settings.kafka_bootstrap_servers))
         self._running = True
-        self._thread = threading.Thread(target=self._poll, name="dialer-producer",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._poll, name="dialer-producer", daemon=True
+        )
         self._thread.start()
 
     def _poll(self) -> None:
@@ -318,8 +338,12 @@ class StatusProducer:
 
         while True:
             try:
-                self.producer.produce(self.topic, key=record_key(status.business_id),
-                                      value=status.encode(), on_delivery=delivered)
+                self.producer.produce(
+                    self.topic,
+                    key=record_key(status.business_id),
+                    value=status.encode(),
+                    on_delivery=delivered,
+                )
                 return future
             except BufferError:  # local queue full: let deliveries drain
                 self.producer.poll(0.05)
@@ -389,7 +413,7 @@ class _Offsets:
 class _CommandFeed(threading.Thread):
     """The consumer thread: hands each command to the loop, commits finished offsets."""
 
-    def __init__(self, dialer: "TwilioDialer", loop: asyncio.AbstractEventLoop):
+    def __init__(self, dialer: TwilioDialer, loop: asyncio.AbstractEventLoop):
         super().__init__(name="dialer-consumer", daemon=True)
         self.dialer = dialer
         self.loop = loop
@@ -397,7 +421,9 @@ class _CommandFeed(threading.Thread):
         self.fetching = threading.Event()
         self.fetching.set()
         self.closing = threading.Event()
-        self.idle = threading.Event()  # set once fetching stopped and no batch is handed out
+        self.idle = (
+            threading.Event()
+        )  # set once fetching stopped and no batch is handed out
         self.ready = threading.Event()
         self.error: BaseException | None = None
         self._paused = False
@@ -405,18 +431,21 @@ class _CommandFeed(threading.Thread):
     def run(self) -> None:
         settings = self.dialer.settings
         try:
-            consumer = Consumer({
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "group.id": self.dialer.group_id,
-                # Static membership: a dialer restarted after a crash takes its partitions
-                # back at once, instead of waiting out the dead member's session.
-                "group.instance.id": self.dialer.instance_id,
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-            })
-            consumer.subscribe([self.dialer.dial_topic], on_revoke=self._on_revoke,
-                               on_lost=self._on_revoke)
+            consumer = Consumer(
+                {
+                    "bootstrap.servers": settings.kafka_bootstrap_servers,
+                    "group.id": self.dialer.group_id,
+                    # Static membership: a dialer restarted after a crash takes its partitions
+                    # back at once, instead of waiting out the dead member's session.
+                    "group.instance.id": self.dialer.instance_id,
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                }
+            )
+            consumer.subscribe(
+                [self.dialer.dial_topic], on_revoke=self._on_revoke, on_lost=self._on_revoke
+            )
         except BaseException as exc:  # reported by the dialer's start
             self.error = exc
             self.ready.set()
@@ -472,8 +501,11 @@ class _CommandFeed(threading.Thread):
                 # E.g. fenced: another dialer runs with our group.instance.id.
                 self.error = KafkaException(error)
                 self.fetching.clear()
-                log.error("consumer stopped by a fatal error on %s: %s", self.dialer.dial_topic,
-                          error)
+                log.error(
+                    "consumer stopped by a fatal error on %s: %s",
+                    self.dialer.dial_topic,
+                    error,
+                )
             elif error.code() != KafkaError._PARTITION_EOF:
                 log.warning("consumer error on %s: %s", self.dialer.dial_topic, error)
             return
@@ -482,12 +514,18 @@ class _CommandFeed(threading.Thread):
         try:
             command = decode_command(message)
         except InvalidRecord as exc:
-            log.warning("skipping unusable dial command at %s[%d]@%d: %s", topic, partition,
-                        offset, exc.reason)
+            log.warning(
+                "skipping unusable dial command at %s[%d]@%d: %s",
+                topic,
+                partition,
+                offset,
+                exc.reason,
+            )
             self.offsets.finished(topic, partition, offset)
             return
-        future = asyncio.run_coroutine_threadsafe(self.dialer.handle_command(command),
-                                                  self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self.dialer.handle_command(command), self.loop
+        )
 
         def done(fut: concurrent.futures.Future) -> None:
             if fut.cancelled():
@@ -497,8 +535,15 @@ class _CommandFeed(threading.Thread):
                 self.offsets.finished(topic, partition, offset)
             elif not isinstance(error, Stopping):
                 # Not committed: the command comes back after a restart.
-                log.error("dial %s at %s[%d]@%d failed unexpectedly: %r; its offset stays"
-                          " uncommitted", command.dial_id, topic, partition, offset, error)
+                log.error(
+                    "dial %s at %s[%d]@%d failed unexpectedly: %r; its offset stays"
+                    " uncommitted",
+                    command.dial_id,
+                    topic,
+                    partition,
+                    offset,
+                    error,
+                )
 
         future.add_done_callback(done)
 
@@ -539,19 +584,29 @@ def _int_or_none(text: str | None) -> int | None:
 class TwilioDialer:
     """Build it (validates settings, opens and migrates the ledger), then `run(stop)`."""
 
-    def __init__(self, settings: Settings, *, ledger: Ledger | None = None,
-                 group_id: str | None = None, instance_id: str | None = None,
-                 crash_after_create: int | None = None,
-                 seed: int | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        ledger: Ledger | None = None,
+        group_id: str | None = None,
+        instance_id: str | None = None,
+        crash_after_create: int | None = None,
+        seed: int | None = None,
+    ):
         self.settings = settings.require_twilio()
         self.group_id = group_id or f"{settings.topic_prefix}twilio-dialer"
         # Two dialers on one host cannot share a web port, so this names one dialer.
-        self.instance_id = instance_id or (f"{self.group_id}@{socket.gethostname()}"
-                                           f":{settings.dialer_web_port}")
+        self.instance_id = instance_id or (
+            f"{self.group_id}@{socket.gethostname()}:{settings.dialer_web_port}"
+        )
         self.dial_topic = topic_name(CALLS_DIAL, settings.topic_prefix)
         #: The answered call's voice flow, as calls.create takes it.
-        self.voice = ({"url": settings.twilio_voice_url} if settings.twilio_voice_url
-                      else {"twiml": settings.twilio_twiml or DEFAULT_TWIML})
+        self.voice = (
+            {"url": settings.twilio_voice_url}
+            if settings.twilio_voice_url
+            else {"twiml": settings.twilio_twiml or DEFAULT_TWIML}
+        )
         if crash_after_create is None and os.environ.get(CRASH_AFTER_CREATE_ENV):
             crash_after_create = int(os.environ[CRASH_AFTER_CREATE_ENV])
         self.crash_after_create = crash_after_create
@@ -561,14 +616,20 @@ class TwilioDialer:
             self.ledger = ledger or Ledger(settings.database_url)
             applied = self.ledger.migrate()
         except Exception as exc:  # one line, whatever the driver says
-            raise DialerError(f"cannot open the ledger at {_safe_url(settings.database_url)}:"
-                              f" {str(exc).splitlines()[0]}") from None
+            raise DialerError(
+                f"cannot open the ledger at {_safe_url(settings.database_url)}:"
+                f" {str(exc).splitlines()[0]}"
+            ) from None
         if applied:
-            log.info("ledger %s: applied schema migrations %s",
-                     _safe_url(settings.database_url), applied)
+            log.info(
+                "ledger %s: applied schema migrations %s",
+                _safe_url(settings.database_url),
+                applied,
+            )
         self._validator = RequestValidator(settings.twilio_auth_token)
         self._db_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1 if self.ledger.is_sqlite else 4, thread_name_prefix="dialer-db")
+            max_workers=1 if self.ledger.is_sqlite else 4, thread_name_prefix="dialer-db"
+        )
         self._creates = 0
         self._inflight: set[str] = set()
         self._dial_locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -599,8 +660,11 @@ class TwilioDialer:
         self._stopping = asyncio.Event()
         self.limiter = CreateRateLimiter(self.settings.twilio_cps)
         http = AsyncTwilioHttpClient(timeout=REQUEST_TIMEOUT_SECONDS)
-        self.client = Client(self.settings.twilio_account_sid, self.settings.twilio_auth_token,
-                             http_client=http)
+        self.client = Client(
+            self.settings.twilio_account_sid,
+            self.settings.twilio_auth_token,
+            http_client=http,
+        )
         if self.settings.twilio_api_base_url:
             self.client.api.base_url = self.settings.twilio_api_base_url
         self.producer = StatusProducer(self.settings)
@@ -613,15 +677,23 @@ class TwilioDialer:
             try:
                 await site.start()
             except OSError as exc:
-                raise DialerError(f"cannot serve webhooks on port"
-                                  f" {self.settings.dialer_web_port}: {exc.strerror}") from None
+                raise DialerError(
+                    f"cannot serve webhooks on port"
+                    f" {self.settings.dialer_web_port}: {exc.strerror}"
+                ) from None
             self.web_port = runner.addresses[0][1] if runner.addresses else None
-            log.info("twilio dialer: %s -> Twilio (%s, %g calls/s) -> %s; webhooks on :%s"
-                     " at %s%s; ledger %s", self.dial_topic,
-                     self.settings.twilio_api_base_url or "api.twilio.com",
-                     self.settings.twilio_cps, self.producer.topic, self.web_port,
-                     self.settings.public_base_url, STATUS_PATH,
-                     _safe_url(self.settings.database_url))
+            log.info(
+                "twilio dialer: %s -> Twilio (%s, %g calls/s) -> %s; webhooks on :%s"
+                " at %s%s; ledger %s",
+                self.dial_topic,
+                self.settings.twilio_api_base_url or "api.twilio.com",
+                self.settings.twilio_cps,
+                self.producer.topic,
+                self.web_port,
+                self.settings.public_base_url,
+                STATUS_PATH,
+                _safe_url(self.settings.database_url),
+            )
             await self._recover_at_start()
             feed = _CommandFeed(self, self._loop)
             feed.start()
@@ -634,13 +706,20 @@ class TwilioDialer:
                 if feed.error is not None:
                     raise DialerError(f"stopped consuming {self.dial_topic}: {feed.error}")
                 await asyncio.sleep(0.1)
-            log.info("twilio dialer stopping: no new commands; finishing %d dials in flight",
-                     len(self._inflight))
+            log.info(
+                "twilio dialer stopping: no new commands; finishing %d dials in flight",
+                len(self._inflight),
+            )
         finally:
             await self._shutdown(feed, reconciler, runner, http)
 
-    async def _shutdown(self, feed: _CommandFeed | None, reconciler: asyncio.Task | None,
-                        runner: web.AppRunner, http: AsyncTwilioHttpClient) -> None:
+    async def _shutdown(
+        self,
+        feed: _CommandFeed | None,
+        reconciler: asyncio.Task | None,
+        runner: web.AppRunner,
+        http: AsyncTwilioHttpClient,
+    ) -> None:
         if feed is not None:
             feed.fetching.clear()
             await asyncio.to_thread(feed.idle.wait, 5)
@@ -653,8 +732,11 @@ class TwilioDialer:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=5)
-            log.warning("%d dials were cut short by the stop; the next start recovers"
-                        " them from the ledger", len(pending))
+            log.warning(
+                "%d dials were cut short by the stop; the next start recovers"
+                " them from the ledger",
+                len(pending),
+            )
         if reconciler is not None:
             reconciler.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -666,8 +748,11 @@ class TwilioDialer:
         if self.producer is not None:
             remaining = await asyncio.to_thread(self.producer.close, 10)
             if remaining:
-                log.warning("%d call statuses were not delivered before stopping;"
-                            " the reconciler reports terminal ones after restart", remaining)
+                log.warning(
+                    "%d call statuses were not delivered before stopping;"
+                    " the reconciler reports terminal ones after restart",
+                    remaining,
+                )
         await http.close()
         log.info("twilio dialer stopped: %s", dict(self.counters))
 
@@ -694,12 +779,16 @@ class TwilioDialer:
         while True:
             try:
                 return await self._loop.run_in_executor(
-                    self._db_pool, functools.partial(fn, *args, **kwargs))
+                    self._db_pool, functools.partial(fn, *args, **kwargs)
+                )
             except (OperationalError, InterfaceError) as exc:
                 if self._stopping.is_set():
                     raise Stopping() from exc
-                log.warning("ledger unavailable (%s); retrying in %.1fs",
-                            str(exc).splitlines()[0], delay)
+                log.warning(
+                    "ledger unavailable (%s); retrying in %.1fs",
+                    str(exc).splitlines()[0],
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
@@ -722,20 +811,30 @@ class TwilioDialer:
 
     # -- reporting -------------------------------------------------------------------
 
-    def _status_of(self, job: Job, at: float | None = None, *,
-                   reported: bool = False) -> CallStatus:
+    def _status_of(
+        self, job: Job, at: float | None = None, *, reported: bool = False
+    ) -> CallStatus:
         status = job.reported_status if reported else job.twilio_status
         sequence = job.reported_sequence if reported else job.sequence
         terminal_failure = status in ("failed", "canceled", "busy", "no-answer")
         return CallStatus(
-            dial_id=job.dial_id, lead_id=job.lead_id, business_id=job.business_id,
-            status=status, at=to_iso(time.time() if at is None else at),
-            call_sid=job.call_sid, sequence=sequence,
+            dial_id=job.dial_id,
+            lead_id=job.lead_id,
+            business_id=job.business_id,
+            status=status,
+            at=to_iso(time.time() if at is None else at),
+            call_sid=job.call_sid,
+            sequence=sequence,
             reason=job.error_message if terminal_failure else None,
-            error_code=job.error_code if terminal_failure else None)
+            error_code=job.error_code if terminal_failure else None,
+        )
 
-    async def _change(self, dial_id: str, change: Callable[[], tuple[bool, Job | None]],
-                      at: float | None = None) -> tuple[bool, Job | None]:
+    async def _change(
+        self,
+        dial_id: str,
+        change: Callable[[], tuple[bool, Job | None]],
+        at: float | None = None,
+    ) -> tuple[bool, Job | None]:
         """Apply a ledger change; report the row's status if it changed (or if its
         terminal status was never reported), after the broker has it."""
         async with self._dial_lock(dial_id):
@@ -747,7 +846,9 @@ class TwilioDialer:
             status = self._status_of(job, at)
             delivery = self.producer.produce(status)
         await asyncio.wait_for(delivery, DELIVERY_TIMEOUT_SECONDS)
-        await self._db(self.ledger.mark_reported, job.dial_id, status.status, status.sequence)
+        await self._db(
+            self.ledger.mark_reported, job.dial_id, status.status, status.sequence
+        )
         return True, job
 
     # -- commands --------------------------------------------------------------------
@@ -758,17 +859,29 @@ class TwilioDialer:
             raise Stopping()
         self._track(asyncio.current_task())
         dial_by = from_iso(command.dial_by)
-        ids = dict(dial_id=command.dial_id, lead_id=command.lead_id,
-                   business_id=command.business_id, phone=command.phone,
-                   attempt=command.attempt, dial_by=from_epoch(dial_by))
+        ids = dict(
+            dial_id=command.dial_id,
+            lead_id=command.lead_id,
+            business_id=command.business_id,
+            phone=command.phone,
+            attempt=command.attempt,
+            dial_by=from_epoch(dial_by),
+        )
         if time.time() > dial_by:
-            inserted, job = await self._db(self.ledger.claim, **ids,
-                                           refused_reason=DIAL_DEADLINE_PASSED)
+            inserted, job = await self._db(
+                self.ledger.claim, **ids, refused_reason=DIAL_DEADLINE_PASSED
+            )
             if inserted:
                 self.counters["refused-stale"] += 1
-                log.info("refused stale dial %s for lead %s of business %s: dial_by %s has"
-                         " passed; reported canceled (%s)", command.dial_id, command.lead_id,
-                         command.business_id, command.dial_by, DIAL_DEADLINE_PASSED)
+                log.info(
+                    "refused stale dial %s for lead %s of business %s: dial_by %s has"
+                    " passed; reported canceled (%s)",
+                    command.dial_id,
+                    command.lead_id,
+                    command.business_id,
+                    command.dial_by,
+                    DIAL_DEADLINE_PASSED,
+                )
                 await self._change(job.dial_id, lambda: (True, job))
                 return
         else:
@@ -785,10 +898,15 @@ class TwilioDialer:
             delivery = None
             if job.reported_status is not None:
                 delivery = self.producer.produce(self._status_of(job, reported=True))
-        log.info("ignored duplicate dial %s for lead %s of business %s (ledger: %s%s);"
-                 " %s", job.dial_id, job.lead_id, job.business_id, job.status,
-                 f", call {job.call_sid}" if job.call_sid else "",
-                 f"re-reported {job.reported_status}" if delivery else "nothing to re-report")
+        log.info(
+            "ignored duplicate dial %s for lead %s of business %s (ledger: %s%s); %s",
+            job.dial_id,
+            job.lead_id,
+            job.business_id,
+            job.status,
+            f", call {job.call_sid}" if job.call_sid else "",
+            f"re-reported {job.reported_status}" if delivery else "nothing to re-report",
+        )
         if delivery is not None:
             await asyncio.wait_for(delivery, DELIVERY_TIMEOUT_SECONDS)
 
@@ -838,22 +956,34 @@ class TwilioDialer:
                 raise
             if claimed is None:
                 self.limiter.release(used=False)
-                log.info("dial %s is no longer ours to create (another dialer took it, or it"
-                         " ended)", job.dial_id)
+                log.info(
+                    "dial %s is no longer ours to create (another dialer took it, or it"
+                    " ended)",
+                    job.dial_id,
+                )
                 return
             expected += 1
             kind = "ok"
             try:
                 call = await self.client.calls.create_async(
-                    to=job.phone, from_=self.settings.twilio_from_number, **self.voice,
+                    to=job.phone,
+                    from_=self.settings.twilio_from_number,
+                    **self.voice,
                     status_callback=self.status_callback_url(job),
-                    status_callback_event=CALLBACK_EVENTS, status_callback_method="POST",
+                    status_callback_event=CALLBACK_EVENTS,
+                    status_callback_method="POST",
                     time_limit=int(self.settings.call_time_limit_seconds),
-                    timeout=int(self.settings.ring_timeout_seconds))
+                    timeout=int(self.settings.ring_timeout_seconds),
+                )
             except TwilioException as exc:
                 failure = TwilioFailure.of(exc)
-                kind = ("retry" if failure.rate_limited else
-                        "unknown" if failure.server_error else "rejected")
+                kind = (
+                    "retry"
+                    if failure.rate_limited
+                    else "unknown"
+                    if failure.server_error
+                    else "rejected"
+                )
                 metrics.TWILIO_ERRORS.labels(code=str(failure.code or failure.status)).inc()
                 if failure.rate_limited:
                     metrics.TWILIO_CPS_THROTTLED.inc()
@@ -868,11 +998,21 @@ class TwilioDialer:
                 metrics.DIALER_CALLS_CREATED.inc()
                 self._created()
                 self.counters["dialed"] += 1
-                await self._change(job.dial_id, lambda: self.ledger.adopt_call(
-                    job.dial_id, call.sid, call.status or "queued"))
-                log.info("dialed dial %s for lead %s of business %s to %s: call %s (%s)",
-                         job.dial_id, job.lead_id, job.business_id, job.phone, call.sid,
-                         call.status or "queued")
+                await self._change(
+                    job.dial_id,
+                    lambda: self.ledger.adopt_call(
+                        job.dial_id, call.sid, call.status or "queued"
+                    ),
+                )
+                log.info(
+                    "dialed dial %s for lead %s of business %s to %s: call %s (%s)",
+                    job.dial_id,
+                    job.lead_id,
+                    job.business_id,
+                    job.phone,
+                    call.sid,
+                    call.status or "queued",
+                )
                 return
             if kind == "rejected":
                 await self._failed(job, failure)
@@ -884,11 +1024,19 @@ class TwilioDialer:
                 await self._wait(settle)
                 try:
                     found = await self._lookup(job)
-                except (TwilioException, aiohttp.ClientError, asyncio.TimeoutError,
-                        OSError) as exc:
-                    log.warning("dial %s: create failed (%s) and Twilio cannot be asked"
-                                " whether the call exists (%r); the reconciler will",
-                                job.dial_id, failure.message, exc)
+                except (
+                    TwilioException,
+                    aiohttp.ClientError,
+                    asyncio.TimeoutError,
+                    OSError,
+                ) as exc:
+                    log.warning(
+                        "dial %s: create failed (%s) and Twilio cannot be asked"
+                        " whether the call exists (%r); the reconciler will",
+                        job.dial_id,
+                        failure.message,
+                        exc,
+                    )
                     return
                 if found is not None:
                     await self._adopt(job, found, "after a failed create answer")
@@ -898,9 +1046,15 @@ class TwilioDialer:
                 return
             delay = backoff_seconds(failures, self._rng)
             self.counters["create-retried"] += 1
-            log.info("dial %s: create answered %s %s (%s); retry %d in %.2fs", job.dial_id,
-                     failure.status or "-", failure.code or "", failure.message, failures,
-                     delay)
+            log.info(
+                "dial %s: create answered %s %s (%s); retry %d in %.2fs",
+                job.dial_id,
+                failure.status or "-",
+                failure.code or "",
+                failure.message,
+                failures,
+                delay,
+            )
             if time.time() + delay > dial_by:
                 await self._deadline_passed(job, failure, "retrying the create")
                 return
@@ -909,40 +1063,68 @@ class TwilioDialer:
     def _created(self) -> None:
         self._creates += 1
         if self.crash_after_create is not None and self._creates >= self.crash_after_create:
-            sys.stderr.write(f"{CRASH_AFTER_CREATE_ENV}: exiting after create"
-                             f" #{self._creates}, before the ledger write\n")
+            sys.stderr.write(
+                f"{CRASH_AFTER_CREATE_ENV}: exiting after create"
+                f" #{self._creates}, before the ledger write\n"
+            )
             sys.stderr.flush()
             os._exit(137)
 
-    async def _deadline_passed(self, job: Job, failure: TwilioFailure | None,
-                               doing: str) -> None:
-        changed, _ = await self._change(job.dial_id, lambda: self.ledger.finish(
-            job.dial_id, "canceled", error_message=DIAL_DEADLINE_PASSED,
-            only_without_call=True))
+    async def _deadline_passed(
+        self, job: Job, failure: TwilioFailure | None, doing: str
+    ) -> None:
+        changed, _ = await self._change(
+            job.dial_id,
+            lambda: self.ledger.finish(
+                job.dial_id,
+                "canceled",
+                error_message=DIAL_DEADLINE_PASSED,
+                only_without_call=True,
+            ),
+        )
         if changed:
             self.counters["refused-stale"] += 1
-            log.info("refused stale dial %s for lead %s of business %s: dial_by passed while"
-                     " %s%s; reported canceled (%s)", job.dial_id, job.lead_id,
-                     job.business_id, doing,
-                     f" (last answer: {failure.message})" if failure else "",
-                     DIAL_DEADLINE_PASSED)
+            log.info(
+                "refused stale dial %s for lead %s of business %s: dial_by passed while"
+                " %s%s; reported canceled (%s)",
+                job.dial_id,
+                job.lead_id,
+                job.business_id,
+                doing,
+                f" (last answer: {failure.message})" if failure else "",
+                DIAL_DEADLINE_PASSED,
+            )
 
     async def _failed(self, job: Job, failure: TwilioFailure, gave_up: int = 0) -> None:
         message = failure.message or f"HTTP {failure.status}"
         if gave_up:
             message = f"gave up after {gave_up} create requests: {message}"
-        changed, _ = await self._change(job.dial_id, lambda: self.ledger.finish(
-            job.dial_id, "failed", error_code=failure.code, error_message=message,
-            only_without_call=True))
+        changed, _ = await self._change(
+            job.dial_id,
+            lambda: self.ledger.finish(
+                job.dial_id,
+                "failed",
+                error_code=failure.code,
+                error_message=message,
+                only_without_call=True,
+            ),
+        )
         if changed:
             self.counters["failed"] += 1
-            log.info("failed dial %s for lead %s of business %s to %s: Twilio error %s: %s",
-                     job.dial_id, job.lead_id, job.business_id, job.phone,
-                     failure.code or failure.status, message)
+            log.info(
+                "failed dial %s for lead %s of business %s to %s: Twilio error %s: %s",
+                job.dial_id,
+                job.lead_id,
+                job.business_id,
+                job.phone,
+                failure.code or failure.status,
+                message,
+            )
 
     def status_callback_url(self, job: Job) -> str:
-        query = urllib.parse.urlencode({"dial_id": job.dial_id, "business_id": job.business_id,
-                                        "lead_id": job.lead_id})
+        query = urllib.parse.urlencode(
+            {"dial_id": job.dial_id, "business_id": job.business_id, "lead_id": job.lead_id}
+        )
         return f"{self.settings.public_base_url}{STATUS_PATH}?{query}"
 
     # -- finding a call at Twilio ----------------------------------------------------
@@ -950,17 +1132,26 @@ class TwilioDialer:
     async def _lookup(self, job: Job) -> Any | None:
         """The call Twilio has for this row, if any (see the module doc for the rule)."""
         calls = await self.client.calls.list_async(
-            to=job.phone, from_=self.settings.twilio_from_number, limit=LOOKUP_LIMIT,
-            page_size=LOOKUP_LIMIT)
+            to=job.phone,
+            from_=self.settings.twilio_from_number,
+            limit=LOOKUP_LIMIT,
+            page_size=LOOKUP_LIMIT,
+        )
         low = job.created_at.timestamp() - LOOKUP_SKEW_SECONDS - 1.0  # 1 s resolution
         last_sent = (job.create_sent_at or job.created_at).timestamp()
         high = max(last_sent, time.time()) + REQUEST_TIMEOUT_SECONDS + LOOKUP_SKEW_SECONDS
-        candidates = [c for c in calls if c.date_created is not None
-                      and low <= c.date_created.timestamp() <= high]
+        candidates = [
+            c
+            for c in calls
+            if c.date_created is not None and low <= c.date_created.timestamp() <= high
+        ]
         if not candidates:
             return None
-        owned = await self._db(self.ledger.known_call_sids, [c.sid for c in candidates],
-                               except_dial_id=job.dial_id)
+        owned = await self._db(
+            self.ledger.known_call_sids,
+            [c.sid for c in candidates],
+            except_dial_id=job.dial_id,
+        )
         candidates = [c for c in candidates if c.sid not in owned]
         if not candidates:
             return None
@@ -968,11 +1159,19 @@ class TwilioDialer:
 
     async def _adopt(self, job: Job, call: Any, how: str) -> None:
         status = call.status if call.status in CALL_STATUSES else "queued"
-        await self._change(job.dial_id, lambda: self.ledger.adopt_call(
-            job.dial_id, call.sid, status))
+        await self._change(
+            job.dial_id, lambda: self.ledger.adopt_call(job.dial_id, call.sid, status)
+        )
         self.counters["recovered"] += 1
-        log.info("recovered dial %s for lead %s of business %s %s: Twilio has call %s (%s)",
-                 job.dial_id, job.lead_id, job.business_id, how, call.sid, status)
+        log.info(
+            "recovered dial %s for lead %s of business %s %s: Twilio has call %s (%s)",
+            job.dial_id,
+            job.lead_id,
+            job.business_id,
+            how,
+            call.sid,
+            status,
+        )
 
     async def _recover(self, job: Job) -> None:
         """A live row without CallSid that nobody here is dialing (module doc)."""
@@ -984,24 +1183,40 @@ class TwilioDialer:
             if job.create_requests > 0:
                 try:
                     found = await self._lookup(job)
-                except (TwilioException, aiohttp.ClientError, asyncio.TimeoutError,
-                        OSError) as exc:
-                    log.warning("dial %s: cannot ask Twilio whether its call exists (%r);"
-                                " will ask again", job.dial_id, exc)
+                except (
+                    TwilioException,
+                    aiohttp.ClientError,
+                    asyncio.TimeoutError,
+                    OSError,
+                ) as exc:
+                    log.warning(
+                        "dial %s: cannot ask Twilio whether its call exists (%r);"
+                        " will ask again",
+                        job.dial_id,
+                        exc,
+                    )
                     return
                 if found is not None:
                     await self._adopt(job, found, "after a crash or lost answer")
                     return
-                settled = (job.create_sent_at.timestamp() + REQUEST_TIMEOUT_SECONDS
-                           + SETTLE_SECONDS)
+                settled = (
+                    job.create_sent_at.timestamp()
+                    + REQUEST_TIMEOUT_SECONDS
+                    + SETTLE_SECONDS
+                )
                 if now < settled:
                     return  # its create may still be on its way; ask again later
             if now > dial_by:
                 await self._deadline_passed(job, None, "recovering it (Twilio has no call)")
                 return
-            log.info("resuming dial %s for lead %s of business %s: Twilio has no call for it"
-                     " (%d create requests sent before)", job.dial_id, job.lead_id,
-                     job.business_id, job.create_requests)
+            log.info(
+                "resuming dial %s for lead %s of business %s: Twilio has no call for it"
+                " (%d create requests sent before)",
+                job.dial_id,
+                job.lead_id,
+                job.business_id,
+                job.create_requests,
+            )
             await self._create(job)
         finally:
             self._inflight.discard(job.dial_id)
@@ -1009,8 +1224,9 @@ class TwilioDialer:
     async def _recover_at_start(self) -> None:
         rows = await self._db(self.ledger.without_call_sid)
         if rows:
-            log.info("recovering %d dials that a previous run left without a CallSid",
-                     len(rows))
+            log.info(
+                "recovering %d dials that a previous run left without a CallSid", len(rows)
+            )
         for job in rows:
             self._spawn(self._recover(job), f"recovering dial {job.dial_id}")
 
@@ -1032,51 +1248,79 @@ class TwilioDialer:
 
     async def reconcile_once(self) -> None:
         now = utcnow()
-        silent = await self._db(self.ledger.silent_live, now - _dt.timedelta(
-            seconds=self.settings.reconcile_after_seconds))
+        silent = await self._db(
+            self.ledger.silent_live,
+            now - _dt.timedelta(seconds=self.settings.reconcile_after_seconds),
+        )
         gate = asyncio.Semaphore(8)
 
         async def fetch(job: Job) -> None:
             async with gate:
                 await self._reconcile_call(job)
 
-        await asyncio.gather(*(fetch(job) for job in silent if job.dial_id not in self._inflight))
-        orphans = await self._db(self.ledger.without_call_sid,
-                                 now - _dt.timedelta(seconds=RECOVER_AFTER_SECONDS))
+        await asyncio.gather(
+            *(fetch(job) for job in silent if job.dial_id not in self._inflight)
+        )
+        orphans = await self._db(
+            self.ledger.without_call_sid, now - _dt.timedelta(seconds=RECOVER_AFTER_SECONDS)
+        )
         for job in orphans:
             if job.dial_id not in self._inflight:
                 self._spawn(self._recover(job), f"recovering dial {job.dial_id}")
-        for job in await self._db(self.ledger.unreported_terminal,
-                                  now - _dt.timedelta(seconds=REREPORT_AFTER_SECONDS)):
+        for job in await self._db(
+            self.ledger.unreported_terminal,
+            now - _dt.timedelta(seconds=REREPORT_AFTER_SECONDS),
+        ):
             changed, _ = await self._change(job.dial_id, lambda job=job: (False, job))
             if changed:
-                log.info("re-reported dial %s's %s (its first report never got through)",
-                         job.dial_id, job.twilio_status)
+                log.info(
+                    "re-reported dial %s's %s (its first report never got through)",
+                    job.dial_id,
+                    job.twilio_status,
+                )
 
     async def _reconcile_call(self, job: Job) -> None:
         try:
             call = await self.client.calls(job.call_sid).fetch_async()
         except TwilioException as exc:
             failure = TwilioFailure.of(exc)
-            log.warning("reconciler: cannot fetch call %s of dial %s: %s %s", job.call_sid,
-                        job.dial_id, failure.status, failure.message)
+            log.warning(
+                "reconciler: cannot fetch call %s of dial %s: %s %s",
+                job.call_sid,
+                job.dial_id,
+                failure.status,
+                failure.message,
+            )
             if failure.status == 404:
                 await self._db(self.ledger.touch, job.dial_id)
             return
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            log.warning("reconciler: cannot reach Twilio for call %s: %r", job.call_sid, exc)
+            log.warning(
+                "reconciler: cannot reach Twilio for call %s: %r", job.call_sid, exc
+            )
             return
         if call.status not in CALL_STATUSES:
             await self._db(self.ledger.touch, job.dial_id)
             return
-        changed, after = await self._change(job.dial_id, lambda: self.ledger.apply_status(
-            job.dial_id, call.status, call_sid=job.call_sid))
+        changed, after = await self._change(
+            job.dial_id,
+            lambda: self.ledger.apply_status(
+                job.dial_id, call.status, call_sid=job.call_sid
+            ),
+        )
         if changed:
             self.counters["reconciled"] += 1
-            log.info("reconciled dial %s for lead %s of business %s: no word for %gs; Twilio"
-                     " says call %s is %s (ledger had %s)", job.dial_id, job.lead_id,
-                     job.business_id, self.settings.reconcile_after_seconds, job.call_sid,
-                     call.status, job.twilio_status)
+            log.info(
+                "reconciled dial %s for lead %s of business %s: no word for %gs; Twilio"
+                " says call %s is %s (ledger had %s)",
+                job.dial_id,
+                job.lead_id,
+                job.business_id,
+                self.settings.reconcile_after_seconds,
+                job.call_sid,
+                call.status,
+                job.twilio_status,
+            )
 
     # -- web -------------------------------------------------------------------------
 
@@ -1095,7 +1339,9 @@ class TwilioDialer:
         """The URL Twilio signed: our public base URL, the status path, the query as sent
         (behind a proxy, the Host header and path prefix may differ)."""
         query = request.rel_url.raw_query_string
-        return f"{self.settings.public_base_url}{STATUS_PATH}" + (f"?{query}" if query else "")
+        return f"{self.settings.public_base_url}{STATUS_PATH}" + (
+            f"?{query}" if query else ""
+        )
 
     async def _on_status_callback(self, request: web.Request) -> web.Response:
         form = await request.post()
@@ -1104,12 +1350,16 @@ class TwilioDialer:
             values = form.getall(key)
             params[key] = values if len(values) > 1 else values[0]
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature or not self._validator.validate(self.expected_url(request), params,
-                                                         signature):
+        if not signature or not self._validator.validate(
+            self.expected_url(request), params, signature
+        ):
             self.counters["callback-forbidden"] += 1
             metrics.WEBHOOK_SIGNATURE_FAILURES.inc()
-            log.warning("refused a status callback with %s X-Twilio-Signature (from %s)",
-                        "no" if not signature else "an invalid", request.remote)
+            log.warning(
+                "refused a status callback with %s X-Twilio-Signature (from %s)",
+                "no" if not signature else "an invalid",
+                request.remote,
+            )
             return web.Response(status=403, text="invalid X-Twilio-Signature\n")
         status = params.get("CallStatus")
         call_sid = params.get("CallSid")
@@ -1124,60 +1374,101 @@ class TwilioDialer:
             job = await self._db(self.ledger.by_call_sid, call_sid)
             dial_id = job.dial_id if job is not None else None
         if dial_id is None:
-            log.warning("status callback for call %s, which the ledger does not know;"
-                        " acknowledged, nothing reported", call_sid)
+            log.warning(
+                "status callback for call %s, which the ledger does not know;"
+                " acknowledged, nothing reported",
+                call_sid,
+            )
             return web.Response(status=204)
         try:
-            changed, job = await self._change(dial_id, lambda: self.ledger.apply_status(
-                dial_id, status, sequence=sequence, call_sid=call_sid, error_code=error_code,
-                error_message=params.get("ErrorMessage") or None), at=at)
+            changed, job = await self._change(
+                dial_id,
+                lambda: self.ledger.apply_status(
+                    dial_id,
+                    status,
+                    sequence=sequence,
+                    call_sid=call_sid,
+                    error_code=error_code,
+                    error_message=params.get("ErrorMessage") or None,
+                ),
+                at=at,
+            )
         except (KafkaException, asyncio.TimeoutError) as exc:
-            log.error("status %s of dial %s not delivered to Kafka (%s); answering 500 so"
-                      " that Twilio may retry", status, dial_id, exc)
+            log.error(
+                "status %s of dial %s not delivered to Kafka (%s); answering 500 so"
+                " that Twilio may retry",
+                status,
+                dial_id,
+                exc,
+            )
             return web.Response(status=500, text="status not delivered\n")
         except Stopping:
             return web.Response(status=503, text="stopping\n")
         if job is None:
-            log.warning("status callback for dial %s (call %s), which the ledger does not"
-                        " know; acknowledged, nothing reported", dial_id, call_sid)
+            log.warning(
+                "status callback for dial %s (call %s), which the ledger does not"
+                " know; acknowledged, nothing reported",
+                dial_id,
+                call_sid,
+            )
         elif job.call_sid not in (None, call_sid):
-            log.error("status callback for dial %s names call %s, but the ledger has call %s;"
-                      " ignored", dial_id, call_sid, job.call_sid)
+            log.error(
+                "status callback for dial %s names call %s, but the ledger has call %s;"
+                " ignored",
+                dial_id,
+                call_sid,
+                job.call_sid,
+            )
         elif job.twilio_status == "canceled" and job.error_message == DIAL_DEADLINE_PASSED:
             self.counters["callback-for-refused-dial"] += 1
-            log.error("Twilio reports call %s (%s) for dial %s, which we reported stale and"
-                      " never dialed: a call the limiter is not counting", call_sid, status,
-                      dial_id)
+            log.error(
+                "Twilio reports call %s (%s) for dial %s, which we reported stale and"
+                " never dialed: a call the limiter is not counting",
+                call_sid,
+                status,
+                dial_id,
+            )
         elif changed:
             self.counters["callback"] += 1
             log.debug("dial %s: %s (sequence %s)", dial_id, status, sequence)
         else:
             self.counters["callback-duplicate"] += 1
-            log.debug("dial %s: duplicate or stale %s (sequence %s) acknowledged", dial_id,
-                      status, sequence)
+            log.debug(
+                "dial %s: duplicate or stale %s (sequence %s) acknowledged",
+                dial_id,
+                status,
+                sequence,
+            )
         return web.Response(status=204)
 
     async def _on_health(self, request: web.Request) -> web.Response:
         checks: dict[str, str] = {}
         try:
-            await asyncio.wait_for(self._loop.run_in_executor(self._db_pool, self.ledger.ping), 3)
+            await asyncio.wait_for(
+                self._loop.run_in_executor(self._db_pool, self.ledger.ping), 3
+            )
             checks["ledger"] = "ok"
         except Exception as exc:
-            checks["ledger"] = f"error: {str(exc).splitlines()[0] if str(exc) else repr(exc)}"
+            checks["ledger"] = (
+                f"error: {str(exc).splitlines()[0] if str(exc) else repr(exc)}"
+            )
         try:
             await asyncio.wait_for(asyncio.to_thread(self.producer.check, 2.0), 3)
             checks["kafka"] = "ok"
         except Exception as exc:
             checks["kafka"] = f"error: {exc}"
         healthy = all(v == "ok" for v in checks.values())
-        return web.json_response({"status": "ok" if healthy else "unhealthy", **checks},
-                                 status=200 if healthy else 503)
+        return web.json_response(
+            {"status": "ok" if healthy else "unhealthy", **checks},
+            status=200 if healthy else 503,
+        )
 
 
 def _safe_url(url: str) -> str:
     """A database URL without its password, for logs."""
     try:
         from sqlalchemy.engine import make_url
+
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<database url>"

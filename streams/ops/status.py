@@ -10,7 +10,7 @@ when no worker gives an answer is that an error (`StatusError`: one line, exit 2
 A 404 for one business means "not on that worker": it does not own the business's
 partition, or knows nothing of it. Not found on any worker that answered is exit 1.
 
-`streams top` (`streams/top.py`) builds on the same fetching and merging.
+`streams top` (`streams/ops/top.py`) builds on the same fetching and merging.
 """
 
 from __future__ import annotations
@@ -25,10 +25,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
-from .lag import format_age
-from .topics import to_iso
+from streams.errors import StreamsError
+from streams.ops.lag import format_age
+from streams.topics import to_iso
 
 #: Seconds to wait for one worker's answer.
 DEFAULT_TIMEOUT = 3.0
@@ -36,10 +38,12 @@ DEFAULT_TIMEOUT = 3.0
 MAX_PARALLEL = 16
 
 _DIGITS = re.compile(r"(\d+)")
-_WORKER_RE = re.compile(r"^(?:https?://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)?(?::(\d{1,5}))?/?$")
+_WORKER_RE = re.compile(
+    r"^(?:https?://)?(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+)?(?::(\d{1,5}))?/?$"
+)
 
 
-class StatusError(RuntimeError):
+class StatusError(StreamsError):
     """No worker gave an answer (or a bad --workers); the message is one line."""
 
 
@@ -71,10 +75,10 @@ def parse_workers(text: str | None, default_port: int) -> list[str]:
 class Reply:
     """One worker's answer to one request."""
 
-    worker: str                # host:port as asked
-    code: int | None           # HTTP status; None: no answer at all
-    body: Any = None           # the decoded JSON, when there was some
-    error: str | None = None   # why there is no usable answer
+    worker: str  # host:port as asked
+    code: int | None  # HTTP status; None: no answer at all
+    body: Any = None  # the decoded JSON, when there was some
+    error: str | None = None  # why there is no usable answer
 
     @property
     def state(self) -> str:
@@ -135,8 +139,12 @@ def fetch(worker: str, path: str, timeout: float = DEFAULT_TIMEOUT) -> Reply:
     return Reply(worker, code, body, error)
 
 
-def ask(workers: Sequence[str], path: str, timeout: float = DEFAULT_TIMEOUT,
-        get: Callable[[str, str, float], Reply] = fetch) -> list[Reply]:
+def ask(
+    workers: Sequence[str],
+    path: str,
+    timeout: float = DEFAULT_TIMEOUT,
+    get: Callable[[str, str, float], Reply] = fetch,
+) -> list[Reply]:
     """The same GET to every worker at once; replies in the workers' order."""
     if len(workers) == 1:
         return [get(workers[0], path, timeout)]
@@ -159,8 +167,8 @@ class Merged:
     """Every answering worker's businesses, by business id."""
 
     replies: list[Reply]
-    businesses: dict[str, dict]                 # id -> the business, plus "worker"
-    duplicates: dict[str, list[str]]            # id -> every worker that reported it
+    businesses: dict[str, dict]  # id -> the business, plus "worker"
+    duplicates: dict[str, list[str]]  # id -> every worker that reported it
 
     @property
     def answered(self) -> list[Reply]:
@@ -182,8 +190,9 @@ def merge_businesses(replies: Iterable[Reply]) -> Merged:
     for reply in replies:
         listed = reply.body.get("businesses") if isinstance(reply.body, dict) else None
         if reply.code == 200 and not isinstance(listed, list):
-            reply = dataclasses.replace(reply, body=None,
-                                        error="no businesses list in the answer")
+            reply = dataclasses.replace(
+                reply, body=None, error="no businesses list in the answer"
+            )
         checked.append(reply)
         if reply.state != "ok" or reply.code != 200:
             continue
@@ -213,8 +222,11 @@ def require_an_answer(replies: Sequence[Reply]) -> None:
 
 def natural_key(text: str) -> tuple:
     """Sort key putting biz-2 before biz-10."""
-    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part)
-                 for part in _DIGITS.split(text) if part)
+    return tuple(
+        (0, int(part), "") if part.isdigit() else (1, 0, part)
+        for part in _DIGITS.split(text)
+        if part
+    )
 
 
 def count_active(business: dict) -> int:
@@ -223,15 +235,22 @@ def count_active(business: dict) -> int:
 
 def business_line(business: dict) -> str:
     """One line about a business: limit, paused, active of limit, waiting, oldest wait."""
-    active, waiting, limit = count_active(business), int(business.get("waiting") or 0), \
-        business.get("limit")
-    parts = [f"limit {limit}", "paused" if business.get("paused") else "running",
-             f"{active} of {limit} active" + (" (draining to the limit)"
-                                               if isinstance(limit, int) and active > limit
-                                               else "")]
+    active, waiting, limit = (
+        count_active(business),
+        int(business.get("waiting") or 0),
+        business.get("limit"),
+    )
+    parts = [
+        f"limit {limit}",
+        "paused" if business.get("paused") else "running",
+        f"{active} of {limit} active"
+        + (" (draining to the limit)" if isinstance(limit, int) and active > limit else ""),
+    ]
     if waiting:
-        parts.append(f"{waiting} waiting, oldest for"
-                     f" {format_age(business.get('oldest_waiting_seconds'))}")
+        parts.append(
+            f"{waiting} waiting, oldest for"
+            f" {format_age(business.get('oldest_waiting_seconds'))}"
+        )
     else:
         parts.append("none waiting")
     held = business.get("held_statuses") or 0
@@ -249,40 +268,69 @@ def active_lines(business: dict, indent: str = "  ") -> list[str]:
     rows = [("dial_id", "lead", "phase", "age", "lease left")]
     for call in calls:
         left = call.get("lease_left_seconds")
-        rows.append((str(call.get("dial_id")), str(call.get("lead_id")),
-                     str(call.get("status")), format_age(call.get("age_seconds")),
-                     "due now" if left is not None and left <= 0 else format_age(left)))
+        rows.append(
+            (
+                str(call.get("dial_id")),
+                str(call.get("lead_id")),
+                str(call.get("status")),
+                format_age(call.get("age_seconds")),
+                "due now" if left is not None and left <= 0 else format_age(left),
+            )
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = []
     for row in rows:
-        cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].ljust(widths[2]),
-                 row[3].rjust(widths[3]), row[4].rjust(widths[4])]
+        cells = [
+            row[0].ljust(widths[0]),
+            row[1].ljust(widths[1]),
+            row[2].ljust(widths[2]),
+            row[3].rjust(widths[3]),
+            row[4].rjust(widths[4]),
+        ]
         lines.append(indent + "  ".join(cells).rstrip())
     return lines
 
 
-def lead_lines(business_id: str, lead_id: str, lead: dict | None,
-               business: dict | None = None) -> list[str]:
+def lead_lines(
+    business_id: str, lead_id: str, lead: dict | None, business: dict | None = None
+) -> list[str]:
     """Where one lead stands and, when it waits, what for."""
     if lead is None:
-        return [f"lead {lead_id}: unknown to business {business_id} (not received yet,"
-                " sent to another business, or never sent)"]
+        return [
+            f"lead {lead_id}: unknown to business {business_id} (not received yet,"
+            " sent to another business, or never sent)"
+        ]
     state, attempt = lead.get("state"), lead.get("attempt")
     dial_id = lead.get("dial_id")
     if state == "waiting":
         ahead = int(lead.get("ahead") or 0)
-        return [f"lead {lead_id}: waiting (attempt {attempt}), number {ahead + 1} in line",
-                f"  waits for {lead.get('waits_for')}"]
+        return [
+            f"lead {lead_id}: waiting (attempt {attempt}), number {ahead + 1} in line",
+            f"  waits for {lead.get('waits_for')}",
+        ]
     if state == "active":
-        call = next((a for a in (business or {}).get("active") or ()
-                     if a.get("dial_id") == dial_id), None)
-        phase = (f", phase {call.get('status')} for {format_age(call.get('age_seconds'))}"
-                 if call else "")
-        return [f"lead {lead_id}: on a call (attempt {attempt}), dial {dial_id}{phase};"
-                " it holds one of the business's slots"]
+        call = next(
+            (
+                a
+                for a in (business or {}).get("active") or ()
+                if a.get("dial_id") == dial_id
+            ),
+            None,
+        )
+        phase = (
+            f", phase {call.get('status')} for {format_age(call.get('age_seconds'))}"
+            if call
+            else ""
+        )
+        return [
+            f"lead {lead_id}: on a call (attempt {attempt}), dial {dial_id}{phase};"
+            " it holds one of the business's slots"
+        ]
     if state == "done":
-        return [f"lead {lead_id}: done, outcome {lead.get('outcome')}"
-                + (f" (dial {dial_id}, attempt {attempt})" if dial_id else "")]
+        return [
+            f"lead {lead_id}: done, outcome {lead.get('outcome')}"
+            + (f" (dial {dial_id}, attempt {attempt})" if dial_id else "")
+        ]
     return [f"lead {lead_id}: {state} (attempt {attempt})"]
 
 
@@ -307,8 +355,12 @@ def totals(businesses: Iterable[dict]) -> dict:
         age = business.get("oldest_waiting_seconds")
         if age is not None and (oldest is None or age > oldest):
             oldest = age
-    return {"businesses": n, "active": active, "waiting": waiting,
-            "oldest_waiting_seconds": oldest}
+    return {
+        "businesses": n,
+        "active": active,
+        "waiting": waiting,
+        "oldest_waiting_seconds": oldest,
+    }
 
 
 def format_all(merged: Merged) -> list[str]:
@@ -324,14 +376,18 @@ def format_all(merged: Merged) -> list[str]:
         lines.append(business_line(shown))
         lines.extend(active_lines(business))
     total = totals(merged.businesses.values())
-    summary = (f"{total['businesses']:,} business{'es' if total['businesses'] != 1 else ''}:"
-               f" {total['active']:,} active, {total['waiting']:,} waiting")
+    summary = (
+        f"{total['businesses']:,} business{'es' if total['businesses'] != 1 else ''}:"
+        f" {total['active']:,} active, {total['waiting']:,} waiting"
+    )
     if total["oldest_waiting_seconds"] is not None:
         summary += f", oldest wait {format_age(total['oldest_waiting_seconds'])}"
     lines.append(summary)
     for bid, workers in sorted(merged.duplicates.items()):
-        lines.append(f"note: business {bid} is reported by {', '.join(workers)} (a rebalance"
-                     f" in progress?); shown from {workers[0]}")
+        lines.append(
+            f"note: business {bid} is reported by {', '.join(workers)} (a rebalance"
+            f" in progress?); shown from {workers[0]}"
+        )
     if merged.unanswered:
         lines.append("note: businesses of workers that did not answer are missing")
     return lines
@@ -357,8 +413,9 @@ class Found:
         return self.business is not None
 
 
-def find_business(replies: Sequence[Reply], business_id: str,
-                  lead_id: str | None = None) -> Found:
+def find_business(
+    replies: Sequence[Reply], business_id: str, lead_id: str | None = None
+) -> Found:
     """Merge the `/businesses/{id}/` answers: a 200 is the owner's, a 404 "not here"."""
     found = Found(business_id, lead_id, list(replies))
     for reply in replies:
@@ -380,22 +437,31 @@ def format_one(found: Found) -> list[str]:
     if not found.found:
         answered = [r.worker for r in found.replies if r.state == "ok"]
         missing = [r for r in found.replies if r.state != "ok"]
-        line = (f"business {found.business_id}: not found on"
-                f" {'the worker' if len(answered) == 1 else f'any of the {len(answered)} workers'}"
-                f" that answered ({', '.join(answered)})")
+        line = (
+            f"business {found.business_id}: not found on"
+            f" {'the worker' if len(answered) == 1 else f'any of the {len(answered)} workers'}"
+            f" that answered ({', '.join(answered)})"
+        )
         if missing:
-            line += ("; it may be on one that did not: "
-                     + "; ".join(r.describe() for r in missing))
+            line += "; it may be on one that did not: " + "; ".join(
+                r.describe() for r in missing
+            )
         return lines + [line]
-    lines.append(business_line({**found.business,
-                                "worker": found.worker if len(found.replies) > 1 else None}))
+    lines.append(
+        business_line(
+            {**found.business, "worker": found.worker if len(found.replies) > 1 else None}
+        )
+    )
     lines.extend(active_lines(found.business))
     if found.lead_id:
-        lines.extend(lead_lines(found.business_id, found.lead_id, found.lead,
-                                found.business))
+        lines.extend(
+            lead_lines(found.business_id, found.lead_id, found.lead, found.business)
+        )
     if found.also_on:
-        lines.append(f"note: also reported by {', '.join(found.also_on)} (a rebalance in"
-                     f" progress?); shown from {found.worker}")
+        lines.append(
+            f"note: also reported by {', '.join(found.also_on)} (a rebalance in"
+            f" progress?); shown from {found.worker}"
+        )
     return lines
 
 
@@ -407,8 +473,9 @@ def workers_json(replies: Sequence[Reply], counts: dict[str, int] | None = None)
     for reply in replies:
         item: dict[str, Any] = {"worker": reply.worker, "state": reply.state}
         if reply.state != "ok":
-            item["error"] = reply.error or ("restoring its table" if reply.code == 503
-                                            else f"HTTP {reply.code}")
+            item["error"] = reply.error or (
+                "restoring its table" if reply.code == 503 else f"HTTP {reply.code}"
+            )
         elif counts is not None:
             item["businesses"] = counts.get(reply.worker, 0)
         out.append(item)
@@ -419,17 +486,26 @@ def all_json(merged: Merged, at: float) -> dict:
     counts: dict[str, int] = {}
     for business in merged.businesses.values():
         counts[business["worker"]] = counts.get(business["worker"], 0) + 1
-    return {"at": to_iso(at), "workers": workers_json(merged.replies, counts),
-            "businesses": [merged.businesses[bid]
-                           for bid in sorted(merged.businesses, key=natural_key)],
-            "totals": totals(merged.businesses.values()),
-            "duplicates": merged.duplicates}
+    return {
+        "at": to_iso(at),
+        "workers": workers_json(merged.replies, counts),
+        "businesses": [
+            merged.businesses[bid] for bid in sorted(merged.businesses, key=natural_key)
+        ],
+        "totals": totals(merged.businesses.values()),
+        "duplicates": merged.duplicates,
+    }
 
 
 def one_json(found: Found, at: float) -> dict:
-    out: dict[str, Any] = {"at": to_iso(at), "workers": workers_json(found.replies),
-                           "business_id": found.business_id, "found": found.found,
-                           "worker": found.worker, "business": found.business}
+    out: dict[str, Any] = {
+        "at": to_iso(at),
+        "workers": workers_json(found.replies),
+        "business_id": found.business_id,
+        "found": found.found,
+        "worker": found.worker,
+        "business": found.business,
+    }
     if found.lead_id:
         out["lead_id"] = found.lead_id
         out["lead"] = found.lead
@@ -441,10 +517,15 @@ def one_json(found: Found, at: float) -> dict:
 # -- the command --------------------------------------------------------------------------
 
 
-def run_status(workers: Sequence[str], business_id: str | None = None,
-               lead_id: str | None = None, as_json: bool = False,
-               timeout: float = DEFAULT_TIMEOUT, out=None,
-               get: Callable[[str, str, float], Reply] = fetch) -> int:
+def run_status(
+    workers: Sequence[str],
+    business_id: str | None = None,
+    lead_id: str | None = None,
+    as_json: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    out=None,
+    get: Callable[[str, str, float], Reply] = fetch,
+) -> int:
     """`streams status`; 0, 1 (the business, or the lead, is not found), StatusError
     when no worker answered."""
     out = out or sys.stdout

@@ -12,7 +12,7 @@ Table `outbound_call_jobs` (the design note's name), one row per `dial_id`:
 * `create_requests` / `create_sent_at` count the create requests sent for the row. The
   count is bumped (compare-and-set) right before each request goes out, so a row
   without `call_sid` tells whether Twilio may have a call for it (see
-  `streams.twilio_dialer` for how such a row is recovered).
+  `streams.dialers.twilio.dialer` for how such a row is recovered).
 * `reported_status` / `reported_sequence` are the last status the dialer delivered to
   `calls.status`: a terminal row whose terminal status was not reported yet is reported
   again (by the reconciler), a duplicate callback is not.
@@ -44,7 +44,8 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import threading
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -65,30 +66,43 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection, make_url
 
-from .topics import TERMINAL_STATUSES
+from streams.errors import StreamsError
+from streams.topics import TERMINAL_STATUSES
 
 #: The design note's live statuses, counted by its verification query.
 DIALING, CALLING = "dialing", "calling"
 LIVE = (DIALING, CALLING)
 #: Twilio CallStatus -> ledger status.
 LEDGER_STATUS: dict[str, str] = {
-    "queued": DIALING, "initiated": DIALING, "ringing": DIALING, "in-progress": CALLING,
+    "queued": DIALING,
+    "initiated": DIALING,
+    "ringing": DIALING,
+    "in-progress": CALLING,
     **{status: status for status in TERMINAL_STATUSES},
 }
 #: Order of Twilio's statuses; a live row only moves up (terminal is the top, and final).
-RANK: dict[str, int] = {"queued": 0, "initiated": 1, "ringing": 2, "in-progress": 3,
-                        **{status: 4 for status in TERMINAL_STATUSES}}
+RANK: dict[str, int] = {
+    "queued": 0,
+    "initiated": 1,
+    "ringing": 2,
+    "in-progress": 3,
+    **{status: 4 for status in TERMINAL_STATUSES},
+}
 
 #: The design note's verification query, verbatim (plus a stable order).
-ACTIVE_CALLS_QUERY = ("SELECT business_id, COUNT(*) AS active_calls FROM outbound_call_jobs"
-                      " WHERE status IN ('dialing','calling') GROUP BY business_id"
-                      " ORDER BY business_id")
+ACTIVE_CALLS_QUERY = (
+    "SELECT business_id, COUNT(*) AS active_calls FROM outbound_call_jobs"
+    " WHERE status IN ('dialing','calling') GROUP BY business_id"
+    " ORDER BY business_id"
+)
+
 
 def _jobs_v1(meta: MetaData) -> Table:
     """`outbound_call_jobs` as migration 1 creates it. Never edit: a change to the table
     is a new migration step (and a new column in `jobs` below)."""
     return Table(
-        "outbound_call_jobs", meta,
+        "outbound_call_jobs",
+        meta,
         Column("id", Integer, primary_key=True, autoincrement=True),
         Column("dial_id", String(255), nullable=False, unique=True),
         Column("lead_id", String(255), nullable=False),
@@ -117,7 +131,8 @@ metadata = MetaData()
 jobs = _jobs_v1(metadata)
 
 schema_version = Table(
-    "schema_version", metadata,
+    "schema_version",
+    metadata,
     Column("version", Integer, primary_key=True),
     Column("description", String(200), nullable=False),
     Column("applied_at", DateTime(timezone=True), nullable=False),
@@ -126,13 +141,21 @@ schema_version = Table(
 
 def _migration_1(conn: Connection) -> None:
     _jobs_v1(MetaData()).create(conn)
-    conn.execute(text("CREATE INDEX ix_outbound_call_jobs_status_business"
-                      " ON outbound_call_jobs (status, business_id)"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_outbound_call_jobs_status_business"
+            " ON outbound_call_jobs (status, business_id)"
+        )
+    )
 
 
 def _migration_2(conn: Connection) -> None:
-    conn.execute(text("CREATE INDEX ix_outbound_call_jobs_status_last_heard"
-                      " ON outbound_call_jobs (status, last_heard_at)"))
+    conn.execute(
+        text(
+            "CREATE INDEX ix_outbound_call_jobs_status_last_heard"
+            " ON outbound_call_jobs (status, last_heard_at)"
+        )
+    )
 
 
 #: Ordered schema changes: (version, description, step). Append, never edit.
@@ -146,7 +169,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
 READ_ONLY = "ledger_read_only"
 
 
-class LedgerError(RuntimeError):
+class LedgerError(StreamsError):
     """The ledger cannot be used (unreachable, or a schema newer than this code)."""
 
 
@@ -202,20 +225,27 @@ class Job:
         """Its current Twilio status has not been delivered to `calls.status` yet."""
         return self.twilio_status is not None and (
             self.reported_status != self.twilio_status
-            or (not self.terminal and self.reported_sequence != self.sequence))
+            or (not self.terminal and self.reported_sequence != self.sequence)
+        )
 
     @classmethod
-    def from_row(cls, row: Any) -> "Job":
+    def from_row(cls, row: Any) -> Job:
         data = dict(row._mapping)
         data.pop("id", None)
-        for name in ("dial_by", "create_sent_at", "created_at", "updated_at",
-                     "last_heard_at"):
+        for name in (
+            "dial_by",
+            "create_sent_at",
+            "created_at",
+            "updated_at",
+            "last_heard_at",
+        ):
             data[name] = _aware(data[name])
         return cls(**data)
 
 
-def transition(current: str | None, current_sequence: int | None, new: str,
-               new_sequence: int | None) -> bool:
+def transition(
+    current: str | None, current_sequence: int | None, new: str, new_sequence: int | None
+) -> bool:
     """Whether a row whose Twilio status is `current` takes the status `new`.
 
     Terminal is final; otherwise a later phase wins, and within one phase a higher
@@ -227,8 +257,9 @@ def transition(current: str | None, current_sequence: int | None, new: str,
         return True
     if RANK[new] < RANK[current]:
         return False
-    return (new_sequence is not None
-            and (current_sequence is None or new_sequence > current_sequence))
+    return new_sequence is not None and (
+        current_sequence is None or new_sequence > current_sequence
+    )
 
 
 def normalize_url(url: str) -> str:
@@ -243,7 +274,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine with the transaction behaviour the ledger relies on."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}
+        )
 
         @event.listens_for(engine, "connect")
         def _sqlite_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
@@ -293,8 +326,9 @@ class Ledger:
         with self._reading() as conn:
             if not inspect(conn).has_table("schema_version"):
                 return 0
-            return conn.execute(select(func.coalesce(func.max(schema_version.c.version), 0))
-                                ).scalar_one()
+            return conn.execute(
+                select(func.coalesce(func.max(schema_version.c.version), 0))
+            ).scalar_one()
 
     def migrate(self) -> list[int]:
         """Apply the missing migrations in order; return the versions applied."""
@@ -306,18 +340,24 @@ class Ledger:
             if not inspect(conn).has_table("schema_version"):
                 schema_version.create(conn)
             current = conn.execute(
-                select(func.coalesce(func.max(schema_version.c.version), 0))).scalar_one()
+                select(func.coalesce(func.max(schema_version.c.version), 0))
+            ).scalar_one()
             latest = MIGRATIONS[-1][0]
             if current > latest:
-                raise LedgerError(f"the ledger's schema is version {current}, newer than"
-                                  f" this code's {latest}: upgrade the dialer")
+                raise LedgerError(
+                    f"the ledger's schema is version {current}, newer than"
+                    f" this code's {latest}: upgrade the dialer"
+                )
             for version, description, step in MIGRATIONS:
                 if version <= current:
                     continue
                 with conn.begin_nested():
                     step(conn)
-                    conn.execute(schema_version.insert().values(
-                        version=version, description=description, applied_at=utcnow()))
+                    conn.execute(
+                        schema_version.insert().values(
+                            version=version, description=description, applied_at=utcnow()
+                        )
+                    )
                 applied.append(version)
         return applied
 
@@ -348,32 +388,53 @@ class Ledger:
 
     def silent_live(self, heard_before: _dt.datetime, limit: int = 500) -> list[Job]:
         """Live rows with a call at Twilio that have heard nothing since `heard_before`."""
-        query = (select(jobs).where(jobs.c.status.in_(LIVE), jobs.c.call_sid.is_not(None),
-                                    jobs.c.last_heard_at < heard_before)
-                 .order_by(jobs.c.last_heard_at).limit(limit))
+        query = (
+            select(jobs)
+            .where(
+                jobs.c.status.in_(LIVE),
+                jobs.c.call_sid.is_not(None),
+                jobs.c.last_heard_at < heard_before,
+            )
+            .order_by(jobs.c.last_heard_at)
+            .limit(limit)
+        )
         with self._reading() as conn:
             return [Job.from_row(r) for r in conn.execute(query)]
 
-    def without_call_sid(self, created_before: _dt.datetime | None = None,
-                         limit: int = 500) -> list[Job]:
+    def without_call_sid(
+        self, created_before: _dt.datetime | None = None, limit: int = 500
+    ) -> list[Job]:
         """Live rows whose call Twilio has not confirmed to us (or not created yet)."""
         query = select(jobs).where(jobs.c.status.in_(LIVE), jobs.c.call_sid.is_(None))
         if created_before is not None:
             query = query.where(jobs.c.created_at < created_before)
         with self._reading() as conn:
-            return [Job.from_row(r) for r in conn.execute(query.order_by(jobs.c.id).limit(limit))]
+            return [
+                Job.from_row(r)
+                for r in conn.execute(query.order_by(jobs.c.id).limit(limit))
+            ]
 
-    def unreported_terminal(self, updated_before: _dt.datetime, limit: int = 500) -> list[Job]:
+    def unreported_terminal(
+        self, updated_before: _dt.datetime, limit: int = 500
+    ) -> list[Job]:
         """Terminal rows whose terminal status never reached `calls.status`."""
-        query = (select(jobs).where(
-            jobs.c.status.in_(TERMINAL_STATUSES), jobs.c.updated_at < updated_before,
-            (jobs.c.reported_status.is_(None)) | (jobs.c.reported_status != jobs.c.twilio_status))
-            .order_by(jobs.c.id).limit(limit))
+        query = (
+            select(jobs)
+            .where(
+                jobs.c.status.in_(TERMINAL_STATUSES),
+                jobs.c.updated_at < updated_before,
+                (jobs.c.reported_status.is_(None))
+                | (jobs.c.reported_status != jobs.c.twilio_status),
+            )
+            .order_by(jobs.c.id)
+            .limit(limit)
+        )
         with self._reading() as conn:
             return [Job.from_row(r) for r in conn.execute(query)]
 
-    def known_call_sids(self, sids: Iterable[str], except_dial_id: str | None = None
-                        ) -> set[str]:
+    def known_call_sids(
+        self, sids: Iterable[str], except_dial_id: str | None = None
+    ) -> set[str]:
         """Which of these call SIDs belong to a ledger row (other than `except_dial_id`)."""
         sids = list(sids)
         if not sids:
@@ -386,27 +447,49 @@ class Ledger:
 
     # -- writes --------------------------------------------------------------------------
 
-    def claim(self, *, dial_id: str, lead_id: str, business_id: str, phone: str,
-              attempt: int, dial_by: _dt.datetime, refused_reason: str | None = None,
-              now: _dt.datetime | None = None) -> tuple[bool, Job]:
+    def claim(
+        self,
+        *,
+        dial_id: str,
+        lead_id: str,
+        business_id: str,
+        phone: str,
+        attempt: int,
+        dial_by: _dt.datetime,
+        refused_reason: str | None = None,
+        now: _dt.datetime | None = None,
+    ) -> tuple[bool, Job]:
         """Insert the command's row: `dialing`, or directly `canceled` with
         `refused_reason` for a command that will not be dialed. (False, existing row)
         when the dial_id is already there."""
         now = now or utcnow()
-        values = dict(dial_id=dial_id, lead_id=lead_id, business_id=business_id,
-                      phone=phone, attempt=attempt, dial_by=dial_by, create_requests=0,
-                      created_at=now, updated_at=now)
+        values = dict(
+            dial_id=dial_id,
+            lead_id=lead_id,
+            business_id=business_id,
+            phone=phone,
+            attempt=attempt,
+            dial_by=dial_by,
+            create_requests=0,
+            created_at=now,
+            updated_at=now,
+        )
         if refused_reason is None:
             values.update(status=DIALING)
         else:
-            values.update(status="canceled", twilio_status="canceled",
-                          error_message=refused_reason)
+            values.update(
+                status="canceled", twilio_status="canceled", error_message=refused_reason
+            )
         if self.is_sqlite:
             from sqlalchemy.dialects.sqlite import insert
         else:
             from sqlalchemy.dialects.postgresql import insert
-        statement = insert(jobs).values(**values).on_conflict_do_nothing(
-            index_elements=["dial_id"]).returning(jobs.c.id)
+        statement = (
+            insert(jobs)
+            .values(**values)
+            .on_conflict_do_nothing(index_elements=["dial_id"])
+            .returning(jobs.c.id)
+        )
         with self.engine.begin() as conn:
             inserted = conn.execute(statement).first() is not None
             row = conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).one()
@@ -421,29 +504,46 @@ class Ledger:
 
     def _update(self, conn: Connection, dial_id: str, **values: Any) -> Job:
         conn.execute(update(jobs).where(jobs.c.dial_id == dial_id).values(**values))
-        return Job.from_row(conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).one())
+        return Job.from_row(
+            conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).one()
+        )
 
-    def begin_create(self, dial_id: str, expected_requests: int,
-                     now: _dt.datetime | None = None) -> Job | None:
+    def begin_create(
+        self, dial_id: str, expected_requests: int, now: _dt.datetime | None = None
+    ) -> Job | None:
         """Compare-and-set before sending a create request: bump `create_requests` from
         `expected_requests` if the row is still live and without a call. None when
         something else moved the row (another process took over, or it ended)."""
         now = now or utcnow()
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(jobs).where(jobs.c.dial_id == dial_id, jobs.c.status.in_(LIVE),
-                                   jobs.c.call_sid.is_(None),
-                                   jobs.c.create_requests == expected_requests)
-                .values(create_requests=expected_requests + 1, create_sent_at=now,
-                        updated_at=now))
+                update(jobs)
+                .where(
+                    jobs.c.dial_id == dial_id,
+                    jobs.c.status.in_(LIVE),
+                    jobs.c.call_sid.is_(None),
+                    jobs.c.create_requests == expected_requests,
+                )
+                .values(
+                    create_requests=expected_requests + 1,
+                    create_sent_at=now,
+                    updated_at=now,
+                )
+            )
             if result.rowcount != 1:
                 return None
-            return Job.from_row(conn.execute(
-                select(jobs).where(jobs.c.dial_id == dial_id)).one())
+            return Job.from_row(
+                conn.execute(select(jobs).where(jobs.c.dial_id == dial_id)).one()
+            )
 
-    def adopt_call(self, dial_id: str, call_sid: str, status: str,
-                   sequence: int | None = None, now: _dt.datetime | None = None
-                   ) -> tuple[bool, Job | None]:
+    def adopt_call(
+        self,
+        dial_id: str,
+        call_sid: str,
+        status: str,
+        sequence: int | None = None,
+        now: _dt.datetime | None = None,
+    ) -> tuple[bool, Job | None]:
         """Record that Twilio has call `call_sid` for this dial (from the create's answer,
         a lookup, or a callback), with its status. (changed, row); the row keeps a call
         it already has (a different sid is refused: (False, row))."""
@@ -459,19 +559,30 @@ class Ledger:
             if job.call_sid is None:
                 values["call_sid"] = call_sid
                 changed = True
-            if not job.terminal and transition(job.twilio_status, job.sequence, status,
-                                                sequence):
-                values.update(status=LEDGER_STATUS[status], twilio_status=status,
-                              sequence=sequence if sequence is not None else job.sequence)
+            if not job.terminal and transition(
+                job.twilio_status, job.sequence, status, sequence
+            ):
+                values.update(
+                    status=LEDGER_STATUS[status],
+                    twilio_status=status,
+                    sequence=sequence if sequence is not None else job.sequence,
+                )
                 changed = True
             if changed:
                 values["updated_at"] = now
             return changed, self._update(conn, dial_id, **values)
 
-    def apply_status(self, dial_id: str, status: str, *, sequence: int | None = None,
-                     call_sid: str | None = None, error_code: int | None = None,
-                     error_message: str | None = None, now: _dt.datetime | None = None
-                     ) -> tuple[bool, Job | None]:
+    def apply_status(
+        self,
+        dial_id: str,
+        status: str,
+        *,
+        sequence: int | None = None,
+        call_sid: str | None = None,
+        error_code: int | None = None,
+        error_message: str | None = None,
+        now: _dt.datetime | None = None,
+    ) -> tuple[bool, Job | None]:
         """A status from Twilio (callback or fetch). (changed, row after); (False, None)
         for an unknown dial_id. Hearing from Twilio refreshes `last_heard_at` even when
         nothing changes; a terminal row changes nothing."""
@@ -486,8 +597,9 @@ class Ledger:
                 if call_sid is not None and job.call_sid is None:
                     # A call for a dial we ended without one (reported stale or failed):
                     # keep its SID for the record; the row stays as it is.
-                    return False, self._update(conn, dial_id, call_sid=call_sid,
-                                               last_heard_at=now)
+                    return False, self._update(
+                        conn, dial_id, call_sid=call_sid, last_heard_at=now
+                    )
                 return False, job
             values: dict[str, Any] = {"last_heard_at": now}
             changed = False
@@ -496,17 +608,27 @@ class Ledger:
                 changed = True
             if transition(job.twilio_status, job.sequence, status, sequence):
                 changed = True
-                values.update(status=LEDGER_STATUS[status], twilio_status=status,
-                              sequence=sequence if sequence is not None else job.sequence)
+                values.update(
+                    status=LEDGER_STATUS[status],
+                    twilio_status=status,
+                    sequence=sequence if sequence is not None else job.sequence,
+                )
                 if status in TERMINAL_STATUSES:
                     values.update(error_code=error_code, error_message=error_message)
             if changed:
                 values["updated_at"] = now
             return changed, self._update(conn, dial_id, **values)
 
-    def finish(self, dial_id: str, status: str, *, error_code: int | None = None,
-               error_message: str | None = None, only_without_call: bool = False,
-               now: _dt.datetime | None = None) -> tuple[bool, Job | None]:
+    def finish(
+        self,
+        dial_id: str,
+        status: str,
+        *,
+        error_code: int | None = None,
+        error_message: str | None = None,
+        only_without_call: bool = False,
+        now: _dt.datetime | None = None,
+    ) -> tuple[bool, Job | None]:
         """End a live row that Twilio will never report on: a create Twilio refused
         (`failed`), or a dial refused/abandoned at its deadline (`canceled`). With
         `only_without_call`, a row that got its call meanwhile is left alone."""
@@ -515,15 +637,24 @@ class Ledger:
             job = self._locked(conn, dial_id)
             if job is None or job.terminal or (only_without_call and job.call_sid):
                 return False, job
-            return True, self._update(conn, dial_id, status=status, twilio_status=status,
-                                      error_code=error_code, error_message=error_message,
-                                      updated_at=now)
+            return True, self._update(
+                conn,
+                dial_id,
+                status=status,
+                twilio_status=status,
+                error_code=error_code,
+                error_message=error_message,
+                updated_at=now,
+            )
 
     def touch(self, dial_id: str, now: _dt.datetime | None = None) -> None:
         """We heard from Twilio about this row (a fetch) without news."""
         with self.engine.begin() as conn:
-            conn.execute(update(jobs).where(jobs.c.dial_id == dial_id)
-                         .values(last_heard_at=now or utcnow()))
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.dial_id == dial_id)
+                .values(last_heard_at=now or utcnow())
+            )
 
     def mark_reported(self, dial_id: str, status: str, sequence: int | None) -> None:
         """`status` (with `sequence`) was delivered to `calls.status`."""
@@ -531,26 +662,35 @@ class Ledger:
             job = self._locked(conn, dial_id)
             if job is None:
                 return
-            if (job.reported_status is not None and job.reported_status in TERMINAL_STATUSES):
+            if job.reported_status is not None and job.reported_status in TERMINAL_STATUSES:
                 return
-            if (job.reported_status is not None and not transition(
-                    job.reported_status, job.reported_sequence, status, sequence)
-                    and (job.reported_status, job.reported_sequence) != (status, sequence)):
+            if (
+                job.reported_status is not None
+                and not transition(
+                    job.reported_status, job.reported_sequence, status, sequence
+                )
+                and (job.reported_status, job.reported_sequence) != (status, sequence)
+            ):
                 return  # something newer was reported already
-            conn.execute(update(jobs).where(jobs.c.dial_id == dial_id)
-                         .values(reported_status=status, reported_sequence=sequence))
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.dial_id == dial_id)
+                .values(reported_status=status, reported_sequence=sequence)
+            )
 
 
-def businesses_over_limit(rows: Sequence[tuple[str, int]], default: int,
-                          limits: Mapping[str, int] | None = None) -> list[str]:
+def businesses_over_limit(
+    rows: Sequence[tuple[str, int]], default: int, limits: Mapping[str, int] | None = None
+) -> list[str]:
     """The businesses of the verification query's answer above their own limit
     (`limits`, else `default`)."""
     limits = limits or {}
     return [business for business, count in rows if count > limits.get(business, default)]
 
 
-def format_active_calls(rows: Sequence[tuple[str, int]], default: int,
-                        limits: Mapping[str, int] | None = None) -> list[str]:
+def format_active_calls(
+    rows: Sequence[tuple[str, int]], default: int, limits: Mapping[str, int] | None = None
+) -> list[str]:
     """The verification query's answer as the design note shows it, one verdict a line,
     each business judged by its own limit (`limits`, else `default`)."""
     limits = limits or {}
@@ -558,14 +698,20 @@ def format_active_calls(rows: Sequence[tuple[str, int]], default: int,
     over = businesses_over_limit(rows, default, limits)
     for business_id, count in rows:
         limit = limits.get(business_id, default)
-        verdict = (f"\u2705 <= {limit}" if count <= limit
-                   else f"\u274c > {limit}: over the limit")
+        verdict = (
+            f"\u2705 <= {limit}" if count <= limit else f"\u274c > {limit}: over the limit"
+        )
         lines.append(f"{business_id:<24} | {count:>12}   {verdict}")
     total = sum(count for _, count in rows)
     if not rows:
         lines.append("(no live calls)")
     own = f" ({len(limits)} with their own limit)" if limits else ""
-    lines.append(f"{len(rows)} businesses, {total} live calls in all;"
-                 + (f" {len(over)} over their limit" if over
-                    else f" each within its limit (default {default}{own}) \u2705"))
+    lines.append(
+        f"{len(rows)} businesses, {total} live calls in all;"
+        + (
+            f" {len(over)} over their limit"
+            if over
+            else f" each within its limit (default {default}{own}) \u2705"
+        )
+    )
     return lines

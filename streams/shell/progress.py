@@ -7,11 +7,11 @@ offsets can still be acked and committed (the family of faust-streaming #216, #2
 a partition was assigned, at the group's committed offset, this process has handled
 every record below `through` (applied it, or found it applied before: below its
 topic's cursor in the table, with whatever it emitted and was not delivered kept in
-the table and sent again when the partition was taken over, `streams/units.py`). The
+the table and sent again when the partition was taken over, `streams/shell/units.py`). The
 shell (`streams/app.py`) uses it in these ways:
 
 * a delivered record beyond `through` reveals skipped records: the shell reads
-  [through, offset) from the broker (`streams/reread.py`) and handles them first;
+  [through, offset) from the broker (`streams/shell/reread.py`) and handles them first;
 * the offsets Faust commits are capped at `through`, so no record this process has
   not handled is committed past: after a crash it is delivered again, and applied
   unless its cursor says it was;
@@ -26,7 +26,7 @@ shell (`streams/app.py`) uses it in these ways:
 
 from __future__ import annotations
 
-from typing import Hashable, Mapping
+from collections.abc import Hashable, Mapping
 
 #: (topic, partition); Faust's TP named tuples compare and hash equal to these.
 Key = tuple[str, int]
@@ -92,13 +92,15 @@ class HandledOffsets:
     def unrevealed(self, partition: int) -> list[tuple[Key, int, int]]:
         """Ranges of `partition`'s topics Faust acked without this process handling
         them, and that no later record revealed: (key, start, end)."""
-        return [(key, self._through[key], wanted)
-                for key, wanted in list(self._wanted.items())
-                if key[1] == partition and key in self._through
-                and wanted > self._through[key]]
+        return [
+            (key, self._through[key], wanted)
+            for key, wanted in list(self._wanted.items())
+            if key[1] == partition and key in self._through and wanted > self._through[key]
+        ]
 
-    def stalled(self, key: Key, end: int | None, now: float, after: float,
-                most: int) -> tuple[int, int] | None:
+    def stalled(
+        self, key: Key, end: int | None, now: float, after: float, most: int
+    ) -> tuple[int, int] | None:
         """Offsets [through, end), at most `most` of them, when the broker holds records
         up to `end` and `through` has not moved for `after` seconds (time is `now`,
         any monotonic clock): records the consumer dropped without acking them."""
