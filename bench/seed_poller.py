@@ -1,7 +1,7 @@
 """The seed's design, faithfully, on PostgreSQL, beside ours on Kafka.
 
-The seed (the design note /work/shared/seed/000_f04b5acd9b98ab9e.txt): leads are queued
-as rows of `outbound_call_jobs`; `fill_queue_slots_for_job()` and
+The seed (the design note this project replaces, kept outside the repository): leads are
+queued as rows of `outbound_call_jobs`; `fill_queue_slots_for_job()` and
 `process_bulk_call_run()` each, for every business with queued leads, run
 `count_active_outbound_calls(business_id)` =
 
