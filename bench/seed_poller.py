@@ -13,7 +13,7 @@ MAX_OUTBOUND_CALLS_PER_BUSINESS`, counting each start locally. No lock, no
 transaction around count-and-start (the note shows none), autocommit. Here:
 
 * poller: one process per code path; a pass visits every business with queued leads,
-  then sleeps --interval seconds (the README calls it "every few seconds"; 1 s default
+  then sleeps --interval seconds (the design note names no interval; a 1 s default
   is generous). `--pollers 2` runs both code paths at once, the second started half an
   interval later. The UPDATE is guarded with `AND status = 'queued'`, so two pollers
   never start the *same* lead twice (generous again: only the limit can break).
