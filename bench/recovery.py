@@ -450,8 +450,8 @@ def main(argv: list[str] | None = None) -> int:
         "TOPIC_PREFIX": prefix,
         "STREAMS_APP_ID": APP_ID,
         "TOPIC_PARTITIONS": str(args.partitions),
-        # One address for every run: a static member must come back under the
-        # address it had (Faust's assignor asserts it; see README, Operating it).
+        # One address for every run: a static member must come back under the address
+        # it had (Faust's assignor asserts it; docs/settings.md, WORKER_INSTANCE_ID).
         "WORKER_WEB_PORT": str(free_port()),
     }
     env.pop("WORKER_INSTANCE_ID", None)

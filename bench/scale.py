@@ -24,12 +24,11 @@ state loaded is recorded too.
 The probes' leads come `--settle` seconds (default 30) after the worker is ready. The
 idle state was just bulk-loaded: 700,000 changelog records at 100,000 businesses,
 written and read back within two minutes. In the seconds after that both the worker's
-and the dialer's share of the delay stalled in bursts of 40-130 ms, cause not found
-(bench/RESULTS.md, run 4); a real worker's changelog grows over days. `--settle 0`
-measures those seconds too.
+and the dialer's share of the delay stalled in bursts of 40-130 ms, cause not found;
+a real worker's changelog grows over days. `--settle 0` measures those seconds too.
 
-Seed: `outbound_call_jobs` on PostgreSQL (tests/support/postgres.py) with 3 'calling' rows and
-1 'queued' row per idle business and the probes' queued rows; one poller
+Seed: `outbound_call_jobs` on PostgreSQL (tests/support/postgres.py) with 3 'calling'
+rows and 1 'queued' row per idle business and the probes' queued rows; one poller
 (`bench/seed_poller.py`, a pass over every business with queued rows, 1 s apart) and the
 telephony process. The verification-query sampler is left out here: it would load the
 database and slow the poller further (`bench/seed_poller.py` runs it).

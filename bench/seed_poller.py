@@ -1,7 +1,7 @@
 """The seed's design, faithfully, on PostgreSQL, beside ours on Kafka.
 
-The seed (the design note /work/shared/seed/000_f04b5acd9b98ab9e.txt): leads are queued
-as rows of `outbound_call_jobs`; `fill_queue_slots_for_job()` and
+The seed (the design note this project replaces, kept outside the repository): leads are
+queued as rows of `outbound_call_jobs`; `fill_queue_slots_for_job()` and
 `process_bulk_call_run()` each, for every business with queued leads, run
 `count_active_outbound_calls(business_id)` =
 
@@ -13,7 +13,7 @@ MAX_OUTBOUND_CALLS_PER_BUSINESS`, counting each start locally. No lock, no
 transaction around count-and-start (the note shows none), autocommit. Here:
 
 * poller: one process per code path; a pass visits every business with queued leads,
-  then sleeps --interval seconds (the README calls it "every few seconds"; 1 s default
+  then sleeps --interval seconds (the design note names no interval; a 1 s default
   is generous). `--pollers 2` runs both code paths at once, the second started half an
   interval later. The UPDATE is guarded with `AND status = 'queued'`, so two pollers
   never start the *same* lead twice (generous again: only the limit can break).

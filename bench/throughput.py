@@ -407,8 +407,8 @@ def main(argv: list[str] | None = None) -> int:
             results[system] = result
             emit(result)
         # py-spy pauses the process for every sample: profiled, the worker ran at half
-        # its rate and Faust's at 0.88 (bench/RESULTS.md, run 6), so the profiles come
-        # from passes of their own, after the measured ones, and their rates are dropped.
+        # its rate and Faust's pass-through at 0.88 of its own, so the profiles come from
+        # passes of their own, after the measured ones, and their rates are dropped.
         for system in ("faust", "ours"):
             if args.profile and system in results:
                 say(f"{system}, profiled for {args.profile:g} s (rates not used)")

@@ -7,15 +7,17 @@ all build a `Settings` here, and a bad value stops the process with one clear li
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from streams.errors import StreamsError
 from streams.limiter_table import Rules
 
-#: The rule the whole project exists for: each business stays below this many calls.
+#: The rule the whole project exists for: no business has more calls than this in flight.
 DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS = 3
 
 TABLE_STORES = ("memory://", "rocksdb://")
@@ -106,51 +108,135 @@ def _port(name: str, raw: str) -> int:
     return port
 
 
+def _setting(default: Any, doc: str) -> Any:
+    """A settings field with its one-line description, which docs/settings.md shows."""
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Validated settings; field metadata names the environment variable of each."""
+    """Validated settings; `_ENVIRONMENT` names the environment variable of each field."""
 
-    kafka_bootstrap_servers: str = "localhost:9092"
-    max_outbound_calls_per_business: int = DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS
-    topic_prefix: str = ""
-    topic_partitions: int = 8
-    dial_deadline_seconds: float = 30.0
-    dial_ack_timeout_seconds: float = 5.0
-    ring_timeout_seconds: float = 30.0
-    call_time_limit_seconds: float = 600.0
-    lease_grace_seconds: float = 60.0
-    orphan_status_hold_seconds: float = 120.0
-    max_dial_attempts: int = 3
-    lead_retention_seconds: float = 7 * 24 * 3600.0
-    tick_interval_seconds: float = 1.0
-    table_store: str = "memory://"
-    worker_web_port: int = 6066
-    app_id: str = "call-limiter"
-    #: Kafka static group membership (KIP-345): a worker restarted under the same id
-    #: gets its partitions back at once instead of after the session timeout. Unique
-    #: per worker and stable across its restarts (the pod name of a StatefulSet).
-    worker_instance_id: str | None = None
-    data_dir: str = ".streams-data"
+    kafka_bootstrap_servers: str = _setting(
+        "localhost:9092", "Kafka brokers, `host:port[,host:port...]`"
+    )
+    max_outbound_calls_per_business: int = _setting(
+        DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS,
+        "calls in flight per business, unless `business.control` sets its own"
+        " (`streams business set-limit`)",
+    )
+    topic_prefix: str = _setting(
+        "",
+        "prefix of every topic name and of the workers' and dialers' consumer groups"
+        " (letters, digits, `.`, `_`, `-`)",
+    )
+    topic_partitions: int = _setting(
+        8,
+        "partitions of the topics we create (a topic added to existing ones takes"
+        " their count)",
+    )
+    dial_deadline_seconds: float = _setting(
+        30.0, "`dial_by` = grant time + this; no dialer places a call after `dial_by`"
+    )
+    dial_ack_timeout_seconds: float = _setting(
+        5.0,
+        "resend a dial that got no status after this (same `dial_id` and `dial_by`);"
+        " shorter than `DIAL_DEADLINE_SECONDS`",
+    )
+    ring_timeout_seconds: float = _setting(
+        30.0, "longest ring the dialer allows (Twilio `timeout`); part of every lease"
+    )
+    call_time_limit_seconds: float = _setting(
+        600.0,
+        "longest call the dialer allows (Twilio `time_limit`); part of every lease",
+    )
+    lease_grace_seconds: float = _setting(60.0, "added to every lease")
+    orphan_status_hold_seconds: float = _setting(
+        120.0,
+        "how long a status for a dial the worker does not know is held (it may come"
+        " before the grant replayed after a crash), then dead-lettered",
+    )
+    max_dial_attempts: int = _setting(
+        3,
+        "attempts per lead when the dialer refuses stale commands (`canceled`,"
+        " `dial-deadline-passed`)",
+    )
+    lead_retention_seconds: float = _setting(
+        7 * 24 * 3600.0,
+        "how long a finished lead's record is kept to refuse its id again (7 days);"
+        " then it is forgotten",
+    )
+    tick_interval_seconds: float = _setting(
+        1.0, "how often each partition gets a tick (the worker's clock)"
+    )
+    table_store: str = _setting(
+        "memory://",
+        "Faust store: `memory://` (replays the whole changelog at every start) or"
+        " `rocksdb://` (production: keeps its tables across restarts)",
+    )
+    worker_web_port: int = _setting(
+        6066,
+        "worker's web server (`/businesses/`, `/counters/`, `/ready/`, `/metrics`)",
+    )
+    app_id: str = _setting(
+        "call-limiter",
+        "Faust app id: the workers' consumer group and the changelog's name (prefixed)",
+    )
+    worker_instance_id: str | None = _setting(
+        None,
+        "Kafka static membership: unique per worker and stable across its restarts (a"
+        " pod name), so a restarted worker takes its partitions back at once instead"
+        " of after the 15 s session timeout; keep its web address (host,"
+        " `WORKER_WEB_PORT`) stable too, Faust's assignor insists on it",
+    )
+    data_dir: str = _setting(".streams-data", "Faust data dir (RocksDB files)")
     # The Twilio dialer's settings; `require_twilio()` insists on the ones without default.
-    twilio_account_sid: str | None = None
-    twilio_auth_token: str | None = None
-    twilio_from_number: str | None = None
-    public_base_url: str | None = None
-    twilio_api_base_url: str | None = None
-    twilio_cps: float = 1.0
-    #: What an answered call does: Twilio fetches TwiML from this URL, or runs this
-    #: TwiML; one of the two (neither: a one-second pause, for demos and tests).
-    twilio_voice_url: str | None = None
-    twilio_twiml: str | None = None
-    database_url: str = "sqlite:///streams-ledger.db"
-    dialer_web_port: int = 8080
-    reconcile_after_seconds: float = 30.0
+    twilio_account_sid: str | None = _setting(
+        None, "Twilio dialer: account (`AC` + 32 hex digits); required"
+    )
+    twilio_auth_token: str | None = _setting(
+        None, "Twilio dialer: REST auth and webhook signatures; required"
+    )
+    twilio_from_number: str | None = _setting(
+        None, "Twilio dialer: caller id, an E.164 number of the account; required"
+    )
+    public_base_url: str | None = _setting(
+        None,
+        "Twilio dialer: the https URL Twilio reaches the dialer's web port at; required",
+    )
+    twilio_api_base_url: str | None = _setting(
+        None,
+        "Twilio dialer: REST API root; unset, the library's own"
+        " (`https://api.twilio.com`); tests point it at a fake",
+    )
+    twilio_cps: float = _setting(1.0, "Twilio dialer: the account's calls per second")
+    twilio_voice_url: str | None = _setting(
+        None,
+        "Twilio dialer: what an answered call does, as a URL Twilio fetches TwiML from",
+    )
+    twilio_twiml: str | None = _setting(
+        None,
+        "Twilio dialer: or that TwiML inline (`<Response>...</Response>`); neither:"
+        " a one-second pause",
+    )
+    database_url: str = _setting(
+        "sqlite:///streams-ledger.db",
+        "Twilio dialer's ledger (and `streams ledger`): `sqlite:///FILE` or"
+        " `postgresql://user:pw@host/db`",
+    )
+    dialer_web_port: int = _setting(
+        8080, "Twilio dialer's web server (`/twilio/status`, `/healthz`, `/metrics`)"
+    )
+    reconcile_after_seconds: float = _setting(
+        30.0,
+        "Twilio dialer: fetch a live call from Twilio after this long without news",
+    )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: the process environment)."""
         env = os.environ if environ is None else environ
-        values = {}
+        values: dict[str, Any] = {}
         for field_name, (var, parse) in _ENVIRONMENT.items():
             raw = env.get(var)
             if raw is not None and raw.strip() != "":
@@ -200,7 +286,8 @@ class Settings:
 
 _Parser = Callable[[str, str], object]
 
-#: field -> (environment variable, parser). The README's settings table mirrors this.
+#: field -> (environment variable, parser), in the order `--help` and docs/settings.md
+#: list them.
 _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", _bootstrap),
     "max_outbound_calls_per_business": (
@@ -244,9 +331,79 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
 
 
 def environment_variables() -> dict[str, str]:
-    """Environment variable -> default value, for `--help` texts and the README."""
+    """Environment variable -> default value, for `--help` texts."""
     defaults = Settings()
     return {
         var: "" if getattr(defaults, field) is None else str(getattr(defaults, field))
         for field, (var, _) in _ENVIRONMENT.items()
     }
+
+
+#: docs/settings.md holds the table between these lines; `python -m streams.settings
+#: --write docs/settings.md` rewrites it there, and a unit test fails when they differ.
+TABLE_BEGIN = (
+    "<!-- settings table: generated by `python -m streams.settings`; do not edit -->"
+)
+TABLE_END = "<!-- end of settings table -->"
+
+
+def _shown_default(value: object) -> str:
+    if value is None:
+        return "—"
+    if value == "":
+        return "empty"
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"`{value}`"
+
+
+def settings_markdown() -> str:
+    """The settings table in markdown: variable, default and meaning of each."""
+    fields = {field.name: field for field in dataclasses.fields(Settings)}
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for field_name, (var, _) in _ENVIRONMENT.items():
+        field = fields[field_name]
+        doc = field.metadata["doc"].replace("|", "\\|")
+        rows.append(f"| `{var}` | {_shown_default(field.default)} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def with_settings_table(document: str) -> str:
+    """`document` with the text between its table markers replaced by the current table."""
+    begin, end = document.find(TABLE_BEGIN), document.find(TABLE_END)
+    if begin < 0 or end < begin:
+        raise ConfigError(f"no settings table markers ({TABLE_BEGIN} ... {TABLE_END})")
+    head = document[: begin + len(TABLE_BEGIN)]
+    return f"{head}\n{settings_markdown()}{document[end:]}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the settings table, or rewrite it in a document between its markers."""
+    parser = argparse.ArgumentParser(
+        prog="python -m streams.settings",
+        description="Print the settings table (markdown) generated from this module.",
+    )
+    parser.add_argument(
+        "--write",
+        metavar="FILE",
+        help="rewrite the table between its markers in FILE (docs/settings.md)",
+    )
+    args = parser.parse_args(argv)
+    if args.write is None:
+        print(settings_markdown(), end="")
+        return 0
+    try:
+        with open(args.write, encoding="utf-8") as file:
+            document = file.read()
+        updated = with_settings_table(document)
+    except (OSError, ConfigError) as exc:
+        parser.exit(2, f"{args.write}: {exc}\n")
+    if updated != document:
+        with open(args.write, "w", encoding="utf-8") as file:
+            file.write(updated)
+        print(f"{args.write}: settings table rewritten")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
