@@ -387,27 +387,17 @@ def _business_limits(settings: Settings) -> dict[str, int]:
 
 def cmd_lag(args: argparse.Namespace) -> int:
     """Consumer lag per group/topic/partition with a Burrow-style status per group."""
-    settings = _settings()
-    if args.interval is not None and not args.interval > 0:
-        raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
-    if args.samples is not None and args.samples < 1:
-        raise StreamsError(f"--samples must be at least 1, got {args.samples}")
-    if args.fail_over is not None and not args.fail_over >= 0:
-        raise StreamsError(f"--fail-over must be 0 seconds or more, got {args.fail_over:g}")
-    from streams.ops.lag import LagError, run_lag
+    from streams.ops.lag.command import run_lag
 
-    try:
-        return run_lag(
-            settings,
-            groups=args.group,
-            as_json=args.json,
-            watch=args.watch,
-            interval=args.interval,
-            samples=args.samples,
-            fail_over=args.fail_over,
-        )
-    except LagError as exc:
-        raise StreamsError(str(exc)) from None
+    return run_lag(
+        _settings(),
+        groups=args.group,
+        as_json=args.json,
+        watch=args.watch,
+        interval=args.interval,
+        samples=args.samples,
+        fail_over=args.fail_over,
+    )
 
 
 # -- status and top ------------------------------------------------------------------

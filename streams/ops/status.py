@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from streams.errors import StreamsError
-from streams.ops.lag import format_age
+from streams.ops.formatting import format_age
 from streams.topics import to_iso
 
 #: Seconds to wait for one worker's answer.

@@ -5,7 +5,7 @@ Each refresh asks every worker (the same workers as `streams status`) for
 active calls ✅, waiting leads ⏳, the oldest wait, dials per minute and whether it is
 paused, full or draining; and in the header the totals, the dials granted and the
 outcomes (from the workers' decision counters, `outcome-*`) and the consumer lag of the
-workers' group, read by `streams.ops.lag`'s `LagReader` in a background thread (the broker
+workers' group, read by `streams.ops.lag.reader`'s `LagReader` in a background thread (the broker
 may be slow; the view must not wait for it).
 
 Dials per minute per business are counted from successive snapshots: every dial id seen
@@ -32,7 +32,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from streams.ops.lag import format_age, project_groups
+from streams.ops.formatting import format_age
+from streams.ops.lag.model import project_groups
 from streams.ops.status import (
     DEFAULT_TIMEOUT,
     MAX_PARALLEL,
@@ -285,7 +286,8 @@ class LagWatcher:
             self._thread.join(wait)
 
     def _run(self) -> None:
-        from streams.ops.lag import LagError, LagReader, evaluate
+        from streams.ops.lag.model import evaluate
+        from streams.ops.lag.reader import LagError, LagReader
 
         window: collections.deque = collections.deque(maxlen=LAG_WINDOW)
         reader = None

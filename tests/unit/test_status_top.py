@@ -662,7 +662,7 @@ def test_run_top_without_a_terminal_prints_one_snapshot():
 
 
 def test_lag_header_segments():
-    from streams.ops.lag import GroupSample, PartitionOffsets, evaluate
+    from streams.ops.lag.model import GroupSample, PartitionOffsets, evaluate
 
     watcher = tp.LagWatcher(Settings(topic_prefix="x."), interval=1)
     assert watcher.group == "x.call-limiter"
