@@ -403,32 +403,19 @@ def cmd_lag(args: argparse.Namespace) -> int:
 # -- status and top ------------------------------------------------------------------
 
 
-def _workers(args: argparse.Namespace, settings: Settings) -> list[str]:
-    from streams.ops.status import StatusError, parse_workers
-
-    if not args.timeout > 0:
-        raise StreamsError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
-    try:
-        return parse_workers(args.workers, settings.worker_web_port)
-    except StatusError as exc:
-        raise StreamsError(str(exc)) from None
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     """Per business: active calls, waiting leads, limit, paused, from every worker."""
-    settings = _settings()
-    from streams.ops.status import StatusError, run_status
+    from streams.ops.status.command import run_status
+    from streams.ops.status.model import parse_workers
 
-    try:
-        return run_status(
-            _workers(args, settings),
-            args.business_id,
-            args.lead,
-            as_json=args.json,
-            timeout=args.timeout,
-        )
-    except StatusError as exc:
-        raise StreamsError(str(exc)) from None
+    settings = _settings()
+    return run_status(
+        parse_workers(args.workers, settings.worker_web_port),
+        args.business_id,
+        args.lead,
+        as_json=args.json,
+        timeout=args.timeout,
+    )
 
 
 def cmd_top(args: argparse.Namespace) -> int:
@@ -438,21 +425,19 @@ def cmd_top(args: argparse.Namespace) -> int:
         raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
     if args.limit_rows is not None and args.limit_rows < 1:
         raise StreamsError(f"--limit-rows must be at least 1, got {args.limit_rows}")
-    from streams.ops.status import StatusError
+    from streams.ops.status.model import check_timeout, parse_workers
     from streams.ops.top import run_top
 
-    try:
-        return run_top(
-            settings,
-            _workers(args, settings),
-            sort=args.sort,
-            limit_rows=args.limit_rows,
-            interval=args.interval,
-            timeout=args.timeout,
-            lag=not args.no_lag,
-        )
-    except StatusError as exc:
-        raise StreamsError(str(exc)) from None
+    check_timeout(args.timeout)
+    return run_top(
+        settings,
+        parse_workers(args.workers, settings.worker_web_port),
+        sort=args.sort,
+        limit_rows=args.limit_rows,
+        interval=args.interval,
+        timeout=args.timeout,
+        lag=not args.no_lag,
+    )
 
 
 # -- demo ----------------------------------------------------------------------------

@@ -34,16 +34,14 @@ from typing import Any
 
 from streams.ops.formatting import format_age
 from streams.ops.lag.model import project_groups
-from streams.ops.status import (
-    DEFAULT_TIMEOUT,
-    MAX_PARALLEL,
+from streams.ops.status.model import (
     Merged,
     Reply,
-    fetch,
     merge_businesses,
     natural_key,
     require_an_answer,
 )
+from streams.ops.status.reader import DEFAULT_TIMEOUT, MAX_PARALLEL, fetch
 from streams.settings import Settings
 
 #: Sort orders; keys 1-5 choose them in the live view.
