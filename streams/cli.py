@@ -420,15 +420,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_top(args: argparse.Namespace) -> int:
     """Live view of every business, with lag in the header."""
-    settings = _settings()
-    if not args.interval > 0:
-        raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
-    if args.limit_rows is not None and args.limit_rows < 1:
-        raise StreamsError(f"--limit-rows must be at least 1, got {args.limit_rows}")
-    from streams.ops.status.model import check_timeout, parse_workers
-    from streams.ops.top import run_top
+    from streams.ops.status.model import parse_workers
+    from streams.ops.top.command import run_top
 
-    check_timeout(args.timeout)
+    settings = _settings()
     return run_top(
         settings,
         parse_workers(args.workers, settings.worker_web_port),

@@ -14,7 +14,7 @@ import urllib.parse
 
 import pytest
 
-from streams.ops import top as tp
+from streams.ops.lag.model import GroupSample, PartitionOffsets, evaluate
 from streams.ops.status.command import run_status as run_status_command
 from streams.ops.status.model import (
     Reply,
@@ -25,6 +25,10 @@ from streams.ops.status.model import (
 )
 from streams.ops.status.reader import http_get_json
 from streams.ops.status.view import active_lines, business_line, format_all, lead_lines
+from streams.ops.top import model as tp
+from streams.ops.top import view as top_view
+from streams.ops.top.command import run_top
+from streams.ops.top.reader import LagWatcher
 from streams.settings import Settings
 
 # -- hand-made worker answers ----------------------------------------------------------
@@ -507,7 +511,7 @@ def test_counter_history_rates_and_a_restarted_worker():
 
 
 def make_top(workers: list[str] = (W1,), sort: str = "waiting") -> tp.Top:
-    return tp.Top(list(workers), sort=sort, get=FakeWorkers({}))
+    return tp.Top(list(workers), sort=sort)
 
 
 def counters(**kinds: int) -> dict:
@@ -516,24 +520,21 @@ def counters(**kinds: int) -> dict:
 
 def test_plain_snapshot_has_header_rows_and_totals():
     top = make_top([W1, W2])
-    try:
-        top.update(
-            [Reply(W1, *listing(A, C)), Reply(W2, None, None, "connection refused")],
-            [
-                Reply(
-                    W1,
-                    200,
-                    counters(
-                        dial_granted=9, outcome_completed=4, outcome_busy=1, dead_lettered=2
-                    ),
+    top.update(
+        [Reply(W1, *listing(A, C)), Reply(W2, None, None, "connection refused")],
+        [
+            Reply(
+                W1,
+                200,
+                counters(
+                    dial_granted=9, outcome_completed=4, outcome_busy=1, dead_lettered=2
                 ),
-                Reply(W2, None, None, "connection refused"),
-            ],
-            now=time.time(),
-        )
-        text = top.plain(None)
-    finally:
-        top.close()
+            ),
+            Reply(W2, None, None, "connection refused"),
+        ],
+        now=time.time(),
+    )
+    text = top_view.plain(top, None)
     lines = text.splitlines()
     assert lines[0].endswith(f"workers 1/2 answering  {W2} down (connection refused)")
     assert lines[1].split() == [
@@ -595,12 +596,9 @@ def test_live_frame_draws_icons_only_for_small_counts():
         limit=10,
     )
     top = make_top()
-    try:
-        top.update([Reply(W1, *listing(A, big, C))], [Reply(W1, 200, {})], now=time.time())
-        console = Console(width=120, record=True, file=io.StringIO())
-        console.print(top.render(10, interval=2, keys=True))
-    finally:
-        top.close()
+    top.update([Reply(W1, *listing(A, big, C))], [Reply(W1, 200, {})], now=time.time())
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(top_view.render(top, 10, interval=2, keys=True))
     text = console.export_text()
     rows = {line.split()[0]: line for line in text.splitlines() if line.strip()}
     assert "✅✅✅" in rows["A"] and "⏳⏳" in rows["A"]
@@ -625,21 +623,16 @@ def test_ten_thousand_businesses_render_only_the_rows_shown():
     ]
     answer = Reply(W1, *listing(*many))
     top = make_top(sort="waiting")
-    try:
-        top.update(
-            [answer], [Reply(W1, 200, counters(dial_granted=15_000))], now=time.time()
-        )
-        console = Console(width=120, height=40, record=True, file=io.StringIO())
-        console.print(top.render(tp.rows_for_height(40, lag=False)))
-    finally:
-        top.close()
+    top.update([answer], [Reply(W1, 200, counters(dial_granted=15_000))], now=time.time())
+    console = Console(width=120, height=40, record=True, file=io.StringIO())
+    console.print(top_view.render(top, top_view.rows_for_height(40, lag=False)))
     text = console.export_text()
     shown = [line for line in text.splitlines() if line.strip().startswith("biz-")]
-    assert len(shown) == 40 - tp.OVERHEAD_LINES
+    assert len(shown) == 40 - top_view.OVERHEAD_LINES
     assert len(text.splitlines()) <= 40
     assert top.totals.businesses == 10_000
     assert top.totals.active == sum(n % 4 for n in range(10_000))
-    assert f"sorted by waiting, top {40 - tp.OVERHEAD_LINES} of 10,000" in text
+    assert f"sorted by waiting, top {40 - top_view.OVERHEAD_LINES} of 10,000" in text
 
 
 def test_keys_choose_the_sort():
@@ -657,7 +650,7 @@ def test_keys_choose_the_sort():
 def test_run_top_without_a_terminal_prints_one_snapshot():
     workers = FakeWorkers({W1: {"/businesses/": listing(A, B), "/counters/": (200, {})}})
     out = io.StringIO()
-    code = tp.run_top(
+    code = run_top(
         Settings(), [W1], sort="business", limit_rows=1, lag=False, out=out, get=workers
     )
     assert code == 0
@@ -666,16 +659,17 @@ def test_run_top_without_a_terminal_prints_one_snapshot():
     assert [line.split()[0] for line in lines[4:]] == ["business", "A", "total"]
     assert sorted(workers.asked) == [(W1, "/businesses/"), (W1, "/counters/")]
     with pytest.raises(StatusError, match="no worker answered"):
-        tp.run_top(Settings(), [W1], lag=False, out=io.StringIO(), get=FakeWorkers({}))
+        run_top(Settings(), [W1], lag=False, out=io.StringIO(), get=FakeWorkers({}))
 
 
 def test_lag_header_segments():
-    from streams.ops.lag.model import GroupSample, PartitionOffsets, evaluate
-
-    watcher = tp.LagWatcher(Settings(topic_prefix="x."), interval=1)
-    assert watcher.group == "x.call-limiter"
-    assert "".join(t for t, _ in watcher.segments()) == "lag x.call-limiter: reading..."
-    watcher.status = evaluate(
+    watcher = LagWatcher(Settings(topic_prefix="x."), interval=1)
+    assert watcher.state.group == "x.call-limiter"
+    assert (
+        "".join(t for t, _ in top_view.lag_segments(watcher.state))
+        == "lag x.call-limiter: reading..."
+    )
+    watcher.state.status = evaluate(
         [
             GroupSample(
                 "x.call-limiter",
@@ -686,8 +680,10 @@ def test_lag_header_segments():
             )
         ]
     )
-    assert "".join(t for t, _ in watcher.segments()) == (
+    assert "".join(t for t, _ in top_view.lag_segments(watcher.state)) == (
         "lag x.call-limiter OK  4 records / 2.5s  (stable, 1 member)"
     )
-    watcher.error = "cannot reach Kafka at localhost:9092: timed out"
-    assert "unavailable: cannot reach Kafka" in "".join(t for t, _ in watcher.segments())
+    watcher.state.error = "cannot reach Kafka at localhost:9092: timed out"
+    assert "unavailable: cannot reach Kafka" in "".join(
+        t for t, _ in top_view.lag_segments(watcher.state)
+    )
