@@ -213,57 +213,11 @@ def cmd_dialer(args: argparse.Namespace) -> int:
 # -- business control ----------------------------------------------------------------
 
 
-def worker_view(settings: Settings, business_id: str) -> dict | None:
-    """What the local worker's web view says about one business (None: unreachable)."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    url = (
-        f"http://localhost:{settings.worker_web_port}/businesses/"
-        f"{urllib.parse.quote(business_id, safe='')}/"
-    )
-    try:
-        with urllib.request.urlopen(url, timeout=3) as reply:
-            return json.load(reply)
-    except urllib.error.HTTPError as exc:
-        return json.load(exc) if exc.code == 404 else None
-    except OSError:
-        return None
-
-
 def cmd_business(args: argparse.Namespace) -> int:
-    settings = _settings()
-    from streams.ops.control import change_control, current_control
+    from streams.ops.control.command import run_business
 
-    changes = {
-        "set-limit": {"limit": getattr(args, "limit", None)},
-        "pause": {"paused": True},
-        "resume": {"paused": False},
-        "reset-limit": {"limit": None},
-    }.get(args.action)
-    if changes is None:
-        control = current_control(settings, args.business_id)
-    else:
-        control = change_control(settings, args.business_id, **changes)
-        print(f"business {args.business_id}: {args.action} sent", file=sys.stderr)
-    limit = (
-        control.limit
-        if control.limit is not None
-        else f"{settings.max_outbound_calls_per_business} (default)"
-    )
-    print(
-        f"business {control.business_id}: limit {limit},"
-        f" {'paused' if control.paused else 'running'}"
-    )
-    if args.action == "show":
-        view = worker_view(settings, args.business_id)
-        print(
-            json.dumps(view, indent=2)
-            if view is not None
-            else f"(no worker answering on localhost:{settings.worker_web_port})"
-        )
-    return 0
+    limit = getattr(args, "limit", None)
+    return run_business(_settings(), args.action, args.business_id, limit)
 
 
 def _limit_arg(text: str) -> int:
@@ -362,18 +316,14 @@ def cmd_ledger_active(args: argparse.Namespace) -> int:
 
 def _business_limits(settings: Settings) -> dict[str, int]:
     """Per-business limits set in `business.control`; one clear line if unreadable."""
-    from confluent_kafka import KafkaException
-
-    from streams.ops.control import current_controls
+    from streams.ops.control.reader import ControlError, current_controls
 
     try:
         controls = current_controls(settings, timeout=5.0)
-    except KafkaException as exc:
+    except ControlError as exc:
         raise StreamsError(
-            f"cannot read the per-business limits from business.control on"
-            f" {settings.kafka_bootstrap_servers} ({exc.args[0].str()}); add"
-            " --default-limit to judge every business by"
-            " MAX_OUTBOUND_CALLS_PER_BUSINESS"
+            f"cannot read the per-business limits: {exc}; add --default-limit to judge"
+            " every business by MAX_OUTBOUND_CALLS_PER_BUSINESS"
         ) from None
     return {
         business: control.limit
