@@ -1,10 +1,24 @@
-"""Reading `business.control` to its end, writing one record, asking the local worker."""
+"""Reading `business.control` to its end, writing one record, asking the local worker.
+
+The reader asks librdkafka for one record at a time and stops at the end each partition
+had when the read began (or at its end-of-partition event): a call for a batch of N
+records waits out its whole timeout whenever fewer than N are left.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 
 from streams.errors import StreamsError
 from streams.kafka.admin import kafka_reason, quiet_client_config
@@ -31,43 +45,81 @@ class ControlError(StreamsError):
     """`business.control` could not be read or written; the message says why."""
 
 
+class ControlConsumer(Protocol):
+    """What the reader needs of a confluent-kafka Consumer (tests give a double)."""
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any: ...
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float = -1, cached: bool = False
+    ) -> tuple[int, int]: ...
+
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+
+    def poll(self, timeout: float = -1) -> Message | None: ...
+
+
 def consumer_config(bootstrap: str) -> dict[str, Any]:
-    """A consumer that joins no group."""
+    """A consumer that joins no group and reports the end of each partition."""
     return {
         **quiet_client_config(bootstrap),
         "group.id": "streams-control-reader",
         "enable.auto.commit": False,
+        "enable.partition.eof": True,
     }
 
 
 def read_controls(
-    consumer: Consumer, topic: str, timeout: float = READ_TIMEOUT
+    consumer: ControlConsumer,
+    topic: str,
+    timeout: float = READ_TIMEOUT,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, BusinessControl]:
-    """The latest control record of every business in `topic` (read to the end)."""
-    latest: dict[str, BusinessControl] = {}
-    metadata = consumer.list_topics(topic, timeout=timeout).topics[topic]
-    for partition in metadata.partitions:
+    """The latest control record of every business in `topic`, read up to the end each
+    partition had when the read began; ControlError if that takes over `timeout`."""
+    deadline = clock() + timeout
+
+    def left() -> float:
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise ControlError(f"{topic} was not read to its end within {timeout:g} s")
+        return remaining
+
+    partitions = consumer.list_topics(topic, timeout=left()).topics[topic].partitions
+    ends: dict[int, int] = {}
+    starts = []
+    for partition in sorted(partitions):
         low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, partition), timeout=timeout
+            TopicPartition(topic, partition), timeout=left()
         )
-        if high <= low:
+        if high > low:
+            ends[partition] = high
+            starts.append(TopicPartition(topic, partition, low))
+    latest: dict[str, BusinessControl] = {}
+    if not starts:
+        return latest
+    consumer.assign(starts)
+    while ends:
+        message = consumer.poll(left())
+        if message is None:
+            continue  # the deadline says whether to go on
+        partition, offset, error = message.partition(), message.offset(), message.error()
+        if partition not in ends:
             continue
-        consumer.assign([TopicPartition(topic, partition, low)])
-        position = low
-        while position < high:
-            batch = consumer.consume(500, timeout=timeout)
-            if not batch:
-                break
-            for message in batch:
-                offset, value = message.offset(), message.value()
-                if message.error() is not None or offset is None or value is None:
-                    continue
-                position = offset + 1
-                try:
-                    control = BusinessControl.decode(value, message.key())
-                except InvalidRecord:
-                    continue
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                del ends[partition]  # what is left before the end was no record
+            continue
+        value = message.value()
+        if value is not None:
+            try:
+                control = BusinessControl.decode(value, message.key())
+            except InvalidRecord:
+                pass
+            else:
                 latest[control.business_id] = control
+        if offset is not None and offset + 1 >= ends[partition]:
+            del ends[partition]
     return latest
 
 
