@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 import uuid
-from pathlib import Path
 
 from streams.errors import StreamsError
 from streams.settings import ConfigError, Settings, environment_variables
@@ -263,73 +262,12 @@ def _twilio_dialer(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger_active(args: argparse.Namespace) -> int:
-    """The design note's verification query over the dialer's ledger, each business
-    judged against its own limit (`business.control`, or the default)."""
     settings = _settings()
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
+    # SQLAlchemy and the Twilio dialer's package take a quarter of a second to import;
+    # only this command needs them.
+    from streams.ops.ledger.command import run_ledger_active
 
-    from streams.dialers.twilio.ledger import (
-        ACTIVE_CALLS_QUERY,
-        Ledger,
-        businesses_over_limit,
-        format_active_calls,
-    )
-
-    url = make_url(settings.database_url)
-    if (
-        url.get_backend_name() == "sqlite"
-        and url.database not in (None, "", ":memory:")
-        and not Path(url.database).exists()
-    ):
-        raise StreamsError(
-            f"no ledger at {url.database} (DATABASE_URL); the dialer creates it"
-        )
-    limits = {} if args.default_limit else _business_limits(settings)
-    ledger = Ledger(settings.database_url)
-    try:
-        rows = ledger.active_calls()
-    except SQLAlchemyError as exc:
-        raise StreamsError(
-            f"cannot run the verification query: {str(exc).splitlines()[0]}"
-        ) from None
-    finally:
-        ledger.close()
-    default = settings.max_outbound_calls_per_business
-    within = not businesses_over_limit(rows, default, limits)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "limit": default,
-                    "limits": limits,
-                    "active_calls": dict(rows),
-                    "within_limit": within,
-                }
-            )
-        )
-    else:
-        print(f"-- {ACTIVE_CALLS_QUERY}")
-        print("\n".join(format_active_calls(rows, default, limits)))
-    return 0 if within else 1
-
-
-def _business_limits(settings: Settings) -> dict[str, int]:
-    """Per-business limits set in `business.control`; one clear line if unreadable."""
-    from streams.ops.control.reader import ControlError, current_controls
-
-    try:
-        controls = current_controls(settings, timeout=5.0)
-    except ControlError as exc:
-        raise StreamsError(
-            f"cannot read the per-business limits: {exc}; add --default-limit to judge"
-            " every business by MAX_OUTBOUND_CALLS_PER_BUSINESS"
-        ) from None
-    return {
-        business: control.limit
-        for business, control in controls.items()
-        if control.limit is not None
-    }
+    return run_ledger_active(settings, args.json, args.default_limit)
 
 
 # -- lag -----------------------------------------------------------------------------
