@@ -155,15 +155,10 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_produce_leads(args: argparse.Namespace) -> int:
-    from streams.devtools.leads import file_leads, generated_leads, produce_leads
+    from streams.devtools.leads import lead_source, produce_leads
 
     settings = _settings()
-    if args.file:
-        leads = file_leads(args.file)
-    else:
-        if args.count < 1 or args.businesses < 1:
-            raise StreamsError("--count and --businesses must be at least 1")
-        leads = generated_leads(args.count, args.businesses, args.run_id, args.seed)
+    leads = lead_source(args.file, args.count, args.businesses, args.run_id, args.seed)
     sent = produce_leads(settings, leads)
     print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
     return 0
