@@ -322,7 +322,7 @@ def cmd_top(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.devtools.demo import run_demo
+    from streams.devtools.demo.command import run_demo
 
     return run_demo(
         _settings(),

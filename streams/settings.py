@@ -250,3 +250,9 @@ def environment_variables() -> dict[str, str]:
         var: "" if getattr(defaults, field) is None else str(getattr(defaults, field))
         for field, (var, _) in _ENVIRONMENT.items()
     }
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce `settings` in another process."""
+    values = {var: getattr(settings, field) for field, (var, _) in _ENVIRONMENT.items()}
+    return {var: str(value) for var, value in values.items() if value is not None}

@@ -1,4 +1,5 @@
-"""`streams demo` (streams/devtools/demo.py) end to end, as a newcomer runs it, on the test broker."""
+"""`streams demo` (streams/devtools/demo/) end to end, as a newcomer runs it, on the test
+broker."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from streams.devtools.demo import Scenario, seed_leads, summarize, total_peak_from_ledger
+from streams.devtools.demo.model import Scenario, seed_leads
+from streams.devtools.demo.readers import ledger_peaks
+from streams.devtools.demo.view import summarize
 from streams.dialers.simulated import concurrency_from_ledger
 from streams.topics import LeadRequest, record_key
 
@@ -120,7 +123,8 @@ def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
     ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))
     scenario = Scenario("x", LIMIT, seed_leads(1, 4, "x"))
     console = Console(file=io.StringIO(), width=100)
-    assert summarize(console, scenario, ledger, {}, LIMIT) is False
+    peaks, overall = ledger_peaks(ledger)
+    assert summarize(console, scenario, peaks, overall, ledger, {}, LIMIT) is False
     text = console.file.getvalue()
     assert "LIMIT VIOLATED: business A had 4 calls at once (limit 3)" in text, text
     assert "stayed within" not in text
@@ -145,7 +149,7 @@ def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Pa
         f"each business should fill its {LIMIT} slots and never exceed them: {peaks}"
     )
     # No global limit: all three businesses were on their three calls at the start.
-    assert total_peak_from_ledger(ledger) == LIMIT * len(BUSINESSES), output
+    assert ledger_peaks(ledger)[1] == LIMIT * len(BUSINESSES), output
 
     # What the summary printed agrees with the ledger.
     for business in BUSINESSES:
