@@ -133,14 +133,13 @@ def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Path) -> None:
     env = demo_env(kafka_broker.bootstrap, tmp_path)
-    began = time.monotonic()
+    # Within 90 s: refills come as calls end, no lead waits out a lease.
     run = subprocess.run(
-        demo_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        demo_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert f"every business stayed within {LIMIT} calls" in run.stdout, output
-    assert time.monotonic() - began < 90, f"the demo took {time.monotonic() - began:.0f}s"
 
     # The independent record: the dialer's ledger of this run.
     ledger = the_ledger(tmp_path)
@@ -212,9 +211,7 @@ def test_ctrl_c_during_the_live_view_stops_everything(kafka_broker, tmp_path: Pa
             pytest.fail("no live calls within 90s:\n" + "".join(seen))
         assert worker_pid is not None, "".join(seen)
         os.killpg(demo.pid, signal.SIGINT)
-        began = time.monotonic()
-        demo.wait(timeout=45)
-        stopped_in = time.monotonic() - began
+        demo.wait(timeout=40)  # stopping never waits out a lease
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
@@ -226,7 +223,9 @@ def test_ctrl_c_during_the_live_view_stops_everything(kafka_broker, tmp_path: Pa
     assert demo.returncode in (130, 0), output
     assert "Traceback" not in output, output
     assert f"stopping worker (pid {worker_pid})" in output, output
-    assert stopped_in < 40, f"stopping took {stopped_in:.0f}s"
+    # Every part stopped when asked: none was killed after its stop timeout.
+    assert "killing the worker" not in output, output
+    assert "did not stop within" not in output, output
     assert processes_with("STREAMS_APP_ID", env["STREAMS_APP_ID"]) == []
     # What happened before the interrupt still gets its verdict from the ledger.
     peaks = concurrency_from_ledger(the_ledger(tmp_path))
