@@ -135,3 +135,15 @@ def check_copartitioned(settings: Settings) -> int:
         )
     return next(iter(inputs.values()))
 
+
+def ensure_topics(settings: Settings) -> list[tuple[str, int, bool]]:
+    """Create the missing contract topics and check co-partitioning (`streams topics
+    create`): every topic that exists, by full name, with its partition count and
+    whether it was created now."""
+    created = create_topics(settings)
+    check_copartitioned(settings)
+    report = []
+    for base, count in partition_counts(settings).items():
+        name = topic_name(base, settings.topic_prefix) if base in ALL_TOPICS else base
+        report.append((name, count, name in created))
+    return report
