@@ -275,9 +275,8 @@ group.initial.rebalance.delay.ms=0
 
     #: The JVM options Kafka's own bin/kafka-run-class.sh starts a broker with
     #: (KAFKA_JVM_PERFORMANCE_OPTS). Without them G1 aims at 200 ms pauses, not 20, and
-    #: every client of the broker stalls for a young collection; the broker had 122 of
-    #: them averaging 23 ms in 40 minutes of benchmarks, its 512 MB heap 85% full.
-    #: Pauses are logged to gc.log in the data dir.
+    #: every client of the broker stalls for each young collection. Pauses are logged
+    #: to gc.log in the data dir.
     JVM_PERFORMANCE_OPTS = (
         "-server",
         "-XX:+UseG1GC",

@@ -47,7 +47,7 @@ def quiet_client_config(bootstrap: str) -> dict[str, Any]:
     """confluent-kafka settings for a client whose failures reach the caller as
     exceptions: librdkafka's own log lines (a refused connection, once a second)
     would bury the one line the command prints."""
-    logger = logging.getLogger("streams.librdkafka")
+    logger = logging.getLogger(f"{__name__}.librdkafka")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
     return {"bootstrap.servers": bootstrap, "logger": logger, "error_cb": lambda _err: None}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import logging
 import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
@@ -26,8 +25,6 @@ from confluent_kafka.admin import AdminClient, OffsetSpec
 from streams.errors import StreamsError
 from streams.kafka.admin import kafka_reason, quiet_client_config
 from streams.ops.lag.model import GroupSample, PartitionOffsets
-
-log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 #: A partition and the offset the group committed on it.
