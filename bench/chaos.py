@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from streams.devtools.broker import Broker, BrokerError
-from streams.ops.lag import LagReader
+from streams.ops.lag.reader import LagReader
 from streams.settings import Settings
 from streams.topics import BusinessControl, app_id, record_key
 from tests.support.deployment import Deployment, Dialer, WorkerProcess

@@ -32,7 +32,7 @@ def apply(variant: str) -> None:
         quiet.propagate = False
         app.log = quiet
     if "queue-log" in parts:
-        from streams.cli import WORKER_LOG_FORMAT
+        from streams.worker import WORKER_LOG_FORMAT
 
         lines: queue.SimpleQueue = queue.SimpleQueue()
         out = logging.StreamHandler(sys.stderr)

@@ -1,176 +1,38 @@
-"""`streams`: the one command line of the project.
+"""`streams`: the one command line of the project, as a parser and a dispatch table.
 
 Settings come from the environment (`streams.settings`); flags only choose what to do.
-Bad flags or settings stop the command with one line on stderr and exit status 2.
+Each command is a few lines handing its flags to the module that does the work. Every
+problem the user must fix is a `StreamsError`: `main` prints it as one line on stderr
+and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
-import threading
 import uuid
-from pathlib import Path
 
+from streams.devtools.broker import Broker
+from streams.devtools.demo.command import run_demo
+from streams.devtools.leads import lead_source, produce_leads
+from streams.dialers.simulated import SimulatedDialer
 from streams.errors import StreamsError
-from streams.settings import ConfigError, Settings, environment_variables
+from streams.kafka.admin import ensure_topics
+from streams.ops.control.command import run_business
+from streams.ops.lag.command import run_lag
+from streams.ops.status.command import run_status
+from streams.ops.status.model import parse_workers
+from streams.ops.top.command import run_top
+from streams.service import configure_logging, stop_on_signals
+from streams.settings import Settings, environment_variables
 
 EPILOG = "settings (environment variables, with defaults):\n" + "\n".join(
     f"  {var}={default!s}" for var, default in environment_variables().items()
 )
 
 
-def _settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as exc:
-        raise StreamsError(str(exc)) from None
-
-
-def _logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-    )
-
-
-# -- worker --------------------------------------------------------------------------
-
-WORKER_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    settings = _settings()
-    from streams.kafka import admin
-
-    try:
-        created = admin.create_topics(settings)
-        partitions = admin.check_copartitioned(settings)
-    except admin.TopicsError as exc:
-        raise StreamsError(str(exc)) from None
-    if created:
-        print(f"created topics: {', '.join(created)}", file=sys.stderr)
-    import dataclasses
-
-    import faust
-
-    from streams.app import Limiter
-
-    limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions))
-    print(
-        f"worker {limiter.app.conf.id}: {partitions} partitions on"
-        f" {settings.kafka_bootstrap_servers}, limit"
-        f" {settings.max_outbound_calls_per_business} calls per business,"
-        f" web on :{settings.worker_web_port}",
-        file=sys.stderr,
-    )
-    # One log line per decision: skip what no format here uses (the caller's file and
-    # line, found by walking the stack; thread and multiprocessing names), as the
-    # logging HOWTO's "Optimization" section suggests.
-    logging._srcfile = None  # type: ignore[attr-defined]
-    logging.logThreads = False
-    logging.logMultiprocessing = False
-    quiet = {"level": args.loglevel.upper()}
-    # The worker's own lines (one per decision) get a plain formatter of their own:
-    # Faust's colouring formatter cost a tenth of the worker's time (bench/RESULTS.md).
-    worker = faust.Worker(
-        limiter.app,
-        loglevel="info",
-        quiet=True,
-        logging_config={
-            "version": 1,
-            "merge": True,
-            "disable_existing_loggers": False,
-            "formatters": {"plain": {"format": WORKER_LOG_FORMAT}},
-            "handlers": {
-                "streams": {"class": "logging.StreamHandler", "formatter": "plain"}
-            },
-            "loggers": {
-                "faust": quiet,
-                "mode": quiet,
-                "aiokafka": quiet,
-                "kafka": quiet,
-                "streams": {"level": "INFO", "handlers": ["streams"], "propagate": False},
-            },
-        },
-    )
-    worker.execute_from_commandline()
-    return 0
-
-
-# -- topics --------------------------------------------------------------------------
-
-
-def cmd_topics_create(args: argparse.Namespace) -> int:
-    settings = _settings()
-    from streams.kafka import admin
-    from streams.topics import ALL_TOPICS
-
-    try:
-        created = admin.create_topics(settings)
-        admin.check_copartitioned(settings)
-        counts = admin.partition_counts(settings)
-    except admin.TopicsError as exc:
-        raise StreamsError(str(exc)) from None
-    for base, count in counts.items():
-        name = base if base not in ALL_TOPICS else f"{settings.topic_prefix}{base}"
-        print(f"{name}\t{count} partitions\t{'created' if name in created else 'exists'}")
-    return 0
-
-
-# -- broker --------------------------------------------------------------------------
-
-
-def _broker(args: argparse.Namespace):
-    from streams.devtools.broker import Broker
-
-    return Broker(port=args.port, controller_port=args.port + 1)
-
-
-def cmd_broker(args: argparse.Namespace) -> int:
-    from streams.devtools.broker import BrokerError
-
-    broker = _broker(args)
-    try:
-        if args.action == "start":
-            started = broker.start()
-            print(
-                f"broker {'started' if started else 'already running'} on {broker.bootstrap}"
-            )
-        elif args.action == "stop":
-            stopped = broker.stop()
-            print(
-                f"broker on {broker.bootstrap} {'stopped' if stopped else 'was not running'}"
-            )
-        else:
-            print(json.dumps(broker.status(), indent=2))
-    except BrokerError as exc:
-        raise StreamsError(str(exc)) from None
-    return 0
-
-
-# -- leads ---------------------------------------------------------------------------
-
-
-def cmd_produce_leads(args: argparse.Namespace) -> int:
-    from streams.devtools.leads import file_leads, generated_leads, produce_leads
-
-    settings = _settings()
-    if args.file:
-        leads = file_leads(args.file)
-    else:
-        if args.count < 1 or args.businesses < 1:
-            raise StreamsError("--count and --businesses must be at least 1")
-        leads = generated_leads(args.count, args.businesses, args.run_id, args.seed)
-    sent = produce_leads(settings, leads)
-    print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
-    return 0
-
-
-# -- dialer --------------------------------------------------------------------------
+# -- argument types ------------------------------------------------------------------
 
 
 def _span(text: str) -> tuple[float, float]:
@@ -185,87 +47,6 @@ def _span(text: str) -> tuple[float, float]:
     return low, high
 
 
-def cmd_dialer(args: argparse.Namespace) -> int:
-    if not args.simulate:
-        return _twilio_dialer(args)
-    settings = _settings()
-    _logging(args.verbose)
-    from streams.dialers.simulated import SimulatedDialer
-
-    try:
-        dialer = SimulatedDialer(
-            settings,
-            seed=args.seed,
-            talk_seconds=args.talk_seconds,
-            ring_seconds=args.ring_seconds,
-            ledger_path=args.ledger,
-        )
-    except ValueError as exc:
-        raise StreamsError(str(exc)) from None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    dialer.run(stop)
-    print(json.dumps(dialer.snapshot()), file=sys.stderr)
-    return 0
-
-
-# -- business control ----------------------------------------------------------------
-
-
-def worker_view(settings: Settings, business_id: str) -> dict | None:
-    """What the local worker's web view says about one business (None: unreachable)."""
-    import urllib.error
-    import urllib.parse
-    import urllib.request
-
-    url = (
-        f"http://localhost:{settings.worker_web_port}/businesses/"
-        f"{urllib.parse.quote(business_id, safe='')}/"
-    )
-    try:
-        with urllib.request.urlopen(url, timeout=3) as reply:
-            return json.load(reply)
-    except urllib.error.HTTPError as exc:
-        return json.load(exc) if exc.code == 404 else None
-    except OSError:
-        return None
-
-
-def cmd_business(args: argparse.Namespace) -> int:
-    settings = _settings()
-    from streams.ops.control import change_control, current_control
-
-    changes = {
-        "set-limit": {"limit": getattr(args, "limit", None)},
-        "pause": {"paused": True},
-        "resume": {"paused": False},
-        "reset-limit": {"limit": None},
-    }.get(args.action)
-    if changes is None:
-        control = current_control(settings, args.business_id)
-    else:
-        control = change_control(settings, args.business_id, **changes)
-        print(f"business {args.business_id}: {args.action} sent", file=sys.stderr)
-    limit = (
-        control.limit
-        if control.limit is not None
-        else f"{settings.max_outbound_calls_per_business} (default)"
-    )
-    print(
-        f"business {control.business_id}: limit {limit},"
-        f" {'paused' if control.paused else 'running'}"
-    )
-    if args.action == "show":
-        view = worker_view(settings, args.business_id)
-        print(
-            json.dumps(view, indent=2)
-            if view is not None
-            else f"(no worker answering on localhost:{settings.worker_web_port})"
-        )
-    return 0
-
-
 def _limit_arg(text: str) -> int:
     try:
         value = int(text)
@@ -278,201 +59,125 @@ def _limit_arg(text: str) -> int:
     return value
 
 
-def _twilio_dialer(args: argparse.Namespace) -> int:
-    """`streams dialer`: the Twilio dialer until SIGINT/SIGTERM."""
-    settings = _settings()
-    try:
-        settings.require_twilio()
-    except ConfigError as exc:
-        raise StreamsError(str(exc)) from None
-    _logging(args.verbose)
-    if not args.verbose:
-        for noisy in ("twilio", "aiohttp.access"):
-            logging.getLogger(noisy).setLevel(logging.WARNING)
-    from streams.dialers.twilio.dialer import DialerError, TwilioDialer
+# -- commands ------------------------------------------------------------------------
 
-    try:
-        dialer = TwilioDialer(settings, seed=args.seed)
-    except DialerError as exc:
-        raise StreamsError(str(exc)) from None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    try:
-        dialer.run(stop)
-    except DialerError as exc:
-        raise StreamsError(str(exc)) from None
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    # Faust takes a quarter of a second to import; only the worker needs it.
+    from streams.worker import run_worker
+
+    return run_worker(settings, args.loglevel)
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    for name, count, created in ensure_topics(Settings.from_env()):
+        print(f"{name}\t{count} partitions\t{'created' if created else 'exists'}")
     return 0
 
 
-# -- ledger --------------------------------------------------------------------------
+def cmd_broker(args: argparse.Namespace) -> int:
+    broker = Broker(port=args.port, controller_port=args.port + 1)
+    if args.action == "start":
+        started = broker.start()
+        print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
+    elif args.action == "stop":
+        stopped = broker.stop()
+        print(f"broker on {broker.bootstrap} {'stopped' if stopped else 'was not running'}")
+    else:
+        print(json.dumps(broker.status(), indent=2))
+    return 0
+
+
+def cmd_produce_leads(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    leads = lead_source(args.file, args.count, args.businesses, args.run_id, args.seed)
+    sent = produce_leads(settings, leads)
+    print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
+    return 0
+
+
+def cmd_dialer(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if not args.simulate:
+        return _twilio_dialer(settings, args)
+    configure_logging(args.verbose)
+    dialer = SimulatedDialer(
+        settings,
+        seed=args.seed,
+        talk_seconds=args.talk_seconds,
+        ring_seconds=args.ring_seconds,
+        ledger_path=args.ledger,
+    )
+    dialer.run(stop_on_signals())
+    print(json.dumps(dialer.snapshot()), file=sys.stderr)
+    return 0
+
+
+def _twilio_dialer(settings: Settings, args: argparse.Namespace) -> int:
+    settings.require_twilio()
+    configure_logging(args.verbose, noisy=("twilio", "aiohttp.access"))
+    # The Twilio library, aiohttp and SQLAlchemy take a quarter of a second to import;
+    # only this command needs them.
+    from streams.dialers.twilio.dialer import TwilioDialer
+
+    TwilioDialer(settings, seed=args.seed).run(stop_on_signals())
+    return 0
+
+
+def cmd_business(args: argparse.Namespace) -> int:
+    limit = getattr(args, "limit", None)
+    return run_business(Settings.from_env(), args.action, args.business_id, limit)
 
 
 def cmd_ledger_active(args: argparse.Namespace) -> int:
-    """The design note's verification query over the dialer's ledger, each business
-    judged against its own limit (`business.control`, or the default)."""
-    settings = _settings()
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
+    settings = Settings.from_env()
+    # SQLAlchemy and the Twilio dialer's package take a quarter of a second to import;
+    # only this command needs them.
+    from streams.ops.ledger.command import run_ledger_active
 
-    from streams.dialers.twilio.ledger import (
-        ACTIVE_CALLS_QUERY,
-        Ledger,
-        businesses_over_limit,
-        format_active_calls,
-    )
-
-    url = make_url(settings.database_url)
-    if (
-        url.get_backend_name() == "sqlite"
-        and url.database not in (None, "", ":memory:")
-        and not Path(url.database).exists()
-    ):
-        raise StreamsError(
-            f"no ledger at {url.database} (DATABASE_URL); the dialer creates it"
-        )
-    limits = {} if args.default_limit else _business_limits(settings)
-    ledger = Ledger(settings.database_url)
-    try:
-        rows = ledger.active_calls()
-    except SQLAlchemyError as exc:
-        raise StreamsError(
-            f"cannot run the verification query: {str(exc).splitlines()[0]}"
-        ) from None
-    finally:
-        ledger.close()
-    default = settings.max_outbound_calls_per_business
-    within = not businesses_over_limit(rows, default, limits)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "limit": default,
-                    "limits": limits,
-                    "active_calls": dict(rows),
-                    "within_limit": within,
-                }
-            )
-        )
-    else:
-        print(f"-- {ACTIVE_CALLS_QUERY}")
-        print("\n".join(format_active_calls(rows, default, limits)))
-    return 0 if within else 1
-
-
-def _business_limits(settings: Settings) -> dict[str, int]:
-    """Per-business limits set in `business.control`; one clear line if unreadable."""
-    from confluent_kafka import KafkaException
-
-    from streams.ops.control import current_controls
-
-    try:
-        controls = current_controls(settings, timeout=5.0)
-    except KafkaException as exc:
-        raise StreamsError(
-            f"cannot read the per-business limits from business.control on"
-            f" {settings.kafka_bootstrap_servers} ({exc.args[0].str()}); add"
-            " --default-limit to judge every business by"
-            " MAX_OUTBOUND_CALLS_PER_BUSINESS"
-        ) from None
-    return {
-        business: control.limit
-        for business, control in controls.items()
-        if control.limit is not None
-    }
-
-
-# -- lag -----------------------------------------------------------------------------
+    return run_ledger_active(settings, args.json, args.default_limit)
 
 
 def cmd_lag(args: argparse.Namespace) -> int:
-    """Consumer lag per group/topic/partition with a Burrow-style status per group."""
-    settings = _settings()
-    if args.interval is not None and not args.interval > 0:
-        raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
-    if args.samples is not None and args.samples < 1:
-        raise StreamsError(f"--samples must be at least 1, got {args.samples}")
-    if args.fail_over is not None and not args.fail_over >= 0:
-        raise StreamsError(f"--fail-over must be 0 seconds or more, got {args.fail_over:g}")
-    from streams.ops.lag import LagError, run_lag
-
-    try:
-        return run_lag(
-            settings,
-            groups=args.group,
-            as_json=args.json,
-            watch=args.watch,
-            interval=args.interval,
-            samples=args.samples,
-            fail_over=args.fail_over,
-        )
-    except LagError as exc:
-        raise StreamsError(str(exc)) from None
-
-
-# -- status and top ------------------------------------------------------------------
-
-
-def _workers(args: argparse.Namespace, settings: Settings) -> list[str]:
-    from streams.ops.status import StatusError, parse_workers
-
-    if not args.timeout > 0:
-        raise StreamsError(f"--timeout must be more than 0 seconds, got {args.timeout:g}")
-    try:
-        return parse_workers(args.workers, settings.worker_web_port)
-    except StatusError as exc:
-        raise StreamsError(str(exc)) from None
+    return run_lag(
+        Settings.from_env(),
+        groups=args.group,
+        as_json=args.json,
+        watch=args.watch,
+        interval=args.interval,
+        samples=args.samples,
+        fail_over=args.fail_over,
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Per business: active calls, waiting leads, limit, paused, from every worker."""
-    settings = _settings()
-    from streams.ops.status import StatusError, run_status
-
-    try:
-        return run_status(
-            _workers(args, settings),
-            args.business_id,
-            args.lead,
-            as_json=args.json,
-            timeout=args.timeout,
-        )
-    except StatusError as exc:
-        raise StreamsError(str(exc)) from None
+    settings = Settings.from_env()
+    return run_status(
+        parse_workers(args.workers, settings.worker_web_port),
+        args.business_id,
+        args.lead,
+        as_json=args.json,
+        timeout=args.timeout,
+    )
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    """Live view of every business, with lag in the header."""
-    settings = _settings()
-    if not args.interval > 0:
-        raise StreamsError(f"--interval must be more than 0 seconds, got {args.interval:g}")
-    if args.limit_rows is not None and args.limit_rows < 1:
-        raise StreamsError(f"--limit-rows must be at least 1, got {args.limit_rows}")
-    from streams.ops.status import StatusError
-    from streams.ops.top import run_top
-
-    try:
-        return run_top(
-            settings,
-            _workers(args, settings),
-            sort=args.sort,
-            limit_rows=args.limit_rows,
-            interval=args.interval,
-            timeout=args.timeout,
-            lag=not args.no_lag,
-        )
-    except StatusError as exc:
-        raise StreamsError(str(exc)) from None
-
-
-# -- demo ----------------------------------------------------------------------------
+    settings = Settings.from_env()
+    return run_top(
+        settings,
+        parse_workers(args.workers, settings.worker_web_port),
+        sort=args.sort,
+        limit_rows=args.limit_rows,
+        interval=args.interval,
+        timeout=args.timeout,
+        lag=not args.no_lag,
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from streams.devtools.demo import run_demo
-
     return run_demo(
-        _settings(),
+        Settings.from_env(),
         leads_per_business=args.leads_per_business,
         businesses=args.businesses,
         talk_seconds=args.talk_seconds,
@@ -762,13 +467,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        code: int = args.func(args)
     except StreamsError as exc:
         print(f"streams: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("streams: interrupted", file=sys.stderr)
         return 130
+    return code
 
 
 if __name__ == "__main__":

@@ -339,6 +339,12 @@ def environment_variables() -> dict[str, str]:
     }
 
 
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce `settings` in another process."""
+    values = {var: getattr(settings, field) for field, (var, _) in _ENVIRONMENT.items()}
+    return {var: str(value) for var, value in values.items() if value is not None}
+
+
 #: docs/settings.md holds the table between these lines; `python -m streams.settings
 #: --write docs/settings.md` rewrites it there, and a unit test fails when they differ.
 TABLE_BEGIN = (

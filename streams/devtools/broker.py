@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
@@ -73,31 +73,43 @@ def _command_line(pid: int) -> str:
     return ps.stdout
 
 
-@dataclass
 class Broker:
-    """One local KRaft broker (broker and controller in a single JVM) and its data directory.
+    """One local KRaft broker (broker and controller in one JVM) and its data directory.
 
     ``host`` stays ``localhost`` for a local broker; set it only to point the same
     interface (``bootstrap``, ``status``, an idempotent ``start``) at an existing broker.
     """
 
-    port: int = 9092
-    controller_port: int = 9093
-    data_dir: Path | None = None
-    lib_dir: Path = KAFKA_DEPLOY_DIR / "lib"
-    heap: tuple[str, str] = ("1g", "1g")  # kafka-server-start.sh's KAFKA_HEAP_OPTS
-    host: str = "localhost"
-    # The JVM when this object started it: polling it reaps the child, which would
-    # otherwise linger as a zombie that still looks alive.
-    _process: subprocess.Popen | None = field(
-        default=None, init=False, repr=False, compare=False
-    )
+    def __init__(
+        self,
+        port: int = 9092,
+        controller_port: int = 9093,
+        data_dir: Path | None = None,
+        lib_dir: Path = KAFKA_DEPLOY_DIR / "lib",
+        heap: tuple[str, str] = ("1g", "1g"),  # kafka-server-start.sh's KAFKA_HEAP_OPTS
+        host: str = "localhost",
+    ) -> None:
+        self.port = port
+        self.controller_port = controller_port
+        self.data_dir = Path(data_dir or REPO_ROOT / ".kafka" / f"data-{port}").resolve()
+        self.lib_dir = Path(lib_dir).resolve()
+        self.heap = heap
+        self.host = host
+        # The JVM when this object started it: polling it reaps the child, which would
+        # otherwise linger as a zombie that still looks alive.
+        self._process: subprocess.Popen[bytes] | None = None
 
-    def __post_init__(self) -> None:
-        self.data_dir = Path(
-            self.data_dir or REPO_ROOT / ".kafka" / f"data-{self.port}"
-        ).resolve()
-        self.lib_dir = Path(self.lib_dir).resolve()
+    def __repr__(self) -> str:
+        return f"Broker({self.bootstrap}, data_dir={self.data_dir})"
+
+    @property
+    def launched(self) -> bool:
+        """Whether this object launched a broker JVM (which may have exited since)."""
+        return self._process is not None
+
+    def launched_is_running(self) -> bool:
+        """Whether the broker JVM this object launched still runs."""
+        return self._process is not None and self._process.poll() is None
 
     @property
     def bootstrap(self) -> str:
@@ -121,12 +133,13 @@ class Broker:
         return self.data_dir / "kraft-combined-logs"
 
     def resolve(self) -> None:
-        """Download the broker jars once; later runs reuse ``lib_dir`` and need no network."""
+        """Download the broker jars once; later runs reuse ``lib_dir``, with no network."""
         if (self.lib_dir / KAFKA_JAR).exists():
             return
         if self.lib_dir.exists() and any(self.lib_dir.iterdir()):
             raise BrokerError(
-                f"{self.lib_dir} has no {KAFKA_JAR}; delete that directory to resolve the jars again"
+                f"{self.lib_dir} has no {KAFKA_JAR};"
+                " delete that directory to resolve the jars again"
             )
         mvn = _require("mvn", "install Maven 3.8+ to download the Kafka jars")
         _say(f"resolving Apache Kafka {KAFKA_VERSION} jars with Maven (first run only)...")
@@ -162,7 +175,7 @@ class Broker:
         _say(f"resolved {jars} jars into {self.lib_dir} in {time.monotonic() - began:.0f}s")
 
     def start(self, timeout: float = 90) -> bool:
-        """Start the broker in the background unless one already answers; True if it started.
+        """Start the broker in the background unless one already answers; True if it did.
 
         Returns only once clients can really use the broker (an open port is not enough:
         the KRaft controller needs a few more seconds), waiting up to ``timeout`` seconds
@@ -189,7 +202,8 @@ class Broker:
         return True
 
     def stop(self, timeout: float = 30) -> bool:
-        """Stop with SIGTERM (a clean shutdown), SIGKILL after ``timeout``; False if none runs."""
+        """Stop with SIGTERM (a clean shutdown), SIGKILL after ``timeout``; False if none
+        runs."""
         pid = self._pid()
         if pid is None:
             _say(f"no Kafka broker running from {self.data_dir}")
@@ -214,9 +228,10 @@ class Broker:
         self.stop()
         return self.start(timeout)
 
-    def status(self) -> dict:
-        """What runs: ``running`` means some broker answers at ``bootstrap``, ``pid`` is this
-        data dir's JVM if alive, ``topics`` counts topics except Kafka's internal ``__`` ones."""
+    def status(self) -> dict[str, Any]:
+        """What runs: ``running`` means some broker answers at ``bootstrap``, ``pid`` is
+        this data dir's JVM if alive, ``topics`` counts topics except Kafka's internal
+        ``__`` ones."""
         metadata = self._metadata()
         return {
             "running": metadata is not None,
@@ -260,9 +275,8 @@ group.initial.rebalance.delay.ms=0
 
     #: The JVM options Kafka's own bin/kafka-run-class.sh starts a broker with
     #: (KAFKA_JVM_PERFORMANCE_OPTS). Without them G1 aims at 200 ms pauses, not 20, and
-    #: every client of the broker stalls for a young collection; the broker had 122 of
-    #: them averaging 23 ms in 40 minutes of benchmarks, its 512 MB heap 85% full.
-    #: Pauses are logged to gc.log in the data dir.
+    #: every client of the broker stalls for each young collection. Pauses are logged
+    #: to gc.log in the data dir.
     JVM_PERFORMANCE_OPTS = (
         "-server",
         "-XX:+UseG1GC",
@@ -314,7 +328,8 @@ group.initial.rebalance.delay.ms=0
             f"-Xms{low}",
             f"-Xmx{high}",
             *self.JVM_PERFORMANCE_OPTS,
-            f"-Xlog:gc:file={self.data_dir / 'gc.log'}:time,uptime:filecount=2,filesize=10m",
+            f"-Xlog:gc:file={self.data_dir / 'gc.log'}"
+            ":time,uptime:filecount=2,filesize=10m",
             "kafka.Kafka",
             str(self.properties_file),
         ]
@@ -341,12 +356,14 @@ group.initial.rebalance.delay.ms=0
                 _say("")
                 self.pid_file.unlink(missing_ok=True)
                 raise BrokerError(
-                    f"Kafka broker exited during startup; end of {self.log_file}:\n{self._log_tail()}"
+                    f"Kafka broker exited during startup; end of {self.log_file}:\n"
+                    + self._log_tail()
                 )
             if time.monotonic() - began > timeout:
                 _say("")
                 raise BrokerError(
-                    f"Kafka broker did not become ready at {self.bootstrap} within {timeout:g}s; "
+                    f"Kafka broker did not become ready at {self.bootstrap}"
+                    f" within {timeout:g}s; "
                     f"end of {self.log_file}:\n{self._log_tail()}"
                 )
             _say(".", end="")
@@ -388,7 +405,8 @@ group.initial.rebalance.delay.ms=0
             return None
 
     def _pid(self) -> int | None:
-        """The pid from the pid file if that process is still this broker; a stale file is removed."""
+        """The pid from the pid file if that process is still this broker; a stale file
+        is removed."""
         try:
             pid = int(self.pid_file.read_text())
         except FileNotFoundError:
@@ -401,8 +419,8 @@ group.initial.rebalance.delay.ms=0
         return None
 
     def _is_running(self, pid: int) -> bool:
-        """Whether ``pid`` is still this broker's JVM: after a reboot or crash the pid in the
-        file may belong to another process, which must never be signalled."""
+        """Whether ``pid`` is still this broker's JVM: after a reboot or crash the pid in
+        the file may belong to another process, which must never be signalled."""
         if self._process is not None and self._process.pid == pid:
             return self._process.poll() is None
         return str(self.properties_file) in _command_line(pid)

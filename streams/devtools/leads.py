@@ -10,17 +10,32 @@ import json
 import random
 import sys
 from collections.abc import Iterable, Iterator
+from typing import Any, TextIO
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from streams.errors import StreamsError
 from streams.settings import Settings
 from streams.topics import LEADS_REQUESTS, producer_config, record_key, topic_name
 
+Lead = dict[str, Any]
+
+
+def lead_source(
+    path: str | None, count: int, businesses: int, run_id: str, seed: int | None
+) -> Iterator[Lead]:
+    """`streams produce-leads`: the leads of the file at `path` ('-' for stdin), or
+    `count` generated ones over `businesses` businesses."""
+    if path:
+        return file_leads(path)
+    if count < 1 or businesses < 1:
+        raise StreamsError("--count and --businesses must be at least 1")
+    return generated_leads(count, businesses, run_id, seed)
+
 
 def generated_leads(
     count: int, businesses: int, run_id: str, seed: int | None
-) -> Iterator[dict]:
+) -> Iterator[Lead]:
     """`count` leads spread round-robin over `businesses` businesses."""
     rng = random.Random(seed)
     for n in range(count):
@@ -32,24 +47,48 @@ def generated_leads(
         }
 
 
-def file_leads(path: str) -> Iterator[dict]:
-    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")
+def file_leads(path: str) -> Iterator[Lead]:
+    """The JSON lines of the file at `path` ('-' for stdin); blank lines skipped."""
+    if path == "-":
+        yield from _json_lines(sys.stdin, path)
+        return
+    try:
+        stream = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise StreamsError(f"cannot read {path}: {exc.strerror or exc}") from None
     with stream:
+        yield from _json_lines(stream, path)
+
+
+def _json_lines(stream: TextIO, path: str) -> Iterator[Lead]:
+    try:
         for number, line in enumerate(stream, 1):
-            if line.strip():
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise StreamsError(f"{path}:{number}: not JSON: {exc}") from None
+            if not line.strip():
+                continue
+            try:
+                lead = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StreamsError(f"{path}:{number}: not JSON: {exc}") from None
+            if not isinstance(lead, dict):
+                raise StreamsError(f"{path}:{number}: not a JSON object")
+            yield lead
+    except UnicodeDecodeError as exc:
+        raise StreamsError(f"{path}: not UTF-8 text ({exc.reason})") from None
 
 
-def produce_leads(settings: Settings, leads: Iterable[dict], progress: bool = True) -> int:
-    """Send leads keyed by business_id with the murmur2 partitioner; return the count."""
+def produce_leads(
+    settings: Settings,
+    leads: Iterable[Lead],
+    progress: bool = True,
+    flush_timeout: float = 60.0,
+) -> int:
+    """Send leads keyed by business_id with the murmur2 partitioner; return the count
+    once the broker has them all (StreamsError after `flush_timeout` seconds)."""
     producer = Producer(producer_config(settings.kafka_bootstrap_servers))
     topic = topic_name(LEADS_REQUESTS, settings.topic_prefix)
     failures: list[str] = []
 
-    def delivered(err, _msg):
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
         if err is not None:
             failures.append(str(err))
 
@@ -69,7 +108,12 @@ def produce_leads(settings: Settings, leads: Iterable[dict], progress: bool = Tr
         producer.poll(0)
         if progress and sent % 10_000 == 0:
             print(f"  {sent} leads sent...", file=sys.stderr)
-    producer.flush(60)
+    undelivered = producer.flush(flush_timeout)
+    if undelivered:
+        raise StreamsError(
+            f"{undelivered} of {sent} leads were not delivered within"
+            f" {flush_timeout:g} s to Kafka at {settings.kafka_bootstrap_servers}"
+        )
     if failures:
         raise StreamsError(f"{len(failures)} leads were not delivered: {failures[0]}")
     return sent

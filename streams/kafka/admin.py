@@ -9,6 +9,7 @@ so the worker checks here before it starts.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -36,11 +37,17 @@ class TopicsError(StreamsError):
     """The topics cannot be used as they are; the message is one line saying why."""
 
 
-def quiet_client_config(bootstrap: str) -> dict:
+def kafka_reason(exc: object) -> str:
+    """The one-line reason of a KafkaException (or of the KafkaError it carries)."""
+    err = exc.args[0] if isinstance(exc, Exception) and exc.args else exc
+    return err.str() if hasattr(err, "str") else str(exc)
+
+
+def quiet_client_config(bootstrap: str) -> dict[str, Any]:
     """confluent-kafka settings for a client whose failures reach the caller as
     exceptions: librdkafka's own log lines (a refused connection, once a second)
     would bury the one line the command prints."""
-    logger = logging.getLogger("streams.librdkafka")
+    logger = logging.getLogger(f"{__name__}.librdkafka")
     logger.addHandler(logging.NullHandler())
     logger.propagate = False
     return {"bootstrap.servers": bootstrap, "logger": logger, "error_cb": lambda _err: None}
@@ -61,8 +68,7 @@ def partition_counts(settings: Settings, timeout: float = 15.0) -> dict[str, int
         metadata = admin_client(settings).list_topics(timeout=timeout)
     except KafkaException as exc:
         raise TopicsError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}:"
-            f" {exc.args[0].str() if exc.args else exc}"
+            f"cannot reach Kafka at {settings.kafka_bootstrap_servers}: {kafka_reason(exc)}"
         ) from None
     counts = {}
     changelog = changelog_topic(settings.topic_prefix, settings.app_id)
@@ -103,12 +109,12 @@ def create_topics(settings: Settings, replication_factor: int = 1) -> list[str]:
         except KafkaException as exc:
             if exc.args and exc.args[0].name() == "TOPIC_ALREADY_EXISTS":
                 continue
-            raise TopicsError(f"cannot create topic {name}: {exc.args[0].str()}") from None
+            raise TopicsError(f"cannot create topic {name}: {kafka_reason(exc)}") from None
     return created
 
 
 def check_copartitioned(settings: Settings) -> int:
-    """The common partition count of the input topics, or TopicsError saying which differ."""
+    """The common partition count of the input topics; TopicsError says which differ."""
     counts = partition_counts(settings)
     missing = [
         topic_name(b, settings.topic_prefix) for b in INPUT_TOPICS if b not in counts
@@ -128,3 +134,16 @@ def check_copartitioned(settings: Settings) -> int:
             " across workers and could exceed its limit; give them equal partition counts"
         )
     return next(iter(inputs.values()))
+
+
+def ensure_topics(settings: Settings) -> list[tuple[str, int, bool]]:
+    """Create the missing contract topics and check co-partitioning (`streams topics
+    create`): every topic that exists, by full name, with its partition count and
+    whether it was created now."""
+    created = create_topics(settings)
+    check_copartitioned(settings)
+    report = []
+    for base, count in partition_counts(settings).items():
+        name = topic_name(base, settings.topic_prefix) if base in ALL_TOPICS else base
+        report.append((name, count, name in created))
+    return report

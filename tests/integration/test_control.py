@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from streams.dialers.simulated import concurrency_from_ledger
+from streams.ops.control.reader import current_control, current_controls
+from streams.topics import BusinessControl, record_key
 from tests.support.deployment import Deployment
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -35,21 +37,6 @@ def view(worker, business_id: str, lead: str | None = None) -> dict:
         url + (f"?lead={lead}" if lead else ""), timeout=5
     ) as reply:
         return json.load(reply)
-
-
-def eventually(check, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (AssertionError, OSError):
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("condition never held")
-        time.sleep(0.3)
 
 
 def test_pause_resume_and_lower_the_limit_of_one_business(deployment):
@@ -81,3 +68,19 @@ def test_pause_resume_and_lower_the_limit_of_one_business(deployment):
     )
     assert len({r["lead_id"] for r in outcomes}) == 6
     assert concurrency_from_ledger(deployment.ledger) == {"P": 2}
+
+
+def test_controls_are_read_to_the_end_latest_per_business(deployment):
+    """The reader stops at each partition's end (no batch to wait for) and keeps every
+    business's last record, wherever its partition."""
+    businesses = [f"C{n}" for n in range(12)]
+    first = [(record_key(b), BusinessControl(b, 1, False).encode()) for b in businesses]
+    then = [
+        (record_key(b), BusinessControl(b, n, n % 2 == 0).encode())
+        for n, b in enumerate(businesses)
+    ]
+    deployment.produce("business.control", first + then)
+    assert current_controls(deployment.settings) == {
+        b: BusinessControl(b, n, n % 2 == 0) for n, b in enumerate(businesses)
+    }
+    assert current_control(deployment.settings, "nobody") == BusinessControl("nobody")

@@ -1,4 +1,5 @@
-"""`streams demo` (streams/devtools/demo.py) end to end, as a newcomer runs it, on the test broker."""
+"""`streams demo` (streams/devtools/demo/) end to end, as a newcomer runs it, on the test
+broker."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from streams.devtools.demo import Scenario, seed_leads, summarize, total_peak_from_ledger
+from streams.devtools.demo.model import Scenario, seed_leads
+from streams.devtools.demo.readers import ledger_peaks
+from streams.devtools.demo.view import summarize
 from streams.dialers.simulated import concurrency_from_ledger
 from streams.topics import LeadRequest, record_key
 
@@ -120,7 +123,8 @@ def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
     ledger.write_text("".join(json.dumps(line) + "\n" for line in lines))
     scenario = Scenario("x", LIMIT, seed_leads(1, 4, "x"))
     console = Console(file=io.StringIO(), width=100)
-    assert summarize(console, scenario, ledger, {}, LIMIT) is False
+    peaks, overall = ledger_peaks(ledger)
+    assert summarize(console, scenario, peaks, overall, ledger, {}, LIMIT) is False
     text = console.file.getvalue()
     assert "LIMIT VIOLATED: business A had 4 calls at once (limit 3)" in text, text
     assert "stayed within" not in text
@@ -129,14 +133,13 @@ def test_summary_calls_a_violation_out_loud(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Path) -> None:
     env = demo_env(kafka_broker.bootstrap, tmp_path)
-    began = time.monotonic()
+    # Within 90 s: refills come as calls end, no lead waits out a lease.
     run = subprocess.run(
-        demo_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        demo_command(), env=env, cwd=tmp_path, capture_output=True, text=True, timeout=90
     )
     output = run.stdout + run.stderr
     assert run.returncode == 0, output
     assert f"every business stayed within {LIMIT} calls" in run.stdout, output
-    assert time.monotonic() - began < 90, f"the demo took {time.monotonic() - began:.0f}s"
 
     # The independent record: the dialer's ledger of this run.
     ledger = the_ledger(tmp_path)
@@ -145,7 +148,7 @@ def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Pa
         f"each business should fill its {LIMIT} slots and never exceed them: {peaks}"
     )
     # No global limit: all three businesses were on their three calls at the start.
-    assert total_peak_from_ledger(ledger) == LIMIT * len(BUSINESSES), output
+    assert ledger_peaks(ledger)[1] == LIMIT * len(BUSINESSES), output
 
     # What the summary printed agrees with the ledger.
     for business in BUSINESSES:
@@ -208,9 +211,7 @@ def test_ctrl_c_during_the_live_view_stops_everything(kafka_broker, tmp_path: Pa
             pytest.fail("no live calls within 90s:\n" + "".join(seen))
         assert worker_pid is not None, "".join(seen)
         os.killpg(demo.pid, signal.SIGINT)
-        began = time.monotonic()
-        demo.wait(timeout=45)
-        stopped_in = time.monotonic() - began
+        demo.wait(timeout=40)  # stopping never waits out a lease
     finally:
         if demo.poll() is None:
             os.killpg(demo.pid, signal.SIGKILL)
@@ -222,7 +223,9 @@ def test_ctrl_c_during_the_live_view_stops_everything(kafka_broker, tmp_path: Pa
     assert demo.returncode in (130, 0), output
     assert "Traceback" not in output, output
     assert f"stopping worker (pid {worker_pid})" in output, output
-    assert stopped_in < 40, f"stopping took {stopped_in:.0f}s"
+    # Every part stopped when asked: none was killed after its stop timeout.
+    assert "killing the worker" not in output, output
+    assert "did not stop within" not in output, output
     assert processes_with("STREAMS_APP_ID", env["STREAMS_APP_ID"]) == []
     # What happened before the interrupt still gets its verdict from the ledger.
     peaks = concurrency_from_ledger(the_ledger(tmp_path))

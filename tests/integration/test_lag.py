@@ -20,12 +20,20 @@ from tests.support.deployment import Deployment
 pytestmark = pytest.mark.integration
 
 
-def _produce(deployment: Deployment, topic: str, counts: dict[int, int]) -> None:
+def _produce(
+    deployment: Deployment, topic: str, counts: dict[int, int], age: float = 0.0
+) -> None:
+    """`counts` records to each partition, stamped `age` seconds ago."""
     producer = Producer({"bootstrap.servers": deployment.settings.kafka_bootstrap_servers})
+    stamp = int((time.time() - age) * 1000)
     for partition, count in counts.items():
         for n in range(count):
             producer.produce(
-                topic, key=b"biz", value=json.dumps({"n": n}).encode(), partition=partition
+                topic,
+                key=b"biz",
+                value=json.dumps({"n": n}).encode(),
+                partition=partition,
+                timestamp=stamp,
             )
     assert producer.flush(30) == 0
 
@@ -62,12 +70,11 @@ def _lag(deployment: Deployment, *args: str) -> subprocess.CompletedProcess:
 
 def test_lag_reports_offsets_time_lag_and_fails_over(deployment):
     leads = deployment.topic("leads.requests")
-    _produce(deployment, leads, {0: 10, 1: 6})
+    _produce(deployment, leads, {0: 10, 1: 6}, age=60.0)
     behind = f"{deployment.settings.topic_prefix}behind"
     caught_up = f"{deployment.settings.topic_prefix}caught-up"
     _commit(deployment, behind, {(leads, 0): 4, (leads, 1): 6})
     _commit(deployment, caught_up, {(leads, 0): 10, (leads, 1): 6})
-    time.sleep(0.2)  # the record at offset 4 is at least this old
 
     run = _lag(deployment, "--json", "--group", behind)
     assert run.returncode == 0, run.stderr
@@ -86,7 +93,7 @@ def test_lag_reports_offsets_time_lag_and_fails_over(deployment):
         6,
         0,
     )
-    assert partitions[0]["time_lag_seconds"] >= 0.2
+    assert partitions[0]["time_lag_seconds"] >= 60  # the record at offset 4 is that old
     assert partitions[1]["time_lag_seconds"] == 0
     assert group["total_lag"] == 6
     # Nobody is in the group and it has lag: its commits stopped.

@@ -9,11 +9,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
 from tests.support.deployment import Deployment, free_port
+from tests.support.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -31,19 +31,14 @@ def streams(deployment: Deployment, *args: str, **env: str) -> subprocess.Comple
     )
 
 
-def wait_for_queues(worker, timeout: float = 30) -> dict[str, dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        seen = {b["business_id"]: b for b in worker.businesses() or ()}
-        if all(
-            len(seen.get(bid, {}).get("active", ())) == 3
-            and seen[bid]["waiting"] == count - 3
-            for bid, count in LEADS.items()
-        ):
-            return seen
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the worker never held the leads: {seen}")
-        time.sleep(0.3)
+def queues_held(worker) -> dict[str, dict]:
+    """The worker's businesses, once each holds 3 dials and the rest of its leads."""
+    seen = {b["business_id"]: b for b in worker.businesses() or ()}
+    assert all(
+        len(seen.get(bid, {}).get("active", ())) == 3 and seen[bid]["waiting"] == count - 3
+        for bid, count in LEADS.items()
+    ), f"the worker never held the leads: {seen}"
+    return seen
 
 
 def test_status_and_top_show_active_calls_and_queues(deployment):
@@ -56,7 +51,7 @@ def test_status_and_top_show_active_calls_and_queues(deployment):
             for n in range(1, count + 1)
         ]
     )
-    wait_for_queues(worker)
+    eventually(lambda: queues_held(worker), timeout=30)
     here = f"127.0.0.1:{worker.web_port}"
     down = f"127.0.0.1:{free_port()}"
 

@@ -12,7 +12,8 @@ import pytest
 from rich.console import Console
 
 from streams import cli
-from streams.ops.lag import (
+from streams.ops.formatting import format_age
+from streams.ops.lag.model import (
     STAND_STILL_SECONDS,
     GroupSample,
     PartitionOffsets,
@@ -21,11 +22,9 @@ from streams.ops.lag import (
     evaluate,
     evaluate_partition,
     failures,
-    format_age,
     project_groups,
-    render,
-    to_json,
 )
+from streams.ops.lag.view import render, to_json
 from streams.settings import Settings
 
 TOPIC = "leads.requests"

@@ -14,9 +14,21 @@ import urllib.parse
 
 import pytest
 
-from streams.ops import status as st
-from streams.ops import top as tp
-from streams.ops.status import Reply, StatusError
+from streams.ops.lag.model import GroupSample, PartitionOffsets, evaluate
+from streams.ops.status.command import run_status as run_status_command
+from streams.ops.status.model import (
+    Reply,
+    StatusError,
+    merge_businesses,
+    parse_workers,
+    require_an_answer,
+)
+from streams.ops.status.reader import http_get_json
+from streams.ops.status.view import active_lines, business_line, format_all, lead_lines
+from streams.ops.top import model as tp
+from streams.ops.top import view as top_view
+from streams.ops.top.command import run_top
+from streams.ops.top.reader import LagWatcher
 from streams.settings import Settings
 
 # -- hand-made worker answers ----------------------------------------------------------
@@ -120,16 +132,16 @@ def one(found: dict, lead: dict | None = None) -> tuple[int, dict]:
 
 
 def test_parse_workers_defaults_dedupes_and_rejects_nonsense():
-    assert st.parse_workers(None, 6066) == ["localhost:6066"]
-    assert st.parse_workers("", 7000) == ["localhost:7000"]
-    assert st.parse_workers("a:1, b:2,a:1,,", 6066) == ["a:1", "b:2"]
-    assert st.parse_workers("worker-0.svc", 6066) == ["worker-0.svc:6066"]
-    assert st.parse_workers(":6067", 6066) == ["localhost:6067"]
-    assert st.parse_workers("http://w:80/", 6066) == ["w:80"]
-    assert st.parse_workers("[::1]:6066", 1) == ["[::1]:6066"]
+    assert parse_workers(None, 6066) == ["localhost:6066"]
+    assert parse_workers("", 7000) == ["localhost:7000"]
+    assert parse_workers("a:1, b:2,a:1,,", 6066) == ["a:1", "b:2"]
+    assert parse_workers("worker-0.svc", 6066) == ["worker-0.svc:6066"]
+    assert parse_workers(":6067", 6066) == ["localhost:6067"]
+    assert parse_workers("http://w:80/", 6066) == ["w:80"]
+    assert parse_workers("[::1]:6066", 1) == ["[::1]:6066"]
     for bad in ("a:b", "a:99999", "a b:1", "a:1:2", ",,"):
         with pytest.raises(StatusError, match="--workers wants host:port"):
-            st.parse_workers(bad, 6066)
+            parse_workers(bad, 6066)
 
 
 def test_reply_states():
@@ -151,7 +163,7 @@ def test_http_get_json_reports_a_refused_connection():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # bound, never listening: refused
-        code, body, error = st.http_get_json(f"http://127.0.0.1:{port}/businesses/", 1)
+        code, body, error = http_get_json(f"http://127.0.0.1:{port}/businesses/", 1)
     assert (code, body, error) == (None, None, "connection refused")
 
 
@@ -165,7 +177,7 @@ def test_merge_takes_each_workers_partitions_and_reports_the_rest():
         Reply(W3, 503, {"ready": False, "businesses": []}),
         Reply("10.0.0.4:6066", None, None, "connection refused"),
     ]
-    merged = st.merge_businesses(replies)
+    merged = merge_businesses(replies)
     assert set(merged.businesses) == {"A", "biz-2", "biz-10", "P"}
     assert merged.businesses["P"]["worker"] == W2
     assert merged.businesses["A"]["worker"] == W1
@@ -176,50 +188,50 @@ def test_merge_takes_each_workers_partitions_and_reports_the_rest():
 
 def test_merge_keeps_the_first_worker_of_a_business_reported_twice():
     stale = business("A", [], waiting=0)
-    merged = st.merge_businesses([Reply(W1, *listing(A)), Reply(W2, *listing(stale, B))])
+    merged = merge_businesses([Reply(W1, *listing(A)), Reply(W2, *listing(stale, B))])
     assert merged.businesses["A"]["worker"] == W1
     assert len(merged.businesses["A"]["active"]) == 3
     assert merged.duplicates == {"A": [W1, W2]}
     assert any(
         "business A is reported by 10.0.0.1:6066, 10.0.0.2:6066" in line
-        for line in st.format_all(merged)
+        for line in format_all(merged)
     )
 
 
 def test_merge_treats_an_answer_without_a_list_as_an_error():
-    merged = st.merge_businesses([Reply(W1, 200, {"something": "else"})])
+    merged = merge_businesses([Reply(W1, 200, {"something": "else"})])
     assert merged.replies[0].state == "error"
     with pytest.raises(StatusError, match="no worker answered"):
-        st.require_an_answer(merged.replies)
+        require_an_answer(merged.replies)
 
 
 def test_require_an_answer_says_whether_workers_are_down_or_recovering():
     with pytest.raises(StatusError) as down:
-        st.require_an_answer([Reply(W1, None, None, "connection refused")])
+        require_an_answer([Reply(W1, None, None, "connection refused")])
     assert str(down.value) == f"no worker answered: {W1} down (connection refused)"
     with pytest.raises(StatusError, match="no worker is ready: .*not ready"):
-        st.require_an_answer(
+        require_an_answer(
             [Reply(W1, 503, {"ready": False}), Reply(W2, None, None, "connection refused")]
         )
-    st.require_an_answer([Reply(W1, 503, {"ready": False}), Reply(W2, *listing())])
+    require_an_answer([Reply(W1, 503, {"ready": False}), Reply(W2, *listing())])
 
 
 # -- streams status: formatting -----------------------------------------------------------
 
 
 def test_business_line_and_active_calls():
-    assert st.business_line(A) == (
+    assert business_line(A) == (
         "business A: limit 3, running, 3 of 3 active, 2 waiting, oldest for 30s"
     )
-    assert st.business_line(P) == (
+    assert business_line(P) == (
         "business P: limit 3, paused, 0 of 3 active, 4 waiting, oldest for 5m00s"
     )
     draining = business("D", [call("D", f"d{n}", n) for n in range(1, 4)], limit=1, held=2)
-    assert st.business_line({**draining, "worker": W2}) == (
+    assert business_line({**draining, "worker": W2}) == (
         "business D: limit 1, running, 3 of 1 active (draining to the limit), none"
         f" waiting, 2 statuses held for an unknown dial  [worker {W2}]"
     )
-    lines = st.active_lines(A)
+    lines = active_lines(A)
     assert lines[0].split() == ["dial_id", "lead", "phase", "age", "lease", "left"]
     # Oldest call first, columns aligned.
     assert [line.split()[:3] for line in lines[1:]] == [
@@ -231,13 +243,13 @@ def test_business_line_and_active_calls():
     starts = {tuple(m.start() for m in re.finditer(r"\S+", line))[:3] for line in lines}
     assert len(starts) == 1  # dial_id, lead and phase start in the same columns
     overdue = business("O", [{**call("O", "o1", 100.0), "lease_left_seconds": -0.5}])
-    assert st.active_lines(overdue)[1].endswith("due now")
-    assert st.active_lines(C) == []
+    assert active_lines(overdue)[1].endswith("due now")
+    assert active_lines(C) == []
 
 
 def test_format_all_sorts_naturally_and_totals():
-    merged = st.merge_businesses([Reply(W1, *listing(C, A, B, P))])
-    lines = st.format_all(merged)
+    merged = merge_businesses([Reply(W1, *listing(C, A, B, P))])
+    lines = format_all(merged)
     assert lines[0] == f"workers: {W1} ok, 4 businesses"
     heads = [line.split(":")[0] for line in lines if line.startswith("business ")]
     assert heads == ["business A", "business P", "business biz-2", "business biz-10"]
@@ -246,10 +258,10 @@ def test_format_all_sorts_naturally_and_totals():
 
 
 def test_format_all_with_a_worker_down_tags_businesses_and_warns():
-    merged = st.merge_businesses(
+    merged = merge_businesses(
         [Reply(W1, *listing(A)), Reply(W2, None, None, "connection refused")]
     )
-    lines = st.format_all(merged)
+    lines = format_all(merged)
     assert lines[0] == f"workers: {W1} ok, 1 business; {W2} down (connection refused)"
     assert lines[1].endswith(f"[worker {W1}]")
     assert lines[-1] == "note: businesses of workers that did not answer are missing"
@@ -266,7 +278,7 @@ def test_lead_lines_explain_where_a_lead_stands():
         "ahead": 1,
         "waits_for": "a free slot: 3 of 3 in use, 1 lead(s) ahead",
     }
-    assert st.lead_lines("A", "a5", waiting) == [
+    assert lead_lines("A", "a5", waiting) == [
         "lead a5: waiting (attempt 1), number 2 in line",
         "  waits for a free slot: 3 of 3 in use, 1 lead(s) ahead",
     ]
@@ -278,7 +290,7 @@ def test_lead_lines_explain_where_a_lead_stands():
         "outcome": None,
         "dial_id": "A:a2:1",
     }
-    assert st.lead_lines("A", "a2", active, A) == [
+    assert lead_lines("A", "a2", active, A) == [
         "lead a2: on a call (attempt 1), dial A:a2:1, phase ringing for 12s;"
         " it holds one of the business's slots"
     ]
@@ -290,10 +302,10 @@ def test_lead_lines_explain_where_a_lead_stands():
         "outcome": "busy",
         "dial_id": "A:a0:2",
     }
-    assert st.lead_lines("A", "a0", done) == [
+    assert lead_lines("A", "a0", done) == [
         "lead a0: done, outcome busy (dial A:a0:2, attempt 2)"
     ]
-    assert st.lead_lines("A", "zz", None)[0].startswith("lead zz: unknown to business A")
+    assert lead_lines("A", "zz", None)[0].startswith("lead zz: unknown to business A")
 
 
 # -- streams status: the command ----------------------------------------------------------
@@ -301,7 +313,7 @@ def test_lead_lines_explain_where_a_lead_stands():
 
 def run_status(get, *args, **kwargs) -> tuple[int, str]:
     out = io.StringIO()
-    code = st.run_status(*args, out=out, get=get, **kwargs)
+    code = run_status_command(*args, out=out, get=get, **kwargs)
     return code, out.getvalue()
 
 
@@ -414,7 +426,7 @@ def test_status_of_an_unknown_business_or_lead_is_exit_1():
 
 
 def rows_of(*businesses: dict) -> list[tp.Row]:
-    merged = st.merge_businesses([Reply(W1, *listing(*businesses))])
+    merged = merge_businesses([Reply(W1, *listing(*businesses))])
     return tp.build_rows(merged, tp.DialCounter())
 
 
@@ -499,7 +511,7 @@ def test_counter_history_rates_and_a_restarted_worker():
 
 
 def make_top(workers: list[str] = (W1,), sort: str = "waiting") -> tp.Top:
-    return tp.Top(list(workers), sort=sort, get=FakeWorkers({}))
+    return tp.Top(list(workers), sort=sort)
 
 
 def counters(**kinds: int) -> dict:
@@ -508,24 +520,21 @@ def counters(**kinds: int) -> dict:
 
 def test_plain_snapshot_has_header_rows_and_totals():
     top = make_top([W1, W2])
-    try:
-        top.update(
-            [Reply(W1, *listing(A, C)), Reply(W2, None, None, "connection refused")],
-            [
-                Reply(
-                    W1,
-                    200,
-                    counters(
-                        dial_granted=9, outcome_completed=4, outcome_busy=1, dead_lettered=2
-                    ),
+    top.update(
+        [Reply(W1, *listing(A, C)), Reply(W2, None, None, "connection refused")],
+        [
+            Reply(
+                W1,
+                200,
+                counters(
+                    dial_granted=9, outcome_completed=4, outcome_busy=1, dead_lettered=2
                 ),
-                Reply(W2, None, None, "connection refused"),
-            ],
-            now=time.time(),
-        )
-        text = top.plain(None)
-    finally:
-        top.close()
+            ),
+            Reply(W2, None, None, "connection refused"),
+        ],
+        now=time.time(),
+    )
+    text = top_view.plain(top, None)
     lines = text.splitlines()
     assert lines[0].endswith(f"workers 1/2 answering  {W2} down (connection refused)")
     assert lines[1].split() == [
@@ -587,12 +596,9 @@ def test_live_frame_draws_icons_only_for_small_counts():
         limit=10,
     )
     top = make_top()
-    try:
-        top.update([Reply(W1, *listing(A, big, C))], [Reply(W1, 200, {})], now=time.time())
-        console = Console(width=120, record=True, file=io.StringIO())
-        console.print(top.render(10, interval=2, keys=True))
-    finally:
-        top.close()
+    top.update([Reply(W1, *listing(A, big, C))], [Reply(W1, 200, {})], now=time.time())
+    console = Console(width=120, record=True, file=io.StringIO())
+    console.print(top_view.render(top, 10, interval=2, keys=True))
     text = console.export_text()
     rows = {line.split()[0]: line for line in text.splitlines() if line.strip()}
     assert "✅✅✅" in rows["A"] and "⏳⏳" in rows["A"]
@@ -617,21 +623,16 @@ def test_ten_thousand_businesses_render_only_the_rows_shown():
     ]
     answer = Reply(W1, *listing(*many))
     top = make_top(sort="waiting")
-    try:
-        top.update(
-            [answer], [Reply(W1, 200, counters(dial_granted=15_000))], now=time.time()
-        )
-        console = Console(width=120, height=40, record=True, file=io.StringIO())
-        console.print(top.render(tp.rows_for_height(40, lag=False)))
-    finally:
-        top.close()
+    top.update([answer], [Reply(W1, 200, counters(dial_granted=15_000))], now=time.time())
+    console = Console(width=120, height=40, record=True, file=io.StringIO())
+    console.print(top_view.render(top, top_view.rows_for_height(40, lag=False)))
     text = console.export_text()
     shown = [line for line in text.splitlines() if line.strip().startswith("biz-")]
-    assert len(shown) == 40 - tp.OVERHEAD_LINES
+    assert len(shown) == 40 - top_view.OVERHEAD_LINES
     assert len(text.splitlines()) <= 40
     assert top.totals.businesses == 10_000
     assert top.totals.active == sum(n % 4 for n in range(10_000))
-    assert f"sorted by waiting, top {40 - tp.OVERHEAD_LINES} of 10,000" in text
+    assert f"sorted by waiting, top {40 - top_view.OVERHEAD_LINES} of 10,000" in text
 
 
 def test_keys_choose_the_sort():
@@ -649,7 +650,7 @@ def test_keys_choose_the_sort():
 def test_run_top_without_a_terminal_prints_one_snapshot():
     workers = FakeWorkers({W1: {"/businesses/": listing(A, B), "/counters/": (200, {})}})
     out = io.StringIO()
-    code = tp.run_top(
+    code = run_top(
         Settings(), [W1], sort="business", limit_rows=1, lag=False, out=out, get=workers
     )
     assert code == 0
@@ -658,16 +659,17 @@ def test_run_top_without_a_terminal_prints_one_snapshot():
     assert [line.split()[0] for line in lines[4:]] == ["business", "A", "total"]
     assert sorted(workers.asked) == [(W1, "/businesses/"), (W1, "/counters/")]
     with pytest.raises(StatusError, match="no worker answered"):
-        tp.run_top(Settings(), [W1], lag=False, out=io.StringIO(), get=FakeWorkers({}))
+        run_top(Settings(), [W1], lag=False, out=io.StringIO(), get=FakeWorkers({}))
 
 
 def test_lag_header_segments():
-    from streams.ops.lag import GroupSample, PartitionOffsets, evaluate
-
-    watcher = tp.LagWatcher(Settings(topic_prefix="x."), interval=1)
-    assert watcher.group == "x.call-limiter"
-    assert "".join(t for t, _ in watcher.segments()) == "lag x.call-limiter: reading..."
-    watcher.status = evaluate(
+    watcher = LagWatcher(Settings(topic_prefix="x."), interval=1)
+    assert watcher.state.group == "x.call-limiter"
+    assert (
+        "".join(t for t, _ in top_view.lag_segments(watcher.state))
+        == "lag x.call-limiter: reading..."
+    )
+    watcher.state.status = evaluate(
         [
             GroupSample(
                 "x.call-limiter",
@@ -678,8 +680,10 @@ def test_lag_header_segments():
             )
         ]
     )
-    assert "".join(t for t, _ in watcher.segments()) == (
+    assert "".join(t for t, _ in top_view.lag_segments(watcher.state)) == (
         "lag x.call-limiter OK  4 records / 2.5s  (stable, 1 member)"
     )
-    watcher.error = "cannot reach Kafka at localhost:9092: timed out"
-    assert "unavailable: cannot reach Kafka" in "".join(t for t, _ in watcher.segments())
+    watcher.state.error = "cannot reach Kafka at localhost:9092: timed out"
+    assert "unavailable: cannot reach Kafka" in "".join(
+        t for t, _ in top_view.lag_segments(watcher.state)
+    )
