@@ -31,8 +31,8 @@ import orjson
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
+from streams import limiter_state, metrics
 from streams import limiter_table as core
-from streams import metrics
 from streams.settings import Settings
 from streams.shell.outbox import Outbox
 from streams.shell.progress import HandledOffsets
@@ -47,6 +47,7 @@ from streams.topics import (
     LIMITER_TICKS,
     OUTPUT_TOPICS,
     InvalidRecord,
+    LeadRequest,
     Tick,
     app_id,
     changelog_topic,
@@ -215,8 +216,8 @@ class Limiter:
             or knows nothing of it."""
             if not self.ready():
                 return view.json({"ready": False}, status=503)
-            found = core.describe_business(
-                self.units.get, business_id, time.time(), self.rules
+            found: dict[str, Any] = dict(
+                core.describe_business(self.units.get, business_id, time.time(), self.rules)
             )
             lead_id = request.query.get("lead")
             if lead_id:
@@ -309,7 +310,7 @@ class Limiter:
         base = self._base_names[source.topic]
         now = time.time()
         try:
-            record = INPUT_RECORDS[base].decode(source.value, source.key)
+            record = INPUT_RECORDS[base](source.value, source.key)
             if isinstance(record, Tick) and record.partition != source.partition:
                 raise InvalidRecord(
                     f"tick for partition {record.partition} arrived on"
@@ -322,7 +323,7 @@ class Limiter:
                 exc.reason,
                 now,
                 self.rules,
-                exc.lead_id,
+                exc.lead_id if base == LEADS_REQUESTS else None,  # a lead to end
                 exc.business_id,
             )
         read_until = (
@@ -339,8 +340,8 @@ class Limiter:
         self.units.add(source.partition, effects)
         self.outbox.wake()
         for key, value in effects.writes:
-            if core.is_business_key(key):
-                self.summary.update(core.business_id_of(key), value)
+            if limiter_state.is_business_key(key):
+                self.summary.update(limiter_state.business_id_of(key), value)
         for note in effects.notes:
             self.counters[note.kind] += 1
             if note.kind.startswith("outcome-") and note.business_id is not None:
@@ -354,7 +355,7 @@ class Limiter:
         if self._base_names[source.topic] != LEADS_REQUESTS:
             return None
         try:
-            lead = INPUT_RECORDS[LEADS_REQUESTS].decode(source.value, source.key)
+            lead = LeadRequest.decode(source.value, source.key)
         except InvalidRecord:
             return None
         return lead.lead_id, lead.business_id
@@ -575,8 +576,8 @@ class Limiter:
                 itertools.chain(keys, self.units.pending_keys()), 1000
             ):
                 for key in chunk:
-                    if core.is_business_key(key):
-                        self.summary.update(core.business_id_of(key), self.units.get(key))
+                    if limiter_state.is_business_key(key):
+                        self.summary.update(limiter_state.business_id_of(key), self.units.get(key))
         except RuntimeError:  # the partitions changed meanwhile: try again next time
             self.summary.stale = True
 
@@ -594,9 +595,9 @@ class Limiter:
         now = time.time()
         keys = set(self.table.keys()) | set(self.units.pending_keys())
         ids = {
-            core.business_id_of(key)
+            limiter_state.business_id_of(key)
             for key in keys
-            if core.is_business_key(key) and self.units.get(key) is not None
+            if limiter_state.is_business_key(key) and self.units.get(key) is not None
         }
         ids |= set(self.outcomes_by_business)
         return [

@@ -42,7 +42,7 @@ MAX_UNDELIVERED_RECORDS = 5_000
 MAX_UNDELIVERED_BYTES = UNIT_MAX_BYTES // 2
 #: While events keep coming, the sender lets them gather up to this long before it
 #: sends their units: fewer, larger units and produce requests (at 20 ms, 50% more
-#: events/s than sending after every event; bench/RESULTS.md); a lone event waits only
+#: events/s than sending after every event); a lone event waits only
 #: until the agent has been quiet for QUIET_SECONDS.
 LINGER_SECONDS = 0.02
 QUIET_SECONDS = 0.001

@@ -2,8 +2,8 @@
 
 faust-streaming can skip input records around a rebalance: records fetched in one
 generation are dropped while the consumer's position has moved past them, and their
-offsets can still be acked and committed (the family of faust-streaming #216, #221,
-#253; `bench/chaos.py` lost leads this way). So the worker keeps its own account: since
+offsets can still be acked and committed (open faust-streaming bugs; `bench/chaos.py`
+lost leads this way). So the worker keeps its own account: since
 a partition was assigned, at the group's committed offset, this process has handled
 every record below `through` (applied it, or found it applied before: below its
 topic's cursor in the table, with whatever it emitted and was not delivered kept in

@@ -19,7 +19,8 @@ import dataclasses
 import json
 from collections.abc import Callable
 
-from streams.limiter_table import Rules, Source, business_key, process
+from streams.limiter_state import read_business
+from streams.limiter_table import Rules, Source, process
 from streams.shell.progress import HandledOffsets
 from streams.shell.units import Unit, Units
 from streams.topics import (
@@ -185,7 +186,7 @@ class World:
         self.notes.extend(effects.notes)
         for note in effects.notes:  # a grant may only fill a slot below the current limit
             if note.kind == "dial-granted":
-                business = self.units.get(business_key(note.business_id))
+                business = read_business(self.units.get, note.business_id)
                 limit = (
                     business["limit"] if business["limit"] is not None else self.rules.limit
                 )
