@@ -48,7 +48,14 @@ from prometheus_client import (
     process_collector,
 )
 
-from streams.limiter_state import decode_business, oldest_waiting_since, waiting_count
+from streams.limiter_state import (
+    Read,
+    business_id_of,
+    decode_business,
+    is_business_key,
+    oldest_waiting_since,
+    waiting_count,
+)
 from streams.limiter_table import Effects, NoteKind
 from streams.topics import LeadOutcome
 
@@ -345,6 +352,20 @@ class BusinessSummary:
         self._rows.clear()
         self.active = self.waiting = 0
 
+    async def rebuild(self, keys: Iterable[str], read: Read) -> None:
+        """Build the rows from the table's `keys` (`read` reads their values), once
+        after a rebalance; writes keep them current from then on. The keys go in slices,
+        so the agent goes on meanwhile."""
+        self.stale = False
+        self.clear()
+        try:
+            async for chunk in in_slices(keys, 1000):
+                for key in chunk:
+                    if is_business_key(key):
+                        self.update(business_id_of(key), read(key))
+        except RuntimeError:  # the partitions changed meanwhile: try again next time
+            self.stale = True
+
     async def set_gauges(self, now: float, rows_per_slice: int = 2000) -> None:
         """Totals, the busiest businesses (most active plus waiting, ties by id) and
         the oldest wait. The scan goes in slices: in one go it took ~17 ms of CPU every
@@ -398,10 +419,6 @@ class LagTracker:
         """Remember the Kafka timestamp (seconds) of the event just processed."""
         if timestamp:
             self._last_event[(topic, partition)] = timestamp
-
-    def last_timestamp(self, topic: str, partition: int) -> float | None:
-        """The Kafka timestamp of the last event processed from that partition."""
-        return self._last_event.get((topic, partition))
 
     def refresh(
         self, consumer: Any, topics: Iterable[str], now: float | None = None

@@ -1,10 +1,11 @@
 """Property tests of the limiter core's invariants over random interleavings.
 
-Hypothesis drives a model world (tests/unit/world.py): leads for a few businesses,
-an honest dialer whose reports are duplicated, reordered or lost, ticks, the outbox
-sending units and records at random moments, commits, and crashes that keep whole
-units only and any prefix of the records not yet delivered. The checks read what the dialer
-really did, not the limiter's own counters.
+Hypothesis drives a model world (tests/unit/world.py) through the worker's own
+per-record driver: leads for a few businesses, an honest dialer whose reports are
+duplicated, reordered or lost, ticks, a consumer that skips or drops records, the
+outbox sending units and records at random moments, commits, and crashes that keep
+whole units only and any prefix of the records not yet delivered. The checks read
+what the dialer really did, not the limiter's own counters.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ ACTIONS = (
     "crash",
     "control",
     "skip",
+    "drop-unacked",
     "marker",
 )
 
@@ -123,6 +125,8 @@ def run_world(data, rules: Rules, steps: int) -> World:
             world.crash()
         elif action == "skip":
             world.skip(data.draw(st.integers(1, 3)))
+        elif action == "drop-unacked":
+            world.drop_unacked(data.draw(st.integers(1, 3)))
         elif action == "marker":
             world.marker(data.draw(st.sampled_from(sorted(world.logs))))
         elif action == "control":
@@ -152,7 +156,11 @@ def quiesce(world: World) -> None:
         if (
             not world.reports
             and all(world.position[t] == len(world.logs[t]) for t in world.logs)
-            and not world.handled.unrevealed(0)
+            and all(
+                world.driver.handled.through((t, 0)) == len(world.logs[t])
+                for t in world.logs
+            )
+            and not world.driver.handled.unrevealed(0)
             and _settled(world)
         ):
             return
