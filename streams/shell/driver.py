@@ -118,6 +118,8 @@ class Driver:
             yield TakeOver(source.partition)
         if self.handled.needs_start(key, generation):
             yield from self._start(key, generation)
+            if self.handled.needs_start(key, generation):
+                return  # read again once the partition starts: gaps before it are unknown
         skipped = self.handled.missing(key, source.offset)
         if skipped:
             yield from self._read_again(key, *skipped)
@@ -132,7 +134,8 @@ class Driver:
     def _start(self, key: Key, generation: Hashable) -> Steps:
         """Start the partition's account at the group's committed offset. If the broker
         cannot say now (its coordinator busy in a rebalance), the partition stays
-        unstarted: nothing of it is committed, and the next record tries again."""
+        unstarted: nothing of it is committed or handled, and the next record (or tick)
+        tries again."""
         committed = cast(int | None, (yield ReadCommitted(key)))
         if committed is not None:
             self.handled.start(key, generation, committed)

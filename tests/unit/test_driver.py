@@ -78,6 +78,18 @@ def test_a_new_partition_is_taken_over_started_and_its_skipped_records_handled_f
     assert again == [Handle(Source(LEADS, 3, 13), None)], "owned and started: just handled"
 
 
+def test_a_record_is_not_handled_before_its_partition_could_start():
+    """Handled while the committed offset is unknown, a record would move the core's
+    cursor past records skipped before it, and their re-reading would find them
+    applied: they would be lost. It waits to be read again."""
+    driver = Driver(TOPICS)
+    asked = run(driver.record(Source(LEADS, 0, 5), "g1"), broker(committed=None))
+    assert handled(asked) == [], "the coordinator could not say where the group stands"
+    assert driver.handled.cap({(LEADS, 0): 6}) == {}, "nothing of it is committed"
+    asked = run(driver.record(Source(LEADS, 0, 6), "g1"), broker(committed=2))
+    assert handled(asked) == [(LEADS, o) for o in range(2, 7)]
+
+
 def test_a_tick_starts_quiet_partitions_and_reads_what_faust_committed_past():
     driver = Driver(TOPICS)
     run(driver.record(Source(LEADS, 0, 0), "g1"), broker(committed=0))

@@ -89,6 +89,7 @@ ACTIONS = (
     "control",
     "skip",
     "drop-unacked",
+    "busy-coordinator",
     "marker",
 )
 
@@ -127,6 +128,8 @@ def run_world(data, rules: Rules, steps: int) -> World:
             world.skip(data.draw(st.integers(1, 3)))
         elif action == "drop-unacked":
             world.drop_unacked(data.draw(st.integers(1, 3)))
+        elif action == "busy-coordinator":
+            world.busy_coordinator()
         elif action == "marker":
             world.marker(data.draw(st.sampled_from(sorted(world.logs))))
         elif action == "control":

@@ -4,9 +4,9 @@ Kafka topics are lists (a None entry is an offset without a record, like a trans
 marker). The worker is the shell's own per-record driver (`streams.shell.driver`) and
 decisions (`streams.shell.decide`), run against this model instead of Kafka. Its
 consumer may skip records and ack them (as faust-streaming can around a rebalance),
-and drop them without acking them (as its consumer does with the rest of a fetch when
-the generation changes); the driver's account of handled offsets finds every such
-record again. The
+drop them without acking them (as its consumer does with the rest of a fetch when the
+generation changes), and the group coordinator may be unable to say where the group
+stands; the driver's account of handled offsets finds every such record again. The
 table's writes go through the shell's units (`streams.shell.units`: the changelog takes
 whole units, and a crash keeps those acknowledged plus a prefix of those in flight;
 records leave only after their unit, and a crash delivers any prefix of them). The
@@ -90,6 +90,7 @@ class World:
         self.position = {t: 0 for t in INPUTS}  # the consumer's
         self.acked = {t: 0 for t in INPUTS}  # what Faust would commit: below it, all acked
         self.committed = {t: 0 for t in INPUTS}  # on the broker
+        self.coordinator_busy = False  # the next committed offset cannot be read
         self.driver = Driver({t: t for t in INPUTS})  # a crash starts a new one
         self.generation = 0
         self.durable: dict = {}  # the changelog, and the store: only acknowledged units
@@ -175,6 +176,10 @@ class World:
         if topic is not None:
             self.position[topic] = min(self.position[topic] + count, len(self.logs[topic]))
 
+    def busy_coordinator(self) -> None:
+        """The group coordinator cannot say where the group stands, once."""
+        self.coordinator_busy = True
+
     def process_one(self) -> bool:
         """The consumer delivers the next record of a topic to the worker."""
         topic = self._ready_topic()
@@ -216,7 +221,8 @@ class World:
                 if resent is not None:
                     self.to_deliver.append(resent)
             case ReadCommitted((topic, _)):
-                return self.committed[topic]
+                busy, self.coordinator_busy = self.coordinator_busy, False
+                return None if busy else self.committed[topic]
             case ReadAgain((topic, _), start, end):
                 return [
                     self._source(topic, offset)
