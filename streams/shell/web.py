@@ -7,17 +7,31 @@ probe, `/counters/` counts the core's decisions, `/metrics` is Prometheus' text 
 
 from __future__ import annotations
 
+import collections
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
+
+import faust
 
 from streams import limiter_table as core
 from streams import metrics
-
-if TYPE_CHECKING:
-    from streams.app import Limiter
+from streams.shell.units import Units
 
 
-def add_views(worker: Limiter) -> None:
+class Worker(Protocol):
+    """What the pages read of the worker (`streams.app.Limiter`)."""
+
+    app: faust.App
+    rules: core.Rules
+    units: Units
+    counters: collections.Counter[str]
+
+    def ready(self) -> bool: ...
+
+    def businesses(self) -> list[dict[str, Any]]: ...
+
+
+def add_views(worker: Worker) -> None:
     """Add the worker's pages to its Faust app."""
     page = worker.app.page
 
