@@ -37,9 +37,9 @@ The rules
    calls again (the Twilio dialer answers with the first call's status; the simulated
    one stays silent and the lease ends it). (A redelivered record is never applied
    twice, whatever its age: rule 9.)
-   A status for a dial we do not know
-   is held for `orphan_hold` (after a crash it may arrive before the replayed grant) and
-   applied when the grant happens, or dead-lettered.
+   A status for a dial we do not know is held for `orphan_hold` (after a crash it may
+   arrive before the replayed grant) and applied when the grant happens, or
+   dead-lettered.
 7. Crash at any instruction. An event's writes are one unit: the shell makes them
    durable all together or not at all (one record batch on the table's changelog
    partition, which the broker appends whole; the shell may put the next events of the
@@ -58,7 +58,6 @@ The rules
    event's other writes; a redelivered record below it is ignored (what it emitted is
    in the table, rule 7). (That no record is skipped is the shell's duty:
    `streams/shell/progress.py`.) Rejected records move the cursor like any other.
-
 
 The state these rules keep, key by key, and its JSON: `streams/limiter_state.py`.
 """
@@ -239,7 +238,8 @@ class Source:
     offset: int
     key: bytes | None = None
     value: bytes | None = None
-    #: The record's Kafka timestamp in seconds, for lag figures; not used by the rules.
+    #: The record's Kafka timestamp in seconds: the shell's lag figures and its
+    #: `statuses_read_until` (rule 5) come from it; the rules never read it.
     timestamp: float | None = None
 
     @property
