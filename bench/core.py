@@ -38,6 +38,7 @@ import sys
 import time
 
 from streams import limiter_table as core
+from streams.limiter_state import read_business, waiting_count
 from streams.settings import Settings
 from streams.topics import CALLS_DIAL, CallStatus, LeadRequest, to_iso
 
@@ -138,8 +139,8 @@ def cycle(business: Business, cycles: int) -> float:
 
 
 def waiting(business: Business) -> int:
-    record = business.table.data.get(core.business_key(business.bid))
-    return 0 if record is None else core.waiting_count(record)
+    record = read_business(business.table.data.get, business.bid)
+    return 0 if record is None else waiting_count(record)
 
 
 def bench_backlog(backlog: int, cycles: int, repeats: int) -> list[dict]:
@@ -291,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"  backlog {r['backlog']:>7,}: {r['events_per_s_median']:>8,} events/s"
                 f"  ({r['us_per_event_median']} us/event; cost x{r['cost_vs_backlog_0']}"
-                f" of backlog 0; min-max {r['events_per_s_min']:,}-{r['events_per_s_max']:,})"
+                f" of backlog 0; min-max {r['events_per_s_min']:,}"
+                f"-{r['events_per_s_max']:,})"
             )
     big = [
         r
@@ -307,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in results:
         if r["bench"] == "core.state":
             print(
-                f"state, {r['phase']}: {r['json_bytes_per_100k_businesses'] / 1e6:.1f} MB JSON"
+                f"state, {r['phase']}:"
+                f" {r['json_bytes_per_100k_businesses'] / 1e6:.1f} MB JSON"
                 f" per 100,000 businesses ({r['keys']:,} keys, {r['leads']:,} leads;"
                 f" dict store RSS growth ~{r['rss_growth_bytes'] / 1e6:.0f} MB)"
             )

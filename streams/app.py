@@ -1,13 +1,14 @@
-"""The Faust shell: decode, call the core, hand its writes and records on. Nothing else.
+"""The Faust shell: the worker's app, table, topics, agent and timers, wired together.
 
 One agent (concurrency 1) consumes the co-partitioned inputs: lead requests, call
-statuses, ticks and business controls. Each event is decoded (`streams.topics`),
-handed to `limiter_table.process` with the table as a read function and the wall
-clock, and its writes and records go to `streams.shell.units`: the writes of a partition's
-consecutive events become one unit, sent as one record batch to the table's changelog
-(core rule 7: all of an event's writes or none), and its records leave once the unit is
-on the broker (`streams.shell.outbox`); commits wait for both. Records Faust skips are read
-again from the broker and handled (`streams.shell.progress`). An exception for one event
+statuses, ticks and business controls. What it does with each record is the driver's
+(`streams/shell/driver.py`): take the partition over, account for handled offsets,
+read skipped records again, decide each record (`streams/shell/decide.py`, which calls
+the core). This module performs what the driver asks, against Kafka, the table and the
+wall clock. The writes of a partition's consecutive events become one unit, sent as
+one record batch to the table's changelog (core rule 7: all of an event's writes or
+none; `streams/shell/units.py`), and their records leave once the unit is on the broker
+(`streams/shell/outbox.py`); commits wait for both. An exception for one event
 dead-letters that event; the agent never dies of it, because Faust would ack the event
 and lose it.
 
@@ -27,96 +28,62 @@ import time
 from typing import Any
 
 import faust
-import orjson
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, EventT
 
 from streams import limiter_table as core
 from streams import metrics
+from streams.limiter_state import business_id_of, is_business_key
 from streams.settings import Settings
+from streams.shell import faust_patches, web
+from streams.shell.decide import decide, failed
+from streams.shell.driver import (
+    Answer,
+    Driver,
+    End,
+    Handle,
+    IsAssigned,
+    ReadAgain,
+    ReadCommitted,
+    ReadEnd,
+    Request,
+    Steps,
+    TakeOver,
+)
+from streams.shell.faults import Faults
 from streams.shell.outbox import Outbox
-from streams.shell.progress import HandledOffsets
+from streams.shell.progress import Key
 from streams.shell.reread import BrokerReader
-from streams.shell.units import Units
+from streams.shell.units import Units, encode_json
 from streams.topics import (
-    CALLS_STATUS,
-    INPUT_RECORDS,
     INPUT_TOPICS,
-    LEADS_REQUESTS,
     LIMITER_TABLE,
     LIMITER_TICKS,
     OUTPUT_TOPICS,
-    InvalidRecord,
     Tick,
     app_id,
+    base_names,
     changelog_topic,
     to_iso,
     topic_name,
 )
 
-log = logging.getLogger("streams.worker")
-
-#: Fault injection for tests, unset in production: "base_topic:offset:kind,...", a fault
-#: on the first delivery of that offset (of the first partition to deliver it). Kinds:
-#: "drop", the agent drops it unhandled and Faust acks it; "drop-unacked", Faust's
-#: consumer drops it before any stream sees it, never acked (both as faust-streaming
-#: itself can around a rebalance); "raise", handling it raises (a bug in our code).
-FAULTS_ENV = "STREAMS_WORKER_FAULTS"
-FAULT_KINDS = ("drop", "drop-unacked", "raise")
-
-#: A partition whose handled offset stood still this long while the broker holds
-#: records beyond it has had records dropped unacked; they are read again on a tick.
-STALLED_PARTITION_SECONDS = 10.0
-#: At most this many records are read again at once (the next tick reads on).
-STALLED_RECORDS_AT_ONCE = 2000
-
-#: How long the broker may hold the worker's fetch request open waiting for data. aiokafka
-#: keeps one fetch in flight per broker and leaves out of it every partition that still
-#: had records to hand over when it was sent; new records of those partitions wait until
-#: it returns. Faust opens it for 1,500 ms (faust/transport/drivers/aiokafka.py,
-#: `_create_worker_consumer`): a status could wait that long before it freed its slot,
-#: the 0.9-1 s refills of bench/RESULTS.md run 5. An idle worker fetches this often. It
-#: also holds while the table restores, where it costs a large replay ~15% (empty fetches
-#: of caught-up partitions) but spares a rebalance's small one seconds of 1.5 s waits.
-FETCH_MAX_WAIT_MS = 20
+log = logging.getLogger(__name__)
 
 #: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
 _WARNING_NOTES = {"lease-expired", "dead-lettered", "redelivered"}
-
-
-def encode_json(value: Any) -> bytes:
-    """The table's codec (its schema below), as faust.utils.json calls orjson: changelog
-    records must be byte for byte what Faust itself would write, or a RocksDB store
-    would not find their keys (tests/unit/test_units.py checks the two agree). Faust's
-    own codec wrapper cost four times the encoding."""
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
 
 
 def _freeze_survivors() -> None:
     """Keep what has lived this long, the table above all, out of Python's cyclic GC.
 
     The table holds millions of small objects; a full collection walks all of them
-    (70-890 ms each while 100,000 businesses are restored, bench/RESULTS.md, run 4),
-    and such pauses came back as the table turned over. Table
-    values are plain JSON, freed by reference counting when replaced, so frozen ones
-    are still reclaimed; young garbage cycles are collected first. (A cycle that lived
-    past a refresh and dies later is never reclaimed: a small, bounded leak.)"""
+    (70-890 ms each while 100,000 businesses are restored), and such pauses came back
+    as the table turned over. Table values are plain JSON, freed by reference counting
+    when replaced, so frozen ones are still reclaimed; young garbage cycles are
+    collected first. (A cycle that lived past a refresh and dies later is never
+    reclaimed: a small, bounded leak.)"""
     gc.collect(1)
     gc.freeze()
-
-
-class _PromptFetchThread(faust_aiokafka.AIOKafkaConsumerThread):
-    """Faust's consumer thread, its fetch held open FETCH_MAX_WAIT_MS at most."""
-
-    def _create_worker_consumer(self, transport: Any) -> Any:
-        consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by its start()
-        return consumer
-
-
-class _PromptFetchConsumer(faust_aiokafka.Consumer):
-    def _new_consumer_thread(self) -> _PromptFetchThread:
-        return _PromptFetchThread(self, loop=self.loop, beacon=self.beacon)
 
 
 class Limiter:
@@ -147,7 +114,7 @@ class Limiter:
             key_serializer="raw",
             value_serializer="raw",
         )
-        self.app.transport.Consumer = _PromptFetchConsumer
+        self.app.transport.Consumer = faust_patches.PromptFetchConsumer  # type: ignore[misc]
         self.table = self.app.Table(
             LIMITER_TABLE,
             default=None,
@@ -166,12 +133,11 @@ class Limiter:
             on_fatal=self.app.crash,
         )
         self.app.task(self.outbox.run)
-        #: Partitions whose undelivered records this process has taken over (rule 7).
-        self._owned: set[int] = set()
-        self.app.on_partitions_revoked.connect(self._on_revoked)
-        self.app.on_before_shutdown.connect(self._on_shutdown)
-        self._base_names = {topic_name(b, prefix): b for b in INPUT_TOPICS}
-        self._status_topic = topic_name(CALLS_STATUS, prefix)
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
+        self.app.on_before_shutdown.connect(self._on_shutdown)  # type: ignore[arg-type]
+        #: real name -> base name of every input topic
+        self._base_names = base_names(prefix, INPUT_TOPICS)
+        self.driver = Driver(self._base_names)
         self.inputs = self.app.topic(
             *self._base_names,
             key_type=bytes,
@@ -186,151 +152,81 @@ class Limiter:
         self.lag = metrics.LagTracker()
         self.summary = metrics.BusinessSummary()
         self.reader = BrokerReader(settings.kafka_bootstrap_servers, self.app.conf.id)
-        self.handled = HandledOffsets()
-        self._faults: dict[tuple[str, int], str] = {}
-        for item in os.environ.get(FAULTS_ENV, "").split(","):
-            if item:
-                base, offset, kind = item.split(":")
-                assert kind in FAULT_KINDS, f"{FAULTS_ENV}: unknown fault {kind!r}"
-                self._faults[(topic_name(base, prefix), int(offset))] = kind
-        if "drop-unacked" in self._faults.values():
-            self._drop_in_consumer()
+        self.faults = Faults.from_env(os.environ, prefix)
+        self.faults.install()
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
-
-        @self.app.page("/businesses/")
-        async def businesses(view: Any, request: Any) -> Any:
-            """Every business on this worker's partitions: active calls, waiting leads.
-
-            503 until the table is restored: before that it is empty or half-replayed
-            from the changelog, and would show stale slots and queues."""
-            if not self.ready():
-                return view.json({"ready": False, "businesses": []}, status=503)
-            return view.json({"businesses": self.businesses()})
-
-        @self.app.page("/businesses/{business_id}/")
-        async def business(view: Any, request: Any, business_id: str) -> Any:
-            """One business; with ?lead=ID also where that lead stands and why it waits.
-
-            404 when this worker does not own the business's partition (ask the others)
-            or knows nothing of it."""
-            if not self.ready():
-                return view.json({"ready": False}, status=503)
-            found = core.describe_business(
-                self.units.get, business_id, time.time(), self.rules
-            )
-            lead_id = request.query.get("lead")
-            if lead_id:
-                found["lead"] = core.describe_lead(
-                    self.units.get, business_id, lead_id, self.rules
-                )
-            known = found["active"] or found["waiting"] or found.get("lead")
-            return view.json(found, status=200 if known else 404)
-
-        @self.app.page("/ready/")
-        async def ready(view: Any, request: Any) -> Any:
-            """200 once the table holds this worker's partitions, else 503: a readiness
-            probe that, unlike /businesses/, costs nothing with 100,000 businesses."""
-            ready = self.ready()
-            return view.json({"ready": ready}, status=200 if ready else 503)
-
-        @self.app.page("/counters/")
-        async def counters(view: Any, request: Any) -> Any:
-            """How often each kind of decision happened since this worker started."""
-            return view.json(dict(self.counters))
-
-        @self.app.page("/metrics")
-        async def prometheus(view: Any, request: Any) -> Any:
-            """Prometheus text format (streams/metrics.py); gauges refresh on a timer."""
-            body, content_type = metrics.metrics_text()
-            # aiohttp refuses a charset in content_type=, so the header goes as is.
-            return view.bytes(body, headers={"Content-Type": content_type})
+        web.add_views(self)
 
     # -- the agent -----------------------------------------------------------------
 
     async def _agent(self, stream: faust.StreamT) -> None:
-        self.outbox.guard_commits(self.app.producer)
-        self._cap_commits(self.app.consumer)
+        faust_patches.guard_flush(self.app.producer, self.outbox.confirmed)
+        faust_patches.cap_commits(self.app.consumer, self.driver.handled.cap)
         async for event in stream.events():
             source = self._source(event)
-            if self._fault(source.topic, source.partition, source.offset, "drop"):
+            if self.faults.fires(source.topic, source.partition, source.offset, "drop"):
                 continue
-            key = (source.topic, source.partition)
-            generation = event.message.generation_id
-            if source.partition not in self._owned:
-                self._take_over(source.partition)
-            if self.handled.needs_start(key, generation):
-                await self._start(key, generation)
-            skipped = self.handled.missing(key, source.offset)
-            if skipped:
-                await self._recover_skipped(key, *skipped)
-            await self.handle(source)
-            if self._base_names[source.topic] == LIMITER_TICKS:
-                await self._start_quiet_partitions(source.partition, generation)
-                for tail_key, start, end in self.handled.unrevealed(
-                    source.partition
-                ) + self._stalled(source.partition):
-                    await self._recover_skipped(tail_key, start, end)
+            await self._run(self.driver.record(source, event.message.generation_id))
 
-    async def handle(self, source: core.Source) -> None:
-        """Apply one record; any exception dead-letters it and the agent goes on
-        (Faust would otherwise ack the event and lose it). A lead that failed before
-        anything of it was applied also gets its outcome, `rejected`."""
+    async def _run(self, steps: Steps) -> None:
+        """Perform what the driver asks, feeding it the answers, until it is done.
+        Whenever too much awaits the broker, the agent waits first (backpressure)."""
+        answer: Answer = None
+        while True:
+            try:
+                request = steps.send(answer)
+            except StopIteration:
+                request = None
+            if self.outbox.full():
+                await self.outbox.room()
+            if request is None:
+                return
+            answer = await self._perform(request)
+
+    async def _perform(self, request: Request) -> Answer:
+        match request:
+            case Handle(source, statuses_read_until):
+                self.handle(source, statuses_read_until)
+                return None
+            case TakeOver(partition):
+                self._take_over(partition)
+                return None
+            case ReadCommitted(key):
+                return await self._committed(key)
+            case ReadAgain(key, start, end):
+                return await self._read_again(key, start, end)
+            case IsAssigned(key):
+                return TP(*key) in self.app.consumer.assignment()
+            case ReadEnd(key):
+                try:
+                    return End(self.app.consumer.highwater(TP(*key)), time.monotonic())
+                except Exception:  # not assigned (any more)
+                    return None
+
+    def handle(self, source: core.Source, statuses_read_until: float | None) -> None:
+        """Decide one record and apply its effects; any exception dead-letters it and
+        the agent goes on (Faust would otherwise ack the event and lose it)."""
         metrics.EVENTS.labels(topic=source.topic).inc()
+        topic = self._base_names[source.topic]
         decided = False
         try:
             with metrics.EVENT_SECONDS.time():
-                effects = self._decide(source)
+                self.faults.raise_if_due(source.topic, source.partition, source.offset)
+                now = time.time()
+                effects = decide(
+                    self.units.get, source, topic, now, self.rules, statuses_read_until
+                )
                 decided = True
                 self._apply(source, effects)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.exception("event %s failed; dead-lettering it", source.id)
-            lead = None if decided else self._lead_of(source)
+            now = time.time()
             self._apply(
-                source,
-                core.reject(
-                    self.units.get,
-                    source,
-                    f"internal error: {exc!r}",
-                    time.time(),
-                    self.rules,
-                    *(lead or (None, None)),
-                ),
+                source, failed(self.units.get, source, topic, exc, now, self.rules, decided)
             )
-        self.handled.handled((source.topic, source.partition), source.offset)
         self.lag.processed(source.topic, source.partition, source.timestamp)
-        if self.outbox.full():
-            await self.outbox.room()
-
-    def _decide(self, source: core.Source) -> core.Effects:
-        if self._fault(source.topic, source.partition, source.offset, "raise"):
-            raise RuntimeError(f"injected fault ({FAULTS_ENV})")
-        base = self._base_names[source.topic]
-        now = time.time()
-        try:
-            record = INPUT_RECORDS[base].decode(source.value, source.key)
-            if isinstance(record, Tick) and record.partition != source.partition:
-                raise InvalidRecord(
-                    f"tick for partition {record.partition} arrived on"
-                    f" partition {source.partition}"
-                )
-        except InvalidRecord as exc:
-            return core.reject(
-                self.units.get,
-                source,
-                exc.reason,
-                now,
-                self.rules,
-                exc.lead_id,
-                exc.business_id,
-            )
-        read_until = (
-            self._statuses_read_until(source.partition)
-            if isinstance(record, Tick)
-            else None
-        )  # only ticks resend
-        return core.process(self.units.get, record, source, now, self.rules, read_until)
 
     def _apply(self, source: core.Source, effects: core.Effects) -> None:
         """Hand the writes and records on (`streams.shell.units`); count and log the notes.
@@ -339,8 +235,8 @@ class Limiter:
         self.units.add(source.partition, effects)
         self.outbox.wake()
         for key, value in effects.writes:
-            if core.is_business_key(key):
-                self.summary.update(core.business_id_of(key), value)
+            if is_business_key(key):
+                self.summary.update(business_id_of(key), value)
         for note in effects.notes:
             self.counters[note.kind] += 1
             if note.kind.startswith("outcome-") and note.business_id is not None:
@@ -349,53 +245,18 @@ class Limiter:
             log.log(level, "%s", note.message)
         metrics.observe_effects(effects)
 
-    def _lead_of(self, source: core.Source) -> tuple[str, str] | None:
-        """(lead_id, business_id) when `source` is a readable lead request."""
-        if self._base_names[source.topic] != LEADS_REQUESTS:
-            return None
-        try:
-            lead = INPUT_RECORDS[LEADS_REQUESTS].decode(source.value, source.key)
-        except InvalidRecord:
-            return None
-        return lead.lead_id, lead.business_id
+    # -- what the driver asks of Kafka -----------------------------------------------
 
-    def _statuses_read_until(self, partition: int) -> float | None:
-        """Up to when this partition's statuses have been read (core rule 5): all of them
-        (None) when the worker has handled up to the status topic's high watermark,
-        else the Kafka timestamp of the last status it handled; none (0.0) while that
-        is unknown (no status of it handled in this generation yet, or no fetch of it
-        answered): taken as "all", a tick after a backlog of leads resent every silent
-        dial (bench/RESULTS.md, run 6)."""
-        key = (self._status_topic, partition)
-        through = self.handled.through(key)
+    async def _committed(self, key: Key) -> int | None:
         try:
-            highwater = self.app.consumer.highwater(TP(*key))
-        except Exception:  # not assigned (any more): nothing to defer for
-            return None
-        if through is None or highwater is None:
-            return 0.0
-        if through >= highwater:
-            return None
-        return self.lag.last_timestamp(*key) or 0.0
-
-    # -- records the consumer skipped (streams/shell/progress.py) ------------------------
-
-    async def _start(self, key: tuple[str, int], generation: Any) -> None:
-        """Start the partition's account at the group's committed offset. If the broker
-        cannot say now (its coordinator busy in a rebalance), the partition stays
-        unstarted: nothing of it is committed, and the next record tries again."""
-        try:
-            committed = await asyncio.to_thread(self.reader.committed, *key)
+            return await asyncio.to_thread(self.reader.committed, *key)
         except Exception as exc:
             log.warning(
                 "could not read the committed offset of %s/%s (%s); will retry", *key, exc
             )
-            return
-        self.handled.start(key, generation, committed)
+            return None
 
-    async def _recover_skipped(self, key: tuple[str, int], start: int, end: int) -> None:
-        """Read offsets [start, end) from the broker and handle them, in order. Until
-        the broker answers nothing else is handled: going on would hide the gap."""
+    async def _read_again(self, key: Key, start: int, end: int) -> list[core.Source]:
         while True:
             try:
                 sources = await asyncio.to_thread(self.reader.read, *key, start, end)
@@ -409,103 +270,12 @@ class Limiter:
                     exc,
                 )
                 await asyncio.sleep(1)
-        log.warning(
-            "the consumer skipped %s/%s offsets %d-%d; handling the %d records"
-            " the broker has there",
-            *key,
-            start,
-            end - 1,
-            len(sources),
-        )
         metrics.SKIPPED_RECORDS.labels(topic=key[0]).inc(len(sources))
-        for source in sources:
-            await self.handle(source)
-        self.handled.absent_below(key, end)
-
-    async def _start_quiet_partitions(self, partition: int, generation: Any) -> None:
-        """Start the account of `partition`'s other input topics in this generation
-        even if no record of theirs was delivered yet: one whose every record the
-        consumer dropped would otherwise never be watched (`_stalled`)."""
-        assignment = self.app.consumer.assignment()
-        for topic in self._base_names:
-            key = (topic, partition)
-            if TP(*key) in assignment and self.handled.needs_start(key, generation):
-                await self._start(key, generation)
-
-    def _stalled(self, partition: int) -> list[tuple[tuple[str, int], int, int]]:
-        """Ranges of `partition`'s input topics the consumer dropped unacked: records
-        on the broker beyond a handled offset that stood still (`handled.stalled`)."""
-        found = []
-        for topic in self._base_names:
-            key = (topic, partition)
-            try:
-                end = self.app.consumer.highwater(TP(*key))
-            except Exception:  # not assigned (any more)
-                continue
-            stall = self.handled.stalled(
-                key,
-                end,
-                time.monotonic(),
-                STALLED_PARTITION_SECONDS,
-                STALLED_RECORDS_AT_ONCE,
-            )
-            if stall:
-                log.warning(
-                    "%s/%s stood still at offset %d with records up to %d on the broker",
-                    *key,
-                    stall[0],
-                    end - 1,
-                )
-                found.append((key, *stall))
-        return found
-
-    def _cap_commits(self, consumer: Any) -> None:
-        """Commit no offset past a record this process has not handled (`handled.cap`).
-
-        Wraps the driver's `_commit`, which Faust calls after its pre-commit flush with
-        the offsets it computed from its acks, skipped records included."""
-        if getattr(consumer, "_streams_capped", False):
-            return
-        commit = consumer._commit
-
-        async def capped_commit(offsets: Any) -> bool:
-            safe = self.handled.cap(offsets)
-            return await commit(safe) if safe else False
-
-        consumer._commit = capped_commit
-        consumer._streams_capped = True
-
-    def _drop_in_consumer(self) -> None:
-        """Test fault "drop-unacked" (FAULTS_ENV): Faust's consumer drops the records
-        before any stream sees them, as its `getmany` does with the rest of a fetch when
-        the generation changes. Patches the class: one worker per process."""
-        from faust.transport.consumer import Consumer
-
-        getmany, fault = Consumer.getmany, self._fault
-
-        async def dropping_getmany(consumer: Any, timeout: float) -> Any:
-            async for tp, message in getmany(consumer, timeout):
-                if not fault(tp.topic, tp.partition, message.offset, "drop-unacked"):
-                    yield tp, message
-
-        Consumer.getmany = dropping_getmany  # type: ignore[method-assign]
-
-    def _fault(self, topic: str, partition: int, offset: int, kind: str) -> bool:
-        """Whether to inject fault `kind` now (once per record, FAULTS_ENV)."""
-        if not self._faults or self._faults.get((topic, offset)) != kind:
-            return False
-        del self._faults[(topic, offset)]
-        log.warning(
-            "%s/%d/%d: injected fault %r (%s)", topic, partition, offset, kind, FAULTS_ENV
-        )
-        return True
-
-    # -- units and records (streams/shell/units.py, streams/shell/outbox.py) ------------------
+        return sources
 
     def _take_over(self, partition: int) -> None:
         """The partition was assigned here: send again what its last owner may not have
         delivered (core rule 7)."""
-        self._owned.add(partition)
         self.summary.stale = True
         _freeze_survivors()  # the table just restored, before a full collection walks it
         unit = self.units.resend(partition)
@@ -518,8 +288,8 @@ class Limiter:
             )
             self.outbox.send_durable(unit)
 
-    async def _on_revoked(self, app: Any, revoked: set, **kwargs: Any) -> None:
-        self._owned -= {tp.partition for tp in revoked}
+    async def _on_revoked(self, app: Any, revoked: set[TP], **kwargs: Any) -> None:
+        self.driver.revoked(tp.partition for tp in revoked)
         self.summary.stale = True
 
     async def _on_shutdown(self, app: Any, **kwargs: Any) -> None:
@@ -540,7 +310,8 @@ class Limiter:
     # -- time ----------------------------------------------------------------------
 
     async def _send_ticks(self) -> None:
-        """Send a tick to every ticks partition this worker owns; the agent does the rest."""
+        """Send a tick to every ticks partition this worker owns; the agent does the
+        rest."""
         ticks_name = self.ticks.get_topic_name()
         for tp in self.app.consumer.assignment():
             if tp.topic == ticks_name:
@@ -558,45 +329,32 @@ class Limiter:
         self.lag.refresh(self.app.consumer, self._base_names)
         if ready:
             if self.summary.stale:
-                await self._rebuild_summary()
+                raw = getattr(self.table.data, "data", None)  # the memory store's dict
+                # A copy of the memory store's keys takes milliseconds; a RocksDB
+                # iterator reads a snapshot, so it may run while the agent writes.
+                keys = list(raw) if isinstance(raw, dict) else self.table.keys()
+                await self.summary.rebuild(
+                    itertools.chain(keys, self.units.pending_keys()), self.units.get
+                )
             await self.summary.set_gauges(time.time())
-
-    async def _rebuild_summary(self) -> None:
-        """Build the business summary from the table once after a rebalance; writes
-        keep it current from then on."""
-        self.summary.stale = False
-        self.summary.clear()
-        raw = getattr(self.table.data, "data", None)  # the memory store's own dict
-        # A copy of the memory store's keys takes milliseconds; a RocksDB iterator
-        # reads a snapshot, so it may run while the agent writes.
-        keys = list(raw) if isinstance(raw, dict) else self.table.keys()
-        try:
-            async for chunk in metrics.in_slices(
-                itertools.chain(keys, self.units.pending_keys()), 1000
-            ):
-                for key in chunk:
-                    if core.is_business_key(key):
-                        self.summary.update(core.business_id_of(key), self.units.get(key))
-        except RuntimeError:  # the partitions changed meanwhile: try again next time
-            self.summary.stale = True
 
     def ready(self) -> bool:
         """Whether the table holds this worker's partitions' current state."""
         app = self.app
         return (
-            app.tables.recovery.completed.is_set()
+            app.tables.recovery.completed.is_set()  # type: ignore[attr-defined]
             and not app.rebalancing
             and not app.in_recovery
         )
 
-    def businesses(self) -> list[dict]:
+    def businesses(self) -> list[dict[str, Any]]:
         """Businesses in the table, and those that ended calls here since start."""
         now = time.time()
         keys = set(self.table.keys()) | set(self.units.pending_keys())
         ids = {
-            core.business_id_of(key)
+            business_id_of(key)
             for key in keys
-            if core.is_business_key(key) and self.units.get(key) is not None
+            if is_business_key(key) and self.units.get(key) is not None
         }
         ids |= set(self.outcomes_by_business)
         return [

@@ -37,9 +37,9 @@ The rules
    calls again (the Twilio dialer answers with the first call's status; the simulated
    one stays silent and the lease ends it). (A redelivered record is never applied
    twice, whatever its age: rule 9.)
-   A status for a dial we do not know
-   is held for `orphan_hold` (after a crash it may arrive before the replayed grant) and
-   applied when the grant happens, or dead-lettered.
+   A status for a dial we do not know is held for `orphan_hold` (after a crash it may
+   arrive before the replayed grant) and applied when the grant happens, or
+   dead-lettered.
 7. Crash at any instruction. An event's writes are one unit: the shell makes them
    durable all together or not at all (one record batch on the table's changelog
    partition, which the broker appends whole; the shell may put the next events of the
@@ -59,27 +59,56 @@ The rules
    in the table, rule 7). (That no record is skipped is the shell's duty:
    `streams/shell/progress.py`.) Rejected records move the cursor like any other.
 
-Table keys (one Faust table, values JSON):
-    b␟BIZ                  business: active slots, per queue level [head, tail, since
-                           when its head waits], held dial ids, wake
-    l␟BIZ␟LEAD             lead: state, attempt, dial ids used, outcome (dedupe)
-    q␟BIZ␟LEVEL␟N          a waiting lead id at position N of a priority level
-    o␟BIZ␟DIAL             statuses held for a dial we do not know yet
-    wc␟P / wn␟P␟S / w␟P␟S␟I  wake cursor, bucket sizes and entries of partition P: a
-                           business id to wake, or ["lead", BIZ, LEAD] to forget
-    c␟P                    the partition's input cursors: topic -> next offset to apply
-    x␟P                    the shell's records not yet delivered (`streams/shell/units.py`)
+The state these rules keep, key by key, and its JSON: `streams/limiter_state.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, TypedDict, cast
 
 import orjson
 
+from streams.limiter_state import (
+    Business,
+    Cursors,
+    ForgetLead,
+    HeldStatus,
+    Lead,
+    LeadState,
+    Phase,
+    QueueLevel,
+    QueuePosition,
+    Read,
+    Slot,
+    WakeBusiness,
+    WakeCursor,
+    WakeEntry,
+    business_key,
+    cursor_key,
+    decode_business,
+    decode_held,
+    decode_lead,
+    decode_wake_entry,
+    encode_business,
+    encode_held,
+    encode_lead,
+    encode_wake_entry,
+    held_key,
+    lead_key,
+    new_business,
+    oldest_waiting_since,
+    queue_key,
+    read_business,
+    read_lead,
+    waiting_count,
+    wake_cursor_key,
+    wake_entry_key,
+    wake_size_key,
+)
 from streams.topics import (
     CALLS_DIAL,
     DIAL_DEADLINE_PASSED,
@@ -90,23 +119,30 @@ from streams.topics import (
     CallStatus,
     DeadLetter,
     DialCommand,
+    InputRecord,
     LeadOutcome,
     LeadRequest,
+    Outcome,
     Record,
+    TerminalStatus,
     Tick,
     to_iso,
 )
 
-Read = Callable[[str], Any]
-
 # -- the tables of rules -------------------------------------------------------------
 
 #: How far a call has got. A status never moves a slot backwards in this order.
-PHASE_RANK = {"granted": 0, "queued": 1, "initiated": 1, "ringing": 2, "in-progress": 3}
+PHASE_RANK: dict[str, int] = {
+    "granted": 0,
+    "queued": 1,
+    "initiated": 1,
+    "ringing": 2,
+    "in-progress": 3,
+}
 
 #: Lease deadline per phase: (measured from, durations added). "dial_by" means from the
 #: grant's dial_by deadline, "now" from the status that put the slot in this phase.
-LEASES: dict[str, tuple[str, tuple[str, ...]]] = {
+LEASES: dict[Phase, tuple[Literal["dial_by", "now"], tuple[str, ...]]] = {
     "granted": ("dial_by", ("ring_timeout", "call_time_limit", "lease_grace")),
     "queued": ("now", ("ring_timeout", "call_time_limit", "lease_grace")),
     "initiated": ("now", ("ring_timeout", "call_time_limit", "lease_grace")),
@@ -114,9 +150,18 @@ LEASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "in-progress": ("now", ("call_time_limit", "lease_grace")),
 }
 
-ADVANCE, END, RETRY = "advance", "end", "retry"
+
+class StatusAction(enum.Enum):
+    """What a status does to the active slot of its dial."""
+
+    ADVANCE = "advance"  # the call goes on, maybe in a later phase
+    END = "end"  # the call is over: the slot frees, the lead has its outcome
+    RETRY = "retry"  # the dialer refused a stale command: the lead goes back in front
+
+
+ADVANCE, END, RETRY = StatusAction.ADVANCE, StatusAction.END, StatusAction.RETRY
 #: (status, reason) -> what it does to an active slot; reason None matches any reason.
-STATUS_ACTIONS: dict[tuple[str, str | None], str] = {
+STATUS_ACTIONS: dict[tuple[str, str | None], StatusAction] = {
     ("queued", None): ADVANCE,
     ("initiated", None): ADVANCE,
     ("ringing", None): ADVANCE,
@@ -133,7 +178,38 @@ STATUS_ACTIONS: dict[tuple[str, str | None], str] = {
 #: priority, so they are next.
 FRONT_LEVEL = MAX_PRIORITY + 1
 
-_SEP = "\x1f"
+#: What a Note is about: its kind is the counter's label and the log line's subject.
+NoteKind = Literal[
+    "waiting",
+    "duplicate-lead",
+    "dial-granted",
+    "dial-refused",
+    "dial-resent",
+    "stale-status",
+    "status-held",
+    "control",
+    "lease-expired",
+    "lead-forgotten",
+    "dead-lettered",
+    "redelivered",
+    "outcome-completed",
+    "outcome-busy",
+    "outcome-failed",
+    "outcome-no-answer",
+    "outcome-canceled",
+    "outcome-expired",
+    "outcome-rejected",
+]
+#: The note each outcome is told with.
+OUTCOME_NOTES: dict[Outcome, NoteKind] = {
+    "completed": "outcome-completed",
+    "busy": "outcome-busy",
+    "failed": "outcome-failed",
+    "no-answer": "outcome-no-answer",
+    "canceled": "outcome-canceled",
+    "expired": "outcome-expired",
+    "rejected": "outcome-rejected",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +222,7 @@ class Rules:
     ring_timeout: float
     call_time_limit: float
     lease_grace: float
+    #: How long statuses for a dial we do not know are held (ORPHAN_STATUS_HOLD_SECONDS).
     orphan_hold: float
     max_attempts: int
     max_wakes_per_tick: int = 256
@@ -161,7 +238,8 @@ class Source:
     offset: int
     key: bytes | None = None
     value: bytes | None = None
-    #: The record's Kafka timestamp in seconds, for lag figures; not used by the rules.
+    #: The record's Kafka timestamp in seconds: the shell's lag figures and its
+    #: `statuses_read_until` (rule 5) come from it; the rules never read it.
     timestamp: float | None = None
 
     @property
@@ -182,7 +260,7 @@ class Emit:
 class Note:
     """Something worth a log line and a counter: `kind` is the counter's label."""
 
-    kind: str
+    kind: NoteKind
     business_id: str | None
     lead_id: str | None
     message: str
@@ -190,53 +268,13 @@ class Note:
 
 @dataclasses.dataclass
 class Effects:
-    """What the shell must do for one event: the writes (in order), then the emits."""
+    """What the shell must do for one event: the writes (in order; a None value deletes
+    the key), then the emits."""
 
-    writes: list[tuple[str, Any]]
+    writes: list[tuple[str, object]]
     emits: list[Emit]
     notes: list[Note]
     replayed: bool = False
-
-
-# -- keys ----------------------------------------------------------------------------
-
-
-# (f-strings, not a join: a dozen keys per event)
-def business_key(business_id: str) -> str:
-    return f"b\x1f{business_id}"
-
-
-def lead_key(business_id: str, lead_id: str) -> str:
-    return f"l\x1f{business_id}\x1f{lead_id}"
-
-
-def _queue_key(business_id: str, level: int | str, position: int) -> str:
-    return f"q\x1f{business_id}\x1f{level}\x1f{position}"
-
-
-def _held_key(business_id: str, dial_id: str) -> str:
-    return f"o\x1f{business_id}\x1f{dial_id}"
-
-
-def cursor_key(partition: int) -> str:
-    return f"c\x1f{partition}"
-
-
-def undelivered_key(partition: int) -> str:
-    """Where the shell keeps the partition's records not yet delivered (rule 7)."""
-    return f"x\x1f{partition}"
-
-
-def _wake_cursor_key(partition: int) -> str:
-    return f"wc\x1f{partition}"
-
-
-def _wake_size_key(partition: int, second: int) -> str:
-    return f"wn\x1f{partition}\x1f{second}"
-
-
-def _wake_entry_key(partition: int, second: int, index: int) -> str:
-    return f"w\x1f{partition}\x1f{second}\x1f{index}"
 
 
 def dial_id_for(business_id: str, lead_id: str, attempt: int) -> str:
@@ -244,19 +282,18 @@ def dial_id_for(business_id: str, lead_id: str, attempt: int) -> str:
     return f"{business_id}:{lead_id}:{attempt}"
 
 
-_RECORD_TYPES = {
+_RECORD_TYPES: dict[str, type[Record]] = {
     CALLS_DIAL: DialCommand,
     LEADS_OUTCOMES: LeadOutcome,
     LEADS_DEADLETTER: DeadLetter,
 }
-
 
 # -- entry points --------------------------------------------------------------------
 
 
 def process(
     read: Read,
-    event: LeadRequest | CallStatus | Tick | BusinessControl,
+    event: InputRecord,
     source: Source,
     now: float,
     rules: Rules,
@@ -284,7 +321,9 @@ def reject(
     lead_id: str | None = None,
     business_id: str | None = None,
 ) -> Effects:
-    """A record we cannot use: dead-letter it, and tell the CRM when it was a lead.
+    """A record we cannot use: dead-letter it, keyed by its business when known. When
+    it is a lead request whose ids were readable (`lead_id` and `business_id`), the CRM
+    gets that lead's outcome too: `rejected`.
 
     Applied once like any event, so a redelivered bad record is dead-lettered once and
     the cursor moves past it."""
@@ -302,7 +341,7 @@ def reject(
                 source.value,
             ),
         )
-        if lead_id and business_id and source.topic.endswith("leads.requests"):
+        if lead_id and business_id:
             step.emit(
                 LEADS_OUTCOMES,
                 business_id,
@@ -330,7 +369,7 @@ def _once(
 ) -> Effects:
     """Rule 9 around one handler: skip a record already applied, else apply it and
     move the topic's cursor past it in the same unit of writes."""
-    cursors = read(cursor_key(source.partition)) or {}
+    cursors = cast(Cursors, read(cursor_key(source.partition)) or {})
     if source.offset < cursors.get(source.topic, 0):
         return Effects(
             [],
@@ -346,26 +385,75 @@ def _once(
         now if statuses_read_until is None else statuses_read_until,
     )
     handle(step)
-    step.put(
-        cursor_key(source.partition), dict(cursors, **{source.topic: source.offset + 1})
-    )
+    step.put(cursor_key(source.partition), {**cursors, source.topic: source.offset + 1})
     return Effects(list(step.writes.items()), step.emits, step.notes)
 
 
-def encode_emits(emits: Iterable[Emit]) -> list:
+def encode_emits(emits: Iterable[Emit]) -> list[list[Any]]:
     """Emits as JSON-ready lists, to keep in the table (rule 7)."""
     return [[e.topic, e.key, e.record.to_dict()] for e in emits]
 
 
-def decode_emits(encoded: Iterable) -> list[Emit]:
+def decode_emits(encoded: Iterable[list[Any]]) -> list[Emit]:
     return [
-        Emit(topic, key, _RECORD_TYPES[topic](**record)) for topic, key, record in encoded
+        Emit(topic, key, _RECORD_TYPES[topic].from_dict(record))
+        for topic, key, record in encoded
     ]
 
 
-def describe_business(read: Read, business_id: str, now: float, rules: Rules) -> dict:
+def replay_writes(writes: Iterable[tuple[str, object]]) -> dict[str, object]:
+    """Fold writes into a dict (None deletes): how tests and tools apply Effects."""
+    state: dict[str, object] = {}
+    for key, value in writes:
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
+    return state
+
+
+class ActiveCall(TypedDict):
+    dial_id: str
+    lead_id: str
+    status: Phase
+    age_seconds: float
+    lease_left_seconds: float
+
+
+class BusinessView(TypedDict):
+    """What ops see of a business (`/businesses/`)."""
+
+    business_id: str
+    limit: int
+    paused: bool
+    active: list[ActiveCall]
+    waiting: int
+    oldest_waiting_seconds: float | None
+    held_statuses: int
+
+
+class _LeadViewBase(TypedDict):
+    lead_id: str
+    business_id: str
+    state: LeadState
+    attempt: int
+    outcome: Outcome | None
+    dial_id: str | None
+
+
+class LeadView(_LeadViewBase, total=False):
+    """Where a lead stands (`/businesses/BIZ/?lead=`); a waiting one also says why."""
+
+    ahead: int
+    waits_for: str
+
+
+def describe_business(
+    read: Read, business_id: str, now: float, rules: Rules
+) -> BusinessView:
     """What ops want to know about one business, from the table alone."""
-    business = read(business_key(business_id)) or _new_business()
+    business = read_business(read, business_id) or new_business()
+    since = oldest_waiting_since(business)
     return {
         "business_id": business_id,
         "limit": _limit(business, rules),
@@ -381,21 +469,19 @@ def describe_business(read: Read, business_id: str, now: float, rules: Rules) ->
             for dial_id, slot in business["active"].items()
         ],
         "waiting": waiting_count(business),
-        "oldest_waiting_seconds": (
-            None
-            if (since := oldest_waiting_since(business)) is None
-            else round(now - since, 3)
-        ),
-        "held_statuses": len(business["orphans"]),
+        "oldest_waiting_seconds": None if since is None else round(now - since, 3),
+        "held_statuses": len(business["held"]),
     }
 
 
-def describe_lead(read: Read, business_id: str, lead_id: str, rules: Rules) -> dict | None:
+def describe_lead(
+    read: Read, business_id: str, lead_id: str, rules: Rules
+) -> LeadView | None:
     """Where one lead stands and, when it waits, how many are ahead of it and why."""
-    lead = read(lead_key(business_id, lead_id))
+    lead = read_lead(read, business_id, lead_id)
     if lead is None:
         return None
-    view = {
+    view: LeadView = {
         "lead_id": lead_id,
         "business_id": business_id,
         "state": lead["state"],
@@ -404,11 +490,11 @@ def describe_lead(read: Read, business_id: str, lead_id: str, rules: Rules) -> d
         "dial_id": lead["dials"][-1] if lead["dials"] else None,
     }
     if lead["state"] == "waiting":
-        business = read(business_key(business_id)) or _new_business()
+        business = read_business(read, business_id) or new_business()
         level, position = lead["queued_at"]
         ahead = (
             position
-            - business["queues"][str(level)][0]
+            - business["queues"][str(level)].head
             + sum(
                 tail - head
                 for lvl, (head, tail, _) in business["queues"].items()
@@ -419,18 +505,11 @@ def describe_lead(read: Read, business_id: str, lead_id: str, rules: Rules) -> d
         view["waits_for"] = (
             "the business is paused"
             if business["paused"]
-            else f"a free slot: {len(business['active'])} of {_limit(business, rules)} in use"
+            else f"a free slot: {len(business['active'])} of"
+            f" {_limit(business, rules)} in use"
             + (f", {ahead} lead(s) ahead" if ahead else "")
         )
     return view
-
-
-def is_business_key(key: str) -> bool:
-    return key.startswith("b" + _SEP)
-
-
-def business_id_of(key: str) -> str:
-    return key.split(_SEP, 1)[1]
 
 
 # -- one event's worth of work -------------------------------------------------------
@@ -453,22 +532,22 @@ class _Step:
         self.now = now
         self.rules = rules
         self.statuses_read_until = statuses_read_until
-        self.writes: dict[str, Any] = {}
+        self.writes: dict[str, object] = {}
         self.emits: list[Emit] = []
         self.notes: list[Note] = []
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> object:
         """The value of `key` as this event left it so far. The table's own objects are
         copied before a handler can change them; this step's writes are its own."""
         if key in self.writes:
             return self.writes[key]
         return _copy(self._read(key))
 
-    def peek(self, key: str) -> Any:
+    def peek(self, key: str) -> object:
         """Like `get`, for reading only: the caller must not change what it returns."""
         return self.writes[key] if key in self.writes else self._read(key)
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: object) -> None:
         self.writes[key] = value
 
     def delete(self, key: str) -> None:
@@ -478,12 +557,12 @@ class _Step:
         self.emits.append(Emit(topic, key, record))
 
     def note(
-        self, kind: str, business_id: str | None, lead_id: str | None, message: str
+        self, kind: NoteKind, business_id: str | None, lead_id: str | None, message: str
     ) -> None:
         self.notes.append(Note(kind, business_id, lead_id, message))
 
 
-def _copy(value: Any) -> Any:
+def _copy(value: object) -> object:
     """A deep copy of a JSON value (all the table holds), at a fraction of the cost of
     copy.deepcopy."""
     if type(value) is dict or type(value) is list:
@@ -491,52 +570,54 @@ def _copy(value: Any) -> Any:
     return value
 
 
-def _new_business() -> dict:
-    return {
-        "active": {},
-        "queues": {},
-        "orphans": {},
-        "wake": None,
-        "limit": None,
-        "paused": False,
-    }
-
-
-def _limit(business: dict, rules: Rules) -> int:
+def _limit(business: Business, rules: Rules) -> int:
     return business["limit"] if business["limit"] is not None else rules.limit
 
 
-def waiting_count(business: dict) -> int:
-    """How many leads a business value has waiting."""
-    return sum(tail - head for head, tail, _ in business["queues"].values())
-
-
-def oldest_waiting_since(business: dict) -> float | None:
-    """Since when the longest-waiting lead at the head of one of its queues waits."""
-    return min((since for _, _, since in business["queues"].values()), default=None)
-
-
-def _load(step: _Step, business_id: str) -> dict:
-    return step.get(business_key(business_id)) or _new_business()
-
-
-def _save(step: _Step, business_id: str, business: dict) -> None:
-    """Write the business back, scheduling its next wake; drop it when it is idle."""
-    if not (
+def _is_idle(business: Business) -> bool:
+    """Nothing live, waiting, held or configured: the business leaves the table."""
+    return not (
         business["active"]
         or business["queues"]
-        or business["orphans"]
+        or business["held"]
         or business["limit"] is not None
         or business["paused"]
-    ):
+    )
+
+
+def _load(step: _Step, business_id: str) -> Business:
+    value = step.get(business_key(business_id))
+    return new_business() if value is None else decode_business(value)
+
+
+def _save(step: _Step, business_id: str, business: Business) -> None:
+    """Write the business back, scheduling its next wake; drop it when it is idle."""
+    if _is_idle(business):
         step.delete(business_key(business_id))
         return
     wake = _next_wake(business)
     if wake is not None:
         bucket = math.ceil(wake)
         if business["wake"] is None or bucket < business["wake"]:
-            business["wake"] = _schedule(step, business_id, bucket)
-    step.put(business_key(business_id), business)
+            business["wake"] = _schedule(step, WakeBusiness(business_id), bucket)
+    step.put(business_key(business_id), encode_business(business))
+
+
+def _get_lead(step: _Step, business_id: str, lead_id: str) -> Lead:
+    """The record of a lead that must exist (it holds a slot or waits), to change."""
+    value = step.get(lead_key(business_id, lead_id))
+    if value is None:
+        raise LookupError(f"lead {lead_id} of business {business_id} is not in the table")
+    return decode_lead(value)
+
+
+def _peek_lead(step: _Step, business_id: str, lead_id: str) -> Lead | None:
+    value = step.peek(lead_key(business_id, lead_id))
+    return None if value is None else decode_lead(value)
+
+
+def _put_lead(step: _Step, business_id: str, lead_id: str, lead: Lead) -> None:
+    step.put(lead_key(business_id, lead_id), encode_lead(lead))
 
 
 def _on_lead(step: _Step, lead: LeadRequest) -> None:
@@ -550,8 +631,11 @@ def _on_lead(step: _Step, lead: LeadRequest) -> None:
         )
         return
     business = _load(step, bid)
-    step.put(
-        lead_key(bid, lead.lead_id),
+    position = _enqueue(step, business, bid, lead.priority, lead.lead_id, front=False)
+    _put_lead(
+        step,
+        bid,
+        lead.lead_id,
         {
             "state": "waiting",
             "phone": lead.phone,
@@ -559,11 +643,13 @@ def _on_lead(step: _Step, lead: LeadRequest) -> None:
             "attempt": 1,
             "dials": [],
             "outcome": None,
+            "queued_at": position,
+            "waiting_since": step.now,
         },
     )
-    _enqueue(step, business, bid, lead.priority, lead.lead_id, front=False)
     _fill(step, business, bid)
-    if step.peek(lead_key(bid, lead.lead_id))["state"] == "waiting":
+    waiting = _peek_lead(step, bid, lead.lead_id)
+    if waiting is not None and waiting["state"] == "waiting":
         step.note(
             "waiting",
             bid,
@@ -581,7 +667,7 @@ def _on_status(step: _Step, status: CallStatus) -> None:
     if status.dial_id in business["active"]:
         _apply_status(step, business, bid, status)
     else:
-        lead = step.peek(lead_key(bid, status.lead_id))
+        lead = _peek_lead(step, bid, status.lead_id)
         if lead is not None and status.dial_id in lead["dials"]:
             step.note(
                 "stale-status",
@@ -599,35 +685,37 @@ def _on_status(step: _Step, status: CallStatus) -> None:
 def _on_tick(step: _Step, tick: Tick) -> None:
     """Visit the businesses whose wake bucket is due, at most max_wakes_per_tick of them."""
     partition = step.source.partition
-    cursor = step.get(_wake_cursor_key(partition))
+    cursor = step.get(wake_cursor_key(partition))
     if cursor is None:
         return
-    second, index = cursor
+    second, index = WakeCursor(*cast(list[int], cursor))
     visited = 0
     while second <= math.floor(step.now) and visited < step.rules.max_wakes_per_tick:
-        size = step.get(_wake_size_key(partition, second)) or 0
+        size = _wake_size(step, partition, second)
         while index < size and visited < step.rules.max_wakes_per_tick:
-            entry = _wake_entry_key(partition, second, index)
-            due = step.get(entry)
+            entry = wake_entry_key(partition, second, index)
+            due = decode_wake_entry(step.get(entry))
             step.delete(entry)
             index += 1
             visited += 1
-            if isinstance(due, list):
-                _forget(step, *due[1:])
-            else:
-                _wake(step, due, second)
+            match due:
+                case WakeBusiness(business_id):
+                    _wake(step, business_id, second)
+                case ForgetLead(business_id, lead_id):
+                    _forget(step, business_id, lead_id)
         if index < size:
             break
         if size:
-            step.delete(_wake_size_key(partition, second))
+            step.delete(wake_size_key(partition, second))
         second, index = second + 1, 0
-    step.put(_wake_cursor_key(partition), [second, index])
+    step.put(wake_cursor_key(partition), [second, index])
 
 
 def _on_control(step: _Step, control: BusinessControl) -> None:
     bid = control.business_id
     business = _load(step, bid)
-    business.update(limit=control.limit, paused=control.paused)
+    business["limit"] = control.limit
+    business["paused"] = control.paused
     step.note(
         "control",
         bid,
@@ -641,7 +729,7 @@ def _on_control(step: _Step, control: BusinessControl) -> None:
     _save(step, bid, business)
 
 
-_HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
+_HANDLERS: dict[type[InputRecord], Callable[[_Step, Any], None]] = {
     LeadRequest: _on_lead,
     CallStatus: _on_status,
     Tick: _on_tick,
@@ -653,9 +741,10 @@ _HANDLERS: dict[type, Callable[[_Step, Any], None]] = {
 
 
 def _enqueue(
-    step: _Step, business: dict, bid: str, level: int, lead_id: str, front: bool
-) -> None:
-    head, tail, since = business["queues"].get(str(level), (0, 0, step.now))
+    step: _Step, business: Business, bid: str, level: int, lead_id: str, front: bool
+) -> QueuePosition:
+    """Put a lead at the back (or the front) of a queue level; where it now waits."""
+    head, tail, since = business["queues"].get(str(level), QueueLevel(0, 0, step.now))
     if front:
         head -= 1
         position = head
@@ -663,28 +752,29 @@ def _enqueue(
     else:
         position = tail
         tail += 1
-    business["queues"][str(level)] = [head, tail, since]
-    step.put(_queue_key(bid, level, position), lead_id)
-    lead = step.get(lead_key(bid, lead_id))
-    lead.update(queued_at=[level, position], waiting_since=step.now)
-    step.put(lead_key(bid, lead_id), lead)
+    business["queues"][str(level)] = QueueLevel(head, tail, since)
+    step.put(queue_key(bid, level, position), lead_id)
+    return QueuePosition(level, position)
 
 
-def _dequeue(step: _Step, business: dict, bid: str) -> str:
+def _dequeue(step: _Step, business: Business, bid: str) -> str:
     level = max(business["queues"], key=int)
     head, tail, _ = business["queues"][level]
-    key = _queue_key(bid, level, head)
-    lead_id = step.get(key)
+    key = queue_key(bid, level, head)
+    lead_id = cast(str, step.get(key))
     step.delete(key)
     if head + 1 == tail:
         del business["queues"][level]
     else:
-        following = step.peek(lead_key(bid, step.peek(_queue_key(bid, level, head + 1))))
-        business["queues"][level] = [head + 1, tail, following["waiting_since"]]
+        following = _peek_lead(
+            step, bid, cast(str, step.peek(queue_key(bid, level, head + 1)))
+        )
+        assert following is not None, "a queued lead has its record"
+        business["queues"][level] = QueueLevel(head + 1, tail, following["waiting_since"])
     return lead_id
 
 
-def _fill(step: _Step, business: dict, bid: str) -> None:
+def _fill(step: _Step, business: Business, bid: str) -> None:
     """Rule 2: refill free slots from the queue, right now."""
     while (
         business["queues"]
@@ -694,12 +784,12 @@ def _fill(step: _Step, business: dict, bid: str) -> None:
         _grant(step, business, bid, _dequeue(step, business, bid))
 
 
-def _grant(step: _Step, business: dict, bid: str, lead_id: str) -> None:
-    lead = step.get(lead_key(bid, lead_id))
+def _grant(step: _Step, business: Business, bid: str, lead_id: str) -> None:
+    lead = _get_lead(step, bid, lead_id)
     now, rules = step.now, step.rules
     dial_id = dial_id_for(bid, lead_id, lead["attempt"])
     dial_by = now + rules.dial_deadline
-    slot = {
+    slot: Slot = {
         "lead_id": lead_id,
         "attempt": lead["attempt"],
         "phone": lead["phone"],
@@ -710,11 +800,12 @@ def _grant(step: _Step, business: dict, bid: str, lead_id: str) -> None:
         "call_sid": None,
         "resends": 0,
         "resend_at": now + rules.ack_timeout if now + rules.ack_timeout < dial_by else None,
+        "lease_until": _lease(rules, "granted", dial_by, now),
     }
-    slot["lease_until"] = _lease(rules, "granted", slot, now)
     business["active"][dial_id] = slot
-    lead.update(state="active", dials=lead["dials"] + [dial_id])
-    step.put(lead_key(bid, lead_id), lead)
+    lead["state"] = "active"
+    lead["dials"] = lead["dials"] + [dial_id]
+    _put_lead(step, bid, lead_id, lead)
     step.emit(CALLS_DIAL, bid, _dial_command(bid, dial_id, slot))
     step.note(
         "dial-granted",
@@ -723,22 +814,19 @@ def _grant(step: _Step, business: dict, bid: str, lead_id: str) -> None:
         f"lead {lead_id} of business {bid} granted dial {dial_id}"
         f" ({len(business['active'])}/{_limit(business, rules)} active)",
     )
-    if dial_id in business["orphans"]:
-        del business["orphans"][dial_id]
-        held = step.get(_held_key(bid, dial_id)) or []
-        step.delete(_held_key(bid, dial_id))
+    if dial_id in business["held"]:
+        del business["held"][dial_id]
+        held = decode_held(step.get(held_key(bid, dial_id)))
+        step.delete(held_key(bid, dial_id))
         held.sort(
-            key=lambda h: (
-                PHASE_RANK.get(h["status"]["status"], 9),
-                h["status"].get("sequence") or -1,
-            )
+            key=lambda h: (PHASE_RANK.get(h.status.status, 9), h.status.sequence or -1)
         )
         for entry in held:
             if dial_id in business["active"]:
-                _apply_status(step, business, bid, CallStatus(**entry["status"]))
+                _apply_status(step, business, bid, entry.status)
 
 
-def _dial_command(bid: str, dial_id: str, slot: dict) -> DialCommand:
+def _dial_command(bid: str, dial_id: str, slot: Slot) -> DialCommand:
     return DialCommand(
         dial_id=dial_id,
         lead_id=slot["lead_id"],
@@ -753,13 +841,14 @@ def _dial_command(bid: str, dial_id: str, slot: dict) -> DialCommand:
 # -- statuses ------------------------------------------------------------------------
 
 
-def _lease(rules: Rules, phase: str, slot: dict, now: float) -> float:
+def _lease(rules: Rules, phase: Phase, dial_by: float, now: float) -> float:
     start, durations = LEASES[phase]
-    base = slot["dial_by"] if start == "dial_by" else now
-    return base + sum(getattr(rules, d) for d in durations)
+    base = dial_by if start == "dial_by" else now
+    added: float = sum(getattr(rules, d) for d in durations)
+    return base + added
 
 
-def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
+def _apply_status(step: _Step, business: Business, bid: str, status: CallStatus) -> None:
     slot = business["active"][status.dial_id]
     action = (
         STATUS_ACTIONS.get((status.status, status.reason))
@@ -767,7 +856,7 @@ def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> 
     )
     if status.call_sid:
         slot["call_sid"] = status.call_sid
-    if action == ADVANCE:
+    if action is ADVANCE:
         rank, current = PHASE_RANK[status.status], PHASE_RANK[slot["status"]]
         newer = (
             slot["sequence"] is None
@@ -775,20 +864,24 @@ def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> 
             or status.sequence > slot["sequence"]
         )
         if rank > current or (rank == current and newer):
-            slot["status"] = status.status
+            slot["status"] = cast(Phase, status.status)  # only live statuses advance
             if status.sequence is not None:
                 slot["sequence"] = status.sequence
         slot["resend_at"] = None
         slot["lease_until"] = max(
-            slot["lease_until"], _lease(step.rules, slot["status"], slot, step.now)
+            slot["lease_until"],
+            _lease(step.rules, slot["status"], slot["dial_by"], step.now),
         )
         return
     del business["active"][status.dial_id]
-    lead = step.get(lead_key(bid, slot["lead_id"]))
-    if action == RETRY and lead["attempt"] < step.rules.max_attempts:
-        lead.update(state="waiting", attempt=lead["attempt"] + 1)
-        step.put(lead_key(bid, slot["lead_id"]), lead)
-        _enqueue(step, business, bid, FRONT_LEVEL, slot["lead_id"], front=True)
+    lead = _get_lead(step, bid, slot["lead_id"])
+    if action is RETRY and lead["attempt"] < step.rules.max_attempts:
+        position = _enqueue(step, business, bid, FRONT_LEVEL, slot["lead_id"], front=True)
+        lead["state"] = "waiting"
+        lead["attempt"] += 1
+        lead["queued_at"] = position
+        lead["waiting_since"] = step.now
+        _put_lead(step, bid, slot["lead_id"], lead)
         step.note(
             "dial-refused",
             bid,
@@ -798,27 +891,29 @@ def _apply_status(step: _Step, business: dict, bid: str, status: CallStatus) -> 
         )
         return
     reason = status.reason
-    if action == RETRY:
+    if action is RETRY:
         reason = f"{status.reason} on all {lead['attempt']} attempts"
     elif status.error_code is not None and not reason:
         reason = f"error {status.error_code}"
-    _finish(step, bid, lead, slot, status.dial_id, status.status, reason)
+    outcome = cast(TerminalStatus, status.status)  # only terminal statuses end a call
+    _finish(step, bid, lead, slot, status.dial_id, outcome, reason)
 
 
 def _finish(
     step: _Step,
     bid: str,
-    lead: dict,
-    slot: dict,
+    lead: Lead,
+    slot: Slot,
     dial_id: str,
-    outcome: str,
+    outcome: Outcome,
     reason: str | None,
 ) -> None:
-    lead.update(state="done", outcome=outcome)
-    step.put(lead_key(bid, slot["lead_id"]), lead)
+    lead["state"] = "done"
+    lead["outcome"] = outcome
+    _put_lead(step, bid, slot["lead_id"], lead)
     _schedule(
         step,
-        ["lead", bid, slot["lead_id"]],
+        ForgetLead(bid, slot["lead_id"]),
         math.ceil(step.now + step.rules.lead_retention),
     )
     step.emit(
@@ -835,7 +930,7 @@ def _finish(
         ),
     )
     step.note(
-        "outcome-" + outcome,
+        OUTCOME_NOTES[outcome],
         bid,
         slot["lead_id"],
         f"lead {slot['lead_id']} of business {bid} ended {outcome}"
@@ -844,20 +939,18 @@ def _finish(
     )
 
 
-def _hold(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
+def _hold(step: _Step, business: Business, bid: str, status: CallStatus) -> None:
     """Rule 6: keep a status for an unknown dial until its grant shows up, for a while."""
-    held = step.get(_held_key(bid, status.dial_id)) or []
+    held = decode_held(step.get(held_key(bid, status.dial_id)))
     src = step.source
     held.append(
-        {
-            "status": status.to_dict(),
-            "source": DeadLetter.of(
-                "", src.topic, src.partition, src.offset, src.key, src.value
-            ).to_dict(),
-        }
+        HeldStatus(
+            status,
+            DeadLetter.of("", src.topic, src.partition, src.offset, src.key, src.value),
+        )
     )
-    step.put(_held_key(bid, status.dial_id), held)
-    business["orphans"].setdefault(status.dial_id, step.now + step.rules.orphan_hold)
+    step.put(held_key(bid, status.dial_id), encode_held(held))
+    business["held"].setdefault(status.dial_id, step.now + step.rules.orphan_hold)
     step.note(
         "status-held",
         bid,
@@ -870,8 +963,8 @@ def _hold(step: _Step, business: dict, bid: str, status: CallStatus) -> None:
 # -- time ----------------------------------------------------------------------------
 
 
-def _next_wake(business: dict) -> float | None:
-    times: list[float] = list(business["orphans"].values())
+def _next_wake(business: Business) -> float | None:
+    times: list[float] = list(business["held"].values())
     for slot in business["active"].values():
         times.append(slot["lease_until"])
         if slot["resend_at"] is not None:
@@ -879,24 +972,28 @@ def _next_wake(business: dict) -> float | None:
     return min(times) if times else None
 
 
-def _schedule(step: _Step, due: str | list, bucket: int) -> int:
-    """Append `due` (a business id, or a lead to forget) to the wake bucket of second
-    `bucket` of this partition."""
+def _wake_size(step: _Step, partition: int, second: int) -> int:
+    return cast(int, step.get(wake_size_key(partition, second)) or 0)
+
+
+def _schedule(step: _Step, due: WakeEntry, bucket: int) -> int:
+    """Append `due` to the wake bucket of second `bucket` of this partition (or of the
+    cursor's second, when that one is past); the bucket it went to."""
     partition = step.source.partition
-    cursor = step.get(_wake_cursor_key(partition))
+    cursor = step.get(wake_cursor_key(partition))
     if cursor is None:
-        step.put(_wake_cursor_key(partition), [bucket, 0])
-    elif bucket < cursor[0]:
-        bucket = cursor[0]
-    size = step.get(_wake_size_key(partition, bucket)) or 0
-    step.put(_wake_entry_key(partition, bucket, size), due)
-    step.put(_wake_size_key(partition, bucket), size + 1)
+        step.put(wake_cursor_key(partition), [bucket, 0])
+    else:
+        bucket = max(bucket, WakeCursor(*cast(list[int], cursor)).second)
+    size = _wake_size(step, partition, bucket)
+    step.put(wake_entry_key(partition, bucket, size), encode_wake_entry(due))
+    step.put(wake_size_key(partition, bucket), size + 1)
     return bucket
 
 
 def _forget(step: _Step, bid: str, lead_id: str) -> None:
     """Rule 6: a lead's record goes `lead_retention` after its outcome."""
-    lead = step.get(lead_key(bid, lead_id))
+    lead = _peek_lead(step, bid, lead_id)
     if lead is not None and lead["state"] == "done":
         step.delete(lead_key(bid, lead_id))
         step.note(
@@ -910,9 +1007,10 @@ def _forget(step: _Step, bid: str, lead_id: str) -> None:
 
 def _wake(step: _Step, bid: str, bucket: int) -> None:
     """Rules 3, 5, 6 over time: expire leases, resend silent dials, drop held statuses."""
-    business = step.get(business_key(bid))
-    if business is None:
+    value = step.get(business_key(bid))
+    if value is None:
         return
+    business = decode_business(value)
     if business["wake"] == bucket:
         business["wake"] = None
     now = step.now
@@ -923,7 +1021,7 @@ def _wake(step: _Step, bid: str, bucket: int) -> None:
             _finish(
                 step,
                 bid,
-                step.get(lead_key(bid, slot["lead_id"])),
+                _get_lead(step, bid, slot["lead_id"]),
                 slot,
                 dial_id,
                 "expired",
@@ -953,33 +1051,20 @@ def _wake(step: _Step, bid: str, bucket: int) -> None:
                     f"dial {dial_id} had no status after"
                     f" {now - slot['granted_at']:.1f}s; resent ({slot['resends']})",
                 )
-    for dial_id, until in list(business["orphans"].items()):
+    for dial_id, until in list(business["held"].items()):
         if now >= until:
-            del business["orphans"][dial_id]
-            held = step.get(_held_key(bid, dial_id)) or []
-            step.delete(_held_key(bid, dial_id))
+            del business["held"][dial_id]
+            held = decode_held(step.get(held_key(bid, dial_id)))
+            step.delete(held_key(bid, dial_id))
             for entry in held:
-                letter = dict(
-                    entry["source"],
+                letter = dataclasses.replace(
+                    entry.source,
                     reason=(
-                        f"status {entry['status']['status']} for unknown dial {dial_id}:"
+                        f"status {entry.status.status} for unknown dial {dial_id}:"
                         f" no grant claimed it within {step.rules.orphan_hold:g}s"
                     ),
                 )
-                step.emit(LEADS_DEADLETTER, bid, DeadLetter(**letter))
-                step.note(
-                    "dead-lettered", bid, entry["status"]["lead_id"], letter["reason"]
-                )
+                step.emit(LEADS_DEADLETTER, bid, letter)
+                step.note("dead-lettered", bid, entry.status.lead_id, letter.reason)
     _fill(step, business, bid)
     _save(step, bid, business)
-
-
-def replay_writes(writes: Iterable[tuple[str, Any]]) -> dict[str, Any]:
-    """Fold writes into a dict (None deletes): how tests and tools apply Effects."""
-    state: dict[str, Any] = {}
-    for key, value in writes:
-        if value is None:
-            state.pop(key, None)
-        else:
-            state[key] = value
-    return state

@@ -48,8 +48,16 @@ from prometheus_client import (
     process_collector,
 )
 
-from streams.limiter_table import Effects, oldest_waiting_since, waiting_count
-from streams.topics import LEADS_OUTCOMES
+from streams.limiter_state import (
+    Read,
+    business_id_of,
+    decode_business,
+    is_business_key,
+    oldest_waiting_since,
+    waiting_count,
+)
+from streams.limiter_table import Effects, NoteKind
+from streams.topics import LeadOutcome
 
 #: How many businesses get their own `business_id` series in the per-business gauges.
 TOP_BUSINESSES = 20
@@ -249,7 +257,7 @@ ALL = (
 )
 
 #: Note kinds with a metric of their own (besides `streams_decisions_total{kind}`).
-_NOTE_COUNTERS = {
+_NOTE_COUNTERS: dict[NoteKind, Counter] = {
     "dial-granted": DIALS_GRANTED,
     "lease-expired": LEASE_EXPIRIES,
     "dial-resent": DIAL_RESENDS,
@@ -305,7 +313,7 @@ def observe_effects(effects: Effects) -> None:
             counter.inc()
     if not effects.replayed:
         for emit in effects.emits:
-            if emit.topic == LEADS_OUTCOMES and emit.record.outcome == "rejected":
+            if isinstance(emit.record, LeadOutcome) and emit.record.outcome == "rejected":
                 OUTCOMES.labels(outcome="rejected").inc()
 
 
@@ -323,14 +331,19 @@ class BusinessSummary:
         #: Whether the partitions changed since the rows were built from the table.
         self.stale = True
 
-    def update(self, business_id: str, value: dict | None) -> None:
+    def update(self, business_id: str, value: object) -> None:
         """The business's table value was written (None: it left the table)."""
         old = self._rows.pop(business_id, None)
         if old is not None:
             self.active -= old[0]
             self.waiting -= old[1]
         if value is not None:
-            row = (len(value["active"]), waiting_count(value), oldest_waiting_since(value))
+            business = decode_business(value)
+            row = (
+                len(business["active"]),
+                waiting_count(business),
+                oldest_waiting_since(business),
+            )
             self._rows[business_id] = row
             self.active += row[0]
             self.waiting += row[1]
@@ -339,10 +352,24 @@ class BusinessSummary:
         self._rows.clear()
         self.active = self.waiting = 0
 
+    async def rebuild(self, keys: Iterable[str], read: Read) -> None:
+        """Build the rows from the table's `keys` (`read` reads their values), once
+        after a rebalance; writes keep them current from then on. The keys go in slices,
+        so the agent goes on meanwhile."""
+        self.stale = False
+        self.clear()
+        try:
+            async for chunk in in_slices(keys, 1000):
+                for key in chunk:
+                    if is_business_key(key):
+                        self.update(business_id_of(key), read(key))
+        except RuntimeError:  # the partitions changed meanwhile: try again next time
+            self.stale = True
+
     async def set_gauges(self, now: float, rows_per_slice: int = 2000) -> None:
         """Totals, the busiest businesses (most active plus waiting, ties by id) and
         the oldest wait. The scan goes in slices: in one go it took ~17 ms of CPU every
-        refresh at 100,000 businesses, a stall of the agent (bench/RESULTS.md, run 4)."""
+        refresh at 100,000 businesses, a stall of the agent."""
         ACTIVE_CALLS.set(self.active)
         WAITING_LEADS.set(self.waiting)
         BUSINESSES.set(len(self._rows))
@@ -392,10 +419,6 @@ class LagTracker:
         """Remember the Kafka timestamp (seconds) of the event just processed."""
         if timestamp:
             self._last_event[(topic, partition)] = timestamp
-
-    def last_timestamp(self, topic: str, partition: int) -> float | None:
-        """The Kafka timestamp of the last event processed from that partition."""
-        return self._last_event.get((topic, partition))
 
     def refresh(
         self, consumer: Any, topics: Iterable[str], now: float | None = None

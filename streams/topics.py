@@ -20,19 +20,20 @@ import functools
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final, Literal, TypeGuard, TypeVar, get_args
 
 import orjson
 
 # -- topic names ---------------------------------------------------------------------
 
-LEADS_REQUESTS = "leads.requests"
-CALLS_STATUS = "calls.status"
-LIMITER_TICKS = "limiter.ticks"
-BUSINESS_CONTROL = "business.control"
-CALLS_DIAL = "calls.dial"
-LEADS_OUTCOMES = "leads.outcomes"
-LEADS_DEADLETTER = "leads.deadletter"
+LEADS_REQUESTS: Final = "leads.requests"
+CALLS_STATUS: Final = "calls.status"
+LIMITER_TICKS: Final = "limiter.ticks"
+BUSINESS_CONTROL: Final = "business.control"
+CALLS_DIAL: Final = "calls.dial"
+LEADS_OUTCOMES: Final = "leads.outcomes"
+LEADS_DEADLETTER: Final = "leads.deadletter"
 
 #: Topics the worker consumes; they must be co-partitioned (equal partition counts).
 INPUT_TOPICS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS, BUSINESS_CONTROL)
@@ -50,6 +51,12 @@ LIMITER_TABLE = "limiter"
 def topic_name(base: str, prefix: str) -> str:
     """The real name of topic `base` under `TOPIC_PREFIX`."""
     return f"{prefix}{base}"
+
+
+def base_names(prefix: str, bases: tuple[str, ...] = INPUT_TOPICS) -> dict[str, str]:
+    """Real name -> base name of the topics `bases` under `TOPIC_PREFIX`: how the worker
+    tells which topic a record came from."""
+    return {topic_name(base, prefix): base for base in bases}
 
 
 def app_id(prefix: str, base_app_id: str) -> str:
@@ -118,10 +125,17 @@ def from_iso(text: str) -> float:
 
 # -- records -------------------------------------------------------------------------
 
-LIVE_STATUSES = ("queued", "initiated", "ringing", "in-progress")
-TERMINAL_STATUSES = ("completed", "busy", "failed", "no-answer", "canceled")
-CALL_STATUSES = LIVE_STATUSES + TERMINAL_STATUSES
-OUTCOMES = TERMINAL_STATUSES + ("expired", "rejected")
+LiveStatus = Literal["queued", "initiated", "ringing", "in-progress"]
+TerminalStatus = Literal["completed", "busy", "failed", "no-answer", "canceled"]
+#: Twilio's CallStatus values, as `calls.status` carries them.
+CallStatusName = Literal[LiveStatus, TerminalStatus]
+#: How a lead ends (`leads.outcomes`): its call's terminal status, or ours.
+Outcome = Literal[TerminalStatus, "expired", "rejected"]
+
+LIVE_STATUSES: tuple[LiveStatus, ...] = get_args(LiveStatus)
+TERMINAL_STATUSES: tuple[TerminalStatus, ...] = get_args(TerminalStatus)
+CALL_STATUSES: tuple[CallStatusName, ...] = LIVE_STATUSES + TERMINAL_STATUSES
+OUTCOMES: tuple[Outcome, ...] = TERMINAL_STATUSES + ("expired", "rejected")
 #: Reason a dialer gives when it refuses a command whose dial_by has passed.
 DIAL_DEADLINE_PASSED = "dial-deadline-passed"
 
@@ -131,7 +145,7 @@ _MAX_ID_LENGTH = 200
 
 
 class InvalidRecord(ValueError):
-    """A record we cannot use. `reason` is one line; ids are kept when they were readable."""
+    """A record we cannot use. `reason` is one line; the ids are kept when readable."""
 
     def __init__(
         self, reason: str, *, lead_id: str | None = None, business_id: str | None = None
@@ -142,7 +156,13 @@ class InvalidRecord(ValueError):
         self.business_id = business_id
 
 
-def _load_object(value: bytes) -> dict:
+#: A record's JSON object, as decoded from its value.
+Fields = dict[str, Any]
+
+
+def _load_object(value: bytes | None) -> Fields:
+    if value is None:
+        raise InvalidRecord("value is missing (a null record)")
     try:
         data = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -152,19 +172,31 @@ def _load_object(value: bytes) -> dict:
     return data
 
 
-def _ident(data: dict, name: str, **ids: str | None) -> str:
+def _ident(
+    data: Fields, name: str, *, lead_id: str | None = None, business_id: str | None = None
+) -> str:
     value = data.get(name)
     if not isinstance(value, str) or not value.strip():
-        raise InvalidRecord(f"{name} is missing or not a non-empty string", **ids)
+        raise InvalidRecord(
+            f"{name} is missing or not a non-empty string",
+            lead_id=lead_id,
+            business_id=business_id,
+        )
     if len(value) > _MAX_ID_LENGTH:
-        raise InvalidRecord(f"{name} is longer than {_MAX_ID_LENGTH} characters", **ids)
+        raise InvalidRecord(
+            f"{name} is longer than {_MAX_ID_LENGTH} characters",
+            lead_id=lead_id,
+            business_id=business_id,
+        )
     return value
 
 
-def _optional_str(data: dict, name: str, **ids: str | None) -> str | None:
+def _optional_str(data: Fields, name: str, *, lead_id: str, business_id: str) -> str | None:
     value = data.get(name)
     if value is not None and not isinstance(value, str):
-        raise InvalidRecord(f"{name} must be a string when given", **ids)
+        raise InvalidRecord(
+            f"{name} must be a string when given", lead_id=lead_id, business_id=business_id
+        )
     return value
 
 
@@ -178,7 +210,9 @@ def _check_key(key: bytes | None, *, business_id: str, lead_id: str | None) -> N
         )
 
 
-def _timestamp(data: dict, name: str, **ids: str | None) -> float:
+def _timestamp(
+    data: Fields, name: str, *, lead_id: str | None = None, business_id: str | None = None
+) -> float:
     raw = data.get(name)
     try:
         if isinstance(raw, str):
@@ -191,19 +225,35 @@ def _timestamp(data: dict, name: str, **ids: str | None) -> float:
             return float(raw)
     except ValueError:
         pass
-    raise InvalidRecord(f"{name} must be an ISO-8601 timestamp with a timezone", **ids)
+    raise InvalidRecord(
+        f"{name} must be an ISO-8601 timestamp with a timezone",
+        lead_id=lead_id,
+        business_id=business_id,
+    )
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_R = TypeVar("_R", bound="Record")
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
     """Base: JSON encoding shared by every record type."""
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Fields:
         # Every field is a scalar: a shallow dict is all of it (dataclasses.asdict
         # copies recursively, and was a tenth of the worker's time).
         return {
             k: v for k in self.__dataclass_fields__ if (v := getattr(self, k)) is not None
         }
+
+    @classmethod
+    def from_dict(cls: type[_R], fields: Fields) -> _R:
+        """The record `to_dict` gave these fields for (they are trusted: ours)."""
+        return cls(**fields)
 
     def encode(self) -> bytes:
         return orjson.dumps(self.to_dict())
@@ -219,29 +269,29 @@ class LeadRequest(Record):
     priority: int = 0
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> LeadRequest:
+    def decode(cls, value: bytes | None, key: bytes | None) -> LeadRequest:
         data = _load_object(value)
-        lead_id = data.get("lead_id") if isinstance(data.get("lead_id"), str) else None
+        readable = data.get("lead_id")
+        lead_id: str | None = readable if isinstance(readable, str) else None
         business_id = _ident(data, "business_id", lead_id=lead_id)
-        ids = {"lead_id": lead_id, "business_id": business_id}
-        lead_id = _ident(data, "lead_id", **ids)
-        _check_key(key, **ids)
+        lead_id = _ident(data, "lead_id", lead_id=lead_id, business_id=business_id)
+        _check_key(key, business_id=business_id, lead_id=lead_id)
         phone = data.get("phone")
         if not isinstance(phone, str) or not _E164.match(phone):
             raise InvalidRecord(
-                f"phone {phone!r} is not an E.164 number like +14155550100", **ids
+                f"phone {phone!r} is not an E.164 number like +14155550100",
+                lead_id=lead_id,
+                business_id=business_id,
             )
         priority = data.get("priority", 0)
         if priority is None:
             priority = 0
-        if (
-            not isinstance(priority, int)
-            or isinstance(priority, bool)
-            or not MIN_PRIORITY <= priority <= MAX_PRIORITY
-        ):
+        if not _is_int(priority) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise InvalidRecord(
-                f"priority must be an integer {MIN_PRIORITY}-{MAX_PRIORITY}, got {priority!r}",
-                **ids,
+                f"priority must be an integer {MIN_PRIORITY}-{MAX_PRIORITY},"
+                f" got {priority!r}",
+                lead_id=lead_id,
+                business_id=business_id,
             )
         return cls(lead_id=lead_id, business_id=business_id, phone=phone, priority=priority)
 
@@ -261,7 +311,7 @@ class CallStatus(Record):
     error_code: int | None = None
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> CallStatus:
+    def decode(cls, value: bytes | None, key: bytes | None) -> CallStatus:
         data = _load_object(value)
         business_id = _ident(data, "business_id")
         lead_id = _ident(data, "lead_id", business_id=business_id)
@@ -277,14 +327,10 @@ class CallStatus(Record):
             )
         _timestamp(data, "at", **ids)
         sequence = data.get("sequence")
-        if sequence is not None and (
-            not isinstance(sequence, int) or isinstance(sequence, bool)
-        ):
+        if sequence is not None and not _is_int(sequence):
             raise InvalidRecord(f"sequence must be an integer, got {sequence!r}", **ids)
         error_code = data.get("error_code")
-        if error_code is not None and (
-            not isinstance(error_code, int) or isinstance(error_code, bool)
-        ):
+        if error_code is not None and not _is_int(error_code):
             raise InvalidRecord(f"error_code must be an integer, got {error_code!r}", **ids)
         return cls(
             dial_id=dial_id,
@@ -301,16 +347,16 @@ class CallStatus(Record):
 
 @dataclasses.dataclass(frozen=True)
 class Tick(Record):
-    """`limiter.ticks`: the clock, delivered as events so that only the agent writes state."""
+    """`limiter.ticks`: the clock, as events, so that only the agent writes state."""
 
     partition: int
     at: str
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> Tick:
+    def decode(cls, value: bytes | None, key: bytes | None) -> Tick:
         data = _load_object(value)
         partition = data.get("partition")
-        if not isinstance(partition, int) or isinstance(partition, bool) or partition < 0:
+        if not _is_int(partition) or partition < 0:
             raise InvalidRecord(
                 f"tick partition must be a non-negative integer, got {partition!r}"
             )
@@ -331,24 +377,24 @@ class BusinessControl(Record):
     paused: bool = False
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None) -> BusinessControl:
+    def decode(cls, value: bytes | None, key: bytes | None) -> BusinessControl:
         data = _load_object(value)
         business_id = _ident(data, "business_id")
-        ids = {"lead_id": None, "business_id": business_id}
-        _check_key(key, **ids)
+        _check_key(key, business_id=business_id, lead_id=None)
         limit = data.get("limit")
-        if limit is not None and (
-            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
-        ):
+        if limit is not None and (not _is_int(limit) or limit < 0):
             raise InvalidRecord(
-                f"limit must be a non-negative integer or null, got {limit!r}", **ids
+                f"limit must be a non-negative integer or null, got {limit!r}",
+                business_id=business_id,
             )
         paused = data.get("paused", False)
         if not isinstance(paused, bool):
-            raise InvalidRecord(f"paused must be true or false, got {paused!r}", **ids)
+            raise InvalidRecord(
+                f"paused must be true or false, got {paused!r}", business_id=business_id
+            )
         return cls(business_id=business_id, limit=limit, paused=paused)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Fields:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -365,7 +411,7 @@ class DialCommand(Record):
     dial_by: str
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None = None) -> DialCommand:
+    def decode(cls, value: bytes | None, key: bytes | None = None) -> DialCommand:
         data = _load_object(value)
         try:
             command = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
@@ -388,7 +434,7 @@ class LeadOutcome(Record):
     attempt: int | None = None
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None = None) -> LeadOutcome:
+    def decode(cls, value: bytes | None, key: bytes | None = None) -> LeadOutcome:
         data = _load_object(value)
         fields = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in fields})
@@ -428,13 +474,13 @@ class DeadLetter(Record):
         )
 
     @classmethod
-    def decode(cls, value: bytes, key: bytes | None = None) -> DeadLetter:
+    def decode(cls, value: bytes | None, key: bytes | None = None) -> DeadLetter:
         return cls(**_load_object(value))
 
     def original_value(self) -> bytes | None:
         return None if self.value is None else base64.b64decode(self.value)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> Fields:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
@@ -442,10 +488,15 @@ def _b64(data: bytes | None) -> str | None:
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
+#: What the worker consumes: one record type per input topic.
+InputRecord = LeadRequest | CallStatus | Tick | BusinessControl
+#: Decodes a record's value and key, or raises InvalidRecord.
+Decoder = Callable[[bytes | None, bytes | None], InputRecord]
+
 #: What the worker decodes from each input topic.
-INPUT_RECORDS: dict[str, type] = {
-    LEADS_REQUESTS: LeadRequest,
-    CALLS_STATUS: CallStatus,
-    LIMITER_TICKS: Tick,
-    BUSINESS_CONTROL: BusinessControl,
+INPUT_RECORDS: dict[str, Decoder] = {
+    LEADS_REQUESTS: LeadRequest.decode,
+    CALLS_STATUS: CallStatus.decode,
+    LIMITER_TICKS: Tick.decode,
+    BUSINESS_CONTROL: BusinessControl.decode,
 }

@@ -10,8 +10,8 @@ broker its records go into the store, the way Faust's recovery writes them, and 
 emitted records go out; both units and records are sent from one task, so the agent
 never waits for the broker unless too much is pending (`room`).
 
-Faust commits input offsets after flushing its producer; `guard_commits` makes that
-flush wait for every unit and record queued before it, so an offset is committed only
+Faust commits input offsets after flushing its producer; the worker makes that flush
+wait for `confirmed` (`streams/shell/faust_patches.py`), so an offset is committed only
 once what its events wrote and emitted is on the broker.
 """
 
@@ -31,7 +31,7 @@ from aiokafka.structs import TopicPartition
 
 from streams.shell.units import UNIT_MAX_BYTES, Unit, Units
 
-log = logging.getLogger("streams.worker")
+log = logging.getLogger(__name__)
 
 #: The agent waits for the broker once this many keys await the changelog or this many
 #: records await delivery: memory stays bounded when the broker is slow or away. A
@@ -42,7 +42,7 @@ MAX_UNDELIVERED_RECORDS = 5_000
 MAX_UNDELIVERED_BYTES = UNIT_MAX_BYTES // 2
 #: While events keep coming, the sender lets them gather up to this long before it
 #: sends their units: fewer, larger units and produce requests (at 20 ms, 50% more
-#: events/s than sending after every event; bench/RESULTS.md); a lone event waits only
+#: events/s than sending after every event); a lone event waits only
 #: until the agent has been quiet for QUIET_SECONDS.
 LINGER_SECONDS = 0.02
 QUIET_SECONDS = 0.001
@@ -223,7 +223,7 @@ class Outbox:
     async def _send_records(self, producer: AIOKafkaProducer, unit: Unit) -> None:
         futures = []
         try:
-            for emit, value in zip(unit.emits, unit.values):
+            for emit, value in zip(unit.emits, unit.values, strict=True):
                 futures.append(
                     await producer.send(
                         self._outputs[emit.topic], value=value, key=emit.key.encode("utf-8")
@@ -291,24 +291,6 @@ class Outbox:
             await self.confirmed()
             await self._producer.stop()
             self._producer = None
-
-    def guard_commits(self, producer: Any) -> None:
-        """Make the producer's flush, which Faust awaits before committing offsets, also
-        wait for every unit and record queued before it.
-
-        Faust's own flush gives up on its send buffer after 0.1 s without progress
-        (faust/transport/producer.py, ProducerBuffer.flush_atmost) and then commits the
-        offsets anyway; and our units do not go through it at all."""
-        if getattr(producer, "_streams_guarded", False):
-            return
-        flush = producer.flush
-
-        async def flush_then_confirm() -> None:
-            await flush()
-            await self.confirmed()
-
-        producer.flush = flush_then_confirm
-        producer._streams_guarded = True
 
 
 def _same(value: Any) -> Any:

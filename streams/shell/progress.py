@@ -2,8 +2,8 @@
 
 faust-streaming can skip input records around a rebalance: records fetched in one
 generation are dropped while the consumer's position has moved past them, and their
-offsets can still be acked and committed (the family of faust-streaming #216, #221,
-#253; `bench/chaos.py` lost leads this way). So the worker keeps its own account: since
+offsets can still be acked and committed (open faust-streaming bugs; `bench/chaos.py`
+lost leads this way). So the worker keeps its own account: since
 a partition was assigned, at the group's committed offset, this process has handled
 every record below `through` (applied it, or found it applied before: below its
 topic's cursor in the table, with whatever it emitted and was not delivered kept in
@@ -41,6 +41,7 @@ class HandledOffsets:
         self._generation: dict[Key, Hashable] = {}
         self._wanted: dict[Key, int] = {}
         self._still: dict[Key, tuple[int, float]] = {}
+        self._last_timestamp: dict[Key, float] = {}
 
     def needs_start(self, key: Key, generation: Hashable) -> bool:
         """Whether `key` has no start in this consumer generation: every rebalance
@@ -53,6 +54,7 @@ class HandledOffsets:
         self._generation[key] = generation
         self._wanted.pop(key, None)
         self._still.pop(key, None)
+        self._last_timestamp.pop(key, None)
 
     def through(self, key: Key) -> int | None:
         """The offset below which every record was handled (None: not started)."""
@@ -65,9 +67,16 @@ class HandledOffsets:
             return through, offset
         return None
 
-    def handled(self, key: Key, offset: int) -> None:
-        """The record at `offset` was handled (everything before it was, too)."""
+    def handled(self, key: Key, offset: int, timestamp: float | None = None) -> None:
+        """The record at `offset`, produced at `timestamp` (Kafka's, in seconds, when
+        known), was handled (everything before it was, too)."""
         self.absent_below(key, offset + 1)
+        if timestamp:
+            self._last_timestamp[key] = timestamp
+
+    def last_timestamp(self, key: Key) -> float | None:
+        """The Kafka timestamp of the last record handled since the partition's start."""
+        return self._last_timestamp.get(key)
 
     def absent_below(self, key: Key, offset: int) -> None:
         """The broker holds no record before `offset` that was not handled (what is

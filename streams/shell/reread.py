@@ -68,22 +68,25 @@ class BrokerReader:
                     continue
                 if (message.topic(), message.partition()) != (topic, partition):
                     continue  # left over from an earlier read's assignment
-                if message.error():
-                    if message.error().code() != KafkaError._PARTITION_EOF:
-                        raise KafkaException(message.error())
+                error = message.error()
+                if error is not None and error.code() != KafkaError._PARTITION_EOF:
+                    raise KafkaException(error)
+                offset = message.offset()
+                assert offset is not None, "records and end-of-log events have offsets"
+                if error is not None:
                     # The end of the log is final only at or past `end`: an early one
                     # must never hide records still wanted.
-                    if message.offset() >= end:
+                    if offset >= end:
                         break
                     continue
-                if message.offset() >= end:
+                if offset >= end:
                     break
                 _, timestamp_ms = message.timestamp()
                 records.append(
                     Source(
                         topic,
                         partition,
-                        message.offset(),
+                        offset,
                         message.key(),
                         message.value(),
                         timestamp_ms / 1000,

@@ -9,7 +9,7 @@ changelog. A crash then leaves the changelog after some event, never inside one.
 Why units rather than Faust's `table[key] = value`: Faust produces one changelog record
 per assignment through its producer buffer, at about 0.2 ms of Python each, and offers
 no atomic group of writes; the core used to write a journal entry per event to make up
-for that, and paid 5 changelog records per lead (bench/RESULTS.md, runs 1-3).
+for that, and paid 5 changelog records per lead.
 
 Reads go through `Units.get`: a value written by a unit not yet acknowledged is here
 (the overlay); the store holds only what the changelog acknowledged, written there the
@@ -30,7 +30,10 @@ import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from streams.limiter_table import Effects, Emit, decode_emits, encode_emits, undelivered_key
+import orjson
+
+from streams.limiter_state import undelivered_key
+from streams.limiter_table import Effects, Emit, decode_emits, encode_emits
 
 #: A unit is closed before it grows past this many bytes of keys and values, so that
 #: its record batch stays under the broker's default message.max.bytes (1 MiB) with
@@ -39,9 +42,14 @@ UNIT_MAX_BYTES = 512 * 1024
 #: Rough bytes a record adds to a batch beyond its key and value.
 RECORD_OVERHEAD = 24
 
-_ABSENT = object()
-
 Encode = Callable[[Any], bytes]
+
+
+def encode_json(value: Any) -> bytes:
+    """The table's codec, as faust.utils.json calls orjson: changelog records must be
+    byte for byte what Faust itself would write, or a RocksDB store would not find their
+    keys. (Faust's own codec wrapper cost four times the encoding.)"""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z)
 
 
 @dataclasses.dataclass
@@ -98,8 +106,8 @@ class Units:
 
     def get(self, key: str) -> Any:
         """The table's value of `key`, counting writes not yet durable."""
-        found = self._overlay.get(key, _ABSENT)
-        return self._store_get(key) if found is _ABSENT else found[1]
+        found = self._overlay.get(key)
+        return self._store_get(key) if found is None else found[1]
 
     def pending_keys(self) -> Iterable[str]:
         """Keys written but not yet durable (their value may be None: deleted)."""
@@ -247,4 +255,5 @@ def _record_size(key: bytes, value: bytes | None) -> int:
 
 def _emits_size(emits: list[Emit], values: list[bytes]) -> int:
     """Bytes the emits add to the undelivered record, roughly (its JSON)."""
-    return sum(len(v) + len(e.key) + len(e.topic) + 8 for e, v in zip(emits, values))
+    pairs = zip(emits, values, strict=True)
+    return sum(len(v) + len(e.key) + len(e.topic) + 8 for e, v in pairs)

@@ -1,10 +1,11 @@
 """Property tests of the limiter core's invariants over random interleavings.
 
-Hypothesis drives a model world (tests/unit/world.py): leads for a few businesses,
-an honest dialer whose reports are duplicated, reordered or lost, ticks, the outbox
-sending units and records at random moments, commits, and crashes that keep whole
-units only and any prefix of the records not yet delivered. The checks read what the dialer
-really did, not the limiter's own counters.
+Hypothesis drives a model world (tests/unit/world.py) through the worker's own
+per-record driver: leads for a few businesses, an honest dialer whose reports are
+duplicated, reordered or lost, ticks, a consumer that skips or drops records, the
+outbox sending units and records at random moments, commits, and crashes that keep
+whole units only and any prefix of the records not yet delivered. The checks read
+what the dialer really did, not the limiter's own counters.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from streams.limiter_state import (
+    QueuedLead,
+    business_key,
+    decode_business,
+    is_business_key,
+    key_kind,
+    read_business,
+    read_lead,
+    waiting_leads,
+)
 from streams.limiter_table import (
     Rules,
     Source,
-    business_key,
     describe_business,
-    is_business_key,
-    lead_key,
     oldest_waiting_since,
     process,
 )
@@ -80,6 +88,8 @@ ACTIONS = (
     "crash",
     "control",
     "skip",
+    "drop-unacked",
+    "busy-coordinator",
     "marker",
 )
 
@@ -116,6 +126,10 @@ def run_world(data, rules: Rules, steps: int) -> World:
             world.crash()
         elif action == "skip":
             world.skip(data.draw(st.integers(1, 3)))
+        elif action == "drop-unacked":
+            world.drop_unacked(data.draw(st.integers(1, 3)))
+        elif action == "busy-coordinator":
+            world.busy_coordinator()
         elif action == "marker":
             world.marker(data.draw(st.sampled_from(sorted(world.logs))))
         elif action == "control":
@@ -145,7 +159,11 @@ def quiesce(world: World) -> None:
         if (
             not world.reports
             and all(world.position[t] == len(world.logs[t]) for t in world.logs)
-            and not world.handled.unrevealed(0)
+            and all(
+                world.driver.handled.through((t, 0)) == len(world.logs[t])
+                for t in world.logs
+            )
+            and not world.driver.handled.unrevealed(0)
             and _settled(world)
         ):
             return
@@ -155,8 +173,9 @@ def quiesce(world: World) -> None:
 
 def _settled(world: World) -> bool:
     return not any(
-        is_business_key(k) and (v["active"] or v["queues"] or v["orphans"])
+        (business := decode_business(v))["active"] or business["queues"] or business["held"]
         for k, v in world.state.items()
+        if is_business_key(k)
     )
 
 
@@ -199,11 +218,8 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     world.now += RULES.lead_retention + 1
 
     def leftovers() -> dict:
-        return {
-            k: v
-            for k, v in world.state.items()
-            if k.split("\x1f")[0] in ("l", "b", "w", "wn", "o")
-        }
+        kinds = ("lead", "business", "wake-entry", "wake-size", "held")
+        return {k: v for k, v in world.state.items() if key_kind(k) in kinds}
 
     for _ in range(1000):  # each tick visits at most max_wakes_per_tick entries
         world.tick()
@@ -221,7 +237,8 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     )
 )
 def test_waiting_leads_are_released_by_priority_then_arrival(requests):
-    """Fill each business, then free slots one by one: grants follow (-priority, arrival)."""
+    """Fill each business, then free slots one by one: grants follow (-priority,
+    arrival)."""
     state: dict = {}
     offsets = collections.Counter()
 
@@ -231,15 +248,16 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
         for key, value in effects.writes:
             state.pop(key, None) if value is None else state.__setitem__(key, value)
         for business in BUSINESSES:  # the value's head times are the heads' own
-            value = state.get(business_key(business))
-            heads = [
-                state[lead_key(business, state[f"q\x1f{business}\x1f{level}\x1f{head}"])][
-                    "waiting_since"
-                ]
-                for level, (head, _, _) in (value["queues"].items() if value else ())
+            value = read_business(state.get, business)
+            heads: dict[int, str] = {}
+            for queued in waiting_leads(state.get, business):
+                heads.setdefault(queued.level, queued.lead_id)
+            since = [
+                read_lead(state.get, business, lead)["waiting_since"]
+                for lead in heads.values()
             ]
             assert (oldest_waiting_since(value) if value else None) == min(
-                heads, default=None
+                since, default=None
             )
         return [e.record for e in effects.emits if e.topic == CALLS_DIAL]
 
@@ -275,7 +293,8 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
 
 
 def test_per_event_writes_do_not_grow_with_backlog():
-    """A business with 10,000 waiting leads costs the same writes per event as one with 0."""
+    """A business with 10,000 waiting leads costs the same writes per event as one
+    with none."""
 
     def cost(backlog: int) -> tuple[int, int, int]:
         state: dict = {}
@@ -577,7 +596,7 @@ def test_a_finished_lead_is_forgotten_after_the_retention_and_may_come_again():
         ),
         101.0,
     )
-    assert table.state[lead_key("A", "L1")]["outcome"] == "completed"
+    assert read_lead(table.state.get, "A", "L1")["outcome"] == "completed"
     # Within the retention the same lead id is a duplicate...
     table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3000.0)), 3000.0)
     assert not [
@@ -585,6 +604,114 @@ def test_a_finished_lead_is_forgotten_after_the_retention_and_may_come_again():
     ]
     # ...after it the record is gone (and only it), and the id is a new lead.
     table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3702.0)), 3702.0)
-    assert lead_key("A", "L1") not in table.state
+    assert read_lead(table.state.get, "A", "L1") is None
     again = [e for e in table.feed(LEADS_REQUESTS, lead, 3703.0) if e.topic == CALLS_DIAL]
     assert [e.record.lead_id for e in again] == ["L1"]
+
+
+def _table_as_written_before_the_types() -> dict:
+    """A partition's table exactly as the core wrote it before its values were typed:
+    lead L0 ended, L1-L3 hold granted slots, L4 waits, a status for an unknown dial is
+    held; a business's held dial ids under "orphans", a business to wake as its bare id.
+    """
+    slot = {
+        "attempt": 1,
+        "phone": "+14155550100",
+        "granted_at": 102.0,
+        "dial_by": 112.0,
+        "status": "granted",
+        "sequence": None,
+        "call_sid": None,
+        "resends": 0,
+        "resend_at": 104.0,
+        "lease_until": 125.0,
+    }
+
+    def lead(state, priority, dials, outcome, level, waiting_since):
+        return {
+            "state": state,
+            "phone": "+14155550100",
+            "priority": priority,
+            "attempt": 1,
+            "dials": dials,
+            "outcome": outcome,
+            "queued_at": [level, 0],
+            "waiting_since": waiting_since,
+        }
+
+    return {
+        "b\x1fA": {
+            "active": {f"A:L{n}:1": {"lead_id": f"L{n}", **slot} for n in (1, 2, 3)},
+            "queues": {"0": [0, 1, 102.0]},
+            "orphans": {"A:ghost:1": 123.0},
+            "wake": 104,
+            "limit": None,
+            "paused": False,
+        },
+        "c\x1f0": {LEADS_REQUESTS: 5, CALLS_STATUS: 2},
+        "l\x1fA\x1fL0": lead("done", 0, ["A:L0:1"], "completed", 0, 100.0),
+        "l\x1fA\x1fL1": lead("active", 1, ["A:L1:1"], None, 1, 102.0),
+        "l\x1fA\x1fL2": lead("active", 0, ["A:L2:1"], None, 0, 102.0),
+        "l\x1fA\x1fL3": lead("active", 1, ["A:L3:1"], None, 1, 102.0),
+        "l\x1fA\x1fL4": lead("waiting", 0, [], None, 0, 102.0),
+        "o\x1fA\x1fA:ghost:1": [
+            {
+                "status": {
+                    "dial_id": "A:ghost:1",
+                    "lead_id": "ghost",
+                    "business_id": "A",
+                    "status": "ringing",
+                    "at": "1970-01-01T00:01:43.000Z",
+                },
+                "source": {
+                    "reason": "",
+                    "topic": CALLS_STATUS,
+                    "partition": 0,
+                    "offset": 1,
+                    "key": "QQ==",
+                    "value": "e30=",
+                },
+            }
+        ],
+        "q\x1fA\x1f0\x1f0": "L4",
+        "w\x1f0\x1f102\x1f0": "A",
+        "w\x1f0\x1f104\x1f0": "A",
+        "w\x1f0\x1f3701\x1f0": ["lead", "A", "L0"],
+        "wc\x1f0": [102, 0],
+        "wn\x1f0\x1f102": 1,
+        "wn\x1f0\x1f104": 1,
+        "wn\x1f0\x1f3701": 1,
+    }
+
+
+def test_a_table_written_before_the_types_is_read_and_carried_on():
+    """A worker upgraded in place reads the changelog its predecessor wrote: every
+    value in today's shapes goes on through the rules as if nothing had changed."""
+    table = Partition()
+    table.state = _table_as_written_before_the_types()
+    table.offsets.update({LEADS_REQUESTS: 5, CALLS_STATUS: 2})
+    view = describe_business(table.state.get, "A", 104.0, RULES)
+    assert (len(view["active"]), view["waiting"], view["held_statuses"]) == (3, 1, 1)
+    assert waiting_leads(table.state.get, "A") == [QueuedLead(0, 0, "L4")]
+
+    # the untagged wake entries still wake the business: its silent dials are resent
+    resent = table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(104.0)), 104.0)
+    assert sorted(e.record.dial_id for e in resent) == ["A:L1:1", "A:L2:1", "A:L3:1"]
+    assert "orphans" not in table.state["b\x1fA"], "written back in the new shape"
+    assert read_business(table.state.get, "A")["held"] == {"A:ghost:1": 123.0}
+
+    # the held status is dead-lettered, the leases end, the waiting lead is granted
+    emits = table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(125.0)), 125.0)
+    assert sorted(
+        (e.record.lead_id, e.record.outcome) for e in emits if e.topic == LEADS_OUTCOMES
+    ) == [("L1", "expired"), ("L2", "expired"), ("L3", "expired")]
+    assert [e.record.dial_id for e in emits if e.topic == CALLS_DIAL] == ["A:L4:1"]
+    letters = [e.record for e in emits if e.topic == LEADS_DEADLETTER]
+    assert [(d.topic, d.offset) for d in letters] == [(CALLS_STATUS, 1)]
+    assert "unknown dial A:ghost:1" in letters[0].reason
+
+    # the tagged entry written before forgets its lead when its retention is over
+    assert read_lead(table.state.get, "A", "L0")["outcome"] == "completed"
+    table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(3702.0)), 3702.0)
+    assert read_lead(table.state.get, "A", "L0") is None
+    assert read_lead(table.state.get, "A", "L1")["state"] == "done"

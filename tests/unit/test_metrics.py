@@ -89,7 +89,7 @@ def value(active: int, waiting: int, since: float | None = None) -> dict:
     return {
         "active": {f"d{n}": {} for n in range(active)},
         "queues": {"0": [5, 5 + waiting, since]} if waiting else {},
-        "orphans": {},
+        "held": {},
         "wake": None,
         "limit": None,
         "paused": False,

@@ -7,9 +7,9 @@ import json
 
 from faust.serializers import codecs
 
-from streams.app import encode_json
-from streams.limiter_table import Effects, Emit, undelivered_key
-from streams.shell.units import Units
+from streams.limiter_state import undelivered_key
+from streams.limiter_table import Effects, Emit
+from streams.shell.units import Units, encode_json
 from streams.topics import CALLS_DIAL, LEADS_OUTCOMES, LeadOutcome
 
 

@@ -1,15 +1,19 @@
 """A model of everything around the limiter core, for property tests.
 
 Kafka topics are lists (a None entry is an offset without a record, like a transaction
-marker), the consumer may skip records and ack them (as faust-streaming can around a
-rebalance) while the shell keeps its own account (`streams.shell.progress`), the table's
-writes go through the shell's units (`streams.shell.units`: the changelog takes whole units,
-and a crash keeps those acknowledged plus a prefix of those in flight; records leave
-only after their unit, and a crash delivers any prefix of them), the dialer is an
-honest one (dedupes on dial_id, honours dial_by, calls never ring or talk longer than
-allowed) whose status reports can be duplicated, delayed (so reordered) or lost. The
-true calls it places are recorded as intervals, independently of anything the limiter
-says.
+marker). The worker is the shell's own per-record driver (`streams.shell.driver`) and
+decisions (`streams.shell.decide`), run against this model instead of Kafka. Its
+consumer may skip records and ack them (as faust-streaming can around a rebalance),
+drop them without acking them (as its consumer does with the rest of a fetch when the
+generation changes), and the group coordinator may be unable to say where the group
+stands; the driver's account of handled offsets finds every such record again. The
+table's writes go through the shell's units (`streams.shell.units`: the changelog takes
+whole units, and a crash keeps those acknowledged plus a prefix of those in flight;
+records leave only after their unit, and a crash delivers any prefix of them). The
+dialer is an honest one (dedupes on dial_id, honours dial_by, calls never ring or talk
+longer than allowed) whose status reports can be duplicated, delayed (so reordered) or
+lost. The true calls it places are recorded as intervals, independently of anything
+the limiter says.
 """
 
 from __future__ import annotations
@@ -19,8 +23,22 @@ import dataclasses
 import json
 from collections.abc import Callable
 
-from streams.limiter_table import Rules, Source, business_key, process
-from streams.shell.progress import HandledOffsets
+from streams.limiter_state import read_business
+from streams.limiter_table import Rules, Source
+from streams.shell.decide import decide
+from streams.shell.driver import (
+    Answer,
+    Driver,
+    End,
+    Handle,
+    IsAssigned,
+    ReadAgain,
+    ReadCommitted,
+    ReadEnd,
+    Request,
+    Steps,
+    TakeOver,
+)
 from streams.shell.units import Unit, Units
 from streams.topics import (
     BUSINESS_CONTROL,
@@ -34,12 +52,22 @@ from streams.topics import (
     BusinessControl,
     CallStatus,
     LeadRequest,
+    Record,
     Tick,
     from_iso,
+    record_key,
     to_iso,
 )
 
 INPUTS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS, BUSINESS_CONTROL)
+
+
+@dataclasses.dataclass
+class Appended:
+    """A record in a topic's log, and when it was appended (its Kafka timestamp)."""
+
+    record: Record
+    at: float
 
 
 @dataclasses.dataclass
@@ -58,14 +86,15 @@ class World:
         self.rules = rules
         self.choose = choose  # choose(n) -> 0..n-1, drawn by hypothesis
         self.now = 1_000.0
-        self.logs: dict[str, list] = {t: [] for t in INPUTS}
-        self.position = {t: 0 for t in INPUTS}
+        self.logs: dict[str, list[Appended | None]] = {t: [] for t in INPUTS}
+        self.position = {t: 0 for t in INPUTS}  # the consumer's
+        self.acked = {t: 0 for t in INPUTS}  # what Faust would commit: below it, all acked
         self.committed = {t: 0 for t in INPUTS}  # on the broker
-        self.handled = HandledOffsets()  # the shell's account; a crash starts a new one
+        self.coordinator_busy = False  # the next committed offset cannot be read
+        self.driver = Driver({t: t for t in INPUTS})  # a crash starts a new one
         self.generation = 0
         self.durable: dict = {}  # the changelog, and the store: only acknowledged units
         self.units = Units(self.durable.get, _encode)
-        self.owned = False  # whether this process took the partition over (resend)
         self.in_flight: list[Unit] = []  # taken from the units, not yet acknowledged
         self.to_deliver: list[Unit] = []  # durable units whose records are not yet out
         self.delivered_of_first = 0  # records of to_deliver[0] already out
@@ -94,104 +123,135 @@ class World:
             priority=priority,
         )
         self.leads[lead.lead_id] = lead
-        self.logs[LEADS_REQUESTS].append(lead)
+        self.append(LEADS_REQUESTS, lead)
 
     def repeat_lead(self) -> None:
         if self.leads:
             lead = list(self.leads.values())[self.choose(len(self.leads))]
-            self.logs[LEADS_REQUESTS].append(lead)
+            self.append(LEADS_REQUESTS, lead)
 
     def junk_status(self, business_id: str) -> None:
         dial_id = f"{business_id}:ghost{len(self.junk_dial_ids)}:1"
         self.junk_dial_ids.add(dial_id)
-        self.logs[CALLS_STATUS].append(
+        self.append(
+            CALLS_STATUS,
             CallStatus(
                 dial_id=dial_id,
                 lead_id="ghost",
                 business_id=business_id,
                 status="ringing",
                 at=to_iso(self.now),
-            )
+            ),
         )
 
     def control(self, business_id: str, limit: int | None, paused: bool) -> None:
         if limit is not None:
             self.highest_limit = max(self.highest_limit, limit)
-        self.logs[BUSINESS_CONTROL].append(BusinessControl(business_id, limit, paused))
+        self.append(BUSINESS_CONTROL, BusinessControl(business_id, limit, paused))
 
     # -- the worker ----------------------------------------------------------------
 
     def tick(self) -> None:
-        self.logs[LIMITER_TICKS].append(Tick(partition=0, at=to_iso(self.now)))
+        self.append(LIMITER_TICKS, Tick(partition=0, at=to_iso(self.now)))
+
+    def append(self, topic: str, record: Record) -> None:
+        self.logs[topic].append(Appended(record, self.now))
 
     def marker(self, topic: str) -> None:
         """An offset with no record for the consumer (a transaction marker)."""
         self.logs[topic].append(None)
 
     def skip(self, count: int) -> None:
-        """The consumer drops the next `count` offsets of a topic unhandled, and acks them."""
-        ready = [t for t in INPUTS if self.position[t] < len(self.logs[t])]
-        if ready:
-            topic = ready[self.choose(len(ready))]
+        """The consumer drops the next `count` offsets of a topic unhandled; Faust acks
+        them."""
+        topic = self._ready_topic()
+        if topic is not None:
+            self.position[topic] = min(self.position[topic] + count, len(self.logs[topic]))
+            self.acked[topic] = self.position[topic]
+
+    def drop_unacked(self, count: int) -> None:
+        """The consumer drops the next `count` offsets of a topic before any stream sees
+        them, unacked: Faust commits past them only once a later record is acked."""
+        topic = self._ready_topic()
+        if topic is not None:
             self.position[topic] = min(self.position[topic] + count, len(self.logs[topic]))
 
+    def busy_coordinator(self) -> None:
+        """The group coordinator cannot say where the group stands, once."""
+        self.coordinator_busy = True
+
     def process_one(self) -> bool:
-        """The consumer delivers the next record of a topic to the shell (streams/app.py)."""
-        ready = [t for t in INPUTS if self.position[t] < len(self.logs[t])]
-        if not ready:
+        """The consumer delivers the next record of a topic to the worker."""
+        topic = self._ready_topic()
+        if topic is None:
             return False
-        topic = ready[self.choose(len(ready))]
         offset = self.position[topic]
-        event = self.logs[topic][offset]
         self.position[topic] += 1
-        if event is None:
-            return True
-        key = (topic, 0)
-        if self.handled.needs_start(key, self.generation):
-            self.handled.start(key, self.generation, self.committed[topic])
-        skipped = self.handled.missing(key, offset)
-        if skipped:
-            self.recover(key, *skipped)
-        self.handle(topic, offset, event)
-        if topic == LIMITER_TICKS:
-            for other in INPUTS:  # the shell's _start_quiet_partitions
-                if self.handled.needs_start((other, 0), self.generation):
-                    self.handled.start((other, 0), self.generation, self.committed[other])
-            for tail_key, start, end in self.handled.unrevealed(0):
-                self.recover(tail_key, start, end)
+        self.acked[topic] = self.position[topic]
+        if self.logs[topic][offset] is not None:
+            self._run(self.driver.record(self._source(topic, offset), self.generation))
         return True
 
-    def recover(self, key: tuple[str, int], start: int, end: int) -> None:
-        """Read a skipped range from the 'broker' and handle it in order."""
-        for offset in range(start, end):
-            if self.logs[key[0]][offset] is not None:
-                self.handle(key[0], offset, self.logs[key[0]][offset])
-        self.handled.absent_below(key, end)
+    def _ready_topic(self) -> str | None:
+        ready = [t for t in INPUTS if self.position[t] < len(self.logs[t])]
+        return ready[self.choose(len(ready))] if ready else None
 
-    def handle(self, topic: str, offset: int, event) -> None:
-        if not self.owned:  # the shell's take-over of an assigned partition
-            self.owned = True
-            resent = self.units.resend(0)
-            if resent is not None:
-                self.to_deliver.append(resent)
-        effects = process(
-            self.units.get,
-            event,
-            Source(topic, 0, offset, key=b"k", value=b"v"),
-            self.now,
-            self.rules,
+    def _source(self, topic: str, offset: int) -> Source:
+        appended = self.logs[topic][offset]
+        assert appended is not None
+        record = appended.record
+        business_id = getattr(record, "business_id", None)
+        key = None if business_id is None else record_key(business_id)
+        return Source(topic, 0, offset, key, record.encode(), appended.at)
+
+    def _run(self, steps: Steps) -> None:
+        """The worker's runner of the driver, against this model."""
+        answer: Answer = None
+        while True:
+            try:
+                request = steps.send(answer)
+            except StopIteration:
+                return
+            answer = self._perform(request)
+
+    def _perform(self, request: Request) -> Answer:
+        match request:
+            case TakeOver():  # send again what the changelog says is undelivered
+                resent = self.units.resend(0)
+                if resent is not None:
+                    self.to_deliver.append(resent)
+            case ReadCommitted((topic, _)):
+                busy, self.coordinator_busy = self.coordinator_busy, False
+                return None if busy else self.committed[topic]
+            case ReadAgain((topic, _), start, end):
+                return [
+                    self._source(topic, offset)
+                    for offset in range(start, end)
+                    if self.logs[topic][offset] is not None
+                ]
+            case Handle(source, statuses_read_until):
+                self.handle(source, statuses_read_until)
+            case IsAssigned():
+                return True
+            case ReadEnd((topic, _)):
+                return End(len(self.logs[topic]), self.now)
+        return None
+
+    def handle(self, source: Source, statuses_read_until: float | None) -> None:
+        effects = decide(
+            self.units.get, source, source.topic, self.now, self.rules, statuses_read_until
         )
         self.units.add(0, effects)
         self.notes.extend(effects.notes)
         for note in effects.notes:  # a grant may only fill a slot below the current limit
-            if note.kind == "dial-granted":
-                business = self.units.get(business_key(note.business_id))
+            if note.kind == "dial-granted" and note.business_id is not None:
+                business = read_business(self.units.get, note.business_id)
+                assert business is not None
                 limit = (
                     business["limit"] if business["limit"] is not None else self.rules.limit
                 )
                 if len(business["active"]) > limit or business["paused"]:
                     self.grants_over_limit.append(note.message)
-        self.handled.handled((topic, 0), offset)
 
     @property
     def state(self) -> dict:
@@ -246,7 +306,7 @@ class World:
         at what it handled."""
         self.send_units()
         self.deliver(self.undelivered())
-        safe = self.handled.cap({(t, 0): offset for t, offset in self.position.items()})
+        safe = self.driver.handled.cap({(t, 0): offset for t, offset in self.acked.items()})
         self.committed.update({t: offset for (t, _), offset in safe.items()})
 
     def crash(self) -> None:
@@ -260,9 +320,9 @@ class World:
         self.to_deliver.clear()
         self.delivered_of_first = 0
         self.units = Units(self.durable.get, _encode)
-        self.owned = False
         self.position = dict(self.committed)
-        self.handled = HandledOffsets()
+        self.acked = dict(self.committed)
+        self.driver = Driver({t: t for t in INPUTS})
         self.generation += 1
 
     # -- the dialer ----------------------------------------------------------------
@@ -338,9 +398,9 @@ class World:
             self.reports.append((self.now + delay, status))
             return True
         if fault != 2:
-            self.logs[CALLS_STATUS].append(status)
+            self.append(CALLS_STATUS, status)
         if fault == 1:
-            self.logs[CALLS_STATUS].append(status)
+            self.append(CALLS_STATUS, status)
         return True
 
     # -- checks --------------------------------------------------------------------
