@@ -1,9 +1,8 @@
 """The dialer's web server (aiohttp on `DIALER_WEB_PORT`): Twilio's status callbacks,
 health and metrics.
 
-* `POST /twilio/status`: the `X-Twilio-Signature` is checked with the library's
-  `RequestValidator` against `PUBLIC_BASE_URL` + `/twilio/status` + the query string as
-  received (403 and nothing written when it fails); the status goes to the ledger
+* `POST /twilio/status`: the `X-Twilio-Signature` is checked (`signatures`; 403 and
+  nothing written when it fails); the status goes to the ledger
   (`Ledger.apply_status`: terminal is final, live only moves forward), a change is
   produced to `calls.status` (with Twilio's `SequenceNumber`, `Timestamp` and
   `ErrorCode`), and the answer (204) is sent once the broker has the event. A duplicate
@@ -24,7 +23,6 @@ from typing import Any
 
 from aiohttp import web
 from confluent_kafka import KafkaException
-from twilio.request_validator import RequestValidator
 
 from streams import metrics
 from streams.dialers.twilio.client import TwilioAccount
@@ -33,6 +31,7 @@ from streams.dialers.twilio.ledger import Ledger
 from streams.dialers.twilio.producer import StatusProducer
 from streams.dialers.twilio.report import Reporter
 from streams.dialers.twilio.runtime import Runtime, Stopping
+from streams.dialers.twilio.signatures import SignatureCheck, form_params
 from streams.topics import CALL_STATUSES, DIAL_DEADLINE_PASSED
 
 log = logging.getLogger(__name__)
@@ -68,12 +67,11 @@ class Callbacks:
         ledger: Ledger,
         producer: StatusProducer,
     ):
-        self.public_base_url = account.public_base_url
+        self.signatures = SignatureCheck(account.auth_token, account.public_base_url)
         self.runtime = runtime
         self.reporter = reporter
         self.ledger = ledger
         self.producer = producer
-        self._validator = RequestValidator(account.auth_token)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -82,26 +80,14 @@ class Callbacks:
         app.router.add_get(METRICS_PATH, self.on_metrics)
         return app
 
-    def expected_url(self, request: web.Request) -> str:
-        """The URL Twilio signed: our public base URL, the status path, the query as sent
-        (behind a proxy, the Host header and path prefix may differ)."""
-        query = request.rel_url.raw_query_string
-        return f"{self.public_base_url}{STATUS_PATH}" + (f"?{query}" if query else "")
-
     async def on_metrics(self, request: web.Request) -> web.Response:
         body, content_type = metrics.metrics_text()
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def on_status(self, request: web.Request) -> web.Response:
-        form = await request.post()
-        params: dict[str, Any] = {}
-        for key in form.keys():
-            values = form.getall(key)
-            params[key] = values if len(values) > 1 else values[0]
+        params = form_params(await request.post())
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not signature or not self._validator.validate(
-            self.expected_url(request), params, signature
-        ):
+        if not self.signatures.valid(request.rel_url.raw_query_string, params, signature):
             self.runtime.counters["callback-forbidden"] += 1
             metrics.WEBHOOK_SIGNATURE_FAILURES.inc()
             log.warning(

@@ -12,7 +12,7 @@ Table `outbound_call_jobs` (the design note's name), one row per `dial_id`:
 * `create_requests` / `create_sent_at` count the create requests sent for the row. The
   count is bumped (compare-and-set) right before each request goes out, so a row
   without `call_sid` tells whether Twilio may have a call for it (see
-  `streams.dialers.twilio.dialer` for how such a row is recovered).
+  `streams.dialers.twilio.reconcile` for how such a row is recovered).
 * `reported_status` / `reported_sequence` are the last status the dialer delivered to
   `calls.status`: a terminal row whose terminal status was not reported yet is reported
   again (by the reconciler), a duplicate callback is not.
