@@ -201,6 +201,7 @@ class Creator:
         lookup: Lookup,
         ledger: Ledger,
         client: Client,
+        *,
         limiter: CreateRateLimiter,
         request: CallRequest,
         rng: random.Random,

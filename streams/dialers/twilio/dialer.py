@@ -167,10 +167,10 @@ class TwilioDialer:
             lookup,
             ledger,
             client,
-            CreateRateLimiter(settings.twilio_cps),
-            CallRequest.of(account, settings),
-            self._rng,
-            self.crash,
+            limiter=CreateRateLimiter(settings.twilio_cps),
+            request=CallRequest.of(account, settings),
+            rng=self._rng,
+            crash=self.crash,
         )
         reconciler = Reconciler(
             runtime,
@@ -179,7 +179,7 @@ class TwilioDialer:
             creator,
             ledger,
             client,
-            settings.reconcile_after_seconds,
+            reconcile_after_seconds=settings.reconcile_after_seconds,
         )
         callbacks = Callbacks(account, runtime, reporter, ledger, producer)
         return _Parts(

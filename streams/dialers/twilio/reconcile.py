@@ -60,6 +60,7 @@ class Reconciler:
         creator: Creator,
         ledger: Ledger,
         client: Client,
+        *,
         reconcile_after_seconds: float,
     ):
         self.runtime = runtime
