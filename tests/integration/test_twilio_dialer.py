@@ -1,18 +1,19 @@
-"""The Twilio dialer (streams/dialers/twilio/dialer.py) on the real broker, with the real `twilio`
+"""The Twilio dialer (streams/dialers/twilio/) on the real broker, with the real `twilio`
 library talking to a fake Twilio server (tests/support/fake_twilio.py) on 127.0.0.1.
 
 Every check of what was really dialed reads the fake's records (create requests, calls,
 true concurrency per business), never the dialer's own view; the design note's query
 runs against the ledger (SQLite and PostgreSQL) every ~100 ms while calls are placed.
+The dialer's pure parts (rate limiter, error classification, lookup window) have unit
+tests of their own in tests/unit/test_twilio_*.py.
 """
 
 from __future__ import annotations
 
-import asyncio
+import bisect
 import collections
 import json
 import os
-import random
 import subprocess
 import sys
 import threading
@@ -20,19 +21,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from twilio.request_validator import RequestValidator
 
-from streams.dialers.twilio.dialer import (
-    DEFAULT_TWIML,
-    STATUS_PATH,
-    CreateRateLimiter,
-    TwilioFailure,
-    backoff_seconds,
-)
-from streams.dialers.twilio.ledger import Ledger
+from streams.dialers.twilio.create import DEFAULT_TWIML, STATUS_PATH
+from streams.dialers.twilio.ledger import Ledger, from_epoch
 from streams.topics import (
     DIAL_DEADLINE_PASSED,
     TERMINAL_STATUSES,
@@ -59,12 +56,13 @@ def fake():
 
 
 class SeedQuerySampler:
-    """Runs the design note's verification query every ~100 ms; keeps the peaks."""
+    """Runs the design note's verification query every ~100 ms; keeps the peaks and
+    when each sample was taken."""
 
     def __init__(self, url: str):
         self.ledger = Ledger(url)
         self.peak: dict[str, int] = {}
-        self.samples = 0
+        self.sampled_at: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -73,7 +71,7 @@ class SeedQuerySampler:
             try:
                 for business, count in self.ledger.active_calls():
                     self.peak[business] = max(self.peak.get(business, 0), count)
-                self.samples += 1
+                self.sampled_at.append(time.time())
             except Exception:  # the dialer creates the table a moment after we start
                 pass
             self._stop.wait(0.1)
@@ -86,6 +84,15 @@ class SeedQuerySampler:
         self._stop.set()
         self._thread.join(10)
         self.ledger.close()
+
+    def calls_sampled_live(self, calls: list[dict]) -> int:
+        """How many of the fake's calls were live while some sample was taken."""
+        times = sorted(self.sampled_at)
+        covered = 0
+        for call in calls:
+            first = bisect.bisect_left(times, call["created_at"])
+            covered += first < len(times) and times[first] <= call["ended_at"]
+        return covered
 
 
 def make_leads(businesses: int, per_business: int, run: str = "r") -> list[dict]:
@@ -127,6 +134,41 @@ def produce_commands(deployment: Deployment, commands: list[DialCommand]) -> Non
 
 def statuses_until(deployment: Deployment, done, timeout: float = 60) -> list[dict]:
     return deployment.read("calls.status", until=done, timeout=timeout)
+
+
+def statuses_so_far(deployment: Deployment, timeout: float = 30) -> list[dict]:
+    """Every status on the topic now: each partition read up to its end. The dialer
+    answers a webhook only once the broker has what it produced, so after the answer
+    this is all the callback caused."""
+    name = deployment.topic("calls.status")
+    consumer = Consumer(
+        {
+            "bootstrap.servers": deployment.settings.kafka_bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
+        ends = {
+            p: consumer.get_watermark_offsets(TopicPartition(name, p), timeout=10)[1]
+            for p in partitions
+        }
+        unread = {p: end for p, end in ends.items() if end > 0}
+        consumer.assign([TopicPartition(name, p, 0) for p in unread])
+        records: list[dict] = []
+        deadline = time.monotonic() + timeout
+        while unread and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=0.5):
+                if message.error() is not None:
+                    continue
+                records.append(json.loads(message.value()))
+                if message.offset() + 1 >= unread.get(message.partition(), 0):
+                    unread.pop(message.partition(), None)
+        assert not unread, f"partitions not read to their end: {unread}"
+        return records
+    finally:
+        consumer.close()
 
 
 def terminal_for(records: list[dict], dial_ids: set[str]) -> dict[str, dict]:
@@ -172,69 +214,6 @@ def post_callback(url: str, params: dict, signature: str | None) -> int:
         return exc.code
 
 
-# -- pure parts ------------------------------------------------------------------------
-
-
-def test_rate_limiter_allows_cps_creates_in_any_window():
-    async def scenario() -> list[float]:
-        limiter = CreateRateLimiter(2.0)
-        starts: list[float] = []
-
-        async def create() -> None:
-            assert await limiter.acquire()
-            starts.append(time.monotonic())
-            await asyncio.sleep(random.uniform(0.0, 0.05))  # the request's round trip
-            limiter.release()
-
-        await asyncio.gather(*(create() for _ in range(7)))
-        return starts
-
-    starts = sorted(asyncio.run(scenario()))
-    assert len(starts) == 7
-    for i in range(len(starts) - 2):
-        assert starts[i + 2] - starts[i] >= 1.0, starts
-
-
-def test_rate_limiter_gives_up_at_the_deadline_and_fractional_cps():
-    async def scenario() -> tuple[bool, bool, float]:
-        limiter = CreateRateLimiter(0.5)
-        assert limiter.tokens == 1 and limiter.window == 2.0
-        assert await limiter.acquire()
-        limiter.release()
-        start = time.monotonic()
-        late = await limiter.acquire(deadline=time.monotonic() + 0.3)
-        waited = time.monotonic() - start
-        stop = asyncio.Event()
-        asyncio.get_running_loop().call_later(0.1, stop.set)
-        stopped = await limiter.acquire(cancel=stop)
-        return late, stopped, waited
-
-    late, stopped, waited = asyncio.run(scenario())
-    assert late is False and stopped is False
-    assert 0.25 <= waited < 1.0
-
-
-def test_backoff_grows_and_is_capped():
-    rng = random.Random(1)
-    delays = [backoff_seconds(n, rng) for n in range(1, 12)]
-    assert delays[0] <= 0.25 and delays[-1] <= 8.0 and delays[6] >= 4.0 * 0.5
-
-
-def test_twilio_failure_classification():
-    from twilio.base.exceptions import TwilioRestException
-
-    rate = TwilioFailure.of(
-        TwilioRestException(
-            429, "/x", "Unable to create record: Too Many Requests", 20429, "POST"
-        )
-    )
-    assert rate.rate_limited and rate.message == "Too Many Requests"
-    server = TwilioFailure.of(TwilioRestException(503, "/x", "oops", 20503, "POST"))
-    assert server.server_error and not server.rate_limited
-    invalid = TwilioFailure.of(TwilioRestException(400, "/x", "bad", 21211, "POST"))
-    assert not invalid.server_error and not invalid.rate_limited and invalid.code == 21211
-
-
 # -- end to end ------------------------------------------------------------------------
 
 
@@ -250,10 +229,8 @@ def test_two_hundred_leads_end_to_end(deployment, fake, ledger_url):
     with SeedQuerySampler(ledger_url) as sampler:
         worker.wait_serving()
         dialer.start_thread()
-        started = time.monotonic()
         deployment.produce_leads(leads)
         outcomes = deployment.outcomes(leads, timeout=150)
-        elapsed = time.monotonic() - started
         assert fake.wait_idle(20)
     try:
         assert len(outcomes) == 200
@@ -261,8 +238,10 @@ def test_two_hundred_leads_end_to_end(deployment, fake, ledger_url):
         assert_no_double_dial(fake)
         assert len(fake.calls()) == 200
         assert all(call["voice"] == {"Twiml": DEFAULT_TWIML} for call in fake.calls())
-        # sampled all along (aiming at 10/s; a loaded machine manages fewer)
-        assert sampler.samples >= 2 * elapsed, (sampler.samples, elapsed)
+        # Sampled all along: aiming at 10 samples a second (a loaded machine manages
+        # fewer), at 2 a second every answered call (80%) would be live during one.
+        covered = sampler.calls_sampled_live(fake.calls())
+        assert covered >= len(fake.calls()) // 2, (covered, len(sampler.sampled_at))
         assert sampler.peak and max(sampler.peak.values()) <= LIMIT, sampler.peak
         assert max(sampler.peak.values()) == LIMIT, "the businesses never saturated"
         assert dialer.dialer.counters["callback-duplicate"] > 0, "duplicates were exercised"
@@ -309,7 +288,6 @@ def test_sigkilled_dialer_never_calls_twice_and_loses_no_lead(deployment, fake, 
         dialer.start_process()
         deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 30, timeout=90)
         dialer.kill()
-        time.sleep(0.5)
         dialer.start_process()
         deployment.outcomes(leads, timeout=150)
         assert "recovered dial" in dialer.log(tail=None)
@@ -446,8 +424,7 @@ def test_forged_or_missing_signature_is_refused_and_changes_nothing(
         tampered = dict(params, CallStatus="busy")
         assert post_callback(url, tampered, validator.compute_signature(url, params)) == 403
         assert ledger.get(command.dial_id) == before
-        time.sleep(1.0)
-        statuses = statuses_until(deployment, lambda recs: False, timeout=2)
+        statuses = statuses_so_far(deployment)
         assert [s["status"] for s in statuses] == ["queued"]
 
         # A genuine one goes through once; its duplicate and a late live status do not.
@@ -465,8 +442,7 @@ def test_forged_or_missing_signature_is_refused_and_changes_nothing(
             "completed",
             3,
         )
-        time.sleep(1.0)
-        statuses = statuses_until(deployment, lambda recs: False, timeout=2)
+        statuses = statuses_so_far(deployment)
         assert [s["status"] for s in statuses] == ["queued", "completed"]
         assert dialer.health() == (200, {"status": "ok", "ledger": "ok", "kafka": "ok"})
         assert dialer.dialer.counters["callback-forbidden"] == 5
@@ -583,8 +559,6 @@ def test_ledger_active_prints_the_design_note_query(kafka_broker, tmp_path):
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     ledger = Ledger(url)
     ledger.migrate()
-    from streams.dialers.twilio.ledger import from_epoch
-
     for n, business in enumerate(["1", "1", "2", "1"]):
         ledger.claim(
             dial_id=f"{business}:{n}:1",

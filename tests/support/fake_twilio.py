@@ -1,4 +1,4 @@
-"""A fake Twilio REST API (the Calls resource) for tests that drive the real `twilio` library.
+"""A fake Twilio REST API (the Calls resource) for tests driving the real `twilio` library.
 
 Point a client at it with ``client.api.base_url = fake.base_url`` (and ``TWILIO_EDGE`` /
 ``TWILIO_REGION`` unset, or the library rewrites the host). It speaks the 2010-04-01 API:
@@ -26,11 +26,13 @@ Status callbacks go to ``StatusCallback`` for the requested ``StatusCallbackEven
 ``X-Twilio-Signature`` over the exact URL called, from worker threads so that no REST
 request ever waits on a callback. One call's callbacks are sent one at a time, in order,
 unless ``reorder_ratio`` delays one; a failed POST (connection error or 5xx) is retried
-``CALLBACK_ATTEMPTS`` times in all with growing backoff, then given up; a 4xx is not retried.
+``CALLBACK_ATTEMPTS`` times in all with growing backoff, then given up; a 4xx is not
+retried.
 
 The ``StatusCallback`` URL's ``business_id`` and ``dial_id`` query parameters attribute a
 call to a business (``"unknown"`` without them). The fake keeps the truth for tests:
-``peak_live_by_business()`` counts overlapping live calls per business as they happen.
+``peak_live_by_business()`` counts overlapping live calls per business from each call's
+creation and end moments.
 
 Everything drawn at random for a call (its SID, ring and talk time, outcome, the fate of
 its callbacks) comes from a generator seeded with ``seed`` and the call's identity
@@ -46,6 +48,7 @@ import concurrent.futures
 import dataclasses
 import datetime
 import email.utils
+import functools
 import hashlib
 import heapq
 import http.client
@@ -58,11 +61,13 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from twilio.request_validator import RequestValidator
+
+from streams.dialers.simulated.ledger import peak_concurrency
 
 log = logging.getLogger("tests.support.fake_twilio")
 
@@ -218,7 +223,7 @@ class FakeTwilio:
         duplicate_ratio: float = 0.0,
         reorder_ratio: float = 0.0,
         drop_ratio: float = 0.0,
-        rejected_numbers: set[str] = frozenset(),
+        rejected_numbers: Collection[str] = frozenset(),
     ):
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -241,8 +246,7 @@ class FakeTwilio:
         self._callbacks: list[_Callback] = []
         self._fail_queue: collections.deque = collections.deque()
         self._drop_all = False
-        self._live: collections.Counter = collections.Counter()
-        self._peak: dict[str, int] = {}
+        self._live: collections.Counter[str] = collections.Counter()
         self._pending = 0
 
         self._timer_cond = threading.Condition()
@@ -318,7 +322,8 @@ class FakeTwilio:
     # ---------------------------------------------------------------- observations
 
     def create_requests(self) -> list[dict]:
-        """Every POST to Calls.json: ``{"at", "params", "http_status"}`` (rejected included).
+        """Every POST to Calls.json, rejected ones included: ``{"at", "params",
+        "http_status"}``.
 
         ``params`` maps each form field to its string value; a repeated field (such as
         ``StatusCallbackEvent``) maps to the list of its values.
@@ -359,8 +364,13 @@ class FakeTwilio:
             ]
 
     def peak_live_by_business(self) -> dict[str, int]:
+        """Most calls live at once per business, each call live from its creation to its
+        end moment."""
         with self._lock:
-            return dict(self._peak)
+            spans = [
+                (c.business_id, c.created_at, c.ended_at) for c in self._calls.values()
+            ]
+        return peak_concurrency(spans)
 
     def live_by_business(self) -> dict[str, int]:
         with self._lock:
@@ -454,7 +464,9 @@ class FakeTwilio:
     # ---------------------------------------------------------------- resources
 
     def _create(self, form: dict[str, list[str]]):
-        one = lambda name: (form.get(name) or [None])[-1]  # noqa: E731
+        def one(name: str) -> str | None:
+            return _last(form, name)
+
         with self._lock:
             if self._fail_queue:
                 status, code = self._fail_queue.popleft()
@@ -496,7 +508,7 @@ class FakeTwilio:
                 )
             cbq = urllib.parse.parse_qs(parts.query)
             business_id = (cbq.get("business_id") or ["unknown"])[0] or "unknown"
-            dial_id = (cbq.get("dial_id") or [None])[0] or None
+            dial_id = _last(cbq, "dial_id") or None
 
         with self._lock:
             identity = f"{self.seed}|{dial_id or ''}|{to}|{business_id}"
@@ -505,7 +517,7 @@ class FakeTwilio:
             rng = random.Random(f"{identity}|{nth}")
             sid = "CA" + hashlib.sha256(f"{identity}|{nth}".encode()).hexdigest()[:32]
             while sid in self._calls:  # only if someone reused seeds oddly
-                sid = "CA" + "%032x" % rng.getrandbits(128)
+                sid = f"CA{rng.getrandbits(128):032x}"
             # Always draw the same number of values, so one ratio never shifts the others.
             ring = rng.uniform(*self.ring_seconds)
             answered = rng.random() < self.answer_ratio
@@ -542,9 +554,6 @@ class FakeTwilio:
             )
             self._calls[sid] = call
             self._live[business_id] += 1
-            self._peak[business_id] = max(
-                self._peak.get(business_id, 0), self._live[business_id]
-            )
             payload = self._resource(call)
         return 201, payload, lambda: self._start_clock(call)
 
@@ -564,7 +573,7 @@ class FakeTwilio:
                 raise TwilioError(
                     404, 20404, f"The requested resource {path} was not found"
                 )
-            wanted = (form.get("Status") or [None])[-1]
+            wanted = _last(form, "Status")
             if wanted not in (None, "canceled", "completed"):
                 raise TwilioError(400, 21218, f"Invalid Status {wanted}")
             if call.ended_at is None:
@@ -578,7 +587,9 @@ class FakeTwilio:
             return self._resource(call)
 
     def _list(self, query: dict[str, list[str]]) -> dict:
-        one = lambda name: (query.get(name) or [None])[-1]  # noqa: E731
+        def one(name: str) -> str | None:
+            return _last(query, name)
+
         page_size = min(
             int(_number(one("PageSize"), "PageSize", DEFAULT_PAGE_SIZE)), MAX_PAGE_SIZE
         )
@@ -587,8 +598,9 @@ class FakeTwilio:
             raise TwilioError(400, 20001, "Invalid paging parameters")
         tests: list[Callable[[_Call], bool]] = []
         for field, attr in (("To", "to"), ("From", "from_"), ("Status", "status")):
-            if one(field):
-                tests.append(lambda c, a=attr, v=one(field): getattr(c, a) == v)
+            wanted = one(field)
+            if wanted:
+                tests.append(_attribute_is(attr, wanted))
         if one("ParentCallSid"):
             tests.append(lambda c: False)  # the fake never makes child legs
         for field, when in (
@@ -596,10 +608,9 @@ class FakeTwilio:
             ("EndTime", lambda c: c.ended_at),
         ):
             for suffix in ("", ">", "<"):
-                if one(field + suffix):
-                    tests.append(
-                        _time_filter(field + suffix, one(field + suffix), suffix, when)
-                    )
+                raw = one(field + suffix)
+                if raw:
+                    tests.append(_time_filter(field + suffix, raw, suffix, when))
         with self._lock:
             chosen = [c for c in self._calls.values() if all(t(c) for t in tests)]
             chosen.sort(key=lambda c: (c.created_at, c.sid), reverse=True)
@@ -816,7 +827,7 @@ class FakeTwilio:
         for callback, after in copies:
             self._pending += 1
             if after > 0:
-                self._after(after, lambda cb=callback: self._due(cb))
+                self._after(after, functools.partial(self._due, callback))
             else:
                 self._due(callback)
 
@@ -930,7 +941,9 @@ def _post(callback: _Callback) -> int | None:
     }
     if body is not None:
         headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
-    connection = connection_class(parts.hostname, parts.port, timeout=CALLBACK_TIMEOUT)
+    connection = connection_class(
+        parts.hostname or "", parts.port, timeout=CALLBACK_TIMEOUT
+    )
     try:
         connection.request(callback.method, target, body=body, headers=headers)
         response = connection.getresponse()
@@ -940,6 +953,16 @@ def _post(callback: _Callback) -> int | None:
         return None
     finally:
         connection.close()
+
+
+def _last(form: dict[str, list[str]], name: str) -> str | None:
+    """A form field's last value (Twilio takes the last of a repeated scalar)."""
+    values = form.get(name)
+    return values[-1] if values else None
+
+
+def _attribute_is(attr: str, value: str) -> Callable[[_Call], bool]:
+    return lambda call: getattr(call, attr) == value
 
 
 def _flatten(form: dict[str, list[str]]) -> dict:

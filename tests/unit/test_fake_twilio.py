@@ -18,6 +18,7 @@ from twilio.request_validator import RequestValidator
 from twilio.rest import Client
 
 from tests.support.fake_twilio import CALLBACK_ATTEMPTS, FakeTwilio
+from tests.support.waiting import eventually
 
 SID = "AC" + "1" * 32
 TOKEN = "secret-token"
@@ -187,12 +188,14 @@ def test_fetch_returns_the_true_status_as_it_changes(receiver):
     ) as fake:
         client = client_for(fake)
         call = dial(client, receiver, business_id="b7")
-        started = time.monotonic()
-        time.sleep(0.3)  # ringing from 0.05 s to 0.85 s, in progress until 1.65 s
-        assert client.calls(call.sid).fetch().status == "ringing"
+
+        def status() -> str:
+            return client.calls(call.sid).fetch().status
+
+        # ringing from 0.05 s to 0.85 s, in progress until 1.65 s
+        eventually(lambda: status() == "ringing", timeout=5, interval=0.02)
         assert fake.live_by_business() == {"b7": 1}
-        time.sleep(1.15 - (time.monotonic() - started))
-        assert client.calls(call.sid).fetch().status == "in-progress"
+        eventually(lambda: status() == "in-progress", timeout=5, interval=0.02)
         assert fake.wait_idle(3)
         assert client.calls(call.sid).fetch().status == "completed"
         assert fake.live_by_business() == {}
@@ -474,7 +477,11 @@ def test_cancel_a_ringing_call(receiver):
     with make_fake(ring_seconds=(2.0, 2.0), answer_ratio=1.0) as fake:
         client = client_for(fake)
         call = dial(client, receiver)
-        time.sleep(0.15)
+        eventually(
+            lambda: client.calls(call.sid).fetch().status == "ringing",
+            timeout=5,
+            interval=0.02,
+        )
         assert client.calls(call.sid).update(status="canceled").status == "canceled"
         assert fake.wait_idle(2)
         assert [g["CallStatus"] for g in receiver.for_call(call.sid)][-1] == "canceled"

@@ -1,4 +1,4 @@
-"""The dialer's SQL ledger (streams/dialers/twilio/ledger.py) on SQLite and on a throwaway PostgreSQL."""
+"""The dialer's SQL ledger (streams/dialers/twilio/ledger.py), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ Table `outbound_call_jobs` (the design note's name), one row per `dial_id`:
 * `create_requests` / `create_sent_at` count the create requests sent for the row. The
   count is bumped (compare-and-set) right before each request goes out, so a row
   without `call_sid` tells whether Twilio may have a call for it (see
-  `streams.dialers.twilio.dialer` for how such a row is recovered).
+  `streams.dialers.twilio.reconcile` for how such a row is recovered).
 * `reported_status` / `reported_sequence` are the last status the dialer delivered to
   `calls.status`: a terminal row whose terminal status was not reported yet is reported
   again (by the reconciler), a duplicate callback is not.
@@ -43,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
@@ -64,6 +65,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 
 from streams.errors import StreamsError
@@ -199,6 +201,8 @@ class Job:
     attempt: int
     dial_by: _dt.datetime
     status: str
+    created_at: _dt.datetime
+    updated_at: _dt.datetime
     call_sid: str | None = None
     twilio_status: str | None = None
     sequence: int | None = None
@@ -208,8 +212,6 @@ class Job:
     create_sent_at: _dt.datetime | None = None
     reported_status: str | None = None
     reported_sequence: int | None = None
-    created_at: _dt.datetime | None = None
-    updated_at: _dt.datetime | None = None
     last_heard_at: _dt.datetime | None = None
 
     @property
@@ -262,6 +264,14 @@ def transition(
     )
 
 
+def safe_url(url: str) -> str:
+    """A database URL without its password, for logs and messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<database url>"
+
+
 def normalize_url(url: str) -> str:
     """`postgresql://` is served by psycopg 3 (the driver we depend on)."""
     parsed = make_url(url)
@@ -279,7 +289,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_connection, _record):  # pragma: no cover - driver hook
+        def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
             # Let SQLAlchemy, not pysqlite, decide when transactions begin, and let
             # readers (the ops query, tests) read while the dialer writes.
             dbapi_connection.isolation_level = None
@@ -290,7 +300,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn):  # pragma: no cover - driver hook
+        def _sqlite_begin(conn: Connection) -> None:
             # Writers take the write lock up front: a read-then-write transaction then
             # cannot fail half-way on a lock upgrade, and rows read are rows we may
             # update. Readers (`_reading`) only take a snapshot.
@@ -480,10 +490,8 @@ class Ledger:
             values.update(
                 status="canceled", twilio_status="canceled", error_message=refused_reason
             )
-        if self.is_sqlite:
-            from sqlalchemy.dialects.sqlite import insert
-        else:
-            from sqlalchemy.dialects.postgresql import insert
+        # Both dialects say "insert unless the dial_id is there" the same way.
+        insert = sqlite.insert if self.is_sqlite else postgresql.insert
         statement = (
             insert(jobs)
             .values(**values)
