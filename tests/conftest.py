@@ -1,8 +1,10 @@
-"""Shared pytest setup: the ``integration`` marker and one Kafka broker per test session."""
+"""Shared pytest setup: markers applied by what a test needs, one broker per session."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import Phase, settings
@@ -10,16 +12,24 @@ from hypothesis import Phase, settings
 from streams.devtools.broker import Broker
 from tests.support.deployment import free_port
 
+#: Fixtures that start a local program other than Kafka: a test using one is `component`.
+COMPONENT_FIXTURES = frozenset({"postgres_url", "promtool"})
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "integration: needs a Kafka broker (started on free local ports unless STREAMS_TEST_BOOTSTRAP is set)",
-    )
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """integration: uses the broker; component: PostgreSQL or promtool; unit: neither."""
+    for item in items:
+        needs = set(getattr(item, "fixturenames", ()))
+        if "kafka_broker" in needs:
+            item.add_marker(pytest.mark.integration)
+        if needs & COMPONENT_FIXTURES:
+            item.add_marker(pytest.mark.component)
+        if not any(item.get_closest_marker(m) for m in ("integration", "component")):
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory):
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     """A broker shared by the whole session, on its own ports and a fresh data dir, so tests
     never see a developer's topics nor leave any behind.
 
@@ -58,7 +68,7 @@ settings.register_profile("fail-fast", phases=[Phase.explicit, Phase.reuse, Phas
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
+def postgres_url() -> Iterator[str]:
     """A SQLAlchemy URL of a throwaway PostgreSQL database (Debian's package), for the
     session; skipped when PostgreSQL is not installed, except in CI where it must be."""
     from tests.support.postgres import postgres_or_skip
@@ -70,8 +80,8 @@ def postgres_url():
         server.stop()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request, tmp_path):
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.component)])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The dialer's ledger database, once on SQLite and once on PostgreSQL."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ledger.db'}"
@@ -81,5 +91,5 @@ def ledger_url(request, tmp_path):
 
 
 @pytest.fixture
-def sqlite_url(tmp_path):
+def sqlite_url(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'ledger.db'}"
