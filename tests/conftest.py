@@ -1,8 +1,16 @@
-"""Shared pytest setup: markers applied by what a test needs, one broker per session."""
+"""Shared pytest setup: markers applied by what a test needs, one Kafka broker per run.
+
+Tests may run in parallel (pytest-xdist, `make test`): the broker is shared by every
+worker process (tests/support/shared_broker.py), while topics, app ids, ports and data
+dirs are per test (tests/support/deployment.py).
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,14 +18,37 @@ import pytest
 from hypothesis import Phase, settings
 
 from streams.devtools.broker import Broker
-from tests.support.deployment import free_port
+from tests.support.shared_broker import SharedBroker, SharedBrokerError
+
+#: Where the processes of one run (the controller and its xdist workers) share the broker.
+RUN_DIR_ENV = "STREAMS_TEST_RUN_DIR"
 
 #: Fixtures that start a local program other than Kafka: a test using one is `component`.
 COMPONENT_FIXTURES = frozenset({"postgres_url", "promtool"})
 
+#: The broker's log, when a failed run keeps it for a post-mortem.
+_KEPT_BROKER_LOG = pytest.StashKey[Path]()
+
+
+def _is_xdist_worker() -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ
+
+
+def _shared_broker() -> SharedBroker:
+    return SharedBroker(Path(os.environ[RUN_DIR_ENV]))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not _is_xdist_worker():
+        # Set before xdist spawns its workers, which inherit the environment; created
+        # only if a test needs the broker.
+        run_dir = Path(tempfile.gettempdir()) / f"streams-tests-{uuid.uuid4().hex[:12]}"
+        os.environ[RUN_DIR_ENV] = str(run_dir)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """integration: uses the broker; component: PostgreSQL or promtool; unit: neither."""
+    """integration: uses the broker; component: PostgreSQL or promtool; unit: neither.
+    Tests marked slow go first, so that a parallel run does not end waiting on them."""
     for item in items:
         needs = set(getattr(item, "fixturenames", ()))
         if "kafka_broker" in needs:
@@ -26,12 +57,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.component)
         if not any(item.get_closest_marker(m) for m in ("integration", "component")):
             item.add_marker(pytest.mark.unit)
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The run's broker stops when the whole run is over: without xdist this process ran
+    every test, with xdist every worker has finished by now. Its log is kept when
+    something failed."""
+    if _is_xdist_worker():
+        return
+    shared = _shared_broker()
+    shared.stop()
+    if exitstatus == pytest.ExitCode.OK or not shared.data_dir.exists():
+        shutil.rmtree(shared.run_dir, ignore_errors=True)
+    else:
+        session.config.stash[_KEPT_BROKER_LOG] = shared.data_dir / "broker.log"
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    kept = config.stash.get(_KEPT_BROKER_LOG, None)
+    if kept is not None:
+        terminalreporter.write_line(f"the test broker's log is kept: {kept}")
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
-    """A broker shared by the whole session, on its own ports and a fresh data dir, so tests
-    never see a developer's topics nor leave any behind.
+def kafka_broker() -> Broker:
+    """The run's broker, on its own ports and a fresh data dir, so tests never see a
+    developer's topics nor leave any behind; started by the first test that needs it.
 
     Set ``STREAMS_TEST_BOOTSTRAP=host:port`` to use an already running broker instead (for
     example a CI service, or a broker kept up between quick reruns); it is left running.
@@ -43,23 +97,11 @@ def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
             pytest.fail(
                 f"STREAMS_TEST_BOOTSTRAP must be host:port, got {external!r}", pytrace=False
             )
-        yield Broker(host=host, port=int(port))
-        return
-    broker = Broker(
-        port=free_port(),
-        controller_port=free_port(),
-        data_dir=tmp_path_factory.mktemp("kafka"),
-    )
-    if not broker.start():
-        pytest.fail(
-            f"something already answers on {broker.bootstrap}; stop it, or reuse it with "
-            f"STREAMS_TEST_BOOTSTRAP={broker.bootstrap}",
-            pytrace=False,
-        )
+        return Broker(host=host, port=int(port))
     try:
-        yield broker
-    finally:
-        broker.stop()
+        return _shared_broker().acquire()
+    except SharedBrokerError as exc:
+        pytest.fail(f"the test broker did not start: {exc}", pytrace=False)
 
 
 # `--hypothesis-profile=fail-fast` reports the first counterexample without shrinking it:
