@@ -19,23 +19,7 @@ from confluent_kafka.admin import NewTopic
 from streams.dialers.simulated import concurrency_from_ledger
 from streams.kafka import admin
 from tests.support.deployment import Deployment
-
-pytestmark = pytest.mark.integration
-
-LIMIT = 3
-
-
-def make_leads(businesses: list[str], per_business: int, run: str = "r") -> list[dict]:
-    """Each business's leads in one burst, so that every business saturates its slots."""
-    return [
-        {
-            "lead_id": f"{b}-{run}-{n}",
-            "business_id": b,
-            "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}",
-        }
-        for b in businesses
-        for n in range(per_business)
-    ]
+from tests.support.leads import LIMIT, assert_core_guarantees, make_leads
 
 
 def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
@@ -53,19 +37,6 @@ def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
         live[key(line)] += 1 if placed else -1
         peaks[key(line)] = max(peaks[key(line)], live[key(line)])
     return dict(peaks)
-
-
-def assert_core_guarantees(deployment: Deployment, leads: list[dict]) -> list[dict]:
-    """One outcome per lead (checked by Deployment.outcomes), the limit, no lead twice."""
-    lines = deployment.ledger_lines()
-    per_business = concurrency_from_ledger(deployment.ledger)
-    assert per_business and max(per_business.values()) <= LIMIT, per_business
-    placed = collections.Counter(
-        line["lead_id"] for line in lines if line["event"] == "placed"
-    )
-    assert max(placed.values()) == 1, [lead for lead, n in placed.items() if n > 1]
-    assert set(placed) <= {lead["lead_id"] for lead in leads}
-    return lines
 
 
 def test_seed_scenario_nine_calls_and_each_fourth_lead_waits(deployment):
@@ -127,9 +98,9 @@ def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store
     second = deployment.start_worker("w1")  # same data dir, same group: a restart
     second.wait_serving()
     deployment.outcomes(leads, timeout=240)
-    # A RocksDB store holds only what the changelog acknowledged (streams/shell/units.py), so
-    # the restart keeps it and reads just the changelog since; the guarantees below are
-    # what would break if it held a write the changelog lacked.
+    # A RocksDB store holds only what the changelog acknowledged (streams/shell/units.py),
+    # so the restart keeps it and reads just the changelog since; the guarantees below
+    # are what would break if it held a write the changelog lacked.
     assert_core_guarantees(deployment, leads)
 
     def holding():
