@@ -20,6 +20,7 @@ from streams.dialers.simulated import concurrency_from_ledger
 from streams.kafka import admin
 from tests.support.deployment import Deployment
 from tests.support.leads import LIMIT, assert_core_guarantees, make_leads
+from tests.support.waiting import eventually
 
 
 def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
@@ -103,17 +104,16 @@ def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store
     # are what would break if it held a write the changelog lacked.
     assert_core_guarantees(deployment, leads)
 
-    def holding():
-        return [
+    def nothing_held() -> bool:
+        holding = [
             b
             for b in second.businesses() or [{"business_id": "?", "active": ["?"]}]
             if b["active"] or b["waiting"]
         ]
+        assert holding == [], "a business still holds a slot or a waiting lead"
+        return True
 
-    deadline = time.monotonic() + 30
-    while holding() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert holding() == [], "a business still holds a slot or a waiting lead"
+    eventually(nothing_held, timeout=30)
 
 
 #: A killed dynamic member holds its partitions until its session expires: at least
@@ -280,13 +280,14 @@ def test_an_exception_in_our_code_dead_letters_the_event_and_the_worker_goes_on(
         )
         assert json.loads(base64.b64decode(lead_letter["value"]))["lead_id"] == failed
 
-        def busy(state: list[dict] | None) -> bool:
-            return state is None or any(b["active"] or b["waiting"] for b in state)
+        def idle() -> bool:
+            state = worker.businesses()
+            assert state is not None and not any(
+                b["active"] or b["waiting"] for b in state
+            ), state
+            return True
 
-        deadline = time.monotonic() + 30
-        while busy(state := worker.businesses()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not busy(state), state
+        eventually(idle, timeout=30)
         assert worker.process.poll() is None
     finally:
         deployment.close()
@@ -313,10 +314,13 @@ def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path
         leads = make_leads(["R"], 2, run="retain")
         deployment.produce_leads(leads)
         deployment.outcomes(leads)
-        deadline = time.monotonic() + 30
-        while worker.log().count("forgotten 3s after its outcome") < 2:
-            assert time.monotonic() < deadline, worker.log()[-3000:]
-            time.sleep(0.5)
+
+        def both_forgotten() -> bool:
+            log = worker.log()
+            assert log.count("forgotten 3s after its outcome") >= 2, log[-3000:]
+            return True
+
+        eventually(both_forgotten, timeout=30)
         deployment.produce_leads(leads[:1])  # the CRM sends the first one again
         outcomes = deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 3)
         assert [o["lead_id"] for o in outcomes].count(leads[0]["lead_id"]) == 2
