@@ -352,6 +352,7 @@ def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
     )
     for future in futures.values():
         future.result(30)
+    deployment.wait_topics("leads.requests", "calls.status")
     result = subprocess.run(
         [sys.executable, "-m", "streams", "worker"],
         env=deployment.env,

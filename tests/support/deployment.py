@@ -27,7 +27,7 @@ from streams.dialers.simulated import SimulatedDialer
 from streams.dialers.twilio.dialer import TwilioDialer
 from streams.kafka import admin
 from streams.settings import Settings
-from streams.topics import producer_config, record_key, topic_name
+from streams.topics import ALL_TOPICS, producer_config, record_key, topic_name
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.waiting import NeverHolds, eventually
 
@@ -79,6 +79,18 @@ class Deployment:
 
     def create_topics(self) -> None:
         admin.create_topics(self.settings)
+        self.wait_topics(*ALL_TOPICS)
+
+    def wait_topics(self, *base_topics: str) -> None:
+        """Wait until the topics are listed with their partitions' leaders: a loaded broker
+        acknowledges a creation before it lists the topic as usable, and a worker started
+        in between refuses to run because its input topics "do not exist"."""
+        wanted = set(base_topics)
+        eventually(
+            lambda: wanted <= set(admin.partition_counts(self.settings)),
+            timeout=30,
+            what=f"topics {sorted(wanted)} listed by the broker",
+        )
 
     def start_worker(
         self, name: str = "w1", *args: str, web_port: int | None = None
