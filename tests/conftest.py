@@ -47,8 +47,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """integration: uses the broker; component: PostgreSQL or promtool; unit: neither.
-    Tests marked slow go first, so that a parallel run does not end waiting on them."""
+    """integration: uses the broker; component: PostgreSQL or promtool; unit: neither."""
     for item in items:
         needs = set(getattr(item, "fixturenames", ()))
         if "kafka_broker" in needs:
@@ -57,7 +56,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.component)
         if not any(item.get_closest_marker(m) for m in ("integration", "component")):
             item.add_marker(pytest.mark.unit)
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

@@ -152,6 +152,7 @@ def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires
     assert_core_guarantees(deployment, leads)
 
 
+@pytest.mark.alone
 def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(deployment):
     first, second = deployment.start_worker("w1"), deployment.start_worker("w2")
     first.wait_serving()

@@ -15,6 +15,7 @@ from streams.devtools.broker import Broker
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_guarantees_hold_through_a_worker_kill_and_a_rebalance(
     kafka_broker: Broker, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
