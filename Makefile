@@ -17,11 +17,10 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/streams demo
 
-# The tests mostly wait on real processes and one shared broker, so they run in parallel,
-# more workers than cores: on 2 cores the parallel phase took 186 s with 3 workers, 135 s
-# with 4 and 115 s with 5; 4 leaves headroom for the timing the tests assert. worksteal
-# because test times differ 1000-fold. Tests marked `alone` run afterwards one at a time;
-# both phases always run and the exit status is the worse of the two.
+# The tests mostly wait on real processes and one shared broker, so more workers than
+# cores pay off; 4 on 2 cores still leaves headroom for the timings tests assert.
+# worksteal, because test times differ a thousandfold. Tests marked `alone` run afterwards
+# one at a time; both phases always run and the exit status is the worse of the two.
 TEST_WORKERS ?= 4
 PYTEST := $(BIN)/python -m pytest
 PARALLEL := -n $(TEST_WORKERS) --dist worksteal
