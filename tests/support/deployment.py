@@ -10,7 +10,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from streams.kafka import admin
 from streams.settings import Settings
 from streams.topics import ALL_TOPICS, producer_config, record_key, topic_name
 from tests.support.fake_twilio import FakeTwilio
+from tests.support.ports import free_port
 from tests.support.waiting import NeverHolds, eventually
 
 #: The caller id the Twilio dialer uses against the fake Twilio server.
@@ -45,12 +45,6 @@ FAST_TIMINGS = {
     "ORPHAN_STATUS_HOLD_SECONDS": "5",
     "TICK_INTERVAL_SECONDS": "0.3",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Deployment:

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from streams.devtools.broker import Broker, BrokerError
-from tests.support.deployment import free_port
+from tests.support.ports import free_port
 
 
 class SharedBrokerError(RuntimeError):
