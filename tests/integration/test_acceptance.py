@@ -33,7 +33,8 @@ def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
         ),
         key=lambda m: (m[0], m[1]),
     )
-    live, peaks = collections.Counter(), collections.Counter()
+    live: collections.Counter[str] = collections.Counter()
+    peaks: collections.Counter[str] = collections.Counter()
     for _, placed, line in marks:
         live[key(line)] += 1 if placed else -1
         peaks[key(line)] = max(peaks[key(line)], live[key(line)])
