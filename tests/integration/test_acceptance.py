@@ -19,23 +19,8 @@ from confluent_kafka.admin import NewTopic
 from streams.dialers.simulated import concurrency_from_ledger
 from streams.kafka import admin
 from tests.support.deployment import Deployment
-
-pytestmark = pytest.mark.integration
-
-LIMIT = 3
-
-
-def make_leads(businesses: list[str], per_business: int, run: str = "r") -> list[dict]:
-    """Each business's leads in one burst, so that every business saturates its slots."""
-    return [
-        {
-            "lead_id": f"{b}-{run}-{n}",
-            "business_id": b,
-            "phone": f"+1415{abs(hash((b, n))) % 10**7:07d}",
-        }
-        for b in businesses
-        for n in range(per_business)
-    ]
+from tests.support.leads import LIMIT, assert_core_guarantees, make_leads
+from tests.support.waiting import eventually
 
 
 def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
@@ -48,24 +33,12 @@ def peak(lines: list[dict], key=lambda line: "all") -> dict[str, int]:
         ),
         key=lambda m: (m[0], m[1]),
     )
-    live, peaks = collections.Counter(), collections.Counter()
+    live: collections.Counter[str] = collections.Counter()
+    peaks: collections.Counter[str] = collections.Counter()
     for _, placed, line in marks:
         live[key(line)] += 1 if placed else -1
         peaks[key(line)] = max(peaks[key(line)], live[key(line)])
     return dict(peaks)
-
-
-def assert_core_guarantees(deployment: Deployment, leads: list[dict]) -> list[dict]:
-    """One outcome per lead (checked by Deployment.outcomes), the limit, no lead twice."""
-    lines = deployment.ledger_lines()
-    per_business = concurrency_from_ledger(deployment.ledger)
-    assert per_business and max(per_business.values()) <= LIMIT, per_business
-    placed = collections.Counter(
-        line["lead_id"] for line in lines if line["event"] == "placed"
-    )
-    assert max(placed.values()) == 1, [lead for lead, n in placed.items() if n > 1]
-    assert set(placed) <= {lead["lead_id"] for lead in leads}
-    return lines
 
 
 def test_seed_scenario_nine_calls_and_each_fourth_lead_waits(deployment):
@@ -127,22 +100,21 @@ def test_worker_killed_mid_run_loses_nothing_and_leaks_no_slot(deployment, store
     second = deployment.start_worker("w1")  # same data dir, same group: a restart
     second.wait_serving()
     deployment.outcomes(leads, timeout=240)
-    # A RocksDB store holds only what the changelog acknowledged (streams/shell/units.py), so
-    # the restart keeps it and reads just the changelog since; the guarantees below are
-    # what would break if it held a write the changelog lacked.
+    # A RocksDB store holds only what the changelog acknowledged (streams/shell/units.py),
+    # so the restart keeps it and reads just the changelog since; the guarantees below
+    # are what would break if it held a write the changelog lacked.
     assert_core_guarantees(deployment, leads)
 
-    def holding():
-        return [
+    def nothing_held() -> bool:
+        holding = [
             b
             for b in second.businesses() or [{"business_id": "?", "active": ["?"]}]
             if b["active"] or b["waiting"]
         ]
+        assert holding == [], "a business still holds a slot or a waiting lead"
+        return True
 
-    deadline = time.monotonic() + 30
-    while holding() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert holding() == [], "a business still holds a slot or a waiting lead"
+    eventually(nothing_held, timeout=30)
 
 
 #: A killed dynamic member holds its partitions until its session expires: at least
@@ -181,6 +153,7 @@ def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires
     assert_core_guarantees(deployment, leads)
 
 
+@pytest.mark.alone
 def test_two_workers_share_the_partitions_and_one_leaving_loses_nothing(deployment):
     first, second = deployment.start_worker("w1"), deployment.start_worker("w2")
     first.wait_serving()
@@ -309,13 +282,14 @@ def test_an_exception_in_our_code_dead_letters_the_event_and_the_worker_goes_on(
         )
         assert json.loads(base64.b64decode(lead_letter["value"]))["lead_id"] == failed
 
-        def busy(state: list[dict] | None) -> bool:
-            return state is None or any(b["active"] or b["waiting"] for b in state)
+        def idle() -> bool:
+            state = worker.businesses()
+            assert state is not None and not any(
+                b["active"] or b["waiting"] for b in state
+            ), state
+            return True
 
-        deadline = time.monotonic() + 30
-        while busy(state := worker.businesses()) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert not busy(state), state
+        eventually(idle, timeout=30)
         assert worker.process.poll() is None
     finally:
         deployment.close()
@@ -342,10 +316,13 @@ def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path
         leads = make_leads(["R"], 2, run="retain")
         deployment.produce_leads(leads)
         deployment.outcomes(leads)
-        deadline = time.monotonic() + 30
-        while worker.log().count("forgotten 3s after its outcome") < 2:
-            assert time.monotonic() < deadline, worker.log()[-3000:]
-            time.sleep(0.5)
+
+        def both_forgotten() -> bool:
+            log = worker.log()
+            assert log.count("forgotten 3s after its outcome") >= 2, log[-3000:]
+            return True
+
+        eventually(both_forgotten, timeout=30)
         deployment.produce_leads(leads[:1])  # the CRM sends the first one again
         outcomes = deployment.read("leads.outcomes", until=lambda recs: len(recs) >= 3)
         assert [o["lead_id"] for o in outcomes].count(leads[0]["lead_id"]) == 2
@@ -377,6 +354,7 @@ def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
     )
     for future in futures.values():
         future.result(30)
+    deployment.wait_topics("leads.requests", "calls.status")
     result = subprocess.run(
         [sys.executable, "-m", "streams", "worker"],
         env=deployment.env,

@@ -6,16 +6,19 @@ records faust-streaming skips around a rebalance (streams/shell/progress.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import chaos
+from streams.devtools.broker import Broker
 
-pytestmark = pytest.mark.integration
 
-
+@pytest.mark.slow
+@pytest.mark.alone
 def test_guarantees_hold_through_a_worker_kill_and_a_rebalance(
-    kafka_broker, capsys, tmp_path
-):
+    kafka_broker: Broker, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     keep = tmp_path / "chaos"  # worker and dialer logs, for a post-mortem if it fails
     code = chaos.main(
         [

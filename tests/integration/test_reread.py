@@ -7,15 +7,16 @@ in turn, so nothing of an earlier read may leak into a later one.
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
+from streams.devtools.broker import Broker
 from streams.shell.reread import BrokerReader
 from tests.support.deployment import Deployment
 
-pytestmark = pytest.mark.integration
 
-
-def test_ranges_of_different_partitions_read_back_to_back_are_exact(kafka_broker, tmp_path):
+def test_ranges_of_different_partitions_read_back_to_back_are_exact(
+    kafka_broker: Broker, tmp_path: Path
+) -> None:
     deployment = Deployment(kafka_broker.bootstrap, tmp_path, TOPIC_PARTITIONS="2")
     deployment.create_topics()
     topic = deployment.topic("leads.requests")

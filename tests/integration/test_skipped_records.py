@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.integration.test_acceptance import assert_core_guarantees, make_leads
 from tests.support.deployment import Deployment
-
-pytestmark = pytest.mark.integration
+from tests.support.leads import assert_core_guarantees, make_leads
 
 
 def run_with_faults(bootstrap: str, tmp_path, leads: list[dict], faults: str) -> str:

@@ -10,7 +10,6 @@ import collections
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,8 +26,10 @@ from streams.dialers.simulated import SimulatedDialer
 from streams.dialers.twilio.dialer import TwilioDialer
 from streams.kafka import admin
 from streams.settings import Settings
-from streams.topics import producer_config, record_key, topic_name
+from streams.topics import ALL_TOPICS, producer_config, record_key, topic_name
 from tests.support.fake_twilio import FakeTwilio
+from tests.support.ports import free_port
+from tests.support.waiting import NeverHolds, eventually
 
 #: The caller id the Twilio dialer uses against the fake Twilio server.
 FROM_NUMBER = "+14155550199"
@@ -44,12 +45,6 @@ FAST_TIMINGS = {
     "ORPHAN_STATUS_HOLD_SECONDS": "5",
     "TICK_INTERVAL_SECONDS": "0.3",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Deployment:
@@ -78,6 +73,18 @@ class Deployment:
 
     def create_topics(self) -> None:
         admin.create_topics(self.settings)
+        self.wait_topics(*ALL_TOPICS)
+
+    def wait_topics(self, *base_topics: str) -> None:
+        """Wait until the topics are listed with their partitions' leaders: a loaded broker
+        acknowledges a creation before it lists the topic as usable, and a worker started
+        in between refuses to run because its input topics "do not exist"."""
+        wanted = set(base_topics)
+        eventually(
+            lambda: wanted <= set(admin.partition_counts(self.settings)),
+            timeout=30,
+            what=f"topics {sorted(wanted)} listed by the broker",
+        )
 
     def start_worker(
         self, name: str = "w1", *args: str, web_port: int | None = None
@@ -182,18 +189,21 @@ class Deployment:
         client = admin.admin_client(self.settings)
         group = self.settings.topic_prefix + self.settings.app_id
         leads = self.topic("leads.requests")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def stable() -> bool:
             description = client.describe_consumer_groups([group])[group].result(10)
             owners = [
                 m
                 for m in description.members
                 if any(tp.topic == leads for tp in m.assignment.topic_partitions)
             ]
-            if str(description.state).endswith("STABLE") and len(owners) == members:
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"group {group} never had {members} members owning partitions")
+            assert str(description.state).endswith("STABLE") and len(owners) == members, (
+                f"group {group} never had {members} members owning partitions"
+                f" (last: {description.state}, {len(owners)} owning)"
+            )
+            return True
+
+        eventually(stable, timeout=timeout, interval=0.5)
 
     def ledger_lines(self) -> list[dict]:
         if not self.ledger.exists():
@@ -243,16 +253,15 @@ class WorkerProcess:
             return None
 
     def wait_serving(self, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def serving() -> bool:
             if self.process.poll() is not None:
-                raise AssertionError(
-                    f"worker exited {self.process.returncode}:\n{self.log()}"
-                )
-            if self.businesses() is not None:
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"worker did not serve within {timeout}s:\n{self.log()}")
+                raise NeverHolds(f"worker exited {self.process.returncode}:\n{self.log()}")
+            assert self.businesses() is not None, (
+                f"worker did not serve within {timeout}s:\n{self.log()}"
+            )
+            return True
+
+        eventually(serving, timeout=timeout, interval=0.3)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -320,20 +329,22 @@ class Dialer:
         log = self.deployment.workdir / f"dialer-{len(self.logs)}.log"
         self.logs.append(log)
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(
+            self.process = process = subprocess.Popen(
                 [sys.executable, "-m", "streams", "dialer"],
                 env={**self.env, **extra_env},
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                return self  # e.g. crashed on purpose already
-            if self.health()[0] == 200:
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"dialer did not serve:\n{self.log()}")
+
+        def serving_or_exited() -> bool:
+            # An exit is no failure here: a test may have told it to crash at once.
+            assert process.poll() is not None or self.health()[0] == 200, (
+                f"dialer did not serve:\n{self.log()}"
+            )
+            return True
+
+        eventually(serving_or_exited, timeout=30)
+        return self
 
     def health(self) -> tuple[int, dict]:
         try:
@@ -350,6 +361,7 @@ class Dialer:
         )
 
     def kill(self) -> None:
+        assert self.process is not None, "the dialer runs as a thread, not a process"
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(10)
 

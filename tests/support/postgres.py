@@ -17,12 +17,13 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from tests.support.ports import free_port
 
 
 class PostgresUnavailable(RuntimeError):
@@ -49,12 +50,6 @@ def find_bin_dir() -> Path | None:
     if found and shutil.which("initdb"):
         return Path(found).parent
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PostgresServer:
@@ -126,7 +121,7 @@ def start_postgres(
         os.chown(root, owner.pw_uid, owner.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
         user = "postgres"
-    port = _free_port()
+    port = free_port()
     server = PostgresServer(bin_dir, root, port, database, user, as_user)
     try:
         server._run(

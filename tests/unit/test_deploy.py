@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,19 +33,29 @@ METRIC_NAME = re.compile(r"\bstreams_[A-Za-z0-9_:]+")
 SETTINGS_VARIABLES = set(environment_variables())
 
 
-def promtool(*args: str) -> subprocess.CompletedProcess:
+Promtool = Callable[..., "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def promtool() -> Promtool:
+    """Runs promtool in deploy/prometheus and asserts it succeeded (a fixture, so that the
+    tests needing the binary are marked `component`)."""
     tool = shutil.which("promtool")
     if tool is None:
         if os.environ.get("CI"):
             pytest.fail("promtool is missing: .ci/run installs Debian's prometheus package")
         pytest.skip("promtool not installed (apt-get install prometheus)")
-    result = subprocess.run(
-        [tool, *args], capture_output=True, text=True, timeout=120, cwd=PROMETHEUS
-    )
-    assert result.returncode == 0, (
-        f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
-    )
-    return result
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [tool, *args], capture_output=True, text=True, timeout=120, cwd=PROMETHEUS
+        )
+        assert result.returncode == 0, (
+            f"promtool {' '.join(args)}:\n{result.stdout}{result.stderr}"
+        )
+        return result
+
+    return run
 
 
 def load_yaml_documents(path: Path) -> list[dict]:
@@ -54,16 +65,20 @@ def load_yaml_documents(path: Path) -> list[dict]:
 # -- Prometheus ------------------------------------------------------------------------
 
 
-def test_promtool_accepts_the_alert_rules():
+def test_promtool_accepts_the_alert_rules(promtool: Promtool) -> None:
     assert "SUCCESS" in promtool("check", "rules", "alerts.yml").stdout
 
 
-def test_promtool_accepts_the_prometheus_config_and_its_rule_files():
+def test_promtool_accepts_the_prometheus_config_and_its_rule_files(
+    promtool: Promtool,
+) -> None:
     result = promtool("check", "config", "prometheus.yml")
     assert "1 rule files found" in result.stdout
 
 
-def test_alert_rules_fire_on_lag_stall_stop_expiries_dead_letters_and_not_when_healthy():
+def test_alert_rules_fire_on_lag_stall_stop_expiries_dead_letters_and_not_when_healthy(
+    promtool: Promtool,
+) -> None:
     """deploy/prometheus/alerts.test.yml: promtool's unit tests of the rules."""
     promtool("test", "rules", "alerts.test.yml")
 
@@ -252,7 +267,7 @@ def k8s_resources() -> dict[tuple[str, str], dict]:
 def test_the_kubernetes_manifests_match_the_kubernetes_schemas():
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
     versions = {"1.28", kubernetes_validate.latest_version()}
-    for (kind, name), resource in k8s_resources().items():
+    for resource in k8s_resources().values():
         for version in versions:
             kubernetes_validate.validate(resource, version, strict=True)
 
