@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit integration lint format clean
+.PHONY: setup demo test unit component integration lint format docs clean
 
 setup: $(VENV)/.installed
 
@@ -34,6 +34,9 @@ test: setup
 unit: setup
 	$(PYTEST) $(PARALLEL) -m unit
 
+component: setup
+	$(PYTEST) $(PARALLEL) -m component
+
 integration: setup
 	status=0; \
 	$(PYTEST) $(PARALLEL) -m "integration and not alone" || status=$$?; \
@@ -49,6 +52,10 @@ lint: setup
 format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+# docs/settings.md's table is generated from streams/settings.py (a test fails on drift).
+docs: setup
+	$(BIN)/python -m streams.settings --write docs/settings.md
 
 clean:
 	-$(BIN)/streams broker stop

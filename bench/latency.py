@@ -418,11 +418,14 @@ def summary(result: dict) -> str:
     bound = ">= " if result["latency_is_lower_bound"] else ""
     return (
         f"{result['offered_per_s_target']:,}/s offered"
-        f" ({result['offered_per_s_sustained']:,}/s produced): {result['dialed']:,}/{result['leads']:,} dialed at"
-        f" {result['dials_per_s_sustained']}/s; latency ms p50 {bound}{result['latency_ms_p50']}"
+        f" ({result['offered_per_s_sustained']:,}/s produced):"
+        f" {result['dialed']:,}/{result['leads']:,} dialed at"
+        f" {result['dials_per_s_sustained']}/s;"
+        f" latency ms p50 {bound}{result['latency_ms_p50']}"
         f" p90 {bound}{result['latency_ms_p90']} p99 {bound}{result['latency_ms_p99']}"
         f" max {bound}{result['latency_ms_max']}, p50 by quarter of the send window"
-        f" {result['latency_ms_p50_by_quarter']} (undialed {result['undialed_by_quarter']});"
+        f" {result['latency_ms_p50_by_quarter']}"
+        f" (undialed {result['undialed_by_quarter']});"
         f" {result['dialer_duplicates']:,} repeated dial commands; peak live per business"
         f" {result['peak_live_per_business_max']} (limit {result['limit']}),"
         f" {result['moments_above_limit']} moments above it"
@@ -440,7 +443,9 @@ def markdown(results: list[dict]) -> str:
         bound = "≥ " if r["latency_is_lower_bound"] else ""
         quarters = " / ".join(
             f"{'≥ ' if undialed else ''}{q:,.0f}"
-            for q, undialed in zip(r["latency_ms_p50_by_quarter"], r["undialed_by_quarter"])
+            for q, undialed in zip(
+                r["latency_ms_p50_by_quarter"], r["undialed_by_quarter"], strict=True
+            )
             if q is not None
         )
         rows.append(

@@ -521,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in after_kill:
         print(
             f"{r['store']} {r['run']}: ready in {r['ready_s']}s (target <="
-            f" {TARGET_SECONDS:.0f}s: {'MET' if r['ready_s'] <= TARGET_SECONDS else 'MISSED'});"
+            f" {TARGET_SECONDS:.0f}s:"
+            f" {'MET' if r['ready_s'] <= TARGET_SECONDS else 'MISSED'});"
             f" partitions assigned at {r['assigned_s']}s, changelog replay"
             f" {r.get('replay_s')}s",
             file=sys.stderr,

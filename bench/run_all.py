@@ -34,10 +34,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench.common import DEFAULT_BOOTSTRAP
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-
-from bench.common import DEFAULT_BOOTSTRAP
 
 
 def cpu_probe() -> float:

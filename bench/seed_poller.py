@@ -104,7 +104,8 @@ def poller(url: str, who: int, interval: float, delay: float, stop) -> None:
         businesses = [
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT business_id FROM outbound_call_jobs WHERE status = 'queued'"
+                "SELECT DISTINCT business_id FROM outbound_call_jobs"
+                " WHERE status = 'queued'"
             )
         ]
         if who == 2:
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
         url = server.url.replace("postgresql+psycopg://", "postgresql://")
         say(f"PostgreSQL on port {server.port}")
     try:
-        for businesses, per in zip(args.businesses, leads):
+        for businesses, per in zip(args.businesses, leads, strict=True):
             if server is not None:
                 for pollers in args.pollers:
                     say(f"seed, {pollers} poller(s): {businesses} businesses x {per} leads")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.devtools.broker import Broker
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -73,16 +73,10 @@ def test_status_of_running_broker(kafka_broker: Broker) -> None:
         assert status["data_dir"] == str(kafka_broker.data_dir)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("localhost", 0))
-        return sock.getsockname()[1]
-
-
 def test_stale_pid_file_is_removed(tmp_path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    broker = Broker(port=_free_port(), data_dir=tmp_path)
+    broker = Broker(port=free_port(), data_dir=tmp_path)
     broker.pid_file.write_text(f"{gone.pid}\n")
 
     assert broker.status() == {
@@ -100,7 +94,7 @@ def test_reused_pid_is_never_signalled(tmp_path) -> None:
     """After a reboot the pid in the file may belong to an unrelated process."""
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        broker = Broker(port=_free_port(), data_dir=tmp_path)
+        broker = Broker(port=free_port(), data_dir=tmp_path)
         broker.pid_file.write_text(f"{stranger.pid}\n")
         assert broker.stop() is False
         assert broker.kill() is False

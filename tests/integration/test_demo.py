@@ -9,7 +9,6 @@ import os
 import queue
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,15 +24,10 @@ from streams.devtools.demo.readers import ledger_peaks
 from streams.devtools.demo.view import summarize
 from streams.dialers.simulated import concurrency_from_ledger
 from streams.topics import LeadRequest, record_key
+from tests.support.ports import free_port
 
 LIMIT = 3
 BUSINESSES = ("A", "B", "C")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def demo_env(bootstrap: str, tmp_path: Path) -> dict[str, str]:

@@ -114,18 +114,6 @@ class Scenario:
         return time.monotonic() - self.started
 
 
-def total_peak(lines: Iterable[LedgerLine]) -> int:
-    """Peak number of calls live at once over all businesses, ordered like
-    `concurrency_from_ledger` (equal times count the end first)."""
-    events = [line for line in lines if line["event"] in ("placed", "ended")]
-    events.sort(key=lambda line: (line["at"], line["event"] == "placed"))
-    live = peak = 0
-    for line in events:
-        live += 1 if line["event"] == "placed" else -1
-        peak = max(peak, live)
-    return peak
-
-
 class LiveCalls:
     """The true live calls, with lead ids, from the dialer's ledger lines as they come."""
 

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 
 from confluent_kafka import Consumer, TopicPartition
 
-from streams.devtools.demo.model import LiveCalls, total_peak
-from streams.dialers.simulated import _ledger_lines, concurrency_from_ledger
+from streams.devtools.demo.model import LiveCalls
+from streams.dialers.simulated.ledger import call_spans, peak_concurrency, read_lines
 from streams.settings import Settings
 from streams.topics import LEADS_OUTCOMES, LeadOutcome, topic_name
 
@@ -55,7 +55,9 @@ def ledger_peaks(path: str | os.PathLike[str]) -> tuple[dict[str, int], int]:
     all businesses (nothing when the dialer never wrote it)."""
     if not Path(path).exists():
         return {}, 0
-    return concurrency_from_ledger(path), total_peak(_ledger_lines(path))
+    spans = call_spans(read_lines(path))
+    overall = peak_concurrency(("all", s.placed_at, s.ended_at) for s in spans)
+    return peak_concurrency(spans), overall.get("all", 0)
 
 
 class WorkerView:

@@ -19,9 +19,6 @@ from streams.dialers.simulated.ledger import (
     read_lines,
 )
 
-# The demo still reads the ledger through this older name.
-_ledger_lines = read_lines
-
 __all__ = [
     "SimulatedDialer",
     "concurrency_from_ledger",
