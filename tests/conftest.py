@@ -10,6 +10,9 @@ from hypothesis import Phase, settings
 from streams.devtools.broker import Broker
 from tests.support.deployment import free_port
 
+# The 3-node cluster fixtures, plaintext and SASL_SSL, for any test that asks for them.
+pytest_plugins = ("tests.support.cluster",)
+
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
