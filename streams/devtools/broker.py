@@ -59,7 +59,7 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def admin_client(config: Mapping[str, str]) -> AdminClient:
+def admin_client(config: Mapping[str, Any]) -> AdminClient:
     """An AdminClient with the given connection settings whose failures reach the caller
     as exceptions: librdkafka's own log lines would interleave with the progress output
     (a purged late metadata reply) or repeat every second (a node that is down)."""
@@ -282,22 +282,26 @@ class Broker:
 
     def pause(self) -> bool:
         """SIGSTOP the broker: a stalled node that keeps its sockets and sessions open
-        until the others' timeouts fire. False if none runs."""
-        return self._send(signal.SIGSTOP)
+        until the others' timeouts fire. Returns once it is stopped; False if none runs."""
+        return self._send(signal.SIGSTOP, paused=True)
 
     def resume(self) -> bool:
-        """SIGCONT a paused broker. False if none runs."""
-        return self._send(signal.SIGCONT)
+        """SIGCONT a paused broker; returns once it runs again. False if none runs."""
+        return self._send(signal.SIGCONT, paused=False)
 
     def is_paused(self) -> bool:
         pid = self._pid()
         return pid is not None and _process_state(pid) == "T"
 
-    def _send(self, sig: signal.Signals) -> bool:
+    def _send(self, sig: signal.Signals, paused: bool) -> bool:
+        """Signals take effect asynchronously; wait until the process state shows it."""
         pid = self._pid()
         if pid is None:
             return False
         self._signal(pid, sig)
+        deadline = time.monotonic() + 10
+        while self.is_paused() != paused and time.monotonic() < deadline:
+            time.sleep(0.01)
         return True
 
     def restart(self, timeout: float = 90) -> bool:
