@@ -62,16 +62,27 @@ def _start_single(broker: Broker) -> None:
 def _start_cluster(
     port: int | None, nodes: int, security: Security, data_dir: Path | None
 ) -> None:
-    recorded = _recorded_cluster(port, data_dir)
-    if port is None and recorded is not None:
-        port = recorded.nodes[0].port
-    cluster = Cluster.on_ports(
-        port or DEFAULT_PORT, nodes, security, _cluster_dir(port, data_dir)
-    )
+    cluster = _cluster_to_start(port, nodes, security, data_dir)
     started = cluster.start()
     state = "started" if started else "already running"
     print(f"cluster of {nodes} Kafka nodes ({security}) {state} on {cluster.bootstrap}")
     print(f"client settings: KAFKA_CLIENT_CONFIG={cluster.client_properties_file}")
+
+
+def _cluster_to_start(
+    port: int | None, nodes: int, security: Security, data_dir: Path | None
+) -> Cluster:
+    """The recorded cluster when no port is asked for and it has the node count and
+    security asked for, whatever its ports; else the layout asked for, which start
+    refuses, saying why, when it differs from a recorded one."""
+    recorded = _recorded_cluster(port, data_dir)
+    if port is None and recorded is not None:
+        if (len(recorded.nodes), recorded.security) == (nodes, security):
+            return recorded
+        port = recorded.nodes[0].port
+    return Cluster.on_ports(
+        port or DEFAULT_PORT, nodes, security, _cluster_dir(port, data_dir)
+    )
 
 
 def _stop(port: int | None, data_dir: Path | None) -> None:
