@@ -493,10 +493,14 @@ class Cluster:
 
     def quorum_leader(self) -> int | None:
         """The KRaft quorum's leader (the active controller) in the newest view recorded
-        by a running node; read from their files, so it costs no request."""
+        by a running node, read from their files so it costs no request; None while
+        there is none, or while that view still names a node whose process is gone."""
         views = [node.quorum_view() for node in self.nodes if node.pid is not None]
         known = [view for view in views if view is not None]
-        return max(known)[1] if known else None
+        if not known:
+            return None
+        leader = max(known)[1]
+        return leader if self.node(leader).pid is not None else None
 
     # -- where things are, for tests and fault injection -------------------------------
 
