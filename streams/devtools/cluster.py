@@ -3,7 +3,8 @@ the fault controls that tests and chaos runs need.
 
 Why: replication and broker failures can only be proven on several real brokers, and a
 secured listener only against one that really requires TLS and SCRAM. Each node is a
-`Broker` JVM from the same Maven jars, broker and controller in one, in a static quorum.
+`ClusterNode` JVM from the same Maven jars, broker and controller in one, in a static
+quorum.
 The data directory holds:
 
 - ``cluster.json``: the nodes, their ports and the security (no secret), so that
@@ -21,7 +22,6 @@ import base64
 import contextlib
 import json
 import secrets
-import shutil
 import socket
 import time
 import uuid
@@ -36,11 +36,11 @@ from streams.devtools.broker import (
     KAFKA_DEPLOY_DIR,
     READY_PROBE_TOPIC,
     REPO_ROOT,
-    Broker,
     BrokerError,
     admin_client,
     say,
 )
+from streams.devtools.cluster_node import ClusterNode
 from streams.devtools.kafka_properties import (
     SECURITY_CHOICES,
     ListenerSecurity,
@@ -49,9 +49,7 @@ from streams.devtools.kafka_properties import (
     Security,
     client_config,
     client_properties,
-    cluster_node_properties,
     replication,
-    scram_user_arguments,
 )
 from streams.devtools.private_files import write_private
 from streams.devtools.tls import TlsFiles
@@ -66,14 +64,11 @@ QUORUMLESS_GRACE = 10.0
 #: The SCRAM user that clients of a secured local cluster log in as.
 CLIENT_USER = "streams"
 
-#: Where a node keeps the KRaft quorum's view: the leader and its epoch.
-QUORUM_STATE = Path("__cluster_metadata-0") / "quorum-state"
-
 #: Kafka's topic of consumer group offsets, whose partition leaders coordinate groups.
 OFFSETS_TOPIC = "__consumer_offsets"
 
 
-def _offsets_partition(group: str, partitions: int) -> int:
+def offsets_partition(group: str, partitions: int) -> int:
     """The offsets topic partition of ``group``: Kafka takes the absolute value of Java's
     String.hashCode (Utils.abs, so the minimum int maps to 0) modulo the partitions."""
     code = 0
@@ -106,76 +101,6 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
-class ClusterNode(Broker):
-    """One node of a `Cluster`: its own ports and directory, the cluster's settings."""
-
-    def __init__(self, cluster: Cluster, address: NodeAddress) -> None:
-        super().__init__(
-            port=address.port,
-            controller_port=address.controller_port,
-            data_dir=cluster.data_dir / f"node-{address.node_id}",
-            lib_dir=cluster.lib_dir,
-            heap=cluster.heap,
-            host=address.host,
-        )
-        self.node_id = address.node_id
-        self._cluster = cluster
-
-    def __repr__(self) -> str:
-        return f"ClusterNode({self.node_id}, {self.bootstrap})"
-
-    @property
-    def log_dirs(self) -> Path:
-        """The node's partition data: what a lost disk loses."""
-        return self.data_dir / "data"
-
-    @property
-    def metadata_dir(self) -> Path:
-        return self.data_dir / "metadata"
-
-    def client_config(self) -> dict[str, str]:
-        return client_config(self.bootstrap, self._cluster.listener_security())
-
-    def is_ready(self) -> bool:
-        """Whether the node is registered and unfenced: metadata lists it as a broker."""
-        metadata = self._metadata()
-        return metadata is not None and self.node_id in metadata.brokers
-
-    def quorum_view(self) -> tuple[int, int] | None:
-        """(leader epoch, leader id) as this node last recorded them, if it did."""
-        try:
-            state = json.loads((self.metadata_dir / QUORUM_STATE).read_text())
-        except (OSError, ValueError):
-            return None
-        leader = state.get("leaderId", -1)
-        return None if leader < 0 else (state.get("leaderEpoch", -1), leader)
-
-    def lose_disk(self) -> None:
-        """Delete the node's partition data, as if its disk were replaced; its metadata
-        log stays, so on restart it rejoins and copies its replicas from the others.
-        Only while the node is down: a running broker would fail on its open files."""
-        if self.pid is not None:
-            raise BrokerError(f"node {self.node_id} runs; stop or kill it before its disk")
-        shutil.rmtree(self.log_dirs, ignore_errors=True)
-        self.log_dirs.mkdir(parents=True)
-
-    def _server_properties(self) -> str:
-        cluster = self._cluster
-        return cluster_node_properties(
-            self.address,
-            cluster.addresses,
-            self.log_dirs,
-            self.metadata_dir,
-            cluster.listener_security(),
-        )
-
-    def _format_arguments(self, java: str) -> list[str]:
-        arguments = ["-t", self._cluster.cluster_id]
-        if self._cluster.security == "sasl_ssl":
-            arguments += scram_user_arguments(self._cluster.credentials())
-        return arguments
-
-
 class Cluster:
     """Several local KRaft nodes serving one cluster, at replication factor 3 (fewer
     nodes: as many as there are) with min.insync.replicas one below it."""
@@ -205,7 +130,16 @@ class Cluster:
                 zip(ports, controller_ports, strict=True), start=1
             )
         )
-        self.nodes = tuple(ClusterNode(self, address) for address in self.addresses)
+        self.nodes = tuple(
+            ClusterNode(
+                self,
+                address,
+                self.data_dir / f"node-{address.node_id}",
+                lib_dir=self.lib_dir,
+                heap=self.heap,
+            )
+            for address in self.addresses
+        )
         self.tls = TlsFiles(self.data_dir / "tls")
         self._cluster_id: str | None = None
 
@@ -530,7 +464,7 @@ class Cluster:
         4605), which is exactly when fault injection asks.
         """
         return self._running_leader(
-            OFFSETS_TOPIC, lambda partitions: _offsets_partition(group, partitions), timeout
+            OFFSETS_TOPIC, lambda partitions: offsets_partition(group, partitions), timeout
         )
 
     def _running_leader(
