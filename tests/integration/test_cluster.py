@@ -61,7 +61,9 @@ def _consume(cluster: Cluster, topic: str, partition: int, count: int) -> list[b
         def read_all() -> bool:
             message = consumer.poll(1)
             if message is not None and message.error() is None:
-                values.append(message.value())
+                value = message.value()
+                assert value is not None
+                values.append(value)
             return len(values) >= count
 
         eventually(read_all, timeout=60, interval=0, what=f"{count} records read")
