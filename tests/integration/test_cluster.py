@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import ConfigResource, NewTopic
 
-from streams.devtools.broker import admin_client
+from streams.devtools.broker import BrokerError, admin_client
 from streams.devtools.cluster import Cluster
 from tests.support.waiting import eventually
 
@@ -26,7 +26,14 @@ def _new_topic(cluster: Cluster, partitions: int = 3) -> str:
     topic = f"cluster-test-{uuid.uuid4().hex[:8]}"
     admin = admin_client(cluster.client_config())
     admin.create_topics([NewTopic(topic, partitions)])[topic].result(timeout=30)
-    eventually(lambda: cluster.partition(topic, 0)["leader"] is not None, what="a leader")
+
+    def led() -> bool:
+        try:
+            return cluster.partition(topic, 0)["leader"] is not None
+        except BrokerError:  # "unknown topic": the brokers learn of it one by one
+            return False
+
+    eventually(led, what="a leader")
     return topic
 
 
@@ -177,8 +184,6 @@ def test_a_lost_disk_is_rebuilt_from_the_other_replicas(faulty_cluster: Cluster)
 
 
 def test_a_lost_disk_needs_the_node_down(kafka_cluster: Cluster) -> None:
-    from streams.devtools.broker import BrokerError
-
     with pytest.raises(BrokerError, match="stop or kill it"):
         kafka_cluster.nodes[0].lose_disk()
 
