@@ -18,7 +18,9 @@ from streams.devtools.broker import BrokerError, admin_client
 from streams.devtools.cluster import Cluster
 from tests.support.waiting import eventually
 
-pytestmark = pytest.mark.integration
+# Alone: a fault injected here would break any test sharing the cluster, and under
+# pytest-xdist each worker process would start clusters of its own.
+pytestmark = [pytest.mark.integration, pytest.mark.alone]
 
 
 def _new_topic(cluster: Cluster, partitions: int = 3) -> str:
