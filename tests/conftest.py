@@ -40,6 +40,7 @@ def _is_xdist_worker() -> bool:
 def _shared_broker() -> SharedBroker:
     return SharedBroker(Path(os.environ[RUN_DIR_ENV]))
 
+
 # The 3-node cluster fixtures, plaintext and SASL_SSL, for any test that asks for them.
 pytest_plugins = ("tests.support.cluster",)
 
