@@ -1,7 +1,10 @@
-"""Starting the limiter worker (`streams worker`): topics checked, then Faust's worker.
+"""Starting the limiter worker (`streams worker`): Kafka and the topics checked, then
+Faust's worker.
 
-The worker refuses to start, with one line, when the input topics or its changelog are
-not co-partitioned (`streams.kafka.admin`); otherwise it runs `streams.app.Limiter`
+The worker refuses to start, with one line, when it cannot connect (`streams.kafka.
+preflight` names why), when the input topics or its changelog are not co-partitioned,
+or when a topic it uses has fewer replicas than `TOPIC_REPLICATION_FACTOR` (else the
+cluster's default) (`streams.kafka.admin`); otherwise it runs `streams.app.Limiter`
 until Ctrl-C or SIGTERM, its decisions logged one plain line each.
 """
 
@@ -15,7 +18,7 @@ from typing import Any
 import faust
 
 from streams.app import Limiter
-from streams.kafka import admin
+from streams.kafka import admin, preflight
 from streams.settings import Settings
 
 WORKER_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
@@ -43,16 +46,22 @@ def logging_config(loglevel: str) -> dict[str, Any]:
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> int:
-    """Create missing topics, check co-partitioning, run the worker until stopped."""
-    created = admin.create_topics(settings)
+    """Check Kafka, create missing topics, check co-partitioning and replication, run
+    the worker until stopped."""
+    cluster = preflight.connect(settings)
+    factor = admin.replication_factor(settings)
+    created = admin.create_topics(settings, factor)
     partitions = admin.check_copartitioned(settings)
+    warnings = admin.check_replication(settings, factor, cluster.brokers)
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
-    limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions), factor)
     print(
-        f"worker {limiter.app.conf.id}: {partitions} partitions on"
-        f" {settings.kafka_bootstrap_servers}, limit"
-        f" {settings.max_outbound_calls_per_business} calls per business,"
+        f"worker {limiter.app.conf.id}: {partitions} partitions, replication {factor},"
+        f" on {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}),"
+        f" limit {settings.max_outbound_calls_per_business} calls per business,"
         f" web on :{settings.worker_web_port}",
         file=sys.stderr,
     )

@@ -23,6 +23,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
 from streams.errors import StreamsError
+from streams.kafka import clients
+from streams.settings import Settings
 
 KAFKA_VERSION = "4.4.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -385,9 +387,9 @@ group.initial.rebalance.delay.ms=0
         return True
 
     def _admin(self) -> AdminClient:
-        # log_level 4 (warning) hides librdkafka's info lines, such as purged late metadata
-        # replies, that would otherwise interleave with the progress output.
-        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 4})
+        # Quiet (the admin client's default): librdkafka's lines, such as purged late
+        # metadata replies, would otherwise interleave with the progress output.
+        return clients.admin(Settings(kafka_bootstrap_servers=self.bootstrap))
 
     def _metadata(self) -> ClusterMetadata | None:
         """Cluster metadata from whatever answers at ``bootstrap``, or None.

@@ -18,15 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from streams.devtools.broker import Broker
 from streams.devtools.demo.readers import WorkerView
 from streams.dialers.simulated import SimulatedDialer
 from streams.errors import StreamsError
-from streams.kafka import admin
+from streams.kafka import admin, preflight
 from streams.settings import Settings
 
 DEFAULT_BOOTSTRAP_HOSTS = ("localhost", "127.0.0.1")
@@ -50,28 +48,6 @@ def is_default_bootstrap(bootstrap: str) -> bool:
         and host in DEFAULT_BOOTSTRAP_HOSTS
         and port == str(DEFAULT_BOOTSTRAP_PORT)
     )
-
-
-def kafka_answers(bootstrap: str) -> bool:
-    """Whether a Kafka broker answers at `bootstrap` (a TCP connect first: quick)."""
-    reachable = False
-    for server in bootstrap.split(","):
-        host, _, port = server.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-            reachable = True
-            break
-        except OSError:
-            continue
-    if not reachable:
-        return False
-    try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(
-            timeout=10
-        )
-    except KafkaException:
-        return False
-    return True
 
 
 def port_in_use(port: int) -> bool:
@@ -145,12 +121,15 @@ class Demo:
                 if not isinstance(exc, StreamsError):
                     print(file=sys.stderr)  # end the broker's line of progress dots
                 raise
-        elif not kafka_answers(bootstrap):
-            raise StreamsError(
-                f"no Kafka broker answers at {bootstrap}"
-                " (KAFKA_BOOTSTRAP_SERVERS); start it, or unset the variable"
-                " to let the demo run a local one on localhost:9092"
-            )
+        else:
+            try:
+                preflight.connect(self.settings)
+            except preflight.UnreachableError:
+                raise StreamsError(
+                    f"no Kafka broker answers at {bootstrap}"
+                    " (KAFKA_BOOTSTRAP_SERVERS); start it, or unset the variable"
+                    " to let the demo run a local one on localhost:9092"
+                ) from None
 
     def create_topics(self) -> int:
         created = admin.create_topics(self.settings)

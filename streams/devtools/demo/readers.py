@@ -9,10 +9,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from streams.devtools.demo.model import LiveCalls
 from streams.dialers.simulated.ledger import call_spans, peak_concurrency, read_lines
+from streams.kafka import clients
 from streams.settings import Settings
 from streams.topics import LEADS_OUTCOMES, LeadOutcome, topic_name
 
@@ -91,14 +92,11 @@ class OutcomeReader:
         self.lead_ids = lead_ids
         self.outcomes: dict[str, LeadOutcome] = {}
         self.topic = topic_name(LEADS_OUTCOMES, settings.topic_prefix)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "group.id": f"{settings.topic_prefix}streams-demo-{run_id}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "log_level": 3,
-            }
+        self.consumer = clients.consumer(
+            settings,
+            f"{settings.topic_prefix}streams-demo-{run_id}",
+            {"enable.auto.commit": False, "auto.offset.reset": "earliest"},
+            quiet=True,
         )
         # Start at each partition's current end, read before any lead is sent: every
         # outcome of this run comes later, and old runs' outcomes need not be read.
