@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
+import threading
+import time
 from typing import Any
 
 import faust
@@ -21,6 +24,8 @@ from streams.app import Limiter
 from streams.kafka import admin, preflight
 from streams.settings import Settings
 
+#: How long a stop may take: within the 30 s orchestrators give before SIGKILL.
+STOP_SECONDS = 20.0
 WORKER_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
@@ -43,6 +48,37 @@ def logging_config(loglevel: str) -> dict[str, Any]:
             "streams": {"level": "INFO", "handlers": ["streams"], "propagate": False},
         },
     }
+
+
+class _Worker(faust.Worker):
+    """Faust's worker, whose stop ends within STOP_SECONDS."""
+
+    async def stop(self) -> None:
+        if not self._stopped.is_set():
+            _exit_after(STOP_SECONDS)
+        await super().stop()
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit the process `seconds` from now unless it has ended by then.
+
+    Faust's stop waits on the brokers without a bound (the last commit, the changelog
+    writes still pending, leaving the group): with every broker gone it would wait for
+    ever, and an orchestrator's SIGKILL would end it anyway. Exiting is as safe as that
+    kill: what was not committed is read again at the next start."""
+
+    def deadline() -> None:
+        time.sleep(seconds)
+        print(
+            f"worker: not stopped {seconds:g} s after it was asked to (Kafka"
+            " unreachable?); exiting now, what it did not commit is read again at"
+            " the next start",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    threading.Thread(target=deadline, name="stop-deadline", daemon=True).start()
 
 
 def run_worker(settings: Settings, loglevel: str = "warning") -> int:
@@ -71,7 +107,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> int:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    worker = faust.Worker(
+    worker = _Worker(
         limiter.app, loglevel="info", quiet=True, logging_config=logging_config(loglevel)
     )
     worker.execute_from_commandline()
