@@ -73,7 +73,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     high_watermark,
     say,
     settings_for,
@@ -89,6 +88,7 @@ from streams.topics import (
     changelog_topic,
     topic_name,
 )
+from tests.support.ports import free_port
 
 APP_ID = "limiter"
 PHONE = "+14155550100"

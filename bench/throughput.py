@@ -40,7 +40,6 @@ from bench.common import (
     create_topics,
     delete_topics,
     emit,
-    free_port,
     high_watermark,
     rates,
     read_all,
@@ -53,6 +52,7 @@ from bench.common import (
 from streams.kafka import admin, clients
 from streams.settings import Settings
 from streams.topics import CALLS_DIAL, LEADS_REQUESTS, topic_name
+from tests.support.ports import free_port
 
 
 def leads(n: int, businesses: int) -> list[tuple[bytes, bytes]]:
