@@ -54,6 +54,7 @@ from streams.shell.faults import Faults
 from streams.shell.outbox import Outbox
 from streams.shell.progress import Key
 from streams.shell.reread import BrokerReader
+from streams.shell.restore import RestoreProgress
 from streams.shell.units import Units, encode_json
 from streams.topics import (
     INPUT_TOPICS,
@@ -156,6 +157,8 @@ class Limiter:
         self.faults = Faults.from_env(os.environ, prefix)
         self.faults.install()
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
+        self.restore = RestoreProgress()
+        self.app.timer(1.0, name="restore")(self._follow_restore)
         web.add_views(self)
 
     # -- the agent -----------------------------------------------------------------
@@ -338,6 +341,30 @@ class Limiter:
                     itertools.chain(keys, self.units.pending_keys()), self.units.get
                 )
             await self.summary.set_gauges(time.time())
+
+    async def _follow_restore(self) -> None:
+        """Log how far the table's restore from the changelog is, while it lasts."""
+        line = self.restore.sample(time.monotonic(), self._restore_remaining())
+        if line is not None:
+            log.info("%s", line)
+
+    def _restore_remaining(self) -> int | None:
+        """Changelog records still to replay into this worker's active partitions; None
+        when no restore runs (Faust's recovery: faust/tables/recovery.py)."""
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        if not recovery.in_recovery:
+            return None
+        highwaters, offsets = recovery.active_highwaters, recovery.active_offsets
+        return sum(
+            max(0, highwaters[tp] - offsets[tp])
+            for tp in recovery.active_tps
+            if tp in highwaters
+        )
+
+    def restore_status(self) -> dict[str, Any] | None:
+        """The running restore's figures for `/ready/`; None when there is none."""
+        figures = self.restore.figures
+        return None if figures is None or self.ready() else figures.as_json()
 
     def ready(self) -> bool:
         """Whether the table holds this worker's partitions' current state."""

@@ -51,7 +51,7 @@ def test_defaults_are_the_documented_ones():
     settings = Settings.from_env({})
     assert settings.max_outbound_calls_per_business == 3
     assert settings.kafka_bootstrap_servers == "localhost:9092"
-    assert settings.topic_partitions == 8 and settings.table_store == "memory://"
+    assert settings.topic_partitions == 8 and settings.table_store == "rocksdb://"
 
 
 def test_status_producers_partition_like_every_producer_and_send_at_once():
