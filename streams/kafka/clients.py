@@ -130,6 +130,13 @@ def admin(
     return AdminClient(librdkafka_config(settings, overrides, quiet=quiet))
 
 
+def admin_from_config(config: Mapping[str, Any]) -> AdminClient:
+    """A quiet admin client from librdkafka settings as given: the local cluster
+    tooling describes each node's listener that way, not as `Settings`."""
+    quiet: dict[str, Any] = {"logger": _quiet_logger(), "error_cb": lambda _error: None}
+    return AdminClient({**quiet, **config})
+
+
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context of the Python clients (aiokafka, and the preflight's probe), or
     None without TLS: the CA file (else the system's CAs), hostname verification unless
