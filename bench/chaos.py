@@ -387,7 +387,7 @@ def group_lag(settings: Settings) -> list[str]:
     """Input partitions the worker group has not committed to the end: records it never
     handled, or handled without committing (`streams lag` reads the same)."""
     group = app_id(settings.topic_prefix, settings.app_id)
-    reader = LagReader(settings.kafka_bootstrap_servers)
+    reader = LagReader(settings)
     try:
         sample = reader.sample([group])[group]
     except Exception as exc:  # a post-mortem must not hide the violations

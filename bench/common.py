@@ -12,8 +12,11 @@ import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import NewTopic
+
+from streams.kafka import clients
+from streams.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -32,16 +35,27 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def settings_for(bootstrap: str, **variables: str) -> Settings:
+    """The settings of a benchmark's clients: the environment's (security included),
+    at `bootstrap`, with `variables` on top."""
+    return Settings.from_env(
+        {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, **variables}
+    )
+
+
 def create_topics(bootstrap: str, names: Iterable[str], partitions: int) -> None:
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    futures = client.create_topics([NewTopic(n, partitions, 1) for n in names])
+    """Topics with TOPIC_REPLICATION_FACTOR replicas, else the cluster's default."""
+    settings = settings_for(bootstrap)
+    client = clients.admin(settings)
+    factor = settings.topic_replication_factor or -1  # -1: the broker's default
+    futures = client.create_topics([NewTopic(n, partitions, factor) for n in names])
     for future in futures.values():
         future.result(30)
 
 
 def delete_topics(bootstrap: str, prefix: str) -> None:
     """Delete every topic whose name starts with `prefix` (this run's own)."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
+    client = clients.admin(settings_for(bootstrap))
     names = [t for t in client.list_topics(timeout=15).topics if t.startswith(prefix)]
     if names:
         for future in client.delete_topics(names).values():
@@ -52,12 +66,8 @@ def delete_topics(bootstrap: str, prefix: str) -> None:
 
 
 def high_watermark(bootstrap: str, topic: str) -> int:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"hw-{tag()}",
-            "enable.auto.commit": False,
-        }
+    consumer = clients.consumer(
+        settings_for(bootstrap), f"hw-{tag()}", {"enable.auto.commit": False}
     )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
@@ -99,13 +109,10 @@ def read_all(
     values: bool = False,
 ) -> list:
     """Every record of `topic` from the start: (timestamp_ms, key, value|None)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{tag()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+    consumer = clients.consumer(
+        settings_for(bootstrap),
+        f"reader-{tag()}",
+        {"enable.auto.commit": False, "auto.offset.reset": "earliest"},
     )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]

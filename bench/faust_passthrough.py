@@ -15,15 +15,19 @@ import os
 
 import faust
 
+from streams.kafka import admin, clients
+from streams.settings import Settings
+
 
 def main() -> None:
-    app = faust.App(
+    settings = Settings.from_env()
+    app = clients.faust_app(
+        settings,
         os.environ["BENCH_APP"],
-        broker=f"kafka://{os.environ['KAFKA_BOOTSTRAP_SERVERS']}",
+        admin.replication_factor(settings),
         store="memory://",
         datadir=os.environ.get("BENCH_DATADIR", "/tmp/faust-passthrough"),
         web_enabled=False,
-        producer_acks=-1,
         key_serializer="raw",
         value_serializer="raw",
     )

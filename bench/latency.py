@@ -48,7 +48,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer, TopicPartition
 
 from bench.common import (
     DEFAULT_BOOTSTRAP,
@@ -56,24 +56,24 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     percentile,
     rates,
     read_all,
     say,
+    settings_for,
     stop_process,
     tag,
 )
-from streams.kafka import admin
+from streams.kafka import admin, clients
 from streams.settings import Settings
 from streams.topics import (
     CALLS_DIAL,
     LEADS_REQUESTS,
     from_iso,
-    producer_config,
     record_key,
     topic_name,
 )
+from tests.support.ports import free_port
 
 TALK_SECONDS = "0.3,1.5"
 #: The producer sends whatever has come due this often.
@@ -152,7 +152,7 @@ class Deployment:
     def wait_serving(self, timeout: float = 120) -> None:
         """Every worker's web view answers and the group is stable with every worker
         owning input partitions (as tests/support/deployment.py waits)."""
-        client = admin.admin_client(self.settings)
+        client = clients.admin(self.settings)
         group = self.prefix + self.settings.app_id
         leads = self.topic(LEADS_REQUESTS)
         deadline = time.monotonic() + timeout
@@ -251,13 +251,10 @@ def first_dials(
 ) -> dict[str, tuple[int, float]]:
     """lead_id -> (CreateTime ms, granted_at s) of its first dial command, read from the
     start of `topic` until every wanted lead has one or `timeout` passes."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"latency-{tag()}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+    consumer = clients.consumer(
+        settings_for(bootstrap),
+        f"latency-{tag()}",
+        {"enable.auto.commit": False, "auto.offset.reset": "earliest"},
     )
     found: dict[str, tuple[int, float]] = {}
     try:
@@ -331,7 +328,7 @@ def measure(rate: int, args: argparse.Namespace, workdir: Path) -> dict:
     try:
         deployment.start()
         deployment.wait_serving()
-        producer = Producer(producer_config(args.bootstrap))
+        producer = clients.producer(deployment.settings)
         warm_up(deployment, producer)
         say(f"{rate}/s: serving; sending {count:,} leads over {args.seconds:g}s")
         lateness = send_paced(producer, leads_topic, records, rate)

@@ -65,8 +65,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from aiokafka.partitioner import murmur2
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
 from faust.serializers import codecs
 
 from bench.common import (
@@ -75,22 +73,22 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     high_watermark,
     say,
+    settings_for,
     stop_process,
     tag,
 )
 from streams import limiter_table as core
-from streams.kafka import admin
+from streams.kafka import admin, clients
 from streams.settings import Settings
 from streams.topics import (
     LEADS_REQUESTS,
     LeadRequest,
     changelog_topic,
-    producer_config,
     topic_name,
 )
+from tests.support.ports import free_port
 
 APP_ID = "limiter"
 PHONE = "+14155550100"
@@ -178,21 +176,11 @@ def build_state(
     )
 
 
-def create_changelog(bootstrap: str, topic: str, partitions: int) -> None:
-    """The table's changelog, compacted, as Faust would create it."""
-    client = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3})
-    futures = client.create_topics(
-        [NewTopic(topic, partitions, 1, config={"cleanup.policy": "compact"})]
-    )
-    for future in futures.values():
-        future.result(30)
-
-
 def produce_changelog(
     bootstrap: str, topic: str, table: dict, partition_of_key: dict[str, int]
 ) -> int:
     """Write every key and value as Faust does (its json codec); return the bytes sent."""
-    producer = Producer(producer_config(bootstrap, **{"linger.ms": 50}))
+    producer = clients.producer(settings_for(bootstrap), {"linger.ms": 50})
     sent = 0
     for key, value in table.items():
         key_bytes, value_bytes = codecs.dumps("json", key), codecs.dumps("json", value)
@@ -464,8 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         f" logs in {workdir}"
     )
     try:
-        admin.create_topics(settings)
-        create_changelog(args.bootstrap, changelog, args.partitions)
+        admin.create_topics(settings)  # the changelog too, compacted, as Faust would
         began = time.monotonic()
         table, partition_of_key, figures = build_state(
             args.businesses, prefix, args.partitions, settings.rules()

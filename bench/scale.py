@@ -63,7 +63,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     say,
     stop_process,
     tag,
@@ -71,7 +70,6 @@ from bench.common import (
 from bench.recovery import (
     LONG_TIMERS,
     build_state,
-    create_changelog,
     memory_mb,
     produce_changelog,
     time_to_ready,
@@ -87,6 +85,7 @@ from bench.slot_free import (
     record_times,
     split_delay,
 )
+from tests.support.ports import free_port
 
 TALK = (1.0, 2.0)
 #: A length no idle call reaches within any run.
@@ -176,18 +175,10 @@ def run_ours(
     seed: int = 7,
     settle: float = 0.0,
 ) -> dict:
-    from confluent_kafka import Producer
-
     from streams.dialers.simulated import SimulatedDialer
-    from streams.kafka import admin
+    from streams.kafka import admin, clients
     from streams.settings import Settings
-    from streams.topics import (
-        LEADS_REQUESTS,
-        changelog_topic,
-        producer_config,
-        record_key,
-        topic_name,
-    )
+    from streams.topics import LEADS_REQUESTS, changelog_topic, record_key, topic_name
 
     prefix = f"bench{tag()}.scale."
     env = {
@@ -204,8 +195,7 @@ def run_ours(
     settings = Settings.from_env(env)
     changelog = changelog_topic(prefix, "limiter")
     try:
-        admin.create_topics(settings)
-        create_changelog(bootstrap, changelog, partitions)
+        admin.create_topics(settings)  # the changelog too, compacted, as Faust would
         began_load = time.monotonic()
         table, partition_of_key, _ = build_state(
             businesses - probes,
@@ -254,7 +244,7 @@ def run_ours(
             stop = threading.Event()
             thread = threading.Thread(target=dialer.run, args=(stop,), daemon=True)
             thread.start()
-            producer = Producer(producer_config(bootstrap))
+            producer = clients.producer(settings)
             topic = topic_name(LEADS_REQUESTS, prefix)
             for n in range(leads):
                 for p in range(probes):

@@ -38,7 +38,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     percentile,
     rates,
     read_all,
@@ -46,6 +45,7 @@ from bench.common import (
     stop_process,
     tag,
 )
+from tests.support.ports import free_port
 
 LIMIT = 3
 SETUP = (0.05, 0.3)
@@ -224,12 +224,10 @@ def run_ours(
     seed: int = 7,
     workers: int = 1,
 ) -> dict:
-    from confluent_kafka import Producer
-
     from streams.dialers.simulated import SimulatedDialer
-    from streams.kafka import admin
+    from streams.kafka import admin, clients
     from streams.settings import Settings
-    from streams.topics import LEADS_REQUESTS, producer_config, record_key, topic_name
+    from streams.topics import LEADS_REQUESTS, record_key, topic_name
 
     prefix = f"bench{tag()}.slot."
     env = {
@@ -244,7 +242,7 @@ def run_ours(
     settings = Settings.from_env(env)
     try:
         admin.create_topics(settings)
-        producer = Producer(producer_config(bootstrap))
+        producer = clients.producer(settings)
         topic = topic_name(LEADS_REQUESTS, prefix)
         # A business's leads back to back (a bulk-call list per business), so the worker
         # holds each business's backlog as soon as it reaches the business.

@@ -33,8 +33,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer
-
 from bench.common import (
     DEFAULT_BOOTSTRAP,
     PYTHON,
@@ -42,18 +40,19 @@ from bench.common import (
     create_topics,
     delete_topics,
     emit,
-    free_port,
     high_watermark,
     rates,
     read_all,
     say,
+    settings_for,
     stop_process,
     tag,
     wait_count,
 )
-from streams.kafka import admin
+from streams.kafka import admin, clients
 from streams.settings import Settings
-from streams.topics import CALLS_DIAL, LEADS_REQUESTS, producer_config, topic_name
+from streams.topics import CALLS_DIAL, LEADS_REQUESTS, topic_name
+from tests.support.ports import free_port
 
 
 def leads(n: int, businesses: int) -> list[tuple[bytes, bytes]]:
@@ -70,7 +69,7 @@ def leads(n: int, businesses: int) -> list[tuple[bytes, bytes]]:
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> None:
-    producer = Producer(producer_config(bootstrap))
+    producer = clients.producer(settings_for(bootstrap))
     for key, value in records:
         while True:
             try:
@@ -83,15 +82,13 @@ def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes]]) -> N
 
 
 def run_raw(bootstrap: str, src: str, dst: str, n: int) -> dict:
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"{src}-raw",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": True,
-        }
+    settings = settings_for(bootstrap)
+    consumer = clients.consumer(
+        settings,
+        f"{src}-raw",
+        {"auto.offset.reset": "earliest", "enable.auto.commit": True},
     )
-    producer = Producer(producer_config(bootstrap))
+    producer = clients.producer(settings)
     consumer.subscribe([src])
     done = 0
     began = None

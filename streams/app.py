@@ -32,6 +32,7 @@ from faust.types import TP, EventT
 
 from streams import limiter_table as core
 from streams import metrics
+from streams.kafka import clients
 from streams.limiter_state import business_id_of, is_business_key
 from streams.settings import Settings
 from streams.shell import faust_patches, web
@@ -53,6 +54,7 @@ from streams.shell.faults import Faults
 from streams.shell.outbox import Outbox
 from streams.shell.progress import Key
 from streams.shell.reread import BrokerReader
+from streams.shell.restore import RestoreProgress
 from streams.shell.units import Units, encode_json
 from streams.topics import (
     INPUT_TOPICS,
@@ -89,7 +91,7 @@ def _freeze_survivors() -> None:
 class Limiter:
     """The worker: a Faust app, its table, topics, agent, tick timer and web views."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, replication_factor: int):
         self.settings = settings
         self.rules = settings.rules()
         prefix = settings.topic_prefix
@@ -99,16 +101,16 @@ class Limiter:
         self.outcomes_by_business: collections.defaultdict[
             str, collections.Counter[str]
         ] = collections.defaultdict(collections.Counter)
-        self.app = faust.App(
+        self.app = clients.faust_app(
+            settings,
             app_id(prefix, settings.app_id),
-            broker=f"kafka://{settings.kafka_bootstrap_servers}",
+            replication_factor,
             store=settings.table_store,
             datadir=settings.data_dir,
             topic_partitions=settings.topic_partitions,
             table_standby_replicas=1 if settings.table_store == "rocksdb://" else 0,
             web_port=settings.worker_web_port,
             web_in_thread=False,
-            producer_acks=-1,
             broker_session_timeout=15.0,  # a killed worker's partitions move on sooner
             consumer_group_instance_id=settings.worker_instance_id,
             key_serializer="raw",
@@ -125,7 +127,7 @@ class Limiter:
         self.units = Units(self.table.get, encode_json)
         self.outbox = Outbox(
             self.units,
-            settings.kafka_bootstrap_servers,
+            settings,
             changelog_topic(prefix, settings.app_id),
             {b: topic_name(b, prefix) for b in OUTPUT_TOPICS},
             lambda: self.table.data,
@@ -151,10 +153,12 @@ class Limiter:
         self.app.timer(settings.tick_interval_seconds, name="ticks")(self._send_ticks)
         self.lag = metrics.LagTracker()
         self.summary = metrics.BusinessSummary()
-        self.reader = BrokerReader(settings.kafka_bootstrap_servers, self.app.conf.id)
+        self.reader = BrokerReader(settings, self.app.conf.id)
         self.faults = Faults.from_env(os.environ, prefix)
         self.faults.install()
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
+        self.restore = RestoreProgress()
+        self.app.timer(1.0, name="restore")(self._follow_restore)
         web.add_views(self)
 
     # -- the agent -----------------------------------------------------------------
@@ -337,6 +341,30 @@ class Limiter:
                     itertools.chain(keys, self.units.pending_keys()), self.units.get
                 )
             await self.summary.set_gauges(time.time())
+
+    async def _follow_restore(self) -> None:
+        """Log how far the table's restore from the changelog is, while it lasts."""
+        line = self.restore.sample(time.monotonic(), self._restore_remaining())
+        if line is not None:
+            log.info("%s", line)
+
+    def _restore_remaining(self) -> int | None:
+        """Changelog records still to replay into this worker's active partitions; None
+        when no restore runs (Faust's recovery: faust/tables/recovery.py)."""
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        if not recovery.in_recovery:
+            return None
+        highwaters, offsets = recovery.active_highwaters, recovery.active_offsets
+        return sum(
+            max(0, highwaters[tp] - offsets[tp])
+            for tp in recovery.active_tps
+            if tp in highwaters
+        )
+
+    def restore_status(self) -> dict[str, Any] | None:
+        """The running restore's figures for `/ready/`; None when there is none."""
+        figures = self.restore.figures
+        return None if figures is None or self.ready() else figures.as_json()
 
     def ready(self) -> bool:
         """Whether the table holds this worker's partitions' current state."""

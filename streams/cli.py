@@ -21,6 +21,7 @@ from streams.devtools.kafka_properties import SECURITY_CHOICES
 from streams.devtools.leads import lead_source, produce_leads
 from streams.dialers.simulated import SimulatedDialer
 from streams.errors import StreamsError
+from streams.kafka import preflight
 from streams.kafka.admin import ensure_topics
 from streams.ops.control.command import run_business
 from streams.ops.lag.command import run_lag
@@ -65,6 +66,13 @@ def _limit_arg(text: str) -> int:
 # -- commands ------------------------------------------------------------------------
 
 
+def _connected(settings: Settings) -> Settings:
+    """`settings` once Kafka answered with them; else one line naming why it did not
+    (a refused login, an untrusted certificate, no broker)."""
+    preflight.connect(settings)
+    return settings
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     # Faust takes a quarter of a second to import; only the worker needs it.
@@ -74,8 +82,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
-    for name, count, created in ensure_topics(Settings.from_env()):
-        print(f"{name}\t{count} partitions\t{'created' if created else 'exists'}")
+    for topic in ensure_topics(_connected(Settings.from_env())):
+        print(
+            f"{topic.name}\t{topic.partitions} partitions\treplication {topic.replicas}"
+            f"\tmin.insync.replicas {topic.min_insync_replicas}"
+            f"\t{'created' if topic.created else 'exists'}"
+        )
     return 0
 
 
@@ -86,7 +98,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
 def cmd_produce_leads(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     leads = lead_source(args.file, args.count, args.businesses, args.run_id, args.seed)
-    sent = produce_leads(settings, leads)
+    sent = produce_leads(_connected(settings), leads)
     print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
     return 0
 
@@ -97,7 +109,7 @@ def cmd_dialer(args: argparse.Namespace) -> int:
         return _twilio_dialer(settings, args)
     configure_logging(args.verbose)
     dialer = SimulatedDialer(
-        settings,
+        _connected(settings),
         seed=args.seed,
         talk_seconds=args.talk_seconds,
         ring_seconds=args.ring_seconds,
@@ -109,7 +121,7 @@ def cmd_dialer(args: argparse.Namespace) -> int:
 
 
 def _twilio_dialer(settings: Settings, args: argparse.Namespace) -> int:
-    settings.require_twilio()
+    _connected(settings.require_twilio())
     configure_logging(args.verbose, noisy=("twilio", "aiohttp.access"))
     # The Twilio library, aiohttp and SQLAlchemy take a quarter of a second to import;
     # only this command needs them.
@@ -121,7 +133,9 @@ def _twilio_dialer(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_business(args: argparse.Namespace) -> int:
     limit = getattr(args, "limit", None)
-    return run_business(Settings.from_env(), args.action, args.business_id, limit)
+    return run_business(
+        _connected(Settings.from_env()), args.action, args.business_id, limit
+    )
 
 
 def cmd_ledger_active(args: argparse.Namespace) -> int:

@@ -9,18 +9,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from streams.errors import StreamsError
+from streams.kafka.properties import PropertiesError, client_properties
 from streams.limiter_table import Rules
+
+log = logging.getLogger(__name__)
 
 #: The rule the whole project exists for: no business has more calls than this in flight.
 DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS = 3
 
 TABLE_STORES = ("memory://", "rocksdb://")
+#: librdkafka's and the Java client's names; only these security setups are supported.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+ENDPOINT_IDENTIFICATION = ("https", "none")
 _TOPIC_PREFIX_RE = re.compile(r"^[A-Za-z0-9._-]*$")
 
 
@@ -69,6 +77,30 @@ def _store(name: str, raw: str) -> str:
     return raw
 
 
+def _choice(choices: tuple[str, ...], upper: bool = False) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.upper() if upper else raw.lower()
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _readable_file(name: str, raw: str) -> str:
+    """A path that exists and that this process may read (checked once, at start)."""
+    try:
+        with open(raw, "rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name}: cannot read {raw}: {exc.strerror}") from None
+    return raw
+
+
+def _secret(name: str, raw: str) -> str:
+    return raw
+
+
 def _account_sid(name: str, raw: str) -> str:
     if not re.fullmatch(r"AC[0-9a-fA-F]{32}", raw):
         raise ConfigError(f"{name} must look like AC followed by 32 hex digits")
@@ -108,9 +140,10 @@ def _port(name: str, raw: str) -> int:
     return port
 
 
-def _setting(default: Any, doc: str) -> Any:
-    """A settings field with its one-line description, which docs/settings.md shows."""
-    return dataclasses.field(default=default, metadata={"doc": doc})
+def _setting(default: Any, doc: str, secret: bool = False) -> Any:
+    """A settings field with its one-line description, which docs/settings.md shows; a
+    secret one stays out of the settings' repr (and so out of logs and tracebacks)."""
+    return dataclasses.field(default=default, metadata={"doc": doc}, repr=not secret)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,6 +152,60 @@ class Settings:
 
     kafka_bootstrap_servers: str = _setting(
         "localhost:9092", "Kafka brokers, `host:port[,host:port...]`"
+    )
+    # How every Kafka client connects (streams/kafka/clients.py); librdkafka's names.
+    kafka_client_config: str | None = _setting(
+        None,
+        "a Kafka client properties file (as Kafka's tools take with"
+        " `--command-config`, or a managed service hands out): `bootstrap.servers`,"
+        " `security.protocol`, `sasl.*` (also a `sasl.jaas.config` line), `ssl.*`"
+        " locations; a `KAFKA_*` variable that is set wins over the file's key",
+    )
+    kafka_security_protocol: str = _setting(
+        "PLAINTEXT", "`PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL`"
+    )
+    kafka_sasl_mechanism: str | None = _setting(
+        None,
+        "`PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`; required with a `SASL_*` protocol",
+    )
+    kafka_sasl_username: str | None = _setting(
+        None, "SASL user; required with a `SASL_*` protocol"
+    )
+    kafka_sasl_password: str | None = _setting(
+        None,
+        "SASL password; or `KAFKA_SASL_PASSWORD_FILE` (never both); never printed",
+        secret=True,
+    )
+    kafka_sasl_password_file: str | None = _setting(
+        None,
+        "a file holding the SASL password (a mounted Kubernetes Secret); one trailing"
+        " newline is ignored",
+    )
+    kafka_ssl_ca_location: str | None = _setting(
+        None,
+        "PEM file of the CA(s) that signed the brokers' certificates; unset: the"
+        " system's trusted CAs",
+    )
+    kafka_ssl_certificate_location: str | None = _setting(
+        None, "mutual TLS: this client's PEM certificate (with `KAFKA_SSL_KEY_LOCATION`)"
+    )
+    kafka_ssl_key_location: str | None = _setting(
+        None, "mutual TLS: this client's PEM private key"
+    )
+    kafka_ssl_key_password: str | None = _setting(
+        None, "mutual TLS: the password of an encrypted private key", secret=True
+    )
+    kafka_ssl_endpoint_identification_algorithm: str = _setting(
+        "https",
+        "`https`: a broker's certificate must name the host it is reached at; `none`"
+        " turns that check off (the CA check stays)",
+    )
+    topic_replication_factor: int | None = _setting(
+        None,
+        "replication factor of every topic we create (the contract's, the tick topic,"
+        " Faust's changelog and internal topics); unset: the cluster's"
+        " `default.replication.factor`. The worker refuses to start on a topic with"
+        " fewer replicas",
     )
     max_outbound_calls_per_business: int = _setting(
         DEFAULT_MAX_OUTBOUND_CALLS_PER_BUSINESS,
@@ -170,9 +257,11 @@ class Settings:
         1.0, "how often each partition gets a tick (the worker's clock)"
     )
     table_store: str = _setting(
-        "memory://",
-        "Faust store: `memory://` (replays the whole changelog at every start) or"
-        " `rocksdb://` (production: keeps its tables across restarts)",
+        "rocksdb://",
+        "Faust store: `rocksdb://` keeps the table on disk in `STREAMS_DATA_DIR` across"
+        " restarts; `memory://` (tests) holds it all in RAM (about 1.2 KB per finished"
+        " lead kept for `LEAD_RETENTION_SECONDS`: GBs for a busy week) and replays the"
+        " whole changelog at every start",
     )
     worker_web_port: int = _setting(
         6066,
@@ -236,12 +325,20 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Build settings from `environ` (default: the process environment)."""
         env = os.environ if environ is None else environ
+        given = {
+            var: raw.strip()
+            for var, _ in _ENVIRONMENT.values()
+            if (raw := env.get(var)) is not None and raw.strip() != ""
+        }
+        names = {var: var for var in given}
+        for var, (value, name) in _kafka_sources(given).items():
+            given[var], names[var] = value, name
         values: dict[str, Any] = {}
         for field_name, (var, parse) in _ENVIRONMENT.items():
-            raw = env.get(var)
-            if raw is not None and raw.strip() != "":
-                values[field_name] = parse(var, raw.strip())
+            if var in given:
+                values[field_name] = parse(names[var], given[var])
         settings = cls(**values)
+        _check_kafka_security(settings, names)
         if settings.twilio_voice_url and settings.twilio_twiml:
             raise ConfigError(
                 "set TWILIO_VOICE_URL or TWILIO_TWIML, not both: an answered"
@@ -284,12 +381,138 @@ class Settings:
         )
 
 
+def _kafka_sources(given: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    """Values the client properties file and the password file give, for variables the
+    environment does not set: variable -> (value, what to call it in an error)."""
+    found: dict[str, tuple[str, str]] = {}
+    path = given.get("KAFKA_CLIENT_CONFIG")
+    if path is not None:
+        name = f"KAFKA_CLIENT_CONFIG ({path})"
+        try:
+            with open(path, encoding="utf-8") as file:
+                text = file.read()
+            properties = client_properties(text)
+        except OSError as exc:
+            raise ConfigError(
+                f"KAFKA_CLIENT_CONFIG: cannot read {path}: {exc.strerror}"
+            ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{name}: not UTF-8 text") from None
+        except PropertiesError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+        if properties.ignored:
+            log.info(
+                "%s: ignoring %s (the project sets its own)",
+                name,
+                ", ".join(properties.ignored),
+            )
+        for var, value in properties.variables.items():
+            secret = var in _SECRET_VARIABLES
+            found[var] = (value if secret else value.strip(), f"{var} from {name}")
+    password_file = given.get("KAFKA_SASL_PASSWORD_FILE")
+    if password_file is not None:
+        if "KAFKA_SASL_PASSWORD" in given:
+            raise ConfigError(
+                "set KAFKA_SASL_PASSWORD or KAFKA_SASL_PASSWORD_FILE, not both"
+            )
+        found["KAFKA_SASL_PASSWORD"] = (
+            _password_from(password_file),
+            f"KAFKA_SASL_PASSWORD_FILE ({password_file})",
+        )
+    return {var: value for var, value in found.items() if var not in given}
+
+
+def _password_from(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as file:
+            text = file.read()
+    except OSError as exc:
+        raise ConfigError(
+            f"KAFKA_SASL_PASSWORD_FILE: cannot read {path}: {exc.strerror}"
+        ) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE ({path}): not UTF-8 text") from None
+    password = text[:-1] if text.endswith("\n") else text
+    password = password[:-1] if password.endswith("\r") else password
+    if not password:
+        raise ConfigError(f"KAFKA_SASL_PASSWORD_FILE ({path}) is empty")
+    return password
+
+
+def _check_kafka_security(settings: Settings, names: Mapping[str, str]) -> None:
+    """The security settings fit together: SASL has what it needs, nothing is set that
+    the chosen protocol would silently ignore."""
+
+    def name(field_name: str) -> str:
+        var = _ENVIRONMENT[field_name][0]
+        return names.get(var, var)
+
+    protocol = settings.kafka_security_protocol
+    sasl_fields = ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+    tls_fields = (
+        "kafka_ssl_ca_location",
+        "kafka_ssl_certificate_location",
+        "kafka_ssl_key_location",
+        "kafka_ssl_key_password",
+    )
+    if protocol.startswith("SASL_"):
+        for field_name in sasl_fields:
+            if getattr(settings, field_name) is None:
+                raise ConfigError(
+                    f"{name(field_name)} is required with"
+                    f" KAFKA_SECURITY_PROTOCOL={protocol}"
+                )
+    else:
+        for field_name in sasl_fields:
+            if getattr(settings, field_name) is not None:
+                raise ConfigError(
+                    f"{name(field_name)} is set but KAFKA_SECURITY_PROTOCOL={protocol}"
+                    " uses no SASL (SASL_SSL or SASL_PLAINTEXT?)"
+                )
+    if not protocol.endswith("SSL"):
+        for field_name in tls_fields:
+            if getattr(settings, field_name) is not None:
+                raise ConfigError(
+                    f"{name(field_name)} is set but KAFKA_SECURITY_PROTOCOL={protocol}"
+                    " uses no TLS (SSL or SASL_SSL?)"
+                )
+    certificate = settings.kafka_ssl_certificate_location
+    key = settings.kafka_ssl_key_location
+    if (certificate is None) != (key is None):
+        missing = (
+            "kafka_ssl_key_location" if key is None else "kafka_ssl_certificate_location"
+        )
+        raise ConfigError(f"mutual TLS needs {name(missing)} too")
+    if settings.kafka_ssl_key_password is not None and key is None:
+        raise ConfigError(
+            f"{name('kafka_ssl_key_password')} is set without KAFKA_SSL_KEY_LOCATION"
+        )
+
+
 _Parser = Callable[[str, str], object]
 
 #: field -> (environment variable, parser), in the order `--help` and docs/settings.md
 #: list them.
 _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "kafka_bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS", _bootstrap),
+    "kafka_client_config": ("KAFKA_CLIENT_CONFIG", _readable_file),
+    "kafka_security_protocol": (
+        "KAFKA_SECURITY_PROTOCOL",
+        _choice(SECURITY_PROTOCOLS, upper=True),
+    ),
+    "kafka_sasl_mechanism": ("KAFKA_SASL_MECHANISM", _choice(SASL_MECHANISMS, upper=True)),
+    "kafka_sasl_username": ("KAFKA_SASL_USERNAME", lambda n, r: r),
+    "kafka_sasl_password": ("KAFKA_SASL_PASSWORD", _secret),
+    "kafka_sasl_password_file": ("KAFKA_SASL_PASSWORD_FILE", _readable_file),
+    "kafka_ssl_ca_location": ("KAFKA_SSL_CA_LOCATION", _readable_file),
+    "kafka_ssl_certificate_location": ("KAFKA_SSL_CERTIFICATE_LOCATION", _readable_file),
+    "kafka_ssl_key_location": ("KAFKA_SSL_KEY_LOCATION", _readable_file),
+    "kafka_ssl_key_password": ("KAFKA_SSL_KEY_PASSWORD", _secret),
+    "kafka_ssl_endpoint_identification_algorithm": (
+        "KAFKA_SSL_ENDPOINT_IDENTIFICATION_ALGORITHM",
+        _choice(ENDPOINT_IDENTIFICATION),
+    ),
+    "topic_replication_factor": ("TOPIC_REPLICATION_FACTOR", lambda n, r: _int(n, r, 1)),
     "max_outbound_calls_per_business": (
         "MAX_OUTBOUND_CALLS_PER_BUSINESS",
         lambda n, r: _int(n, r, 1),
@@ -339,10 +562,19 @@ def environment_variables() -> dict[str, str]:
     }
 
 
+#: Where the password can be read from, and the variables that hold secrets.
+_SECRET_VARIABLES = {"KAFKA_SASL_PASSWORD", "KAFKA_SSL_KEY_PASSWORD"}
+#: Variables whose files gave other settings their values.
+_SOURCE_VARIABLES = ("KAFKA_CLIENT_CONFIG", "KAFKA_SASL_PASSWORD_FILE")
+
+
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """The environment variables that reproduce `settings` in another process."""
+    """The environment variables that reproduce `settings` in another process. Every
+    value goes as itself, so the files some came from are cleared (empty: unset):
+    read again, they could no longer agree (a password both given and in a file)."""
     values = {var: getattr(settings, field) for field, (var, _) in _ENVIRONMENT.items()}
-    return {var: str(value) for var, value in values.items() if value is not None}
+    exported = {var: str(value) for var, value in values.items() if value is not None}
+    return {**exported, **dict.fromkeys(_SOURCE_VARIABLES, "")}
 
 
 #: docs/settings.md holds the table between these lines; `python -m streams.settings

@@ -3,9 +3,10 @@
 Every topic is keyed by the raw UTF-8 `business_id` and has the same partition count,
 so that one business's leads, call statuses and ticks always meet in one partition,
 on one worker, in one counter. Producers outside Faust (the CRM, the dialer, our CLI)
-must hash keys the way Faust/aiokafka and Java do: `murmur2_random` (see
-`producer_config`). confluent-kafka's default, `consistent_random`, would split a
-business across two partitions and so across two counters.
+must hash keys the way Faust/aiokafka and Java do: `murmur2_random` (every producer
+of ours is built with it, `streams.kafka.clients`). confluent-kafka's default,
+`consistent_random`, would split a business across two partitions and so across two
+counters.
 
 Records are validated here and only here; `InvalidRecord` carries a one-line reason
 that ends up in the dead-letter topic.
@@ -69,20 +70,14 @@ def changelog_topic(prefix: str, base_app_id: str) -> str:
     return f"{app_id(prefix, base_app_id)}-{LIMITER_TABLE}-changelog"
 
 
+def leader_topic(prefix: str, base_app_id: str) -> str:
+    """Faust's assignor's topic: whoever owns its one partition leads the group."""
+    return f"{app_id(prefix, base_app_id)}-__assignor-__leader"
+
+
 def record_key(business_id: str) -> bytes:
     """The key of every record: the raw UTF-8 business id, nothing else."""
     return business_id.encode("utf-8")
-
-
-def producer_config(bootstrap_servers: str, **extra: Any) -> dict[str, Any]:
-    """confluent-kafka producer settings every producer we ship starts from."""
-    return {
-        "bootstrap.servers": bootstrap_servers,
-        "partitioner": PARTITIONER,
-        "enable.idempotence": True,
-        "linger.ms": 5,
-        **extra,
-    }
 
 
 #: How long a dialer's producer holds a call status to batch it. A terminal status is
@@ -90,11 +85,6 @@ def producer_config(bootstrap_servers: str, **extra: Any) -> dict[str, Any]:
 #: (slot-free -> next dial). librdkafka still batches what queues up while a request is
 #: in flight, so under load the batches stay large.
 STATUS_LINGER_MS = 0
-
-
-def status_producer_config(bootstrap_servers: str) -> dict[str, Any]:
-    """The settings of a dialer's `calls.status` producer."""
-    return producer_config(bootstrap_servers, **{"linger.ms": STATUS_LINGER_MS})
 
 
 # -- time on the wire ----------------------------------------------------------------

@@ -1,7 +1,10 @@
-"""Starting the limiter worker (`streams worker`): topics checked, then Faust's worker.
+"""Starting the limiter worker (`streams worker`): Kafka and the topics checked, then
+Faust's worker.
 
-The worker refuses to start, with one line, when the input topics or its changelog are
-not co-partitioned (`streams.kafka.admin`); otherwise it runs `streams.app.Limiter`
+The worker refuses to start, with one line, when it cannot connect (`streams.kafka.
+preflight` names why), when the input topics or its changelog are not co-partitioned,
+or when a topic it uses has fewer replicas than `TOPIC_REPLICATION_FACTOR` (else the
+cluster's default) (`streams.kafka.admin`); otherwise it runs `streams.app.Limiter`
 until Ctrl-C or SIGTERM, its decisions logged one plain line each.
 """
 
@@ -9,15 +12,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sys
+import threading
+import time
 from typing import Any
 
 import faust
 
 from streams.app import Limiter
-from streams.kafka import admin
+from streams.kafka import admin, preflight
 from streams.settings import Settings
 
+#: How long a stop may take: within the 30 s orchestrators give before SIGKILL.
+STOP_SECONDS = 20.0
 WORKER_LOG_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
 
 
@@ -42,17 +50,54 @@ def logging_config(loglevel: str) -> dict[str, Any]:
     }
 
 
+class _Worker(faust.Worker):
+    """Faust's worker, whose stop ends within STOP_SECONDS."""
+
+    async def stop(self) -> None:
+        if not self._stopped.is_set():
+            _exit_after(STOP_SECONDS)
+        await super().stop()
+
+
+def _exit_after(seconds: float) -> None:
+    """Exit the process `seconds` from now unless it has ended by then.
+
+    Faust's stop waits on the brokers without a bound (the last commit, the changelog
+    writes still pending, leaving the group): with every broker gone it would wait for
+    ever, and an orchestrator's SIGKILL would end it anyway. Exiting is as safe as that
+    kill: what was not committed is read again at the next start."""
+
+    def deadline() -> None:
+        time.sleep(seconds)
+        print(
+            f"worker: not stopped {seconds:g} s after it was asked to (Kafka"
+            " unreachable?); exiting now, what it did not commit is read again at"
+            " the next start",
+            file=sys.stderr,
+            flush=True,
+        )
+        os._exit(1)
+
+    threading.Thread(target=deadline, name="stop-deadline", daemon=True).start()
+
+
 def run_worker(settings: Settings, loglevel: str = "warning") -> int:
-    """Create missing topics, check co-partitioning, run the worker until stopped."""
-    created = admin.create_topics(settings)
+    """Check Kafka, create missing topics, check co-partitioning and replication, run
+    the worker until stopped."""
+    cluster = preflight.connect(settings)
+    factor = admin.replication_factor(settings)
+    created = admin.create_topics(settings, factor)
     partitions = admin.check_copartitioned(settings)
+    warnings = admin.check_replication(settings, factor, cluster.brokers)
     if created:
         print(f"created topics: {', '.join(created)}", file=sys.stderr)
-    limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    limiter = Limiter(dataclasses.replace(settings, topic_partitions=partitions), factor)
     print(
-        f"worker {limiter.app.conf.id}: {partitions} partitions on"
-        f" {settings.kafka_bootstrap_servers}, limit"
-        f" {settings.max_outbound_calls_per_business} calls per business,"
+        f"worker {limiter.app.conf.id}: {partitions} partitions, replication {factor},"
+        f" on {settings.kafka_bootstrap_servers} ({settings.kafka_security_protocol}),"
+        f" limit {settings.max_outbound_calls_per_business} calls per business,"
         f" web on :{settings.worker_web_port}",
         file=sys.stderr,
     )
@@ -62,7 +107,7 @@ def run_worker(settings: Settings, loglevel: str = "warning") -> int:
     logging._srcfile = None
     logging.logThreads = False
     logging.logMultiprocessing = False
-    worker = faust.Worker(
+    worker = _Worker(
         limiter.app, loglevel="info", quiet=True, logging_config=logging_config(loglevel)
     )
     worker.execute_from_commandline()

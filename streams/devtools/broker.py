@@ -26,7 +26,7 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 from streams.devtools.kafka_properties import NodeAddress, single_node_properties
 from streams.devtools.private_files import write_private
 from streams.errors import StreamsError
-from streams.kafka.admin import quiet_client_config
+from streams.kafka import clients
 
 KAFKA_VERSION = "4.4.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,7 +63,7 @@ def admin_client(config: Mapping[str, Any]) -> AdminClient:
     """An AdminClient with the given connection settings whose failures reach the caller
     as exceptions: librdkafka's own log lines would interleave with the progress output
     (a purged late metadata reply) or repeat every second (a node that is down)."""
-    return AdminClient({**quiet_client_config(config["bootstrap.servers"]), **config})
+    return clients.admin_from_config(config)
 
 
 def _command_line(pid: int) -> str:

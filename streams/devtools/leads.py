@@ -12,11 +12,12 @@ import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 
 from streams.errors import StreamsError
+from streams.kafka import clients
 from streams.settings import Settings
-from streams.topics import LEADS_REQUESTS, producer_config, record_key, topic_name
+from streams.topics import LEADS_REQUESTS, record_key, topic_name
 
 Lead = dict[str, Any]
 
@@ -48,14 +49,18 @@ def generated_leads(
 
 
 def file_leads(path: str) -> Iterator[Lead]:
-    """The JSON lines of the file at `path` ('-' for stdin); blank lines skipped."""
+    """The JSON lines of the file at `path` ('-' for stdin); blank lines skipped. The
+    file is opened at once, so a missing one is reported before Kafka is asked."""
     if path == "-":
-        yield from _json_lines(sys.stdin, path)
-        return
+        return _json_lines(sys.stdin, path)
     try:
         stream = open(path, encoding="utf-8")
     except OSError as exc:
         raise StreamsError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return _closing(stream, path)
+
+
+def _closing(stream: TextIO, path: str) -> Iterator[Lead]:
     with stream:
         yield from _json_lines(stream, path)
 
@@ -84,7 +89,7 @@ def produce_leads(
 ) -> int:
     """Send leads keyed by business_id with the murmur2 partitioner; return the count
     once the broker has them all (StreamsError after `flush_timeout` seconds)."""
-    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+    producer = clients.producer(settings)
     topic = topic_name(LEADS_REQUESTS, settings.topic_prefix)
     failures: list[str] = []
 

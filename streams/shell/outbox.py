@@ -29,6 +29,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 from aiokafka.structs import TopicPartition
 
+from streams.kafka import clients
+from streams.settings import Settings
 from streams.shell.units import UNIT_MAX_BYTES, Unit, Units
 
 log = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ class Outbox:
     def __init__(
         self,
         units: Units,
-        bootstrap_servers: str,
+        settings: Settings,
         changelog: str,
         output_topics: dict[str, str],
         store: Callable[[], Any],
@@ -66,7 +68,7 @@ class Outbox:
         on_fatal: Callable[[BaseException], Any],
     ):
         self._units = units
-        self._bootstrap = bootstrap_servers
+        self._settings = settings
         self._changelog = changelog
         self._outputs = output_topics
         self._store = store
@@ -260,11 +262,9 @@ class Outbox:
 
     async def _client(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self._bootstrap,
+            producer = clients.aiokafka_producer(
+                self._settings,
                 client_id=self._client_id,
-                acks="all",
-                enable_idempotence=True,
                 linger_ms=0,
                 max_batch_size=1024 * 1024,
                 max_request_size=1024 * 1024,

@@ -11,17 +11,19 @@ import time
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from streams.kafka import clients
 from streams.limiter_table import Source
+from streams.settings import Settings
 
 
 class BrokerReader:
     """Reads committed offsets of `group_id` and records by offset. Blocking: the worker
     calls it in a thread. It never joins the group (assign only) and commits nothing."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str, timeout: float = 30.0):
+    def __init__(self, settings: Settings, group_id: str, timeout: float = 30.0):
+        self._settings = settings
+        self._group_id = group_id
         self._config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
             "client.id": f"{group_id}-reread",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
@@ -98,7 +100,7 @@ class BrokerReader:
 
     def _client(self) -> Consumer:
         if self._consumer is None:
-            self._consumer = Consumer(self._config)
+            self._consumer = clients.consumer(self._settings, self._group_id, self._config)
         return self._consumer
 
     def close(self) -> None:

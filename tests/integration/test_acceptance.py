@@ -17,7 +17,7 @@ import pytest
 from confluent_kafka.admin import NewTopic
 
 from streams.dialers.simulated import concurrency_from_ledger
-from streams.kafka import admin
+from streams.kafka import clients
 from tests.support.deployment import Deployment
 from tests.support.leads import LIMIT, assert_core_guarantees, make_leads
 from tests.support.waiting import eventually
@@ -146,7 +146,7 @@ def test_a_static_member_killed_and_restarted_resumes_before_its_session_expires
     )
     deployment.wait_group(members=1)
     group = deployment.settings.topic_prefix + deployment.settings.app_id
-    client = admin.admin_client(deployment.settings)  # must outlive its futures
+    client = clients.admin(deployment.settings)  # must outlive its futures
     members = client.describe_consumer_groups([group])[group].result(30).members
     assert [m.group_instance_id for m in members] == [instance]
     deployment.outcomes(leads, timeout=240)
@@ -341,7 +341,7 @@ def test_a_finished_lead_is_forgotten_after_the_retention(kafka_broker, tmp_path
 
 def test_worker_refuses_mismatched_partition_counts(kafka_broker, tmp_path):
     deployment = Deployment(kafka_broker.bootstrap, tmp_path)
-    client = admin.admin_client(deployment.settings)
+    client = clients.admin(deployment.settings)
     futures = client.create_topics(
         [
             NewTopic(

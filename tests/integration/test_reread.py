@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from streams.devtools.broker import Broker
+from streams.settings import Settings
 from streams.shell.reread import BrokerReader
 from tests.support.deployment import Deployment
 
@@ -24,7 +25,9 @@ def test_ranges_of_different_partitions_read_back_to_back_are_exact(
         deployment.produce_to(
             topic, partition, [f"p{partition}-{n}".encode() for n in range(20)]
         )
-    reader = BrokerReader(kafka_broker.bootstrap, "reread-test")
+    reader = BrokerReader(
+        Settings(kafka_bootstrap_servers=kafka_broker.bootstrap), "reread-test"
+    )
     try:
         for partition, start, end in [
             (0, 3, 7),

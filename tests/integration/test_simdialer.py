@@ -14,11 +14,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.dialers.simulated import SimulatedDialer, concurrency_from_ledger
 from streams.dialers.simulated.ledger import read_lines
+from streams.kafka import clients
 from streams.settings import Settings
 from streams.topics import (
     CALL_STATUSES,
@@ -28,7 +29,6 @@ from streams.topics import (
     TERMINAL_STATUSES,
     CallStatus,
     DialCommand,
-    producer_config,
     record_key,
     to_iso,
     topic_name,
@@ -76,7 +76,7 @@ def command(business: str, lead: str, *, dial_by_in: float = 30.0) -> DialComman
 
 
 def produce(settings: Settings, commands: list[DialCommand]) -> None:
-    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+    producer = clients.producer(settings)
     for c in commands:
         producer.produce(
             topic_name(CALLS_DIAL, settings.topic_prefix),

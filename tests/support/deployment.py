@@ -20,13 +20,13 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from streams.dialers.simulated import SimulatedDialer
 from streams.dialers.twilio.dialer import TwilioDialer
-from streams.kafka import admin
+from streams.kafka import admin, clients
 from streams.settings import Settings
-from streams.topics import ALL_TOPICS, producer_config, record_key, topic_name
+from streams.topics import record_key, topic_name
 from tests.support.fake_twilio import FakeTwilio
 from tests.support.ports import free_port
 from tests.support.waiting import NeverHolds, eventually
@@ -72,8 +72,7 @@ class Deployment:
         return topic_name(base, self.settings.topic_prefix)
 
     def create_topics(self) -> None:
-        admin.create_topics(self.settings)
-        self.wait_topics(*ALL_TOPICS)
+        admin.create_topics(self.settings)  # returns once the broker lists them
 
     def wait_topics(self, *base_topics: str) -> None:
         """Wait until the topics are listed with their partitions' leaders: a loaded broker
@@ -107,14 +106,14 @@ class Deployment:
         self._dialer_thread.start()
 
     def produce(self, base_topic: str, records: list[tuple[bytes | None, bytes]]) -> None:
-        producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
+        producer = clients.producer(self.settings)
         for key, value in records:
             producer.produce(self.topic(base_topic), key=key, value=value)
         assert producer.flush(30) == 0
 
     def produce_to(self, topic: str, partition: int, values: list[bytes]) -> None:
         """Records straight to one partition of a topic (full name), in order."""
-        producer = Producer(producer_config(self.settings.kafka_bootstrap_servers))
+        producer = clients.producer(self.settings)
         for value in values:
             producer.produce(topic, value=value, partition=partition)
         assert producer.flush(30) == 0
@@ -136,13 +135,10 @@ class Deployment:
         decode=json.loads,
     ) -> list:
         """All records of a topic from the start, polled until `until(records)` holds."""
-        consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                "group.id": f"reader-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-            }
+        consumer = clients.consumer(
+            self.settings,
+            f"reader-{uuid.uuid4().hex}",
+            {"enable.auto.commit": False, "auto.offset.reset": "earliest"},
         )
         name = self.topic(base_topic)
         partitions = consumer.list_topics(name, timeout=10).topics[name].partitions
@@ -186,7 +182,7 @@ class Deployment:
     def wait_group(self, members: int, timeout: float = 90) -> None:
         """Wait until the workers' consumer group is stable with `members` members that
         all own input partitions."""
-        client = admin.admin_client(self.settings)
+        client = clients.admin(self.settings)
         group = self.settings.topic_prefix + self.settings.app_id
         leads = self.topic("leads.requests")
 

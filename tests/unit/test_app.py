@@ -12,7 +12,7 @@ from streams.shell import faust_patches
 def test_the_workers_fetch_is_held_open_briefly():
     """Faust holds aiokafka's fetch open 1,500 ms, and records of a partition left out of
     it wait that long (FETCH_MAX_WAIT_MS); the worker's consumer must use ours."""
-    limiter = app.Limiter(Settings.from_env({}))
+    limiter = app.Limiter(Settings.from_env({}), 1)
 
     async def build():
         thread = limiter.app.consumer._thread
@@ -24,7 +24,7 @@ def test_the_workers_fetch_is_held_open_briefly():
 
 
 def test_the_worker_reads_every_input_topic_under_its_prefix():
-    limiter = app.Limiter(Settings.from_env({"TOPIC_PREFIX": "t7."}))
+    limiter = app.Limiter(Settings.from_env({"TOPIC_PREFIX": "t7."}), 1)
     assert set(limiter.inputs.topics) == {
         "t7.leads.requests",
         "t7.calls.status",

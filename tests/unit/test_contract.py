@@ -9,15 +9,9 @@ import sys
 import pytest
 
 from streams.cli import build_parser
+from streams.kafka import clients
 from streams.settings import ConfigError, Settings
-from streams.topics import (
-    CallStatus,
-    InvalidRecord,
-    LeadRequest,
-    producer_config,
-    record_key,
-    status_producer_config,
-)
+from streams.topics import CallStatus, InvalidRecord, LeadRequest, record_key
 
 
 @pytest.mark.parametrize(
@@ -57,13 +51,15 @@ def test_defaults_are_the_documented_ones():
     settings = Settings.from_env({})
     assert settings.max_outbound_calls_per_business == 3
     assert settings.kafka_bootstrap_servers == "localhost:9092"
-    assert settings.topic_partitions == 8 and settings.table_store == "memory://"
+    assert settings.topic_partitions == 8 and settings.table_store == "rocksdb://"
 
 
 def test_status_producers_partition_like_every_producer_and_send_at_once():
     """A terminal status frees a slot: the dialers' producer does not hold it back to
     batch, and keeps the murmur2 partitioner with everything else."""
-    ours, common = status_producer_config("h:1"), producer_config("h:1")
+    settings = Settings(kafka_bootstrap_servers="h:1")
+    ours = clients.status_producer_config(settings)
+    common = clients.producer_config(settings)
     assert ours["partitioner"] == common["partitioner"] == "murmur2_random"
     assert ours["enable.idempotence"] is True
     assert ours["linger.ms"] == 0 < common["linger.ms"]

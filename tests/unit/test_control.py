@@ -20,7 +20,7 @@ from confluent_kafka import KafkaError, Message, TopicPartition
 
 from streams.ops.control import command
 from streams.ops.control.model import CHANGES
-from streams.ops.control.reader import ControlError, consumer_config, read_controls
+from streams.ops.control.reader import READER_OPTIONS, ControlError, read_controls
 from streams.ops.control.view import control_line, worker_text
 from streams.settings import Settings
 from streams.topics import BusinessControl, record_key
@@ -154,7 +154,7 @@ def test_a_read_that_cannot_reach_the_end_fails_after_its_timeout():
 
 
 def test_the_reader_asks_librdkafka_for_end_of_partition_events():
-    assert consumer_config("h:1")["enable.partition.eof"] is True
+    assert READER_OPTIONS["enable.partition.eof"] is True
 
 
 def test_actions_change_only_their_field():

@@ -18,21 +18,23 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
+from rich.status import Status
 
 from streams.devtools.broker import Broker
-from streams.devtools.demo.readers import WorkerView
+from streams.devtools.demo.model import restore_text
+from streams.devtools.demo.readers import WorkerView, restore_figures
 from streams.dialers.simulated import SimulatedDialer
 from streams.errors import StreamsError
-from streams.kafka import admin
+from streams.kafka import admin, preflight
 from streams.settings import Settings
 
 DEFAULT_BOOTSTRAP_HOSTS = ("localhost", "127.0.0.1")
 DEFAULT_BOOTSTRAP_PORT = 9092
-#: How long the worker may take to serve its web view.
+#: How long the worker may take to serve its web view (renewed while a restore advances).
 WORKER_START_TIMEOUT = 90.0
+#: Without a terminal, a line on the worker's restore at most this often.
+RESTORE_SAY_SECONDS = 5.0
 #: SIGTERM, then SIGKILL after this long.
 WORKER_STOP_TIMEOUT = 30.0
 #: How long the simulated dialer may take to stop.
@@ -50,28 +52,6 @@ def is_default_bootstrap(bootstrap: str) -> bool:
         and host in DEFAULT_BOOTSTRAP_HOSTS
         and port == str(DEFAULT_BOOTSTRAP_PORT)
     )
-
-
-def kafka_answers(bootstrap: str) -> bool:
-    """Whether a Kafka broker answers at `bootstrap` (a TCP connect first: quick)."""
-    reachable = False
-    for server in bootstrap.split(","):
-        host, _, port = server.rpartition(":")
-        try:
-            socket.create_connection((host, int(port)), timeout=2).close()
-            reachable = True
-            break
-        except OSError:
-            continue
-    if not reachable:
-        return False
-    try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(
-            timeout=10
-        )
-    except KafkaException:
-        return False
-    return True
 
 
 def port_in_use(port: int) -> bool:
@@ -145,12 +125,15 @@ class Demo:
                 if not isinstance(exc, StreamsError):
                     print(file=sys.stderr)  # end the broker's line of progress dots
                 raise
-        elif not kafka_answers(bootstrap):
-            raise StreamsError(
-                f"no Kafka broker answers at {bootstrap}"
-                " (KAFKA_BOOTSTRAP_SERVERS); start it, or unset the variable"
-                " to let the demo run a local one on localhost:9092"
-            )
+        else:
+            try:
+                preflight.connect(self.settings)
+            except preflight.UnreachableError:
+                raise StreamsError(
+                    f"no Kafka broker answers at {bootstrap}"
+                    " (KAFKA_BOOTSTRAP_SERVERS); start it, or unset the variable"
+                    " to let the demo run a local one on localhost:9092"
+                ) from None
 
     def create_topics(self) -> int:
         created = admin.create_topics(self.settings)
@@ -191,10 +174,23 @@ class Demo:
         )
         if not self.console.is_terminal:
             self.say("starting worker...")
+        said_at, replayed = 0.0, -1
         with status:
             while not view.fetch():
                 self.check_worker_alive("during startup")
-                if time.monotonic() > deadline:
+                restore = restore_figures(self.settings.worker_web_port)
+                now = time.monotonic()
+                if restore is not None:
+                    text = restore_text(restore)
+                    if isinstance(status, Status):
+                        status.update(text)
+                    elif now - said_at >= RESTORE_SAY_SECONDS:
+                        self.say(text)
+                        said_at = now
+                    if restore.get("replayed", 0) > replayed:  # slow, not stuck
+                        replayed = restore.get("replayed", 0)
+                        deadline = max(deadline, now + WORKER_START_TIMEOUT)
+                if now > deadline:
                     raise StreamsError(
                         f"the worker did not serve {view.url} within"
                         f" {WORKER_START_TIMEOUT:g}s; end of {self.rel(self.worker_log)}:\n"

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import TopicPartition
 
 from streams.devtools.demo.model import LiveCalls
 from streams.dialers.simulated.ledger import call_spans, peak_concurrency, read_lines
+from streams.kafka import clients
 from streams.settings import Settings
 from streams.topics import LEADS_OUTCOMES, LeadOutcome, topic_name
 
@@ -84,6 +86,23 @@ class WorkerView:
         return True
 
 
+def restore_figures(port: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The worker's restore in progress, from `/ready/`; None when there is none or it
+    did not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready/", timeout=timeout):
+            return None  # 200: ready
+    except urllib.error.HTTPError as error:
+        try:
+            data = json.load(error)
+        except ValueError:
+            return None
+    except OSError:
+        return None
+    restore = data.get("restore") if isinstance(data, dict) else None
+    return restore if isinstance(restore, dict) else None
+
+
 class OutcomeReader:
     """`leads.outcomes` from its end when the run began, keeping this run's leads only."""
 
@@ -91,14 +110,11 @@ class OutcomeReader:
         self.lead_ids = lead_ids
         self.outcomes: dict[str, LeadOutcome] = {}
         self.topic = topic_name(LEADS_OUTCOMES, settings.topic_prefix)
-        self.consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap_servers,
-                "group.id": f"{settings.topic_prefix}streams-demo-{run_id}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "log_level": 3,
-            }
+        self.consumer = clients.consumer(
+            settings,
+            f"{settings.topic_prefix}streams-demo-{run_id}",
+            {"enable.auto.commit": False, "auto.offset.reset": "earliest"},
+            quiet=True,
         )
         # Start at each partition's current end, read before any lead is sent: every
         # outcome of this run comes later, and old runs' outcomes need not be read.

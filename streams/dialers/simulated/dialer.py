@@ -16,11 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from streams.dialers.dial_command import decode_command
 from streams.dialers.simulated.calls import CallTimings, Snapshot, Switchboard
 from streams.dialers.simulated.ledger import CallLedger
+from streams.kafka import clients
 from streams.settings import Settings
 from streams.topics import (
     CALLS_DIAL,
@@ -29,7 +30,6 @@ from streams.topics import (
     DialCommand,
     InvalidRecord,
     record_key,
-    status_producer_config,
     to_iso,
     topic_name,
 )
@@ -52,7 +52,7 @@ class StatusSender:
 
     def __init__(self, settings: Settings):
         self.topic = topic_name(CALLS_STATUS, settings.topic_prefix)
-        self.producer = Producer(status_producer_config(settings.kafka_bootstrap_servers))
+        self.producer = clients.status_producer(settings)
 
     def __call__(
         self,
@@ -146,13 +146,10 @@ class SimulatedDialer:
         handled, unended = self._ledger.open()
         try:
             self._switchboard.recover(handled, unended)
-            consumer = Consumer(
-                {
-                    "bootstrap.servers": self.settings.kafka_bootstrap_servers,
-                    "group.id": self.group_id,
-                    "auto.offset.reset": "earliest",
-                    "enable.auto.commit": False,
-                }
+            consumer = clients.consumer(
+                self.settings,
+                self.group_id,
+                {"auto.offset.reset": "earliest", "enable.auto.commit": False},
             )
             try:
                 self._serve(consumer, stop, idle_exit_seconds)

@@ -200,7 +200,7 @@ class TwilioDialer:
             await self._serve_web(parts)
             await parts.reconciler.recover_at_start()
             feed = CommandFeed(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                settings=self.settings,
                 group_id=self.group_id,
                 instance_id=self.instance_id,
                 dial_topic=self.dial_topic,

@@ -24,6 +24,8 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from streams.dialers.dial_command import decode_command
 from streams.dialers.twilio.runtime import Stopping
+from streams.kafka import clients
+from streams.settings import Settings
 from streams.topics import DialCommand, InvalidRecord
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ class CommandFeed(threading.Thread):
     def __init__(
         self,
         *,
-        bootstrap_servers: str,
+        settings: Settings,
         group_id: str,
         instance_id: str,
         dial_topic: str,
@@ -99,9 +101,9 @@ class CommandFeed(threading.Thread):
         loop: asyncio.AbstractEventLoop,
     ):
         super().__init__(name="dialer-consumer", daemon=True)
-        self.consumer_config = {
-            "bootstrap.servers": bootstrap_servers,
-            "group.id": group_id,
+        self.settings = settings
+        self.group_id = group_id
+        self.consumer_options = {
             # Static membership: a dialer restarted after a crash takes its partitions
             # back at once, instead of waiting out the dead member's session.
             "group.instance.id": instance_id,
@@ -124,7 +126,7 @@ class CommandFeed(threading.Thread):
 
     def run(self) -> None:
         try:
-            consumer = Consumer(self.consumer_config)
+            consumer = clients.consumer(self.settings, self.group_id, self.consumer_options)
             consumer.subscribe(
                 [self.dial_topic], on_revoke=self._on_revoke, on_lost=self._on_revoke
             )

@@ -7,16 +7,11 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message
 
+from streams.kafka import clients
 from streams.settings import Settings
-from streams.topics import (
-    CALLS_STATUS,
-    CallStatus,
-    record_key,
-    status_producer_config,
-    topic_name,
-)
+from streams.topics import CALLS_STATUS, CallStatus, record_key, topic_name
 
 
 class StatusProducer:
@@ -24,7 +19,7 @@ class StatusProducer:
 
     def __init__(self, settings: Settings):
         self.topic = topic_name(CALLS_STATUS, settings.topic_prefix)
-        self.producer = Producer(status_producer_config(settings.kafka_bootstrap_servers))
+        self.producer = clients.status_producer(settings)
         self._running = True
         self._thread = threading.Thread(
             target=self._poll, name="dialer-producer", daemon=True

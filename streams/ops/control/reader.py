@@ -11,17 +11,11 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from confluent_kafka import (
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from streams.errors import StreamsError
-from streams.kafka.admin import kafka_reason, quiet_client_config
+from streams.kafka import clients
+from streams.kafka.clients import kafka_reason
 from streams.ops.status.model import business_path
 from streams.ops.status.reader import fetch
 from streams.settings import Settings
@@ -29,7 +23,6 @@ from streams.topics import (
     BUSINESS_CONTROL,
     BusinessControl,
     InvalidRecord,
-    producer_config,
     record_key,
     topic_name,
 )
@@ -39,6 +32,12 @@ READ_TIMEOUT = 15.0
 WRITE_TIMEOUT = 30.0
 #: Seconds to wait for the local worker's view of a business.
 WORKER_TIMEOUT = 3.0
+
+
+#: The reader is assigned its partitions, never subscribed: it joins no group, commits
+#: nothing, and is told where each partition ends.
+READER_GROUP = "streams-control-reader"
+READER_OPTIONS = {"enable.auto.commit": False, "enable.partition.eof": True}
 
 
 class ControlError(StreamsError):
@@ -57,16 +56,6 @@ class ControlConsumer(Protocol):
     def assign(self, partitions: list[TopicPartition]) -> None: ...
 
     def poll(self, timeout: float = -1) -> Message | None: ...
-
-
-def consumer_config(bootstrap: str) -> dict[str, Any]:
-    """A consumer that joins no group and reports the end of each partition."""
-    return {
-        **quiet_client_config(bootstrap),
-        "group.id": "streams-control-reader",
-        "enable.auto.commit": False,
-        "enable.partition.eof": True,
-    }
 
 
 def read_controls(
@@ -128,7 +117,7 @@ def current_controls(
 ) -> dict[str, BusinessControl]:
     """The latest control record of every business that has one (read to the end)."""
     name = topic_name(BUSINESS_CONTROL, settings.topic_prefix)
-    consumer = Consumer(consumer_config(settings.kafka_bootstrap_servers))
+    consumer = clients.consumer(settings, READER_GROUP, READER_OPTIONS, quiet=True)
     try:
         return read_controls(consumer, name, timeout)
     except KafkaException as exc:
@@ -151,7 +140,7 @@ def current_control(
 def write_control(settings: Settings, control: BusinessControl) -> None:
     """Send `control` as its business's whole configuration; ControlError if the broker
     did not take it within WRITE_TIMEOUT."""
-    producer = Producer(producer_config(settings.kafka_bootstrap_servers))
+    producer = clients.producer(settings)
     producer.produce(
         topic_name(BUSINESS_CONTROL, settings.topic_prefix),
         key=record_key(control.business_id),

@@ -15,6 +15,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.live import Live
 
+from streams.kafka import preflight
 from streams.ops.lag.model import (
     GroupSample,
     GroupStatus,
@@ -57,13 +58,14 @@ def run_lag(
 ) -> int:
     """`streams lag`; returns the exit status (1: over --fail-over, or STALL/STOP)."""
     check_flags(interval, samples, fail_over)
+    preflight.connect(settings)  # one line and exit 2 when Kafka cannot be used
     out = out or sys.stdout
     console = Console(file=out)
     interval = interval or (WATCH_INTERVAL if watch else ONCE_INTERVAL)
     samples = samples or (WATCH_SAMPLES if watch else ONCE_SAMPLES)
     named = list(dict.fromkeys(groups or ()))
     looked_for = named or project_groups(settings)
-    reader = LagReader(settings.kafka_bootstrap_servers)
+    reader = LagReader(settings)
 
     def chosen() -> list[str]:
         if named:
@@ -72,7 +74,6 @@ def run_lag(
         return [g for g in project_groups(settings) if g in existing]
 
     try:
-        reader.topics()  # one line and exit 2 when the broker cannot be reached
         if not watch:
             chosen_groups = chosen()
             statuses = (

@@ -15,16 +15,17 @@ from typing import Any, TypeVar
 
 from confluent_kafka import (
     TIMESTAMP_NOT_AVAILABLE,
-    Consumer,
     ConsumerGroupTopicPartitions,
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import OffsetSpec
 
 from streams.errors import StreamsError
-from streams.kafka.admin import kafka_reason, quiet_client_config
+from streams.kafka import clients
+from streams.kafka.clients import kafka_reason
 from streams.ops.lag.model import GroupSample, PartitionOffsets
+from streams.settings import Settings
 
 T = TypeVar("T")
 #: A partition and the offset the group committed on it.
@@ -38,16 +39,15 @@ class LagError(StreamsError):
 class LagReader:
     """Samples consumer groups with confluent-kafka's AdminClient and a peek Consumer."""
 
-    def __init__(self, bootstrap: str, timeout: float = 5.0) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self, settings: Settings, timeout: float = 5.0) -> None:
+        self.bootstrap = settings.kafka_bootstrap_servers
         self.timeout = timeout
-        quiet = quiet_client_config(bootstrap)
-        self.admin = AdminClient(quiet)
+        self.admin = clients.admin(settings)
         # Only ever assigned (never subscribed, never commits): it joins no group.
-        self.peek = Consumer(
+        self.peek = clients.consumer(
+            settings,
+            "streams-lag-peek",
             {
-                **quiet,
-                "group.id": "streams-lag-peek",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
@@ -55,7 +55,8 @@ class LagReader:
                 "fetch.wait.max.ms": 100,
                 "max.partition.fetch.bytes": 65536,
                 "queued.max.messages.kbytes": 4096,
-            }
+            },
+            quiet=True,
         )
         self._timestamps: dict[Position, float | None] = {}
 

@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from streams.dialers.twilio.ledger import Ledger
 from streams.errors import StreamsError
+from streams.kafka import preflight
 from streams.ops.control.reader import ControlError, current_controls
 from streams.settings import Settings
 
@@ -23,8 +24,9 @@ class LedgerCheckError(StreamsError):
 def business_limits(settings: Settings) -> dict[str, int]:
     """Per-business limits set in `business.control`."""
     try:
+        preflight.connect(settings)
         controls = current_controls(settings, timeout=LIMITS_TIMEOUT)
-    except ControlError as exc:
+    except (preflight.ConnectError, ControlError) as exc:
         raise LedgerCheckError(
             f"cannot read the per-business limits: {exc}; add --default-limit to judge"
             " every business by MAX_OUTBOUND_CALLS_PER_BUSINESS"

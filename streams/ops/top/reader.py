@@ -53,7 +53,7 @@ class LagWatcher:
         on_update: Callable[[], None] | None = None,
     ) -> None:
         self.state = LagState(project_groups(settings)[0])
-        self.bootstrap = settings.kafka_bootstrap_servers
+        self.settings = settings
         self.interval = interval
         self.on_update = on_update
         self.updated = threading.Event()
@@ -75,7 +75,7 @@ class LagWatcher:
         window: collections.deque[GroupSample] = collections.deque(maxlen=LAG_WINDOW)
         reader = None
         try:
-            reader = LagReader(self.bootstrap)
+            reader = LagReader(self.settings)
             while not self._stop.is_set():
                 try:
                     window.append(reader.sample([group])[group])
