@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 import faust
+import mode
 from faust.types import TP, EventT
 
 from streams import limiter_table as core
@@ -86,6 +87,24 @@ def _freeze_survivors() -> None:
     reclaimed: a small, bounded leak.)"""
     gc.collect(1)
     gc.freeze()
+
+
+class DuringRestore(mode.Service):
+    """What runs while Faust restores the table: Faust starts its own timers and web
+    server only once the restore is done, so its progress would be seen by nobody."""
+
+    def __init__(self, limiter: Limiter) -> None:
+        super().__init__()
+        self.limiter = limiter
+
+    async def on_started(self) -> None:
+        # Faust starts the web server only when it is not running yet, so this is safe:
+        # every table view answers 503 until the worker is ready.
+        await self.limiter.app.on_started_init_web_server()
+
+    @mode.Service.timer(1.0)
+    async def _follow_restore(self) -> None:
+        await self.limiter._follow_restore()
 
 
 class Limiter:
@@ -158,7 +177,7 @@ class Limiter:
         self.faults.install()
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
         self.restore = RestoreProgress()
-        self.app.timer(1.0, name="restore")(self._follow_restore)
+        self.app.add_dependency(DuringRestore(self))
         web.add_views(self)
 
     # -- the agent -----------------------------------------------------------------
@@ -344,22 +363,27 @@ class Limiter:
 
     async def _follow_restore(self) -> None:
         """Log how far the table's restore from the changelog is, while it lasts."""
-        line = self.restore.sample(time.monotonic(), self._restore_remaining())
+        remaining, replayed = self._restore_offsets()
+        line = self.restore.sample(time.monotonic(), remaining, replayed)
         if line is not None:
             log.info("%s", line)
 
-    def _restore_remaining(self) -> int | None:
-        """Changelog records still to replay into this worker's active partitions; None
-        when no restore runs (Faust's recovery: faust/tables/recovery.py)."""
+    def _restore_offsets(self) -> tuple[int | None, int]:
+        """Changelog records still to replay into this worker's active partitions (None
+        when no restore runs) and those replayed since the restore began, from where
+        each partition's store left off (Faust's recovery: faust/tables/recovery.py)."""
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]
         if not recovery.in_recovery:
-            return None
+            return None, 0
         highwaters, offsets = recovery.active_highwaters, recovery.active_offsets
-        return sum(
-            max(0, highwaters[tp] - offsets[tp])
-            for tp in recovery.active_tps
-            if tp in highwaters
-        )
+        remaining = replayed = 0
+        for tp in recovery.active_tps:
+            if tp not in highwaters or offsets.get(tp) is None:
+                continue
+            remaining += max(0, highwaters[tp] - offsets[tp])
+            began = recovery.tp_to_table[tp].persisted_offset(tp)
+            replayed += max(0, offsets[tp] - (-1 if began is None else began))
+        return remaining, replayed
 
     def restore_status(self) -> dict[str, Any] | None:
         """The running restore's figures for `/ready/`; None when there is none."""

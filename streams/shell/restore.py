@@ -60,12 +60,16 @@ class RestoreProgress:
         self._began: float | None = None
         self._remaining = 0
         self._replayed = 0
+        self._replayed_at_first = 0
         self._logged_at: float | None = None
 
-    def sample(self, now: float, remaining: int | None) -> str | None:
-        """Record the records left to replay at `now` (None: not restoring); return the
-        line to log, when one is due: every `log_seconds` while a restore lasts longer,
-        and once at the end of one that replayed anything."""
+    def sample(
+        self, now: float, remaining: int | None, replayed_before: int = 0
+    ) -> str | None:
+        """Record the records left to replay at `now` (None: not restoring) and, at a
+        restore's first sample, those it replayed before it; return the line to log,
+        when one is due: every `log_seconds` while a restore lasts longer, and once at
+        the end of one that replayed anything."""
         if remaining is None:
             done = None
             if self._began is not None and self._replayed:
@@ -74,15 +78,17 @@ class RestoreProgress:
                     f" {now - self._began:.1f} s"
                 )
             self.figures, self._began, self._logged_at = None, None, None
-            self._remaining = self._replayed = 0
+            self._remaining = self._replayed = self._replayed_at_first = 0
             return done
         if self._began is None:
             self._began, self._remaining = now, remaining
+            self._replayed = self._replayed_at_first = replayed_before
         # Less left is replayed; more left is new work (records written meanwhile).
         self._replayed += max(0, self._remaining - remaining)
         self._remaining = remaining
         elapsed = now - self._began
-        rate = self._replayed / elapsed if elapsed > 0 and self._replayed else None
+        since_first = self._replayed - self._replayed_at_first
+        rate = since_first / elapsed if elapsed > 0 and since_first else None
         self.figures = RestoreFigures(
             replayed=self._replayed,
             total=self._replayed + remaining,

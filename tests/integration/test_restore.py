@@ -50,9 +50,16 @@ def test_a_restore_shows_its_progress_on_ready_and_in_the_log(deployment: Deploy
     eventually(restored, timeout=180, interval=0.1)
     assert seen, "/ready/ never showed the restore in progress"
     last = seen[-1]
-    assert last["total"] == len(table)
+    # Offsets, not records, and a partition done before the first look is not counted:
+    # the figures are for a person watching, within a few percent.
+    assert 0.9 * len(table) <= last["total"] <= len(table), (seen[:3], seen[-3:])
     assert 0 <= last["replayed"] <= last["total"]
     assert all(a["replayed"] <= b["replayed"] for a, b in zip(seen, seen[1:], strict=False))
-    log = worker.log_path.read_text(errors="replace")
-    assert f"restored the table: {len(table):,} changelog records in" in log
+
+    def restored_line() -> str:
+        log = worker.log_path.read_text(errors="replace")
+        assert "restored the table: " in log  # at the next look after the restore
+        return log
+
+    log = eventually(restored_line, timeout=10)
     assert "not found in cluster metadata" not in log  # we created the changelog
