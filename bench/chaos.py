@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import random
 import signal
@@ -47,6 +48,8 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from confluent_kafka import KafkaException
 
 from bench.cluster_faults import FAULTS, ClusterFaults, FaultWindow
 from streams.devtools.broker import Broker, BrokerError
@@ -363,6 +366,10 @@ class Chaos:
             self.broker.stop()
         if self.cluster is not None and self.owns_cluster:
             self.cluster.stop()
+        elif self.cluster is not None:
+            # A cluster we were lent goes back without this run's topics: partitions a
+            # lost disk took for good would otherwise stay offline in it forever.
+            delete_topics(self.deployment.settings)
 
 
 def verify(
@@ -502,6 +509,19 @@ def group_lag(settings: Settings) -> list[str]:
     ]
 
 
+def delete_topics(settings: Settings) -> None:
+    """Every topic of this run (its prefix): the contract's, the changelog, Faust's."""
+    client = clients.admin(settings)
+    names = [
+        name
+        for name in client.list_topics(timeout=15).topics
+        if name.startswith(settings.topic_prefix)
+    ]
+    for future in client.delete_topics(names).values() if names else ():
+        with contextlib.suppress(KafkaException):
+            future.result(30)
+
+
 def fault_figures(ledger: list[dict], windows: list[FaultWindow]) -> list[dict]:
     """Per fault, while it lasted (injection until the cluster was whole again): the
     dials made, the longest time without any dial (from the window's edges too), and
@@ -522,6 +542,11 @@ def fault_figures(ledger: list[dict], windows: list[FaultWindow]) -> list[dict]:
                 ),
                 "slot_free_to_dial_seconds": slot_free_delays(
                     ledger, freed_between=(window.started, window.ended)
+                ),
+                **(
+                    {"partitions_lost_for_good": list(window.lost_partitions)}
+                    if window.lost_partitions
+                    else {}
                 ),
             }
         )
@@ -557,6 +582,10 @@ def slot_free_delays(
         "p50": round(gaps[len(gaps) // 2], 4),
         "p99": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))], 4),
     }
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def fault_list(text: str) -> tuple[str, ...]:
@@ -645,14 +674,20 @@ def main(argv: list[str] | None = None) -> int:
         args.cluster = True
     if args.cluster and args.bootstrap is not None:
         parser.error("--cluster runs on a cluster of its own, not on --bootstrap")
-    with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
-        workdir = Path(args.keep or scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        chaos = Chaos(args, workdir)
-        try:
-            report = chaos.run()
-        finally:
-            chaos.close()
+    # SIGTERM (CI's timeout) unwinds like Ctrl-C, so the brokers this run started,
+    # which live in sessions of their own, are stopped too.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
+            workdir = Path(args.keep or scratch)
+            workdir.mkdir(parents=True, exist_ok=True)
+            chaos = Chaos(args, workdir)
+            try:
+                report = chaos.run()
+            finally:
+                chaos.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     post_mortem_lines = report.pop("post_mortem", [])
     print(json.dumps(report, indent=2))
     if args.expect_violations:

@@ -9,10 +9,14 @@ ledger how dialing fared while it lasted.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import random
 import time
 
+from confluent_kafka import KafkaException
+
+from streams.devtools.broker import BrokerError, admin_client
 from streams.devtools.cluster import Cluster
 from streams.devtools.cluster_node import ClusterNode
 from streams.settings import Settings
@@ -37,12 +41,14 @@ DOWN_SECONDS = (10.0, 14.0)
 
 @dataclasses.dataclass(frozen=True)
 class FaultWindow:
-    """One fault, from its injection until the cluster was whole again (time.time())."""
+    """One fault, from its injection until the cluster was whole again (time.time()),
+    or until only partitions lost for good were left out of sync."""
 
     fault: str
     detail: str
     started: float
     ended: float
+    lost_partitions: tuple[str, ...] = ()
 
 
 class ClusterFaults:
@@ -59,8 +65,41 @@ class ClusterFaults:
         started = time.time()
         detail = getattr(self, fault)()
         self.cluster.start()  # no-op unless a node is still down
-        self.cluster.wait_fully_replicated(timeout=180)
-        return FaultWindow(fault, detail, started, time.time())
+        lost = self.wait_in_sync()
+        return FaultWindow(fault, detail, started, time.time(), lost)
+
+    def wait_in_sync(self, timeout: float = 180) -> tuple[str, ...]:
+        """Wait until every partition has all its replicas in sync, except those lost
+        for good: no leader and none in sync while all their nodes run, as a lost disk
+        leaves a partition whose only replica it held (unclean election is off). Those
+        are returned, as topic/partition."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(KafkaException):
+                lagging, lost = self._replication_state()
+                if not lagging:
+                    return lost
+            if time.monotonic() > deadline:
+                raise BrokerError(f"replicas still out of sync after {timeout:g}s")
+            time.sleep(0.5)
+
+    def _replication_state(self) -> tuple[list[str], tuple[str, ...]]:
+        """(partitions still catching up, partitions lost for good)."""
+        running = {node.node_id for node in self.cluster.nodes if node.pid is not None}
+        metadata = admin_client(self.cluster.client_config()).list_topics(timeout=10)
+        lagging: list[str] = []
+        lost: list[str] = []
+        for name, topic in metadata.topics.items():
+            for number, partition in topic.partitions.items():
+                if len(partition.isrs) == len(partition.replicas):
+                    continue
+                gone = (
+                    partition.leader < 0
+                    and not partition.isrs
+                    and set(partition.replicas) <= running
+                )
+                (lost if gone else lagging).append(f"{name}/{number}")
+        return lagging, tuple(sorted(lost))
 
     # -- the faults --------------------------------------------------------------------
 
@@ -97,7 +136,7 @@ class ClusterFaults:
         for node in self.cluster.nodes:
             node.stop()
             self.cluster.start()
-            self.cluster.wait_fully_replicated(timeout=180)
+            self.wait_in_sync()
         return f"rolling restart of nodes {[n.node_id for n in self.cluster.nodes]}"
 
     def lose_disk(self) -> str:
