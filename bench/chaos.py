@@ -330,7 +330,8 @@ class Chaos:
         limiter's to lose."""
         settings = self.deployment.settings
         topic = topic_name("leads.requests", settings.topic_prefix)
-        producer = clients.producer(settings)
+        timeout_ms = int(self.args.delivery_timeout * 1000)
+        producer = clients.producer(settings, {"message.timeout.ms": timeout_ms})
 
         def delivery_report(lead_id: str) -> Callable[[object, object], None]:
             def delivered(error: object, _message: object) -> None:
@@ -351,7 +352,7 @@ class Chaos:
                 )
             producer.poll(0)
             time.sleep(0.1)
-        producer.flush(600)
+        producer.flush(self.args.delivery_timeout + 30)
 
     def close(self) -> None:
         if self.dialer is not None and self.dialer.poll() is None:
@@ -661,6 +662,14 @@ def main(argv: list[str] | None = None) -> int:
         "--expect-violations",
         action="store_true",
         help="a control run: exit 0 only if the verifier reports a violation",
+    )
+    parser.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=120,
+        metavar="SECONDS",
+        help="a lead Kafka has not acknowledged after this long is not sent, and so"
+        " not checked (a partition lost for good never acknowledges)",
     )
     parser.add_argument("--settle-seconds", type=float, default=300)
     parser.add_argument(

@@ -41,6 +41,7 @@ def run_chaos(
     return code, f"logs in {keep}\n{output.err}{output.out}"
 
 
+@pytest.mark.timeout(420)
 def test_guarantees_hold_when_the_changelog_leader_is_killed(
     faulty_cluster: Cluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -60,6 +61,7 @@ def test_guarantees_hold_when_the_changelog_leader_is_killed(
     assert '"longest_dial_stall_seconds"' in output
 
 
+@pytest.mark.timeout(420)
 def test_a_lost_disk_at_replication_factor_one_fails_the_verifier(
     faulty_cluster: Cluster, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -75,6 +77,8 @@ def test_a_lost_disk_at_replication_factor_one_fails_the_verifier(
         "lose_disk",
         "--settle-seconds",
         "60",
+        "--delivery-timeout",
+        "20",
         "--expect-violations",
     )
     assert code == 0, output
