@@ -272,15 +272,18 @@ class Chaos:
         )
         if self.fake is not None:
             self.fake.wait_idle(60)
+        live_workers = [w for w in deployment.workers if w.process.poll() is None]
+        settled = wait_quiescent(live_workers, args.quiescence_seconds)
         calls = self.calls_made()
         report = verify(
             leads,
             limits,
             outcomes,
             calls,
-            [w for w in deployment.workers if w.process.poll() is None],
+            live_workers,
             default_limit=deployment.settings.max_outbound_calls_per_business,
         )
+        report["quiescent_after_seconds"] = settled
         report.update(
             seed=args.seed, faults=self.faults, seconds=round(time.monotonic() - started, 1)
         )
@@ -449,6 +452,25 @@ def verify(
         "slot_free_to_dial_seconds": slot_free_delays(ledger),
         "violations": violations,
     }
+
+
+def wait_quiescent(workers: list[WorkerProcess], timeout: float) -> float | None:
+    """Once every lead has its outcome, the workers may still be reading statuses and
+    ticks a broker fault held back: give them until nothing is held (slots, waiting
+    leads), at most ``timeout``; the seconds that took, or None if it never was (the
+    verifier then reports what is still held)."""
+    began = time.monotonic()
+    while True:
+        answers = [worker.businesses() for worker in workers]
+        if all(
+            answer is not None
+            and not any(held["active"] or held["waiting"] for held in answer)
+            for answer in answers
+        ):
+            return round(time.monotonic() - began, 1)
+        if time.monotonic() - began > timeout:
+            return None
+        time.sleep(1)
 
 
 def post_mortem(workdir: Path, leads: list[dict], outcomes: list[dict]) -> list[str]:
@@ -672,6 +694,13 @@ def main(argv: list[str] | None = None) -> int:
         " not checked (a partition lost for good never acknowledges)",
     )
     parser.add_argument("--settle-seconds", type=float, default=300)
+    parser.add_argument(
+        "--quiescence-seconds",
+        type=float,
+        default=120,
+        help="after the last outcome, how long the workers get to release every slot"
+        " before the verifier looks",
+    )
     parser.add_argument(
         "--keep",
         metavar="DIR",
