@@ -75,6 +75,44 @@ def test_no_client_is_built_outside_the_clients_module():
     assert not stray, "build it with streams.kafka.clients instead:\n" + "\n".join(stray)
 
 
+def imports_a_client_library(source: str) -> bool:
+    return any(
+        (
+            isinstance(node, ast.ImportFrom)
+            and (node.module or "").startswith(CLIENT_MODULES)
+        )
+        or (
+            isinstance(node, ast.Import)
+            and any(alias.name.startswith(CLIENT_MODULES) for alias in node.names)
+        )
+        for node in ast.walk(ast.parse(source))
+    )
+
+
+def test_the_scan_reaches_every_module_that_talks_to_kafka():
+    """The local cluster tooling, its test fixtures and the benchmarks included: any
+    module outside the tests themselves that imports a client library is scanned."""
+    scanned = {path for root in SCANNED for path in root.rglob("*.py")}
+    for name in [
+        "streams/devtools/broker.py",
+        "streams/devtools/cluster.py",
+        "streams/devtools/cluster_node.py",
+        "tests/support/cluster.py",
+        "tests/support/deployment.py",
+        "bench/latency.py",
+    ]:
+        assert REPO / name in scanned, name
+    test_code = [REPO / "tests" / "unit", REPO / "tests" / "integration", REPO / ".venv"]
+    unscanned = [
+        str(path.relative_to(REPO))
+        for path in REPO.rglob("*.py")
+        if path not in scanned
+        and not any(path.is_relative_to(root) for root in test_code)
+        and imports_a_client_library(path.read_text(encoding="utf-8"))
+    ]
+    assert not unscanned, f"add to SCANNED: {unscanned}"
+
+
 def test_the_walk_finds_every_way_of_building_a_client():
     source = """
 import faust

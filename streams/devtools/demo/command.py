@@ -4,6 +4,7 @@ it from the dialer's ledger, stop what was started."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -14,7 +15,12 @@ from types import FrameType
 from rich.console import Console
 from rich.live import Live
 
-from streams.devtools.demo.model import Scenario, demo_overrides, seed_leads
+from streams.devtools.demo.model import (
+    Scenario,
+    demo_namespace,
+    demo_overrides,
+    seed_leads,
+)
 from streams.devtools.demo.processes import Demo
 from streams.devtools.demo.readers import (
     LedgerTail,
@@ -127,16 +133,21 @@ def run_demo(
     console = console or Console()
     environ = dict(os.environ)
     overrides = demo_overrides(settings, talk_seconds, environ)
+    run_id = uuid.uuid4().hex[:8]
+    workdir = Path.cwd() / DEMO_DIR
+    workdir.mkdir(parents=True, exist_ok=True)
+    worker_data = workdir / "worker-data"
+    namespace = demo_namespace(run_id, str(worker_data), environ)
+    if "STREAMS_DATA_DIR" in namespace:
+        shutil.rmtree(worker_data, ignore_errors=True)  # a previous run's table
     env = {
         **environ,
         **settings_environment(settings),
         **overrides,
+        **namespace,
         "PYTHONUNBUFFERED": "1",
     }
     settings = Settings.from_env(env)
-    run_id = uuid.uuid4().hex[:8]
-    workdir = Path.cwd() / DEMO_DIR
-    workdir.mkdir(parents=True, exist_ok=True)
     demo = Demo(settings, console, workdir, run_id, talk_seconds)
     limit = settings.max_outbound_calls_per_business
 

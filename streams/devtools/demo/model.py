@@ -76,6 +76,25 @@ def demo_overrides(
     return wanted
 
 
+def demo_namespace(
+    run_id: str, data_dir: str, environ: Mapping[str, str]
+) -> dict[str, str]:
+    """Topics, consumer groups and worker state of this run's own, for variables the
+    user did not set: a previous run's leftovers (slots held by calls cut off by Ctrl-C,
+    a table of another app) then never block this one."""
+    wanted = {"TOPIC_PREFIX": f"demo-{run_id}-", "STREAMS_DATA_DIR": data_dir}
+    return {var: value for var, value in wanted.items() if not environ.get(var, "").strip()}
+
+
+def restore_text(restore: Mapping[str, Any]) -> str:
+    """`/ready/`'s restore figures as the demo shows them while its worker starts."""
+    text = f"worker restoring its table: {restore.get('replayed', 0):,} of"
+    text += f" {restore.get('total', 0):,} records"
+    if restore.get("seconds_left") is not None:
+        text += f", about {restore['seconds_left']:.0f} s left"
+    return text
+
+
 def seed_leads(businesses: int, leads_per_business: int, run_id: str) -> list[Lead]:
     """The scenario: businesses A, B, C..., each with its leads, sent one business after
     the other."""

@@ -19,9 +19,11 @@ from types import FrameType
 from typing import Any
 
 from rich.console import Console
+from rich.status import Status
 
 from streams.devtools.broker import Broker
-from streams.devtools.demo.readers import WorkerView
+from streams.devtools.demo.model import restore_text
+from streams.devtools.demo.readers import WorkerView, restore_figures
 from streams.dialers.simulated import SimulatedDialer
 from streams.errors import StreamsError
 from streams.kafka import admin, preflight
@@ -29,8 +31,10 @@ from streams.settings import Settings
 
 DEFAULT_BOOTSTRAP_HOSTS = ("localhost", "127.0.0.1")
 DEFAULT_BOOTSTRAP_PORT = 9092
-#: How long the worker may take to serve its web view.
+#: How long the worker may take to serve its web view (renewed while a restore advances).
 WORKER_START_TIMEOUT = 90.0
+#: Without a terminal, a line on the worker's restore at most this often.
+RESTORE_SAY_SECONDS = 5.0
 #: SIGTERM, then SIGKILL after this long.
 WORKER_STOP_TIMEOUT = 30.0
 #: How long the simulated dialer may take to stop.
@@ -170,10 +174,23 @@ class Demo:
         )
         if not self.console.is_terminal:
             self.say("starting worker...")
+        said_at, replayed = 0.0, -1
         with status:
             while not view.fetch():
                 self.check_worker_alive("during startup")
-                if time.monotonic() > deadline:
+                restore = restore_figures(self.settings.worker_web_port)
+                now = time.monotonic()
+                if restore is not None:
+                    text = restore_text(restore)
+                    if isinstance(status, Status):
+                        status.update(text)
+                    elif now - said_at >= RESTORE_SAY_SECONDS:
+                        self.say(text)
+                        said_at = now
+                    if restore.get("replayed", 0) > replayed:  # slow, not stuck
+                        replayed = restore.get("replayed", 0)
+                        deadline = max(deadline, now + WORKER_START_TIMEOUT)
+                if now > deadline:
                     raise StreamsError(
                         f"the worker did not serve {view.url} within"
                         f" {WORKER_START_TIMEOUT:g}s; end of {self.rel(self.worker_log)}:\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any, TextIO
@@ -83,6 +84,23 @@ class WorkerView:
             if isinstance(b, dict) and "business_id" in b
         }
         return True
+
+
+def restore_figures(port: int, timeout: float = 1.0) -> dict[str, Any] | None:
+    """The worker's restore in progress, from `/ready/`; None when there is none or it
+    did not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/ready/", timeout=timeout):
+            return None  # 200: ready
+    except urllib.error.HTTPError as error:
+        try:
+            data = json.load(error)
+        except ValueError:
+            return None
+    except OSError:
+        return None
+    restore = data.get("restore") if isinstance(data, dict) else None
+    return restore if isinstance(restore, dict) else None
 
 
 class OutcomeReader:
