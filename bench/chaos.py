@@ -129,6 +129,7 @@ class Chaos:
         )
         self.windows: list[FaultWindow] = []
         self.sent_list: list[str] = []  # appended to by librdkafka's delivery reports
+        self.sent_at: dict[str, float] = {}
         self.refused: list[str] = []
         self.stop_sending = threading.Event()
         self.dialer: subprocess.Popen | None = None
@@ -293,7 +294,12 @@ class Chaos:
             report["replication_factor"] = (
                 args.replication_factor or self.cluster.replication_factor
             )
-            report["per_fault"] = fault_figures(calls, self.windows)
+            # Slot-free -> dial of a business with a lead waiting: at this rate most
+            # businesses wait for their next lead, which is no delay of ours.
+            report["slot_free_to_dial_seconds_lead_waiting"] = slot_free_delays(
+                calls, sent_at=self.sent_at
+            )
+            report["per_fault"] = fault_figures(calls, self.windows, self.sent_at)
         if report["violations"]:
             report["post_mortem"] = post_mortem(
                 deployment.workdir, leads, outcomes
@@ -347,6 +353,7 @@ class Chaos:
             if self.stop_sending.is_set():
                 break
             for lead in leads[start : start + batch]:
+                self.sent_at[lead["lead_id"]] = time.time()
                 producer.produce(
                     topic,
                     key=record_key(lead["business_id"]),
@@ -545,7 +552,11 @@ def delete_topics(settings: Settings) -> None:
             future.result(30)
 
 
-def fault_figures(ledger: list[dict], windows: list[FaultWindow]) -> list[dict]:
+def fault_figures(
+    ledger: list[dict],
+    windows: list[FaultWindow],
+    sent_at: dict[str, float] | None = None,
+) -> list[dict]:
     """Per fault, while it lasted (injection until the cluster was whole again): the
     dials made, the longest time without any dial (from the window's edges too), and
     the slot-free -> next dial delays of the slots freed in it."""
@@ -564,7 +575,7 @@ def fault_figures(ledger: list[dict], windows: list[FaultWindow]) -> list[dict]:
                     max(b - a for a, b in zip(edges, edges[1:], strict=False)), 2
                 ),
                 "slot_free_to_dial_seconds": slot_free_delays(
-                    ledger, freed_between=(window.started, window.ended)
+                    ledger, (window.started, window.ended), sent_at
                 ),
                 **(
                     {"partitions_lost_for_good": list(window.lost_partitions)}
@@ -577,10 +588,14 @@ def fault_figures(ledger: list[dict], windows: list[FaultWindow]) -> list[dict]:
 
 
 def slot_free_delays(
-    ledger: list[dict], freed_between: tuple[float, float] | None = None
+    ledger: list[dict],
+    freed_between: tuple[float, float] | None = None,
+    sent_at: dict[str, float] | None = None,
 ) -> dict:
     """For each call end followed by another dial of the same business, the gap; only
-    the ends within ``freed_between`` when given."""
+    the ends within ``freed_between`` when given. With ``sent_at`` (lead -> when it was
+    sent), only ends whose next dialed lead had been sent before the slot freed: a slot
+    freed while that business had a lead waiting, not the wait for its next lead."""
     by_business = collections.defaultdict(list)
     for line in ledger:
         if line["event"] in ("placed", "ended"):
@@ -595,7 +610,10 @@ def slot_free_delays(
                 following = next(
                     (nxt for nxt in lines[index + 1 :] if nxt["event"] == "placed"), None
                 )
-                if following is not None:
+                if following is not None and (
+                    sent_at is None
+                    or sent_at.get(following["lead_id"], float("inf")) <= line["at"]
+                ):
                     gaps.append(following["at"] - line["at"])
     gaps.sort()
     if not gaps:

@@ -11,7 +11,13 @@ from bench.cluster_faults import FAULTS, FaultWindow
 
 
 def line(event: str, at: float, business: str = "b1", dial: str = "d") -> dict:
-    return {"event": event, "at": at, "business_id": business, "dial_id": dial}
+    return {
+        "event": event,
+        "at": at,
+        "business_id": business,
+        "dial_id": dial,
+        "lead_id": f"lead-{dial}",
+    }
 
 
 LEDGER = [
@@ -57,3 +63,16 @@ def test_fault_lists_name_known_faults_only() -> None:
         fault_list("lose_disk,kill_everything")
     with pytest.raises(argparse.ArgumentTypeError):
         fault_list(" , ")
+
+
+def test_only_slots_freed_while_a_lead_waited_count_when_send_times_are_known() -> None:
+    """d3's lead came after d2's slot freed (the business waited for a lead, no delay
+    of ours); d4's and d5's were waiting when their slots freed."""
+    sent_at = {"lead-d1": 99.0, "lead-d2": 100.0, "lead-d3": 112.0}
+    sent_at |= {"lead-d4": 114.5, "lead-d5": 120.0}
+    delays = slot_free_delays(LEDGER, sent_at=sent_at)
+    assert delays["count"] == 3  # d2 (after d1's end), d4, d5; not d3
+    window = FaultWindow("pause_broker", "SIGSTOP node 2", started=105.0, ended=120.0)
+    (figures,) = fault_figures(LEDGER, [window], sent_at)
+    assert figures["slot_free_to_dial_seconds"]["count"] == 1  # d3 is out
+    assert figures["slot_free_to_dial_seconds"]["p99"] == pytest.approx(0.2)
