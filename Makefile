@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-cluster unit component integration lint format docs clean
+.PHONY: setup demo test test-cluster chaos-cluster unit component integration lint format docs clean
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,13 @@ test: setup
 # CI runs them as a step of their own after `make test`.
 test-cluster: setup
 	$(PYTEST) -m cluster
+
+# Every broker fault in turn (bench/cluster_faults.py) under load on a 3-node cluster of
+# its own, two workers and the simulated dialer; exits 1 on any violation. CI's last step.
+CHAOS_CLUSTER_SEED ?= 7
+chaos-cluster: setup
+	$(BIN)/python -m bench.chaos --cluster --leads 20000 --leads-per-second 10 \
+	    --businesses 400 --seed $(CHAOS_CLUSTER_SEED)
 
 unit: setup
 	$(PYTEST) $(PARALLEL) -m unit

@@ -15,17 +15,29 @@ counters:
 * at quiescence no business holds a slot or a waiting lead;
 * slot-free -> next dial delay p50/p99.
 
-It exits 1 on any violation and prints the seed that reproduces it.
+With ``--cluster`` it runs on a local 3-node cluster of its own instead (replication 3,
+min.insync.replicas 2), keeps the leads coming while it injects broker faults one after
+the other (bench/cluster_faults.py: SIGKILL the changelog's leader, SIGKILL the group
+coordinator, SIGSTOP a leader for 30 s, a rolling restart, a lost disk), and reports for
+each fault the longest stall in dials and the slot-free -> dial delays while it lasted.
+
+It exits 1 on any violation and prints the seed that reproduces it; with
+``--expect-violations`` it exits 0 only if the verifier found one (a control run, e.g. a
+lost disk at replication factor 1, proving the verifier sees the loss).
 
     python -m bench.chaos --leads 5000 --businesses 200 --seed 7
     python -m bench.chaos --dialer twilio --leads 2000 --businesses 100 --seed 7
     python -m bench.chaos --short --bootstrap localhost:29092      # what CI runs
+    python -m bench.chaos --cluster --seed 7                        # broker faults
+    python -m bench.chaos --cluster --replication-factor 1 --faults lose_disk \
+        --expect-violations --seed 7                                # the control run
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import random
 import signal
@@ -34,12 +46,19 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+from confluent_kafka import KafkaException
+
+from bench.cluster_faults import FAULTS, ClusterFaults, FaultWindow
 from streams.devtools.broker import Broker, BrokerError
+from streams.devtools.cluster import Cluster
+from streams.kafka import clients
 from streams.ops.lag.reader import LagReader
 from streams.settings import Settings
-from streams.topics import BusinessControl, app_id, record_key
+from streams.topics import BusinessControl, app_id, record_key, topic_name
+from tests.support.cluster import free_ports
 from tests.support.deployment import Deployment, Dialer, WorkerProcess
 from tests.support.fake_twilio import FakeTwilio
 
@@ -73,8 +92,26 @@ class Chaos:
         self.args = args
         self.rng = random.Random(args.seed)
         self.broker: Broker | None = None
+        self.cluster: Cluster | None = None
+        self.owns_cluster = False
         bootstrap = args.bootstrap
-        if bootstrap is None:  # our own broker, so that we may restart it
+        overrides = {"LEASE_GRACE_SECONDS": "20", "ORPHAN_STATUS_HOLD_SECONDS": "30"}
+        if args.cluster_dir is not None:  # a running cluster, e.g. a test session's
+            self.cluster = Cluster.load(Path(args.cluster_dir))
+            if self.cluster is None:
+                raise BrokerError(f"no cluster recorded in {args.cluster_dir}")
+        elif args.cluster:
+            ports = free_ports(6)
+            self.cluster = Cluster(
+                workdir / "kafka-cluster", ports=ports[:3], controller_ports=ports[3:]
+            )
+            self.owns_cluster = True
+            self.cluster.start()
+        if self.cluster is not None:
+            bootstrap = self.cluster.bootstrap
+            if self.cluster.security != "plaintext":
+                overrides["KAFKA_CLIENT_CONFIG"] = str(self.cluster.client_properties_file)
+        elif bootstrap is None:  # our own broker, so that we may restart it
             self.broker = Broker(
                 port=args.broker_port,
                 controller_port=args.broker_port + 1,
@@ -82,9 +119,19 @@ class Chaos:
             )
             self.broker.start()
             bootstrap = self.broker.bootstrap
-        self.deployment = Deployment(
-            bootstrap, workdir, LEASE_GRACE_SECONDS="20", ORPHAN_STATUS_HOLD_SECONDS="30"
+        if args.replication_factor is not None:
+            overrides["TOPIC_REPLICATION_FACTOR"] = str(args.replication_factor)
+        self.deployment = Deployment(bootstrap, workdir, **overrides)
+        self.cluster_faults = (
+            None
+            if self.cluster is None
+            else ClusterFaults(self.cluster, self.deployment.settings, self.rng)
         )
+        self.windows: list[FaultWindow] = []
+        self.sent_list: list[str] = []  # appended to by librdkafka's delivery reports
+        self.sent_at: dict[str, float] = {}
+        self.refused: list[str] = []
+        self.stop_sending = threading.Event()
         self.dialer: subprocess.Popen | None = None
         self.fake: FakeTwilio | None = None
         self.twilio: Dialer | None = None
@@ -154,6 +201,7 @@ class Chaos:
         if self.twilio is not None:
             self.twilio.kill()
         else:
+            assert self.dialer is not None
             self.dialer.send_signal(signal.SIGKILL)
             self.dialer.wait(10)
         time.sleep(self.rng.uniform(0.5, 2))
@@ -196,17 +244,27 @@ class Chaos:
         started = time.monotonic()
         sender = threading.Thread(target=self._send, args=(leads,), daemon=True)
         sender.start()
-        schedule = (
-            ["kill_worker", "rebalance"] + (["kill_dialer"] if self.twilio else [])
-            if args.short
-            else ["kill_worker", "rebalance", "kill_dialer", "kill_worker"]
-            + (["restart_broker"] if self.broker else [])
-        )
-        for fault in schedule:
+        for fault in self.schedule():
             time.sleep(self.rng.uniform(3, 8))
             print(f"[{time.monotonic() - started:6.1f}s] fault: {fault}", flush=True)
-            getattr(self, f"fault_{fault}")()
+            if self.cluster_faults is not None:
+                window = self.cluster_faults.inject(fault)
+                self.windows.append(window)
+                self.faults.append(window.detail)
+                print(
+                    f"[{time.monotonic() - started:6.1f}s] cluster whole again after"
+                    f" {window.ended - window.started:.1f}s",
+                    flush=True,
+                )
+            else:
+                getattr(self, f"fault_{fault}")()
+        if self.cluster_faults is not None:
+            # Load until the last fault is over, then what was sent is what is checked.
+            time.sleep(self.rng.uniform(3, 8))
+            self.stop_sending.set()
         sender.join()
+        sent = set(self.sent_list)
+        leads = [lead for lead in leads if lead["lead_id"] in sent]
         wanted = {lead["lead_id"] for lead in leads}
         outcomes = deployment.read(
             "leads.outcomes",
@@ -215,18 +273,33 @@ class Chaos:
         )
         if self.fake is not None:
             self.fake.wait_idle(60)
+        live_workers = [w for w in deployment.workers if w.process.poll() is None]
+        settled = wait_quiescent(live_workers, args.quiescence_seconds)
         calls = self.calls_made()
         report = verify(
             leads,
             limits,
             outcomes,
             calls,
-            [w for w in deployment.workers if w.process.poll() is None],
+            live_workers,
             default_limit=deployment.settings.max_outbound_calls_per_business,
         )
+        report["quiescent_after_seconds"] = settled
         report.update(
             seed=args.seed, faults=self.faults, seconds=round(time.monotonic() - started, 1)
         )
+        if self.refused:
+            report["leads_kafka_refused"] = len(self.refused)
+        if self.cluster is not None:
+            report["replication_factor"] = (
+                args.replication_factor or self.cluster.replication_factor
+            )
+            # Slot-free -> dial of a business with a lead waiting: at this rate most
+            # businesses wait for their next lead, which is no delay of ours.
+            report["slot_free_to_dial_seconds_lead_waiting"] = slot_free_delays(
+                calls, sent_at=self.sent_at
+            )
+            report["per_fault"] = fault_figures(calls, self.windows, self.sent_at)
         if report["violations"]:
             report["post_mortem"] = post_mortem(
                 deployment.workdir, leads, outcomes
@@ -251,11 +324,45 @@ class Chaos:
                 lines.append({"event": "ended", "at": call["ended_at"], **common})
         return lines
 
+    def schedule(self) -> list[str]:
+        if self.cluster is not None:
+            return list(self.args.faults)
+        if self.args.short:
+            return ["kill_worker", "rebalance"] + (["kill_dialer"] if self.twilio else [])
+        return ["kill_worker", "rebalance", "kill_dialer", "kill_worker"] + (
+            ["restart_broker"] if self.broker else []
+        )
+
     def _send(self, leads: list[dict]) -> None:
+        """Leads at the set rate until all are sent or `stop_sending`; a lead counts as
+        sent once Kafka acknowledged it (acks=all), since one it refused was never the
+        limiter's to lose."""
+        settings = self.deployment.settings
+        topic = topic_name("leads.requests", settings.topic_prefix)
+        timeout_ms = int(self.args.delivery_timeout * 1000)
+        producer = clients.producer(settings, {"message.timeout.ms": timeout_ms})
+
+        def delivery_report(lead_id: str) -> Callable[[object, object], None]:
+            def delivered(error: object, _message: object) -> None:
+                (self.refused if error is not None else self.sent_list).append(lead_id)
+
+            return delivered
+
         batch = max(1, self.args.leads_per_second // 10)
         for start in range(0, len(leads), batch):
-            self.deployment.produce_leads(leads[start : start + batch])
+            if self.stop_sending.is_set():
+                break
+            for lead in leads[start : start + batch]:
+                self.sent_at[lead["lead_id"]] = time.time()
+                producer.produce(
+                    topic,
+                    key=record_key(lead["business_id"]),
+                    value=json.dumps(lead).encode(),
+                    on_delivery=delivery_report(lead["lead_id"]),
+                )
+            producer.poll(0)
             time.sleep(0.1)
+        producer.flush(self.args.delivery_timeout + 30)
 
     def close(self) -> None:
         if self.dialer is not None and self.dialer.poll() is None:
@@ -268,6 +375,12 @@ class Chaos:
         self.deployment.close()
         if self.broker is not None:
             self.broker.stop()
+        if self.cluster is not None and self.owns_cluster:
+            self.cluster.stop()
+        elif self.cluster is not None:
+            # A cluster we were lent goes back without this run's topics: partitions a
+            # lost disk took for good would otherwise stay offline in it forever.
+            delete_topics(self.deployment.settings)
 
 
 def verify(
@@ -312,7 +425,8 @@ def verify(
         ),
         key=lambda mark: mark[:2],
     )
-    live, peak = collections.Counter(), collections.Counter()
+    live: collections.Counter[str] = collections.Counter()
+    peak: collections.Counter[str] = collections.Counter()
     for _, is_placed, line in marks:
         live[line["business_id"]] += 1 if is_placed else -1
         peak[line["business_id"]] = max(
@@ -329,12 +443,12 @@ def verify(
         answer = worker.businesses()
         if answer is None:
             violations.append(f"worker {worker.log_path.name} did not answer at quiescence")
-        for business in answer or []:
-            if business["active"] or business["waiting"]:
+        for held in answer or []:
+            if held["active"] or held["waiting"]:
                 violations.append(
-                    f"at quiescence {business['business_id']} still holds"
-                    f" {len(business['active'])} slots and"
-                    f" {business['waiting']} waiting leads"
+                    f"at quiescence {held['business_id']} still holds"
+                    f" {len(held['active'])} slots and"
+                    f" {held['waiting']} waiting leads"
                 )
 
     return {
@@ -345,6 +459,25 @@ def verify(
         "slot_free_to_dial_seconds": slot_free_delays(ledger),
         "violations": violations,
     }
+
+
+def wait_quiescent(workers: list[WorkerProcess], timeout: float) -> float | None:
+    """Once every lead has its outcome, the workers may still be reading statuses and
+    ticks a broker fault held back: give them until nothing is held (slots, waiting
+    leads), at most ``timeout``; the seconds that took, or None if it never was (the
+    verifier then reports what is still held)."""
+    began = time.monotonic()
+    while True:
+        answers = [worker.businesses() for worker in workers]
+        if all(
+            answer is not None
+            and not any(held["active"] or held["waiting"] for held in answer)
+            for answer in answers
+        ):
+            return round(time.monotonic() - began, 1)
+        if time.monotonic() - began > timeout:
+            return None
+        time.sleep(1)
 
 
 def post_mortem(workdir: Path, leads: list[dict], outcomes: list[dict]) -> list[str]:
@@ -406,8 +539,63 @@ def group_lag(settings: Settings) -> list[str]:
     ]
 
 
-def slot_free_delays(ledger: list[dict]) -> dict:
-    """For each call end followed by another dial of the same business, the gap."""
+def delete_topics(settings: Settings) -> None:
+    """Every topic of this run (its prefix): the contract's, the changelog, Faust's."""
+    client = clients.admin(settings)
+    names = [
+        name
+        for name in client.list_topics(timeout=15).topics
+        if name.startswith(settings.topic_prefix)
+    ]
+    for future in client.delete_topics(names).values() if names else ():
+        with contextlib.suppress(KafkaException):
+            future.result(30)
+
+
+def fault_figures(
+    ledger: list[dict],
+    windows: list[FaultWindow],
+    sent_at: dict[str, float] | None = None,
+) -> list[dict]:
+    """Per fault, while it lasted (injection until the cluster was whole again): the
+    dials made, the longest time without any dial (from the window's edges too), and
+    the slot-free -> next dial delays of the slots freed in it."""
+    dials = sorted(line["at"] for line in ledger if line["event"] == "placed")
+    figures = []
+    for window in windows:
+        inside = [at for at in dials if window.started <= at <= window.ended]
+        edges = [window.started, *inside, window.ended]
+        figures.append(
+            {
+                "fault": window.fault,
+                "detail": window.detail,
+                "seconds": round(window.ended - window.started, 1),
+                "dials": len(inside),
+                "longest_dial_stall_seconds": round(
+                    max(b - a for a, b in zip(edges, edges[1:], strict=False)), 2
+                ),
+                "slot_free_to_dial_seconds": slot_free_delays(
+                    ledger, (window.started, window.ended), sent_at
+                ),
+                **(
+                    {"partitions_lost_for_good": list(window.lost_partitions)}
+                    if window.lost_partitions
+                    else {}
+                ),
+            }
+        )
+    return figures
+
+
+def slot_free_delays(
+    ledger: list[dict],
+    freed_between: tuple[float, float] | None = None,
+    sent_at: dict[str, float] | None = None,
+) -> dict:
+    """For each call end followed by another dial of the same business, the gap; only
+    the ends within ``freed_between`` when given. With ``sent_at`` (lead -> when it was
+    sent), only ends whose next dialed lead had been sent before the slot freed: a slot
+    freed while that business had a lead waiting, not the wait for its next lead."""
     by_business = collections.defaultdict(list)
     for line in ledger:
         if line["event"] in ("placed", "ended"):
@@ -416,11 +604,16 @@ def slot_free_delays(ledger: list[dict]) -> dict:
     for lines in by_business.values():
         lines.sort(key=lambda line: line["at"])
         for index, line in enumerate(lines):
-            if line["event"] == "ended":
+            if line["event"] == "ended" and (
+                freed_between is None or freed_between[0] <= line["at"] <= freed_between[1]
+            ):
                 following = next(
                     (nxt for nxt in lines[index + 1 :] if nxt["event"] == "placed"), None
                 )
-                if following is not None:
+                if following is not None and (
+                    sent_at is None
+                    or sent_at.get(following["lead_id"], float("inf")) <= line["at"]
+                ):
                     gaps.append(following["at"] - line["at"])
     gaps.sort()
     if not gaps:
@@ -430,6 +623,20 @@ def slot_free_delays(ledger: list[dict]) -> dict:
         "p50": round(gaps[len(gaps) // 2], 4),
         "p99": round(gaps[min(len(gaps) - 1, int(len(gaps) * 0.99))], 4),
     }
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def fault_list(text: str) -> tuple[str, ...]:
+    faults = tuple(f.strip() for f in text.split(",") if f.strip())
+    unknown = [f for f in faults if f not in FAULTS]
+    if unknown or not faults:
+        raise argparse.ArgumentTypeError(
+            f"unknown broker faults {unknown}; choose from {','.join(FAULTS)}"
+        )
+    return faults
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,7 +672,53 @@ def main(argv: list[str] | None = None) -> int:
         help="below Linux's ephemeral range, so that no client connection"
         " takes the port while the broker restarts",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a local 3-node cluster of our own and inject broker faults"
+        " (--faults) instead of worker and dialer faults; leads keep coming until the"
+        " last fault is over (at most --leads)",
+    )
+    parser.add_argument(
+        "--cluster-dir",
+        metavar="DIR",
+        help="like --cluster, on the running cluster recorded in DIR"
+        " (`streams broker start --nodes 3 --data-dir DIR`); it is left running",
+    )
+    parser.add_argument(
+        "--faults",
+        type=fault_list,
+        default=FAULTS,
+        metavar="F1,F2",
+        help=f"broker faults of a cluster run, in order (default: {','.join(FAULTS)})",
+    )
+    parser.add_argument(
+        "--replication-factor",
+        type=int,
+        help="TOPIC_REPLICATION_FACTOR of the run's topics, changelog included"
+        " (default: the cluster's)",
+    )
+    parser.add_argument(
+        "--expect-violations",
+        action="store_true",
+        help="a control run: exit 0 only if the verifier reports a violation",
+    )
+    parser.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=120,
+        metavar="SECONDS",
+        help="a lead Kafka has not acknowledged after this long is not sent, and so"
+        " not checked (a partition lost for good never acknowledges)",
+    )
     parser.add_argument("--settle-seconds", type=float, default=300)
+    parser.add_argument(
+        "--quiescence-seconds",
+        type=float,
+        default=120,
+        help="after the last outcome, how long the workers get to release every slot"
+        " before the verifier looks",
+    )
     parser.add_argument(
         "--keep",
         metavar="DIR",
@@ -473,16 +726,35 @@ def main(argv: list[str] | None = None) -> int:
         " data when this run owns it) for a post-mortem",
     )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
-        workdir = Path(args.keep or scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        chaos = Chaos(args, workdir)
-        try:
-            report = chaos.run()
-        finally:
-            chaos.close()
+    if args.cluster_dir is not None:
+        args.cluster = True
+    if args.cluster and args.bootstrap is not None:
+        parser.error("--cluster runs on a cluster of its own, not on --bootstrap")
+    # SIGTERM (CI's timeout) unwinds like Ctrl-C, so the brokers this run started,
+    # which live in sessions of their own, are stopped too.
+    previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        with tempfile.TemporaryDirectory(prefix="chaos-") as scratch:
+            workdir = Path(args.keep or scratch)
+            workdir.mkdir(parents=True, exist_ok=True)
+            chaos = Chaos(args, workdir)
+            try:
+                report = chaos.run()
+            finally:
+                chaos.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     post_mortem_lines = report.pop("post_mortem", [])
     print(json.dumps(report, indent=2))
+    if args.expect_violations:
+        if report["violations"]:
+            print(
+                f"control run: the verifier saw {len(report['violations'])} violations,"
+                " as it must"
+            )
+            return 0
+        print("control run: the verifier saw no violation, but it must", file=sys.stderr)
+        return 1
     if report["violations"]:
         print(f"VIOLATIONS (reproduce with --seed {args.seed}):", file=sys.stderr)
         for violation in report["violations"]:

@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from streams import metrics
-from streams.settings import environment_variables
+from streams.settings import Settings, environment_variables
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -210,8 +210,9 @@ def test_the_compose_file_matches_the_compose_specification():
 
 def test_the_compose_file_runs_kafka_two_workers_the_dialer_and_prometheus():
     services = compose()["services"]
-    assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert "broker,controller" in services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"]
+    for node in kafka_nodes(services).values():
+        assert node["image"].startswith("apache/kafka:")
+        assert "broker,controller" in node["environment"]["KAFKA_PROCESS_ROLES"]
     workers = {name: s for name, s in services.items() if s.get("command") == ["worker"]}
     assert len(workers) == 2, sorted(services)
     volumes = [s["volumes"][0].split(":")[0] for s in workers.values()]
@@ -241,6 +242,113 @@ def test_the_compose_file_runs_kafka_two_workers_the_dialer_and_prometheus():
     }
     ports = {name: s["environment"]["WORKER_WEB_PORT"] for name, s in workers.items()}
     assert {f"{name}:{port}" for name, port in ports.items()} <= targets
+
+
+def kafka_nodes(services: dict) -> dict[str, dict]:
+    return {
+        name: service
+        for name, service in services.items()
+        if service.get("image", "").startswith("apache/kafka:")
+    }
+
+
+def broker_properties(node: dict) -> dict[str, str]:
+    """The apache/kafka image's mapping of KAFKA_* variables to broker properties: "_" is
+    ".", "__" is "_", "___" is "-"."""
+    return {
+        var[len("KAFKA_") :]
+        .lower()
+        .replace("___", "-")
+        .replace("__", "\0")
+        .replace("_", ".")
+        .replace("\0", "_"): str(value)
+        for var, value in node["environment"].items()
+        if var.startswith("KAFKA_")
+    }
+
+
+def test_the_compose_kafka_is_three_kraft_nodes_replicating_every_partition_three_times():
+    nodes = kafka_nodes(compose()["services"])
+    assert len(nodes) == 3, sorted(nodes)
+    properties = {name: broker_properties(node) for name, node in nodes.items()}
+    ids = {props["node.id"] for props in properties.values()}
+    assert ids == {"1", "2", "3"}
+    cluster_ids = {node["environment"]["CLUSTER_ID"] for node in nodes.values()}
+    assert len(cluster_ids) == 1, "three nodes of one cluster share its id"
+    for name, props in properties.items():
+        voters = dict(v.split("@") for v in props["controller.quorum.voters"].split(","))
+        assert set(voters) == ids and all(
+            host.split(":")[0] in nodes for host in voters.values()
+        ), name
+        assert props["default.replication.factor"] == "3", name
+        assert props["min.insync.replicas"] == "2", name
+        assert props["unclean.leader.election.enable"] == "false", name
+        for internal in ("offsets.topic", "transaction.state.log"):
+            assert props[f"{internal}.replication.factor"] == "3", (name, internal)
+        assert props["transaction.state.log.min.isr"] == "2", name
+        volume, mounted_at = nodes[name]["volumes"][0].split(":")
+        assert mounted_at == props["log.dirs"], name
+        assert volume == f"{name}-data", "each node keeps its own disk"
+
+
+def interpolated(env: dict[str, str]) -> dict[str, str]:
+    """Compose's ${VAR:-default} as on a host that sets none of those variables."""
+    return {
+        var: re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value)) for var, value in env.items()
+    }
+
+
+def compose_secret_files(document: dict) -> dict[str, str]:
+    """Where Compose mounts each secret a service lists: /run/secrets/NAME."""
+    return {name: f"/run/secrets/{name}" for name in document.get("secrets", {})}
+
+
+def test_compose_services_log_in_to_kafka_with_a_password_from_a_compose_secret(
+    tmp_path: Path,
+):
+    """Our services reach the brokers' SASL listener as a user the brokers define, at
+    replication 3, with the password only in a mounted secret; and those settings are
+    valid together (Settings.from_env, the file standing in for the mounted secret)."""
+    document = compose()
+    services = document["services"]
+    nodes = kafka_nodes(services)
+    node_props = broker_properties(next(iter(nodes.values())))
+    protocols = dict(
+        entry.split(":")
+        for entry in node_props["listener.security.protocol.map"].split(",")
+    )
+    client_listeners = {n: p for n, p in protocols.items() if n != "CONTROLLER"}
+    assert client_listeners and all(
+        p.startswith("SASL_") for p in client_listeners.values()
+    )
+    mechanisms = node_props["sasl.enabled.mechanisms"].split(",")
+    jaas = node_props["listener.name.internal.plain.sasl.jaas.config"]
+    secret_files = compose_secret_files(document)
+    streams_services = {name: s for name, s in services.items() if "build" in s}
+    for name, service in streams_services.items():
+        env = service["environment"]
+        assert "KAFKA_SASL_PASSWORD" not in env, f"{name}: a password in the environment"
+        assert env["TOPIC_REPLICATION_FACTOR"] == "3", name
+        assert int(env["TOPIC_REPLICATION_FACTOR"]) <= len(nodes)
+        bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"].split(",")
+        assert {host.split(":")[0] for host in bootstrap} == set(nodes), name
+        assert all(host.endswith(":29092") for host in bootstrap), name  # INTERNAL
+        assert env["KAFKA_SECURITY_PROTOCOL"] == protocols["INTERNAL"], name
+        assert env["KAFKA_SASL_MECHANISM"] in mechanisms, name
+        assert f'user_{env["KAFKA_SASL_USERNAME"]}="' in jaas, name
+        (secret,) = service["secrets"]
+        assert env["KAFKA_SASL_PASSWORD_FILE"] == secret_files[secret], name
+        assert set(nodes) <= set(service["depends_on"]), name
+        password = tmp_path / "password"
+        password.write_text("from-the-secret\n")
+        settings = Settings.from_env(
+            {**interpolated(env), "KAFKA_SASL_PASSWORD_FILE": str(password)}
+        )
+        assert settings.kafka_sasl_password == "from-the-secret"
+        assert settings.topic_replication_factor == 3
+    secret = document["secrets"]["kafka_sasl_password"]
+    assert secret == {"environment": "KAFKA_SASL_PASSWORD"}
+    assert "${KAFKA_SASL_PASSWORD:?" in jaas, "the brokers know the same password"
 
 
 def test_the_dockerfile_builds_one_non_root_image_with_the_streams_entrypoint():
@@ -318,6 +426,60 @@ def test_workers_are_a_statefulset_with_state_volume_probes_and_a_graceful_stop(
     annotations = workers["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/path"] == "/metrics"
     assert annotations["prometheus.io/port"] == config["WORKER_WEB_PORT"]
+
+
+def kafka_secret_mount(pod: dict, container: dict) -> tuple[str, dict[str, str]]:
+    """Where the streams-kafka Secret is mounted, and its keys by file name."""
+    volume = next(
+        v
+        for v in pod["volumes"]
+        if v.get("secret", {}).get("secretName") == "streams-kafka"
+    )
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount.get("readOnly") is True
+    return mount["mountPath"], {i["path"]: i["key"] for i in volume["secret"]["items"]}
+
+
+@pytest.mark.parametrize(
+    "kind,name", [("StatefulSet", "streams-worker"), ("Deployment", "streams-dialer")]
+)
+def test_kubernetes_pods_reach_kafka_over_sasl_ssl_with_credentials_from_a_secret(
+    kind: str, name: str, tmp_path: Path
+):
+    """Worker and dialer: SASL_SSL and SCRAM at replication 3 from the ConfigMap, the
+    user from the Secret, the password and CA as files of the Secret's volume (never an
+    environment value); valid together as Settings.from_env reads them in the pod."""
+    resources = k8s_resources()
+    config = resources[("ConfigMap", "streams-config")]["data"]
+    secret = resources[("Secret", "streams-kafka")]["stringData"]
+    assert config["KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["KAFKA_SASL_MECHANISM"].startswith("SCRAM-")
+    assert config["TOPIC_REPLICATION_FACTOR"] == "3"
+    for variables in (config, *(r.get("stringData", {}) for r in resources.values())):
+        assert "KAFKA_SASL_PASSWORD" not in variables
+    pod = resources[(kind, name)]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    mount_path, keys = kafka_secret_mount(pod, container)
+    files = {}
+    for variable in ("KAFKA_SASL_PASSWORD_FILE", "KAFKA_SSL_CA_LOCATION"):
+        directory, _, file_name = config[variable].rpartition("/")
+        assert directory == mount_path, variable
+        assert keys[file_name] in secret, variable
+        files[variable] = secret[keys[file_name]]
+    assert "BEGIN CERTIFICATE" in files["KAFKA_SSL_CA_LOCATION"]
+    user = next(e for e in container["env"] if e["name"] == "KAFKA_SASL_USERNAME")
+    reference = user["valueFrom"]["secretKeyRef"]
+    assert reference["name"] == "streams-kafka" and reference["key"] in secret
+    env = {**config, "KAFKA_SASL_USERNAME": secret[reference["key"]]}
+    for variable, content in files.items():
+        local = tmp_path / variable
+        local.write_text(content)
+        env[variable] = str(local)
+    settings = Settings.from_env(env)
+    assert settings.kafka_sasl_password == secret["password"]
+    assert settings.kafka_sasl_username == secret["username"]
+    assert settings.topic_replication_factor == 3
 
 
 def test_the_dialer_is_a_deployment_behind_its_webhook_service():
