@@ -65,8 +65,9 @@ FETCHES_AT_ONCE = 8
 CANCEL_AGAIN_SECONDS = 5.0
 #: Live calls listed per status when looking for calls no row owns.
 LIVE_LIST_LIMIT = 200
-#: The statuses of a live call at Twilio.
-TWILIO_LIVE_STATUSES = ("queued", "initiated", "ringing", "in-progress")
+#: The statuses of a live call resource at Twilio (`initiated` is a callback's only: the
+#: list's Status filter takes none such).
+TWILIO_LIVE_STATUSES = ("queued", "ringing", "in-progress")
 #: Rows this recent are the dials an unowned call may duplicate.
 DUPLICATE_WINDOW = _dt.timedelta(hours=6)
 
