@@ -2,8 +2,11 @@
 
 A driver sends a known workload (leads over many businesses, a few with big backlogs,
 some with their own limits) through the real broker to 2-3 workers in one group and a
-dialer (the simulated one, or the Twilio dialer on the fake Twilio server, whose status
-callbacks are then duplicated, reordered, delayed and lost), while a seeded schedule
+dialer (the simulated one, or the Twilio dialer on the fake Twilio server, as unkind as
+Twilio: status callbacks duplicated, reordered, delayed and lost, `TWILIO_FAULTS` on its
+REST API: requests that hang, a call list that lags its creates, 5xx answers to creates
+that did make the call, and an account CPS below the one the dialer is told, so Twilio
+queues calls), while a seeded schedule
 SIGKILLs and restarts workers, adds and removes a third worker (rebalances), SIGKILLs
 the dialer and, when this run owns the broker, restarts the broker. The verifier then
 reads only the calls that really happened (the simulated dialer's ledger, or what the
@@ -45,6 +48,19 @@ from tests.support.fake_twilio import FakeTwilio
 
 #: Faust's own rebalance and recovery lines in the worker logs, for a post-mortem.
 WORKER_ARGS = ("--loglevel", "info")
+#: The fake Twilio's REST faults in a Twilio run, and the dialer settings they call for
+#: (its list settle time above the fake's longest lag).
+TWILIO_FAULTS = dict(
+    hang_ratio=0.02,
+    consistency_lag=(0.0, 3.0),
+    server_error_after_create_ratio=0.05,
+    cps=20.0,
+)
+TWILIO_DIALER_ENV = dict(
+    TWILIO_CPS="25",
+    TWILIO_LIST_SETTLE_SECONDS="4",
+    TWILIO_REQUEST_TIMEOUT_SECONDS="3",
+)
 
 
 def workload(rng: random.Random, leads: int, businesses: int) -> tuple[list[dict], dict]:
@@ -96,9 +112,13 @@ class Chaos:
                 duplicate_ratio=0.1,
                 reorder_ratio=0.1,
                 drop_ratio=0.03,
+                **TWILIO_FAULTS,
             ).start()
             self.twilio = Dialer(
-                self.deployment, self.fake, f"sqlite:///{workdir / 'ledger.db'}"
+                self.deployment,
+                self.fake,
+                f"sqlite:///{workdir / 'ledger.db'}",
+                **TWILIO_DIALER_ENV,
             )
         self.faults: list[str] = []
 
@@ -227,6 +247,8 @@ class Chaos:
         report.update(
             seed=args.seed, faults=self.faults, seconds=round(time.monotonic() - started, 1)
         )
+        if self.fake is not None:
+            report["twilio"] = self.twilio_figures()
         if report["violations"]:
             report["post_mortem"] = post_mortem(
                 deployment.workdir, leads, outcomes
@@ -251,6 +273,31 @@ class Chaos:
                 lines.append({"event": "ended", "at": call["ended_at"], **common})
         return lines
 
+    def twilio_figures(self) -> dict:
+        """What the fake Twilio saw: its faults and what the dialer made of them."""
+        assert self.fake is not None
+        calls = self.fake.calls()
+        answers = collections.Counter(
+            str(r["http_status"]) for r in self.fake.create_requests()
+        )
+        hung_up = sum(
+            1
+            for r in self.fake.requests()
+            if r["method"] == "POST" and ("Status", "completed") in r["form"]
+        )
+        return {
+            "faults": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in TWILIO_FAULTS.items()
+            },
+            "create_answers": dict(answers),
+            "hung_requests": self.fake.hung_requests(),
+            "calls": len(calls),
+            "canceled_while_queued": sum(
+                1 for c in calls if c["status"] == "canceled" and c["started_at"] is None
+            ),
+            "unowned_hung_up": hung_up,
+        }
+
     def _send(self, leads: list[dict]) -> None:
         batch = max(1, self.args.leads_per_second // 10)
         for start in range(0, len(leads), batch):
@@ -264,6 +311,7 @@ class Chaos:
         if self.twilio is not None:
             self.twilio.stop()
         if self.fake is not None:
+            self.fake.release_hung()
             self.fake.stop()
         self.deployment.close()
         if self.broker is not None:
