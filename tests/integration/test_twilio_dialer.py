@@ -38,6 +38,7 @@ from streams.topics import (
     record_key,
     to_iso,
 )
+from tests.support import twilio_contract
 from tests.support.deployment import FROM_NUMBER, Deployment, Dialer
 from tests.support.fake_twilio import FakeTwilio
 
@@ -53,6 +54,8 @@ LIMIT = 3
 def fake():
     with FakeTwilio(seed=11) as server:
         yield server
+        # Every request the dialer sent is one Twilio's OpenAPI description allows.
+        assert twilio_contract.all_problems(server.requests()) == []
 
 
 class SeedQuerySampler:
