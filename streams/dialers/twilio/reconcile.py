@@ -219,6 +219,10 @@ class Reconciler:
                 "reconciler: cannot reach Twilio for call %s: %r", job.call_sid, exc
             )
             return
+        await self._apply_fetched(job, call)
+
+    async def _apply_fetched(self, job: Job, call: CallInstance) -> None:
+        """The status Twilio's fetch gave, applied to the row and reported."""
         if call.status not in CALL_STATUSES:
             await self.runtime.db(self.ledger.touch, job.dial_id)
             return
@@ -270,6 +274,11 @@ class Reconciler:
         assert job.call_sid is not None
         await self.runtime.db(self.ledger.request_cancel, job.dial_id)
         try:
+            # `canceled` also hangs up a ringing call: only a call still queued goes.
+            seen = await self.api.fetch(job.call_sid)
+            if seen.status != "queued":
+                await self._apply_fetched(job, seen)
+                return
             call = await self.api.update_status(job.call_sid, "canceled")
         except REQUEST_ERRORS as exc:
             log.warning(
