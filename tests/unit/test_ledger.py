@@ -323,3 +323,43 @@ def test_a_call_for_a_dial_ended_without_one_is_recorded_not_revived(ledger):
         DIAL_DEADLINE_PASSED,
     )
     assert ledger.active_calls() == []
+
+
+def test_the_scans_for_calls_twilio_should_not_have(ledger):
+    past = utcnow() - dt.timedelta(seconds=5)
+    _, queued = claim(ledger, "A", "1", dial_by=past)
+    ledger.adopt_call(queued.dial_id, "CA1", "queued", queue_seconds=9.0)
+    _, started = claim(ledger, "A", "2", dial_by=past)
+    ledger.adopt_call(started.dial_id, "CA2", "queued")
+    ledger.apply_status(started.dial_id, "initiated", sequence=0)
+    _, early = claim(ledger, "A", "3")
+    ledger.adopt_call(early.dial_id, "CA3", "queued")
+    now = utcnow()
+    late = ledger.queued_past_dial_by(now, now - dt.timedelta(seconds=5))
+    assert [j.dial_id for j in late] == [queued.dial_id]
+    ledger.request_cancel(queued.dial_id)
+    assert ledger.queued_past_dial_by(utcnow(), now - dt.timedelta(seconds=5)) == []
+    assert {j.dial_id for j in ledger.dials_to(["+14155550100"], past)} == {
+        queued.dial_id,
+        started.dial_id,
+        early.dial_id,
+    }
+    assert ledger.dials_to(["+14155550199"], past) == []
+
+
+def test_a_row_being_created_is_left_to_its_owner(ledger):
+    before = utcnow() - dt.timedelta(seconds=1)
+    _, mine = claim(ledger, "A", "1", owner="dialer-1", owned_for=60, now=before)
+    _, free = claim(ledger, "A", "2", now=before)
+    cutoff = utcnow()
+    assert [j.dial_id for j in ledger.without_call_sid(cutoff, unowned_at=cutoff)] == [
+        free.dial_id
+    ]
+    later = cutoff + dt.timedelta(seconds=120)
+    assert {j.dial_id for j in ledger.without_call_sid(cutoff, unowned_at=later)} == {
+        mine.dial_id,
+        free.dial_id,
+    }
+    assert ledger.begin_create(mine.dial_id, 0, owner="dialer-2", owned_for=5).owner == (
+        "dialer-2"
+    )
