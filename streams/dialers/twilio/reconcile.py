@@ -337,8 +337,13 @@ class Reconciler:
         )
         for call in strangers:
             mine = [row for row in rows if row.phone == call.to and _may_own(row, call)]
-            if not mine or any(row.live and row.call_sid is None for row in mine):
-                continue  # not a dial of ours, or a row still looking for its call
+            if not mine or any(
+                row.call_sid == call.sid or (row.live and row.call_sid is None)
+                for row in mine
+            ):
+                # Not a dial of ours, a row still looking for its call, or a row that
+                # adopted it since its SID was checked (rows are read after SIDs).
+                continue
             await self._hang_up(call, mine[-1])
 
     async def _hang_up(self, call: CallInstance, row: Job) -> None:
