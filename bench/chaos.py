@@ -21,7 +21,7 @@ counters:
 It exits 1 on any violation and prints the seed that reproduces it.
 
     python -m bench.chaos --leads 5000 --businesses 200 --seed 7
-    python -m bench.chaos --dialer twilio --leads 2000 --businesses 100 --seed 7
+    python -m bench.chaos --dialer twilio --leads 600 --businesses 60 --seed 7
     python -m bench.chaos --short --bootstrap localhost:29092      # what CI runs
 """
 
