@@ -41,7 +41,10 @@ def test_no_call_above_a_limit_nor_twice_with_twilio_as_unkind_as_it_is(
     )
     output = capsys.readouterr()
     assert code == 0, f"logs in {keep}\n" + output.err + output.out
-    report = json.loads(output.out[: output.out.rindex("}") + 1])
+    # The report is the JSON object after the run's "fault:" progress lines.
+    report = json.loads(
+        output.out[output.out.index("\n{") + 1 : output.out.rindex("}") + 1]
+    )
     assert report["violations"] == []
     assert "SIGKILL dialer and restart" in report["faults"]
     seen = report["twilio"]
