@@ -2,8 +2,11 @@
 
 A driver sends a known workload (leads over many businesses, a few with big backlogs,
 some with their own limits) through the real broker to 2-3 workers in one group and a
-dialer (the simulated one, or the Twilio dialer on the fake Twilio server, whose status
-callbacks are then duplicated, reordered, delayed and lost), while a seeded schedule
+dialer (the simulated one, or the Twilio dialer on the fake Twilio server, as unkind as
+Twilio: status callbacks duplicated, reordered, delayed and lost, `TWILIO_FAULTS` on its
+REST API: requests that hang, a call list that lags its creates, 5xx answers to creates
+that did make the call, and an account CPS below the one the dialer is told, so Twilio
+queues calls), while a seeded schedule
 SIGKILLs and restarts workers, adds and removes a third worker (rebalances), SIGKILLs
 the dialer and, when this run owns the broker, restarts the broker. The verifier then
 reads only the calls that really happened (the simulated dialer's ledger, or what the
@@ -26,7 +29,7 @@ It exits 1 on any violation and prints the seed that reproduces it; with
 lost disk at replication factor 1, proving the verifier sees the loss).
 
     python -m bench.chaos --leads 5000 --businesses 200 --seed 7
-    python -m bench.chaos --dialer twilio --leads 2000 --businesses 100 --seed 7
+    python -m bench.chaos --dialer twilio --leads 600 --businesses 60 --seed 7
     python -m bench.chaos --short --bootstrap localhost:29092      # what CI runs
     python -m bench.chaos --cluster --seed 7                        # broker faults
     python -m bench.chaos --cluster --replication-factor 1 --faults lose_disk \
@@ -64,6 +67,19 @@ from tests.support.fake_twilio import FakeTwilio
 
 #: Faust's own rebalance and recovery lines in the worker logs, for a post-mortem.
 WORKER_ARGS = ("--loglevel", "info")
+#: The fake Twilio's REST faults in a Twilio run, and the dialer settings they call for
+#: (its list settle time above the fake's longest lag).
+TWILIO_FAULTS = dict(
+    hang_ratio=0.02,
+    consistency_lag=(0.0, 3.0),
+    server_error_after_create_ratio=0.05,
+    cps=5.0,
+)
+TWILIO_DIALER_ENV = dict(
+    TWILIO_CPS="8",
+    TWILIO_LIST_SETTLE_SECONDS="4",
+    TWILIO_REQUEST_TIMEOUT_SECONDS="3",
+)
 
 
 def workload(rng: random.Random, leads: int, businesses: int) -> tuple[list[dict], dict]:
@@ -143,9 +159,13 @@ class Chaos:
                 duplicate_ratio=0.1,
                 reorder_ratio=0.1,
                 drop_ratio=0.03,
+                **TWILIO_FAULTS,
             ).start()
             self.twilio = Dialer(
-                self.deployment, self.fake, f"sqlite:///{workdir / 'ledger.db'}"
+                self.deployment,
+                self.fake,
+                f"sqlite:///{workdir / 'ledger.db'}",
+                **TWILIO_DIALER_ENV,
             )
         self.faults: list[str] = []
 
@@ -300,6 +320,8 @@ class Chaos:
                 calls, sent_at=self.sent_at
             )
             report["per_fault"] = fault_figures(calls, self.windows, self.sent_at)
+        if self.fake is not None:
+            report["twilio"] = self.twilio_figures()
         if report["violations"]:
             report["post_mortem"] = post_mortem(
                 deployment.workdir, leads, outcomes
@@ -332,6 +354,30 @@ class Chaos:
         return ["kill_worker", "rebalance", "kill_dialer", "kill_worker"] + (
             ["restart_broker"] if self.broker else []
         )
+
+    def twilio_figures(self) -> dict:
+        """What the fake Twilio saw: its faults and what the dialer made of them."""
+        assert self.fake is not None
+        calls = self.fake.calls()
+        answers = collections.Counter(
+            str(r["http_status"]) for r in self.fake.create_requests()
+        )
+        hung_up = sum(
+            1
+            for r in self.fake.requests()
+            if r["method"] == "POST" and ("Status", "completed") in r["form"]
+        )
+        return {
+            "faults": {
+                k: list(v) if isinstance(v, tuple) else v for k, v in TWILIO_FAULTS.items()
+            },
+            "create_answers": dict(answers),
+            "hung_requests": self.fake.hung_requests(),
+            "calls": len(calls),
+            # Only the dialer cancels, and only calls Twilio still queued.
+            "canceled_while_queued": sum(1 for c in calls if c["status"] == "canceled"),
+            "unowned_hung_up": hung_up,
+        }
 
     def _send(self, leads: list[dict]) -> None:
         """Leads at the set rate until all are sent or `stop_sending`; a lead counts as
@@ -371,6 +417,7 @@ class Chaos:
         if self.twilio is not None:
             self.twilio.stop()
         if self.fake is not None:
+            self.fake.release_hung()
             self.fake.stop()
         self.deployment.close()
         if self.broker is not None:

@@ -122,7 +122,7 @@ def cmd_dialer(args: argparse.Namespace) -> int:
 
 def _twilio_dialer(settings: Settings, args: argparse.Namespace) -> int:
     _connected(settings.require_twilio())
-    configure_logging(args.verbose, noisy=("twilio", "aiohttp.access"))
+    configure_logging(args.verbose, noisy=("twilio", "aiohttp.access", "alembic"))
     # The Twilio library, aiohttp and SQLAlchemy take a quarter of a second to import;
     # only this command needs them.
     from streams.dialers.twilio.dialer import TwilioDialer

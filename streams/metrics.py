@@ -230,6 +230,28 @@ DIALER_CALLS_CREATED = Counter(
     registry=REGISTRY,
 )
 
+DIALER_ACCOUNT_PAUSED = Gauge(
+    "streams_dialer_account_paused",
+    "1 while the Twilio dialer has paused dialing because Twilio refuses the account.",
+    registry=REGISTRY,
+)
+TWILIO_QUEUE_SECONDS = Histogram(
+    "streams_twilio_queue_seconds",
+    "How long Twilio said a created call waits in its CPS queue (the create's queue_time).",
+    buckets=(0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
+DIALER_QUEUED_CALLS_CANCELED = Counter(
+    "streams_dialer_queued_calls_canceled_total",
+    "Calls still queued at Twilio after their dial_by that Twilio confirmed canceled.",
+    registry=REGISTRY,
+)
+DIALER_UNOWNED_CALLS_HUNG_UP = Counter(
+    "streams_dialer_unowned_calls_hung_up_total",
+    "Live calls to one of our dials' numbers that no ledger row owns, hung up.",
+    registry=REGISTRY,
+)
+
 #: Every metric above, for `exported_names()`.
 ALL = (
     EVENTS,
@@ -254,6 +276,10 @@ ALL = (
     TWILIO_CPS_THROTTLED,
     WEBHOOK_SIGNATURE_FAILURES,
     DIALER_CALLS_CREATED,
+    DIALER_ACCOUNT_PAUSED,
+    TWILIO_QUEUE_SECONDS,
+    DIALER_QUEUED_CALLS_CANCELED,
+    DIALER_UNOWNED_CALLS_HUNG_UP,
 )
 
 #: Note kinds with a metric of their own (besides `streams_decisions_total{kind}`).

@@ -127,6 +127,13 @@ def _twiml(name: str, raw: str) -> str:
     return raw
 
 
+def _shared_keys(name: str, raw: str) -> str:
+    pairs = [pair.strip() for pair in raw.split(",") if pair.strip()]
+    if not pairs or not all(re.fullmatch(r"[^:\s]+:\S+", pair) for pair in pairs):
+        raise ConfigError(f"{name} must be KEY_ID:SECRET[,KEY_ID:SECRET...]")
+    return ",".join(pairs)
+
+
 def _database_url(name: str, raw: str) -> str:
     if not re.match(r"^(sqlite|postgresql)(\+\w+)?://", raw):
         raise ConfigError(f"{name} must be a sqlite:// or postgresql:// URL, got {raw!r}")
@@ -298,7 +305,32 @@ class Settings:
         "Twilio dialer: REST API root; unset, the library's own"
         " (`https://api.twilio.com`); tests point it at a fake",
     )
-    twilio_cps: float = _setting(1.0, "Twilio dialer: the account's calls per second")
+    twilio_cps: float = _setting(
+        1.0,
+        "Twilio dialer: the account's calls per second, shared by all"
+        " `TWILIO_DIALER_INSTANCES` (each takes its share)",
+    )
+    twilio_dialer_instances: int = _setting(
+        1, "Twilio dialer: how many dialers share the account's `TWILIO_CPS`"
+    )
+    twilio_request_timeout_seconds: float = _setting(
+        15.0, "Twilio dialer: the longest one REST request to Twilio may take"
+    )
+    twilio_list_settle_seconds: float = _setting(
+        10.0,
+        "Twilio dialer: how long Twilio's call list may take to show a call a failed"
+        " create made, before it is looked for (twice) and dialed again",
+    )
+    twilio_auth_token_previous: str | None = _setting(
+        None,
+        "Twilio dialer: the auth token being rotated out; webhooks signed with it are"
+        " accepted too while it is set",
+    )
+    twilio_webhook_shared_keys: str | None = _setting(
+        None,
+        "Twilio dialer: `KEY_ID:SECRET[,KEY_ID:SECRET...]`, the SharedKeys of webhook"
+        " rules that sign our callbacks (`X-Twilio-Webhooks-Signature-Settings`)",
+    )
     twilio_voice_url: str | None = _setting(
         None,
         "Twilio dialer: what an answered call does, as a URL Twilio fetches TwiML from",
@@ -545,6 +577,17 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     "public_base_url": ("PUBLIC_BASE_URL", _url),
     "twilio_api_base_url": ("TWILIO_API_BASE_URL", _url),
     "twilio_cps": ("TWILIO_CPS", lambda n, r: _float(n, r, 0.01)),
+    "twilio_dialer_instances": ("TWILIO_DIALER_INSTANCES", lambda n, r: _int(n, r, 1)),
+    "twilio_request_timeout_seconds": (
+        "TWILIO_REQUEST_TIMEOUT_SECONDS",
+        lambda n, r: _float(n, r, 0.5),
+    ),
+    "twilio_list_settle_seconds": (
+        "TWILIO_LIST_SETTLE_SECONDS",
+        lambda n, r: _float(n, r, 0.0),
+    ),
+    "twilio_auth_token_previous": ("TWILIO_AUTH_TOKEN_PREVIOUS", lambda n, r: r),
+    "twilio_webhook_shared_keys": ("TWILIO_WEBHOOK_SHARED_KEYS", _shared_keys),
     "twilio_voice_url": ("TWILIO_VOICE_URL", lambda n, r: _url(n, r, keep_slash=True)),
     "twilio_twiml": ("TWILIO_TWIML", _twiml),
     "database_url": ("DATABASE_URL", _database_url),

@@ -296,6 +296,9 @@ class Dialer:
             "DATABASE_URL": ledger_url,
             "TWILIO_CPS": "50",
             "RECONCILE_AFTER_SECONDS": "2",
+            # The fake's list is consistent unless a test says otherwise.
+            "TWILIO_LIST_SETTLE_SECONDS": "1",
+            "TWILIO_REQUEST_TIMEOUT_SECONDS": "3",
             **env,
         }
         for name in ("TWILIO_EDGE", "TWILIO_REGION", "STREAMS_DIALER_CRASH_AFTER_CREATE"):

@@ -25,9 +25,37 @@ Status callbacks go to ``StatusCallback`` for the requested ``StatusCallbackEven
 (only ``completed`` when none is given), form-encoded and signed with
 ``X-Twilio-Signature`` over the exact URL called, from worker threads so that no REST
 request ever waits on a callback. One call's callbacks are sent one at a time, in order,
-unless ``reorder_ratio`` delays one; a failed POST (connection error or 5xx) is retried
-``CALLBACK_ATTEMPTS`` times in all with growing backoff, then given up; a 4xx is not
-retried.
+unless ``reorder_ratio`` delays one. Terminal callbacks carry ``CallDuration`` and
+``SipResponseCode``, never ``ErrorCode``.
+
+As unkind as Twilio, each behaviour as Twilio documents it:
+
+* **Webhook retries**: Twilio's defaults are a 5 s connect timeout, a 15 s read timeout
+  and total time, one retry, and a retry policy of ``ct``: only a connection that could
+  not be made is retried; a 5xx answer or a slow one is not (Connection Overrides,
+  https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides). So a
+  callback gets ``CALLBACK_ATTEMPTS`` = 2 attempts, the second only after a failed
+  connection.
+* **Eventually consistent reads**: "Reading a call (fetch, list) is eventually consistent",
+  with no bound documented; ``consistency_lag`` (seconds, drawn per call) hides a new call
+  from list and fetch (404) for that long.
+* **5xx that did create the call**: ``POST /Calls`` takes no idempotency key (the API
+  reference names none) and a 5xx says nothing about what happened; with
+  ``server_error_after_create_ratio`` a create makes the call and answers 500/20500.
+* **Connections that hang**: ``hang_ratio`` (or ``hang_next``) accepts a request and never
+  answers it (a hung create may have made its call); such a connection is closed only by
+  ``release_hung()`` or ``stop()``. The ``twilio`` library's async client does not apply
+  its own timeout (twilio-python issue 925).
+* **CPS queueing**: "Calls beyond your account's CPS limit will be queued and will execute
+  at the CPS rate" (Twilio help article 223180028): with ``cps`` set, a create is
+  accepted at once, waits ``queued`` and starts at the next free slot of the account's
+  rate; the answer's ``queue_time`` says how long (milliseconds, as the Call resource's
+  ``queue_time``). ``Status=canceled`` ends a call still queued.
+* **Account-level errors**: ``refuse_creates(status, code)`` answers every create with an
+  error about the account until ``accept_creates()`` (e.g. 401/20003 after a rotated auth
+  token, 400/21210 for a From that is not the account's,
+  https://www.twilio.com/docs/api/errors/21210); ``rejected_numbers`` maps a number to
+  the per-destination error its creates get (21211 by default).
 
 The ``StatusCallback`` URL's ``business_id`` and ``dial_id`` query parameters attribute a
 call to a business (``"unknown"`` without them). The fake keeps the truth for tests:
@@ -61,7 +89,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -81,12 +109,15 @@ EVENT_STATUS = {"initiated": "initiated", "ringing": "ringing", "answered": "in-
 TERMINAL = frozenset({"completed", "busy", "failed", "no-answer", "canceled"})
 #: Relative weights of the final status of an unanswered call.
 UNANSWERED = (("no-answer", 6), ("busy", 3), ("failed", 1))
-#: ErrorCode sent with a ``failed`` call's final callback (arbitrary, but a real code).
-FAILED_ERROR_CODE = "31005"
-#: Callback delivery: attempts in all, first backoff (then x3), per-attempt timeout.
-CALLBACK_ATTEMPTS = 4
+#: SipResponseCode of each terminal status's final callback; a failed call draws one.
+SIP_RESPONSE_CODES = {"completed": 200, "busy": 486, "no-answer": 487, "canceled": 487}
+FAILED_SIP_CODES = (404, 480, 503)
+#: Twilio's default webhook delivery: attempts in all (the second only after a failed
+#: connection), the pause before it, the connect and the read timeout.
+CALLBACK_ATTEMPTS = 2
 CALLBACK_BACKOFF = 0.1
-CALLBACK_TIMEOUT = 5.0
+CALLBACK_CONNECT_TIMEOUT = 5.0
+CALLBACK_TIMEOUT = 15.0
 #: A reordered callback is held back this long; a duplicate follows its original by this.
 REORDER_DELAY = (0.3, 1.0)
 DUPLICATE_DELAY = (0.0, 0.1)
@@ -101,6 +132,7 @@ ERROR_MESSAGES = {
     20404: "The requested resource was not found",
     20429: "Too Many Requests",
     20500: "An internal server error has occurred",
+    21210: "The source phone number provided is not yet verified for your account.",
     20503: "Service Unavailable",
 }
 
@@ -153,6 +185,9 @@ class _Call:
     talk: float | None  # None: never answered
     final: str
     # what happened
+    visible_at: float = 0.0  # list and fetch show the call from then on
+    start_at: float = 0.0  # when it leaves the CPS queue
+    sip_code: int = 404  # its SipResponseCode should it fail
     status: str = "queued"
     updated_at: float = 0.0
     started_at: float | None = None
@@ -223,7 +258,11 @@ class FakeTwilio:
         duplicate_ratio: float = 0.0,
         reorder_ratio: float = 0.0,
         drop_ratio: float = 0.0,
-        rejected_numbers: Collection[str] = frozenset(),
+        rejected_numbers: Collection[str] | Mapping[str, int] = frozenset(),
+        consistency_lag: tuple[float, float] = (0.0, 0.0),
+        server_error_after_create_ratio: float = 0.0,
+        hang_ratio: float = 0.0,
+        cps: float | None = None,
     ):
         self.account_sid = account_sid
         self.auth_token = auth_token
@@ -234,8 +273,18 @@ class FakeTwilio:
         self.duplicate_ratio = duplicate_ratio
         self.reorder_ratio = reorder_ratio
         self.drop_ratio = drop_ratio
-        self.rejected_numbers = frozenset(rejected_numbers)
+        self.rejected_numbers = rejected_numbers
+        self.consistency_lag = tuple(consistency_lag)
+        self.server_error_after_create_ratio = server_error_after_create_ratio
+        self.hang_ratio = hang_ratio
+        self.cps = cps
         self._validator = RequestValidator(auth_token)
+        self._request_rng = random.Random(f"{seed}|requests")
+        self._hang_queue: collections.deque[bool] = collections.deque()
+        self._released = threading.Event()
+        self._refusal: tuple[int, int] | None = None
+        self._next_start = 0.0
+        self._hung = 0
 
         self._lock = threading.RLock()
         self._idle = threading.Condition(self._lock)
@@ -243,6 +292,7 @@ class FakeTwilio:
         self._identities: collections.Counter = collections.Counter()
         self._create_requests: list[dict] = []
         self._create_times: list[float] = []  # monotonic, for the sliding window
+        self._requests: list[dict] = []
         self._callbacks: list[_Callback] = []
         self._fail_queue: collections.deque = collections.deque()
         self._drop_all = False
@@ -289,6 +339,7 @@ class FakeTwilio:
         with self._timer_cond:
             self._stopping = True
             self._timer_cond.notify_all()
+        self._released.set()
         self._server.shutdown()
         self._server.server_close()
         for thread in self._threads:
@@ -313,6 +364,37 @@ class FakeTwilio:
         """The next ``count`` create requests (after auth) answer this error."""
         with self._lock:
             self._fail_queue.extend([(status, code)] * count)
+
+    def hang_next(self, count: int, creates_call: bool = False) -> None:
+        """The next ``count`` requests (any kind) are accepted and never answered; a hung
+        create makes its call when ``creates_call``."""
+        with self._lock:
+            self._hang_queue.extend([creates_call] * count)
+
+    def release_hung(self) -> None:
+        """Close every hung connection (without an answer); later ones hang anew."""
+        self._released.set()
+        self._released = threading.Event()
+
+    def hung_requests(self) -> int:
+        """Requests accepted and never answered so far."""
+        with self._lock:
+            return self._hung
+
+    def refuse_creates(self, status: int, code: int) -> None:
+        """Every create answers this error about the account until `accept_creates`."""
+        with self._lock:
+            self._refusal = (status, code)
+
+    def accept_creates(self) -> None:
+        with self._lock:
+            self._refusal = None
+
+    def requests(self) -> list[dict]:
+        """Every REST request: ``{"method", "path", "query", "form", "at"}``, the query
+        and form as lists of (name, value) pairs in the order sent."""
+        with self._lock:
+            return [dict(r) for r in self._requests]
 
     def drop_callbacks(self, enabled: bool) -> None:
         """While enabled, every status callback about to be sent is lost instead."""
@@ -406,6 +488,25 @@ class FakeTwilio:
         is_create = method == "POST" and match is not None and match.group(2) is None
         arrived, arrived_mono = time.time(), time.monotonic()
         after: Callable[[], None] | None = None
+        with self._lock:
+            self._requests.append(
+                {
+                    "method": method,
+                    "path": split.path,
+                    "query": urllib.parse.parse_qsl(split.query, keep_blank_values=True),
+                    "form": urllib.parse.parse_qsl(body, keep_blank_values=True),
+                    "at": arrived,
+                }
+            )
+            if self._hang_queue:
+                hang: bool | None = self._hang_queue.popleft()
+            elif self._request_rng.random() < self.hang_ratio:
+                hang = self._request_rng.random() < 0.5
+            else:
+                hang = None
+        if hang is not None:
+            self._hang(req, form, is_create and hang, arrived, arrived_mono)
+            return
         try:
             if match is None:
                 raise TwilioError(
@@ -420,6 +521,9 @@ class FakeTwilio:
                 )
             if is_create:
                 status, payload, after = self._create(form)
+                if payload.pop("_answer_500", False):
+                    status = 500
+                    payload = TwilioError(500, 20500, ERROR_MESSAGES[20500]).body()
             elif method == "POST":
                 status, payload = 200, self._update(sid, form, split.path)
             elif method == "GET" and sid is None:
@@ -452,6 +556,33 @@ class FakeTwilio:
             if after is not None:
                 after()  # the call's clock starts once its 201 is on the wire
 
+    def _hang(
+        self,
+        req: _Handler,
+        form: dict[str, list[str]],
+        creates_call: bool,
+        arrived: float,
+        arrived_mono: float,
+    ) -> None:
+        """Accept the request, maybe make its call, and never answer."""
+        with self._lock:
+            self._hung += 1
+            released = self._released
+        if creates_call and self._authorized(req.headers.get("Authorization")):
+            try:
+                _, _, start = self._create(form)
+                start()
+            except TwilioError:
+                pass
+        if form or creates_call:
+            with self._lock:
+                self._create_requests.append(
+                    {"at": arrived, "params": _flatten(form), "http_status": None}
+                )
+                self._create_times.append(arrived_mono)
+        released.wait()
+        req.close_connection = True
+
     def _authorized(self, header: str | None) -> bool:
         if not header or not header.startswith("Basic "):
             return False
@@ -473,6 +604,11 @@ class FakeTwilio:
                 raise TwilioError(
                     status, code, ERROR_MESSAGES.get(code, f"Injected error {code}")
                 )
+            if self._refusal is not None:
+                status, code = self._refusal
+                raise TwilioError(
+                    status, code, ERROR_MESSAGES.get(code, f"Account error {code}")
+                )
         to, from_ = one("To"), one("From")
         if not to:
             raise TwilioError(400, 21201, "No 'To' number is specified")
@@ -481,8 +617,13 @@ class FakeTwilio:
         if not (one("Url") or one("Twiml") or one("ApplicationSid")):
             raise TwilioError(400, 21205, "Url parameter is required.")
         if to in self.rejected_numbers:
+            code = (
+                self.rejected_numbers[to]
+                if isinstance(self.rejected_numbers, Mapping)
+                else 21211
+            )
             raise TwilioError(
-                400, 21211, f"The 'To' number {to} is not a valid phone number."
+                400, code, f"The 'To' number {to} is not a valid phone number."
             )
         timeout = min(_number(one("Timeout"), "Timeout", DEFAULT_TIMEOUT), MAX_TIMEOUT)
         time_limit = _number(one("TimeLimit"), "TimeLimit", DEFAULT_TIME_LIMIT)
@@ -532,6 +673,15 @@ class FakeTwilio:
             else:
                 final, talk_or_none, ring = unanswered, None, min(ring, timeout)
             now = time.time()
+            # A second generator for the unkind fates, so the call's script stays put.
+            fate = random.Random(f"{identity}|{nth}|fate")
+            visible_at = now + fate.uniform(*self.consistency_lag)
+            answer_500 = fate.random() < self.server_error_after_create_ratio
+            sip_code = fate.choice(FAILED_SIP_CODES)
+            start_at = now
+            if self.cps:
+                start_at = max(now, self._next_start)
+                self._next_start = start_at + 1.0 / self.cps
             call = _Call(
                 sid=sid,
                 account_sid=self.account_sid,
@@ -551,16 +701,20 @@ class FakeTwilio:
                 talk=talk_or_none,
                 final=final,
                 updated_at=now,
+                visible_at=visible_at,
+                start_at=start_at,
+                sip_code=sip_code,
             )
             self._calls[sid] = call
             self._live[business_id] += 1
             payload = self._resource(call)
+            payload["_answer_500"] = answer_500
         return 201, payload, lambda: self._start_clock(call)
 
     def _fetch(self, sid: str, path: str) -> dict:
         with self._lock:
             call = self._calls.get(sid)
-            if call is None:
+            if call is None or call.visible_at > time.time():
                 raise TwilioError(
                     404, 20404, f"The requested resource {path} was not found"
                 )
@@ -577,7 +731,9 @@ class FakeTwilio:
             if wanted not in (None, "canceled", "completed"):
                 raise TwilioError(400, 21218, f"Invalid Status {wanted}")
             if call.ended_at is None:
-                if call.status in ("queued", "ringing") and wanted in (
+                if call.status == "queued" and call.started_at is None and wanted:
+                    self._end(call, "canceled")
+                elif call.status in ("queued", "ringing") and wanted in (
                     "canceled",
                     "completed",
                 ):
@@ -612,7 +768,12 @@ class FakeTwilio:
                 if raw:
                     tests.append(_time_filter(field + suffix, raw, suffix, when))
         with self._lock:
-            chosen = [c for c in self._calls.values() if all(t(c) for t in tests)]
+            now = time.time()
+            chosen = [
+                c
+                for c in self._calls.values()
+                if c.visible_at <= now and all(t(c) for t in tests)
+            ]
             chosen.sort(key=lambda c: (c.created_at, c.sid), reverse=True)
             start = page * page_size
             records = [self._resource(c) for c in chosen[start : start + page_size]]
@@ -669,7 +830,7 @@ class FakeTwilio:
             "phone_number_sid": "PN" + hashlib.md5(call.from_.encode()).hexdigest(),
             "price": None,
             "price_unit": "USD",
-            "queue_time": "0",
+            "queue_time": str(round(max(0.0, call.start_at - call.created_at) * 1000)),
             "sid": call.sid,
             "start_time": rfc2822(call.started_at),
             "status": call.status,
@@ -716,9 +877,10 @@ class FakeTwilio:
     # ---------------------------------------------------------------- the call's clock
 
     def _start_clock(self, call: _Call) -> None:
-        self._after(INITIATED_AFTER, lambda: self._initiated(call))
-        self._after(RINGING_AFTER, lambda: self._ringing(call))
-        self._after(RINGING_AFTER + call.ring, lambda: self._rung(call))
+        queued = max(0.0, call.start_at - time.time())
+        self._after(queued + INITIATED_AFTER, lambda: self._initiated(call))
+        self._after(queued + RINGING_AFTER, lambda: self._ringing(call))
+        self._after(queued + RINGING_AFTER + call.ring, lambda: self._rung(call))
 
     def _initiated(self, call: _Call) -> None:
         with self._lock:
@@ -786,8 +948,7 @@ class FakeTwilio:
             seconds = _seconds(at - call.answered_at) if call.answered_at else 0
             params["CallDuration"] = str(seconds)
             params["Duration"] = str(math.ceil(seconds / 60))
-        if status == "failed":
-            params["ErrorCode"] = FAILED_ERROR_CODE
+            params["SipResponseCode"] = str(SIP_RESPONSE_CODES.get(status, call.sip_code))
         if call.callback_method == "GET":
             sep = "&" if urllib.parse.urlsplit(call.callback_url).query else "?"
             url, body_params = call.callback_url + sep + urllib.parse.urlencode(params), {}
@@ -861,16 +1022,19 @@ class FakeTwilio:
             callback.sent_at.append(time.time())
         status = _post(callback)
         with self._lock:
-            callback.http_status = status
-            if status is not None and status < 400:
+            callback.http_status = status if isinstance(status, int) else None
+            if isinstance(status, int) and status < 400:
                 self._finish(callback, "delivered")
-            elif status is not None and status < 500:
+            elif isinstance(status, int) and status < 500:
                 self._finish(callback, "rejected")
-            elif callback.attempts >= CALLBACK_ATTEMPTS or self._stopping:
-                self._finish(callback, "gave-up")
+            elif (
+                status != NOT_CONNECTED
+                or callback.attempts >= CALLBACK_ATTEMPTS
+                or self._stopping
+            ):
+                self._finish(callback, "gave-up")  # a 5xx or a slow answer: no retry
             else:
-                backoff = CALLBACK_BACKOFF * 3 ** (callback.attempts - 1)
-                self._after(backoff, lambda: self._resubmit(callback))
+                self._after(CALLBACK_BACKOFF, lambda: self._resubmit(callback))
 
     def _resubmit(self, callback: _Callback) -> None:
         with self._lock:
@@ -921,8 +1085,13 @@ class FakeTwilio:
                 log.exception("fake twilio timer action failed")
 
 
-def _post(callback: _Callback) -> int | None:
-    """One delivery attempt; the HTTP status, or None when no answer came."""
+#: What `_post` says when no connection could be made (the only failure Twilio retries).
+NOT_CONNECTED = "not-connected"
+
+
+def _post(callback: _Callback) -> int | str | None:
+    """One delivery attempt: the HTTP status; `NOT_CONNECTED` when no connection could
+    be made; None when the connection was made but no answer came in time."""
     parts = urllib.parse.urlsplit(callback.url)
     connection_class = (
         http.client.HTTPSConnection
@@ -942,9 +1111,16 @@ def _post(callback: _Callback) -> int | None:
     if body is not None:
         headers["Content-Type"] = "application/x-www-form-urlencoded; charset=utf-8"
     connection = connection_class(
-        parts.hostname or "", parts.port, timeout=CALLBACK_TIMEOUT
+        parts.hostname or "", parts.port, timeout=CALLBACK_CONNECT_TIMEOUT
     )
     try:
+        connection.connect()
+    except OSError:
+        connection.close()
+        return NOT_CONNECTED
+    try:
+        if connection.sock is not None:
+            connection.sock.settimeout(CALLBACK_TIMEOUT)
         connection.request(callback.method, target, body=body, headers=headers)
         response = connection.getresponse()
         response.read()

@@ -59,7 +59,11 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            # Twilio retries only a connection that failed: room for every one at once.
+            request_queue_size = 128
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(
@@ -401,14 +405,15 @@ def test_reordered_callbacks_are_late_but_all_arrive(receiver):
         assert min(r["at"] for r in receiver.received) - created >= 0.3
 
 
-def test_failed_callbacks_are_retried_then_given_up(receiver):
+def test_callbacks_follow_twilios_default_retry_policy(receiver):
+    """One retry, and only when no connection could be made: a 5xx is not retried."""
     with make_fake(answer_ratio=1.0) as fake:
-        receiver.statuses = [500, 503]  # the first callback fails twice, then goes through
+        receiver.statuses = [500]  # Twilio does not retry an answer, even a 5xx
         call = dial(client_for(fake), receiver, events=["completed"])
         assert fake.wait_idle(5)
         (cb,) = fake.callbacks()
-        assert cb["outcome"] == "delivered" and cb["attempts"] == 3
-        assert len(receiver.for_call(call.sid)) == 3
+        assert cb["outcome"] == "gave-up" and cb["attempts"] == 1
+        assert len(receiver.for_call(call.sid)) == 1
 
         receiver.statuses = [403]  # a 4xx is not retried
         call = dial(client_for(fake), receiver, events=["completed"], dial_id="d2")
@@ -449,7 +454,9 @@ def test_timeout_caps_the_ring_and_unanswered_calls_end_without_answer(receiver)
         finals = {c["status"] for c in fake.calls()}
         assert finals <= {"no-answer", "busy", "failed"} and len(finals) >= 2
         for cb in fake.callbacks():
-            assert ("ErrorCode" in cb["params"]) == (cb["status"] == "failed")
+            assert "ErrorCode" not in cb["params"]
+            sip = int(cb["params"]["SipResponseCode"])
+            assert (sip >= 400) and (sip in (404, 480, 503)) == (cb["status"] == "failed")
 
 
 def test_same_seed_same_script(receiver):
@@ -514,3 +521,92 @@ def test_async_client_creates_a_call(fake, receiver):
     assert fake.calls()[0]["business_id"] == "b-async"
     assert fake.wait_idle(5)
     assert [g["CallStatus"] for g in receiver.for_call(call.sid)][-1] == "completed"
+
+
+# -- as unkind as Twilio -----------------------------------------------------------------
+
+
+def test_terminal_callbacks_carry_the_sip_response_code(fake, receiver):
+    call = dial(client_for(fake), receiver, events=["completed"])
+    assert fake.wait_idle(5)
+    (final,) = receiver.for_call(call.sid)
+    assert final["CallStatus"] == "completed" and final["SipResponseCode"] == "200"
+    assert "CallDuration" in final and "ErrorCode" not in final
+
+
+def test_list_and_fetch_lag_behind_creates(receiver):
+    with make_fake(consistency_lag=(1.0, 1.0)) as fake:
+        client = client_for(fake)
+        call = dial(client, receiver)
+        assert client.calls.list(to="+14155550101") == []
+        with pytest.raises(TwilioRestException) as missing:
+            client.calls(call.sid).fetch()
+        assert missing.value.status == 404
+        eventually(
+            lambda: [c.sid for c in client.calls.list(to="+14155550101")] == [call.sid],
+            timeout=5,
+        )
+        assert client.calls(call.sid).fetch().sid == call.sid
+
+
+def test_a_server_error_may_have_created_the_call(receiver):
+    with make_fake(server_error_after_create_ratio=1.0) as fake:
+        with pytest.raises(TwilioRestException) as error:
+            dial(client_for(fake), receiver)
+        assert (error.value.status, error.value.code) == (500, 20500)
+        (call,) = fake.calls()
+        assert call["dial_id"] == "d1"
+        assert fake.create_requests()[0]["http_status"] == 500
+
+
+def test_a_hung_request_is_never_answered_until_released(receiver):
+    with make_fake() as fake:
+        fake.hang_next(1, creates_call=True)
+        client = client_for(fake)
+        done = threading.Event()
+        errors: list[BaseException] = []
+
+        def hung() -> None:
+            try:
+                dial(client, receiver)
+            except Exception as exc:  # the connection closes without an answer
+                errors.append(exc)
+            done.set()
+
+        threading.Thread(target=hung, daemon=True).start()
+        assert not done.wait(1.5), "a hung request was answered"
+        assert fake.hung_requests() == 1 and len(fake.calls()) == 1
+        dial(client, receiver, dial_id="d2")  # other requests are served meanwhile
+        fake.release_hung()
+        assert done.wait(5) and errors
+
+
+def test_calls_beyond_the_accounts_cps_wait_queued(receiver):
+    with make_fake(cps=2.0, answer_ratio=1.0) as fake:
+        client = client_for(fake)
+        calls = [
+            dial(client, receiver, f"+1415555060{n}", dial_id=f"q{n}") for n in range(4)
+        ]
+        queue_ms = [int(call.queue_time) for call in calls]
+        assert queue_ms[0] < 100 and 1400 <= queue_ms[3] <= 1600, queue_ms
+        assert client.calls(calls[3].sid).fetch().status == "queued"
+        client.calls(calls[3].sid).update(status="canceled")
+        assert fake.wait_idle(10)
+        truth = {c["sid"]: c for c in fake.calls()}
+        assert truth[calls[3].sid]["status"] == "canceled"
+        assert truth[calls[3].sid]["started_at"] is None or (
+            truth[calls[3].sid]["answered_at"] is None
+        )
+        starts = sorted(truth[c.sid]["started_at"] for c in calls[:3])
+        assert starts[2] - starts[0] >= 0.9  # two a second
+
+
+def test_account_level_refusals_last_until_cleared(fake, receiver):
+    fake.refuse_creates(400, 21210)
+    client = client_for(fake)
+    for _ in range(2):
+        with pytest.raises(TwilioRestException) as error:
+            dial(client, receiver)
+        assert error.value.code == 21210
+    fake.accept_creates()
+    assert dial(client, receiver).sid

@@ -8,7 +8,7 @@ import threading
 import pytest
 from sqlalchemy import inspect, text
 
-from streams.dialers.twilio import ledger as ledger_module
+from streams.dialers.twilio import schema
 from streams.dialers.twilio.ledger import (
     ACTIVE_CALLS_QUERY,
     LEDGER_STATUS,
@@ -103,10 +103,10 @@ def test_format_active_calls_judges_each_business_by_its_own_limit():
 def test_migrations_create_the_schema_once(ledger_url):
     ledger = Ledger(ledger_url)
     try:
-        assert ledger.version() == 0
-        assert ledger.migrate() == [v for v, _, _ in ledger_module.MIGRATIONS]
+        assert ledger.version() is None
+        assert ledger.migrate() == schema.revisions()
         assert ledger.migrate() == []
-        assert ledger.version() == ledger_module.MIGRATIONS[-1][0]
+        assert ledger.version() == schema.head()
         with ledger.engine.connect() as conn:
             columns = {c["name"] for c in inspect(conn).get_columns("outbound_call_jobs")}
         assert {
@@ -129,26 +129,19 @@ def test_migrations_create_the_schema_once(ledger_url):
         ledger.close()
 
 
-def test_a_ledger_at_an_older_version_gets_the_missing_steps(ledger_url, monkeypatch):
-    first = ledger_module.MIGRATIONS[:1]
+def test_a_ledger_at_an_older_version_gets_the_missing_steps(ledger_url):
     ledger = Ledger(ledger_url)
     try:
-        monkeypatch.setattr(ledger_module, "MIGRATIONS", first)
-        assert ledger.migrate() == [1]
-        monkeypatch.undo()
-        assert ledger.migrate() == [v for v, _, _ in ledger_module.MIGRATIONS[1:]]
+        first, *rest = schema.revisions()
+        assert schema.migrate(ledger.engine, first) == [first]
+        assert ledger.migrate() == rest
     finally:
         ledger.close()
 
 
 def test_a_ledger_newer_than_the_code_is_refused(ledger):
     with ledger.engine.begin() as conn:
-        conn.execute(
-            text(
-                "INSERT INTO schema_version (version, description, applied_at)"
-                " VALUES (999, 'from the future', CURRENT_TIMESTAMP)"
-            )
-        )
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
     with pytest.raises(LedgerError, match="newer than this code"):
         ledger.migrate()
 
@@ -275,13 +268,30 @@ def test_reports_are_tracked_so_a_lost_terminal_report_is_found(ledger):
     ledger.adopt_call(job.dial_id, "CA1", "queued")
     ledger.mark_reported(job.dial_id, "queued", None)
     assert not ledger.get(job.dial_id).unreported
+    assert ledger.report_due() == []
     ledger.apply_status(job.dial_id, "completed", sequence=3)
     later = utcnow() + dt.timedelta(seconds=1)
-    assert [j.dial_id for j in ledger.unreported_terminal(later)] == [job.dial_id]
+    assert [j.dial_id for j in ledger.report_due(later)] == [job.dial_id]
     ledger.mark_reported(job.dial_id, "completed", 3)
     ledger.mark_reported(job.dial_id, "ringing", 1)  # a late, older report changes nothing
     assert ledger.get(job.dial_id).reported_status == "completed"
-    assert ledger.unreported_terminal(later) == []
+    assert ledger.report_due(later) == []
+
+
+def test_live_statuses_wait_in_the_outbox_until_delivered(ledger):
+    _, job = claim(ledger, "A", "1")
+    ledger.adopt_call(job.dial_id, "CA1", "queued", queue_seconds=2.5)
+    ledger.mark_reported(job.dial_id, "queued", None)
+    ledger.apply_status(job.dial_id, "ringing", sequence=1)
+    ledger.apply_status(job.dial_id, "in-progress", sequence=2)
+    assert [(j.dial_id, j.twilio_status) for j in ledger.report_due()] == [
+        (job.dial_id, "in-progress")
+    ]
+    ledger.mark_reported(job.dial_id, "ringing", 1)  # an older status: still due
+    assert ledger.report_due() != []
+    ledger.mark_reported(job.dial_id, "in-progress", 2)
+    assert ledger.report_due() == []
+    assert ledger.get(job.dial_id).queue_seconds == 2.5
 
 
 def test_the_reconcilers_scans(ledger):
@@ -313,3 +323,43 @@ def test_a_call_for_a_dial_ended_without_one_is_recorded_not_revived(ledger):
         DIAL_DEADLINE_PASSED,
     )
     assert ledger.active_calls() == []
+
+
+def test_the_scans_for_calls_twilio_should_not_have(ledger):
+    past = utcnow() - dt.timedelta(seconds=5)
+    _, queued = claim(ledger, "A", "1", dial_by=past)
+    ledger.adopt_call(queued.dial_id, "CA1", "queued", queue_seconds=9.0)
+    _, started = claim(ledger, "A", "2", dial_by=past)
+    ledger.adopt_call(started.dial_id, "CA2", "queued")
+    ledger.apply_status(started.dial_id, "initiated", sequence=0)
+    _, early = claim(ledger, "A", "3")
+    ledger.adopt_call(early.dial_id, "CA3", "queued")
+    now = utcnow()
+    late = ledger.queued_past_dial_by(now, now - dt.timedelta(seconds=5))
+    assert [j.dial_id for j in late] == [queued.dial_id]
+    ledger.request_cancel(queued.dial_id)
+    assert ledger.queued_past_dial_by(utcnow(), now - dt.timedelta(seconds=5)) == []
+    assert {j.dial_id for j in ledger.dials_to(["+14155550100"], past)} == {
+        queued.dial_id,
+        started.dial_id,
+        early.dial_id,
+    }
+    assert ledger.dials_to(["+14155550199"], past) == []
+
+
+def test_a_row_being_created_is_left_to_its_owner(ledger):
+    before = utcnow() - dt.timedelta(seconds=1)
+    _, mine = claim(ledger, "A", "1", owner="dialer-1", owned_for=60, now=before)
+    _, free = claim(ledger, "A", "2", now=before)
+    cutoff = utcnow()
+    assert [j.dial_id for j in ledger.without_call_sid(cutoff, unowned_at=cutoff)] == [
+        free.dial_id
+    ]
+    later = cutoff + dt.timedelta(seconds=120)
+    assert {j.dial_id for j in ledger.without_call_sid(cutoff, unowned_at=later)} == {
+        mine.dial_id,
+        free.dial_id,
+    }
+    assert ledger.begin_create(mine.dial_id, 0, owner="dialer-2", owned_for=5).owner == (
+        "dialer-2"
+    )

@@ -9,8 +9,15 @@ import aiohttp
 import pytest
 from twilio.base.exceptions import TwilioException, TwilioRestException
 
-from streams.dialers.twilio.create import AFTER_FAILURE, SETTLE_BEFORE_LOOKUP, Step
-from streams.dialers.twilio.failures import Kind, TwilioFailure, classify, error_label
+from streams.dialers.twilio.create import AFTER_FAILURE, Step
+from streams.dialers.twilio.failures import (
+    ACCOUNT_CODES,
+    Kind,
+    TwilioFailure,
+    account_problem,
+    classify,
+    error_label,
+)
 
 
 def test_twilio_failure_classification():
@@ -69,7 +76,22 @@ def test_only_a_request_that_may_have_created_the_call_is_looked_up():
     assert {k for k, step in AFTER_FAILURE.items() if step is Step.LOOK_UP} == (
         may_have_created
     )
-    assert set(SETTLE_BEFORE_LOOKUP) == may_have_created
     assert AFTER_FAILURE[Kind.REJECTED] is Step.FAIL
-    # A request still possibly on its way waits for Twilio's list; a 5xx ended it.
-    assert SETTLE_BEFORE_LOOKUP[Kind.NO_ANSWER] > SETTLE_BEFORE_LOOKUP[Kind.SERVER_ERROR]
+    # An error about the account fails no dial: the dial waits for the account.
+    assert AFTER_FAILURE[Kind.ACCOUNT] is Step.WAIT
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(401, 20003), (401, None), (403, None), (400, 21210), (400, 21212), (400, 21219)],
+)
+def test_errors_about_the_account_are_not_about_the_number(status, code):
+    failure = TwilioFailure.answered(status, code, "no")
+    assert failure.kind is Kind.ACCOUNT
+    assert "Twilio error" in account_problem(failure)
+
+
+@pytest.mark.parametrize("code", [21211, 21214, 21215, 21216, 21217, 13223, 13224, 13227])
+def test_errors_about_the_number_end_only_its_lead(code):
+    assert code not in ACCOUNT_CODES
+    assert TwilioFailure.answered(400, code, "no").kind is Kind.REJECTED

@@ -5,15 +5,22 @@ from __future__ import annotations
 import datetime as dt
 from types import SimpleNamespace
 
-from streams.dialers.twilio.client import REQUEST_TIMEOUT_SECONDS
 from streams.dialers.twilio.ledger import Job
 from streams.dialers.twilio.lookup import (
     LOOKUP_SKEW_SECONDS,
-    SETTLE_SECONDS,
     created_within,
     creation_window,
-    settled,
 )
+from streams.dialers.twilio.lookup import settled as settled_after
+from streams.settings import Settings
+
+REQUEST_TIMEOUT_SECONDS = Settings().twilio_request_timeout_seconds
+SETTLE_SECONDS = Settings().twilio_list_settle_seconds
+
+
+def settled(row: Job, now: float) -> bool:
+    return settled_after(row, now, REQUEST_TIMEOUT_SECONDS, SETTLE_SECONDS)
+
 
 T0 = dt.datetime(2024, 5, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
 
@@ -42,7 +49,7 @@ def call(sid: str, created: float | None) -> SimpleNamespace:
 def test_the_window_runs_from_the_rows_creation_to_its_last_request_in_flight():
     row = job(created=0.0, sent=4.0)
     now = T0.timestamp() + 5.0
-    low, high = creation_window(row, now)
+    low, high = creation_window(row, now, REQUEST_TIMEOUT_SECONDS)
     assert low == T0.timestamp() - LOOKUP_SKEW_SECONDS - 1.0  # Twilio dates whole seconds
     assert high == now + REQUEST_TIMEOUT_SECONDS + LOOKUP_SKEW_SECONDS
     calls = [

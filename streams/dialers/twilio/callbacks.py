@@ -1,32 +1,35 @@
 """The dialer's web server (aiohttp on `DIALER_WEB_PORT`): Twilio's status callbacks,
 health and metrics.
 
-* `POST /twilio/status`: the `X-Twilio-Signature` is checked (`signatures`; 403 and
-  nothing written when it fails); the status goes to the ledger
-  (`Ledger.apply_status`: terminal is final, live only moves forward), a change is
-  produced to `calls.status` (with Twilio's `SequenceNumber`, `Timestamp` and
-  `ErrorCode`), and the answer (204) is sent once the broker has the event. A duplicate
-  or stale callback is answered 204 and produces nothing. A callback for a dial we
-  reported stale (Twilio had the call after all) is logged as an error: a call the
-  limiter is not counting.
-* `GET /healthz` answers 200 when the ledger and Kafka answer, else 503.
+* `POST /twilio/status`: the signature is checked (`signatures`; 403 and nothing
+  written when it fails); the status goes to the ledger (`Ledger.apply_status`: terminal
+  is final, live only moves forward; a terminal one keeps its `SipResponseCode` as the
+  failure's reason, since callbacks carry no `ErrorCode`), and the answer (204) is sent
+  as soon as the ledger has it. Twilio retries a callback only when it could not
+  connect, never after a 5xx or a slow answer, so holding the answer until Kafka has
+  the status would lose it whenever Kafka is slow: the status is delivered to
+  `calls.status` from the ledger's outbox instead (at once, and by the reconciler
+  until it gets through). A duplicate or stale callback is answered 204 and produces
+  nothing. A callback for a dial we reported stale (Twilio had the call after all) is
+  logged as an error: a call the limiter is not counting.
+* `GET /healthz` answers 200 when the ledger and Kafka answer and Twilio accepts the
+  account, else 503.
 * `GET /metrics` serves the Prometheus counters of `streams/metrics.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import re
 from typing import Any
 
 from aiohttp import web
-from confluent_kafka import KafkaException
 
 from streams import metrics
 from streams.dialers.twilio.client import TwilioAccount
 from streams.dialers.twilio.create import STATUS_PATH
+from streams.dialers.twilio.gate import AccountGate
 from streams.dialers.twilio.ledger import Ledger
 from streams.dialers.twilio.producer import StatusProducer
 from streams.dialers.twilio.report import Reporter
@@ -40,20 +43,31 @@ HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
 #: How long each health check (ledger, Kafka) may take.
 HEALTH_CHECK_SECONDS = 3.0
-
-
-def rfc2822_epoch(text: str | None) -> float | None:
-    """Twilio's `Timestamp` (RFC 2822) as epoch seconds; None when absent or unreadable."""
-    if not text:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(text).timestamp()
-    except (TypeError, ValueError):
-        return None
+#: How long a callback may wait for the ledger before it is answered 503.
+LEDGER_WRITE_SECONDS = 10.0
+#: SIP response codes Twilio's terminal callbacks carry, and their reason phrases.
+SIP_REASONS = {
+    404: "Not Found",
+    408: "Request Timeout",
+    480: "Temporarily Unavailable",
+    486: "Busy Here",
+    487: "Request Terminated",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+    600: "Busy Everywhere",
+    603: "Decline",
+}
 
 
 def int_or_none(text: str | None) -> int | None:
     return int(text) if text is not None and re.fullmatch(r"-?\d+", text.strip()) else None
+
+
+def sip_reason(status: str, code: int | None) -> str | None:
+    """A failed call's reason from its `SipResponseCode` (none for a completed call)."""
+    if code is None or status == "completed" or code < 300:
+        return None
+    return f"SIP {code} {SIP_REASONS.get(code, '')}".rstrip()
 
 
 class Callbacks:
@@ -66,8 +80,15 @@ class Callbacks:
         reporter: Reporter,
         ledger: Ledger,
         producer: StatusProducer,
+        gate: AccountGate,
     ):
-        self.signatures = SignatureCheck(account.auth_token, account.public_base_url)
+        self.signatures = SignatureCheck(
+            account.auth_token,
+            account.public_base_url,
+            previous_auth_token=account.previous_auth_token,
+            shared_keys=account.shared_keys,
+        )
+        self.gate = gate
         self.runtime = runtime
         self.reporter = reporter
         self.ledger = ledger
@@ -85,9 +106,13 @@ class Callbacks:
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def on_status(self, request: web.Request) -> web.Response:
-        params = form_params(await request.post())
+        form = await request.post()
+        params = form_params(form)
         signature = request.headers.get("X-Twilio-Signature", "")
-        if not self.signatures.valid(request.rel_url.raw_query_string, params, signature):
+        settings_header = request.headers.get("X-Twilio-Webhooks-Signature-Settings", "")
+        if not self.signatures.valid(
+            request.rel_url.raw_query_string, form, signature, settings_header
+        ):
             self.runtime.counters["callback-forbidden"] += 1
             metrics.WEBHOOK_SIGNATURE_FAILURES.inc()
             log.warning(
@@ -108,8 +133,7 @@ class Callbacks:
     ) -> web.Response:
         """A genuine callback: to the ledger, and to Kafka if it changed the row."""
         sequence = int_or_none(params.get("SequenceNumber"))
-        error_code = int_or_none(params.get("ErrorCode"))
-        at = rfc2822_epoch(params.get("Timestamp"))
+        sip_code = int_or_none(params.get("SipResponseCode"))
         dial_id = request.query.get("dial_id")
         if not dial_id:
             known = await self.runtime.db(self.ledger.by_call_sid, call_sid)
@@ -122,29 +146,31 @@ class Callbacks:
             )
             return web.Response(status=204)
         try:
-            changed, job = await self.reporter.change(
-                dial_id,
-                lambda: self.ledger.apply_status(
+            changed, job = await asyncio.wait_for(
+                self.runtime.db(
+                    self.ledger.apply_status,
                     dial_id,
                     status,
                     sequence=sequence,
                     call_sid=call_sid,
-                    error_code=error_code,
-                    error_message=params.get("ErrorMessage") or None,
+                    error_message=sip_reason(status, sip_code),
+                    sip_response_code=sip_code,
                 ),
-                at=at,
+                LEDGER_WRITE_SECONDS,
             )
-        except (KafkaException, asyncio.TimeoutError) as exc:
+        except asyncio.TimeoutError:
             log.error(
-                "status %s of dial %s not delivered to Kafka (%s); answering 500 so"
-                " that Twilio may retry",
+                "status %s of dial %s: the ledger did not take it in %gs; answered 503,"
+                " the reconciler will fetch the call",
                 status,
                 dial_id,
-                exc,
+                LEDGER_WRITE_SECONDS,
             )
-            return web.Response(status=500, text="status not delivered\n")
+            return web.Response(status=503, text="ledger unavailable\n")
         except Stopping:
             return web.Response(status=503, text="stopping\n")
+        if changed:
+            self.runtime.spawn(self.reporter.deliver(dial_id), f"delivering {dial_id}")
         counters = self.runtime.counters
         if job is None:
             log.warning(
@@ -201,6 +227,9 @@ class Callbacks:
             checks["kafka"] = "ok"
         except Exception as exc:
             checks["kafka"] = f"error: {exc}"
+        checks["twilio"] = (
+            "ok" if self.gate.problem is None else f"dialing paused: {self.gate.problem}"
+        )
         healthy = all(v == "ok" for v in checks.values())
         return web.json_response(
             {"status": "ok" if healthy else "unhealthy", **checks},

@@ -52,6 +52,8 @@ class CommandHandler:
                 attempt=command.attempt,
                 dial_by=from_epoch(dial_by),
                 refused_reason=refused_reason,
+                owner=self.creator.owner,
+                owned_for=self.creator.owned_for,
             )
 
         if time.time() > dial_by:

@@ -3,19 +3,26 @@ Twilio has the call, refuses it for good, or the dial's `dial_by` passes.
 
 Each round of the create loop:
 
-1. takes a token of the calls-per-second budget (`CreateRateLimiter`), waiting no later
-   than `dial_by` (then the row ends `canceled`/`dial-deadline-passed`);
+0. passes the account gate (`streams.dialers.twilio.gate`): while Twilio refuses the
+   account, the dial waits there, its row live, never failed;
+1. takes a token of this dialer's share of the calls-per-second budget
+   (`CreateRateLimiter`, `TWILIO_CPS` / `TWILIO_DIALER_INSTANCES`), waiting no later than
+   `dial_by` (then the row ends `canceled`/`dial-deadline-passed`); the token is spent
+   when the request leaves, so a request Twilio never answers holds none;
 2. bumps the row's `create_requests` (compare-and-set, `Ledger.begin_create`): from
    then on a crash leaves a row that recovery looks up at Twilio before dialing again,
    and a row another process took over is left alone;
-3. sends `calls.create` with our status callback (the events initiated, ringing,
-   answered and completed), `time_limit` = `CALL_TIME_LIMIT_SECONDS` and ring `timeout`
-   = `RING_TIMEOUT_SECONDS`, so no call outlives the limiter's lease;
-4. acts on the answer: a call is recorded (reported `queued`, or as Twilio says); a
-   failure goes by its kind (`streams.dialers.twilio.failures`) through `AFTER_FAILURE`:
-   rejected ends the row `failed` with Twilio's code and message, a request that
-   created nothing is sent again after a backoff, and one that may have created the
-   call is first looked up at Twilio (`streams.dialers.twilio.lookup`);
+3. sends `calls.create` (bounded by `TWILIO_REQUEST_TIMEOUT_SECONDS`) with our status
+   callback for the events the limiter acts on (`CALLBACK_EVENTS`), `time_limit` =
+   `CALL_TIME_LIMIT_SECONDS` and ring `timeout` = `RING_TIMEOUT_SECONDS`, so no call
+   outlives the limiter's lease;
+4. acts on the answer: a call is recorded with Twilio's `queue_time` (reported `queued`,
+   or as Twilio says); a failure goes by its kind (`streams.dialers.twilio.failures`)
+   through `AFTER_FAILURE`: an error about the account closes the gate and the dial
+   waits, an error about the number ends the row `failed` with Twilio's code and
+   message, a request that created nothing is sent again after a backoff, and one that
+   may have created the call is looked for at Twilio once its list had time to show it,
+   twice, before it is ever sent again (`streams.dialers.twilio.lookup`);
 5. backs off with jitter before the next round, never past `dial_by` and never beyond
    `MAX_CREATE_REQUESTS` requests (then `failed`).
 """
@@ -34,20 +41,21 @@ from collections.abc import Mapping
 from typing import Any
 
 from twilio.base.exceptions import TwilioException
-from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
 from streams import metrics
-from streams.dialers.twilio.client import TwilioAccount
+from streams.dialers.twilio.client import TwilioAccount, TwilioApi
 from streams.dialers.twilio.failures import (
     REQUEST_ERRORS,
     Kind,
     TwilioFailure,
+    account_problem,
     classify,
     error_label,
 )
+from streams.dialers.twilio.gate import AccountGate, Passage
 from streams.dialers.twilio.ledger import Job, Ledger
-from streams.dialers.twilio.lookup import SETTLE_SECONDS, Lookup
+from streams.dialers.twilio.lookup import Lookup
 from streams.dialers.twilio.rate import CreateRateLimiter, backoff_seconds
 from streams.dialers.twilio.report import Reporter
 from streams.dialers.twilio.runtime import Runtime
@@ -58,8 +66,11 @@ log = logging.getLogger(__name__)
 
 #: Create requests sent for one dial at most (retries included).
 MAX_CREATE_REQUESTS = 12
-#: The status callback events asked for: every phase the limiter's leases follow.
-CALLBACK_EVENTS = ["initiated", "ringing", "answered", "completed"]
+#: The status callback events asked for: those the limiter acts on. `completed` ends the
+#: slot; `initiated` is when Twilio took the call out of its CPS queue, and the lease it
+#: starts covers the whole ring and call. `ringing` and `answered` would only move the
+#: lease to an end no later than that one, at the cost of a worker event each.
+CALLBACK_EVENTS = ["initiated", "completed"]
 #: The path of our status callback; Twilio signs the URL with the query we give it.
 STATUS_PATH = "/twilio/status"
 #: What an answered call does when neither TWILIO_VOICE_URL nor TWILIO_TWIML is set.
@@ -77,6 +88,7 @@ class Step(enum.Enum):
     FAIL = "fail"  # end the row failed, with Twilio's reason
     RETRY = "retry"  # nothing was created: send again after a backoff
     LOOK_UP = "look-up"  # Twilio may have the call: look before ever sending again
+    WAIT = "wait"  # the account is refused: wait at the gate, fail nothing
 
 
 #: The create loop's transitions: a failed request's kind -> the next step.
@@ -85,13 +97,8 @@ AFTER_FAILURE: Mapping[Kind, Step] = {
     Kind.RATE_LIMITED: Step.RETRY,
     Kind.SERVER_ERROR: Step.LOOK_UP,
     Kind.NO_ANSWER: Step.LOOK_UP,
+    Kind.ACCOUNT: Step.WAIT,
     Kind.REJECTED: Step.FAIL,
-}
-#: Before a lookup, how long Twilio's list may need to show a call the failed request
-#: created: a 5xx answer ended the request; a missing answer may leave it on its way.
-SETTLE_BEFORE_LOOKUP: Mapping[Kind, float] = {
-    Kind.SERVER_ERROR: 0.0,
-    Kind.NO_ANSWER: SETTLE_SECONDS,
 }
 
 
@@ -168,6 +175,15 @@ class CallRequest:
         }
 
 
+def queue_time_seconds(call: CallInstance) -> float | None:
+    """Twilio's `queue_time` of a created call (milliseconds, as a string) in seconds."""
+    raw = call.queue_time
+    try:
+        return None if raw in (None, "") else float(raw) / 1000.0
+    except (TypeError, ValueError):
+        return None
+
+
 class CrashAfterCreates:
     """Test hook: exit(137) right after the n-th successful create of this process."""
 
@@ -200,19 +216,25 @@ class Creator:
         reporter: Reporter,
         lookup: Lookup,
         ledger: Ledger,
-        client: Client,
+        api: TwilioApi,
         *,
         limiter: CreateRateLimiter,
+        gate: AccountGate,
         request: CallRequest,
         rng: random.Random,
         crash: CrashAfterCreates,
+        owner: str,
     ):
         self.runtime = runtime
         self.reporter = reporter
         self.lookup = lookup
         self.ledger = ledger
-        self.client = client
+        self.api = api
         self.limiter = limiter
+        self.gate = gate
+        self.owner = owner
+        #: A create is this dialer's until its request and both looks could be over.
+        self.owned_for = api.timeout + 2 * lookup.settle + 30.0
         self.request = request
         self.rng = rng
         self.crash = crash
@@ -235,6 +257,8 @@ class Creator:
             if step is Step.FAIL:
                 await self.fail(job, answer)
                 return
+            if step is Step.WAIT:
+                continue  # the gate holds the next round until the account is usable
             state.failures += 1
             if step is Step.LOOK_UP:
                 found = await self._look_up(job, answer)
@@ -249,35 +273,70 @@ class Creator:
         """Take a token, claim the request in the ledger, send it; None when no
         request could be sent (the row is dealt with)."""
         job = state.job
-        if not await self._take_token(state):
+        passage = await self.gate.enter(self._deadline(state), self.runtime.stopping)
+        if passage is None:
+            self.runtime.check()
+            await self.deadline_passed(
+                job, state.last_failure, "Twilio refused the account"
+            )
             return None
         try:
-            claimed = await self.runtime.db(
-                self.ledger.begin_create, job.dial_id, state.requests
-            )
+            if not await self._take_token(state):
+                self.gate.inconclusive(passage)
+                return None
+            try:
+                claimed = await self.runtime.db(
+                    self.ledger.begin_create,
+                    job.dial_id,
+                    state.requests,
+                    owner=self.owner,
+                    owned_for=self.owned_for,
+                )
+            except BaseException:
+                self.limiter.release(used=False)
+                raise
         except BaseException:
-            self.limiter.release(used=False)
+            self.gate.inconclusive(passage)
             raise
         if claimed is None:
             self.limiter.release(used=False)
+            self.gate.inconclusive(passage)
             log.info(
                 "dial %s is no longer ours to create (another dialer took it, or it ended)",
                 job.dial_id,
             )
             return None
         state.requests += 1
+        self.limiter.release(used=True)  # spent as it leaves: a hung request holds none
         try:
-            call = await self.client.calls.create_async(**self.request.params(job))
+            call = await self.api.create(self.request.params(job))
         except REQUEST_ERRORS as exc:
             failure = classify(exc)
+            self._gate_after(failure, passage)
             if isinstance(exc, TwilioException):
                 metrics.TWILIO_ERRORS.labels(code=error_label(failure)).inc()
             if failure.rate_limited:
                 metrics.TWILIO_CPS_THROTTLED.inc()
             return failure
-        finally:
-            self.limiter.release(used=True)
+        except BaseException:
+            self.gate.inconclusive(passage)
+            raise
+        self.gate.accepted()
         return Created(call)
+
+    def _gate_after(self, failure: TwilioFailure, passage: Passage) -> None:
+        """What a failed create tells the account gate."""
+        if failure.kind is Kind.ACCOUNT:
+            self.gate.refused(account_problem(failure))
+        elif failure.kind is Kind.REJECTED:
+            self.gate.accepted()  # refused for its number: the account itself is fine
+        else:
+            self.gate.inconclusive(passage)
+
+    @staticmethod
+    def _deadline(state: CreateState) -> float:
+        """`dial_by` on the loop's clock."""
+        return time.monotonic() + (state.dial_by - time.time())
 
     async def _take_token(self, state: CreateState) -> bool:
         """A token of the CPS budget before `dial_by`; else the row ends stale."""
@@ -302,24 +361,30 @@ class Creator:
         self.crash.created()
         self.runtime.counters["dialed"] += 1
         status = call.status or "queued"
+        queue_seconds = queue_time_seconds(call)
+        if queue_seconds is not None:
+            metrics.TWILIO_QUEUE_SECONDS.observe(queue_seconds)
         await self.reporter.change(
-            job.dial_id, lambda: self.ledger.adopt_call(job.dial_id, call.sid, status)
+            job.dial_id,
+            lambda: self.ledger.adopt_call(
+                job.dial_id, call.sid, status, queue_seconds=queue_seconds
+            ),
         )
         log.info(
-            "dialed dial %s for lead %s of business %s to %s: call %s (%s)",
+            "dialed dial %s for lead %s of business %s to %s: call %s (%s%s)",
             job.dial_id,
             job.lead_id,
             job.business_id,
             job.phone,
             call.sid,
             status,
+            f", queued {queue_seconds:g}s at Twilio" if queue_seconds else "",
         )
 
     async def _look_up(self, job: Job, failure: TwilioFailure) -> Found:
-        """Twilio may have the call: look before ever sending again."""
-        await self.runtime.wait(SETTLE_BEFORE_LOOKUP[failure.kind])
+        """Twilio may have the call: look (twice, its list lags) before sending again."""
         try:
-            found = await self.lookup.find(job)
+            found = await self.lookup.find_after_settling(job)
         except REQUEST_ERRORS as exc:
             log.warning(
                 "dial %s: create failed (%s) and Twilio cannot be asked whether the"

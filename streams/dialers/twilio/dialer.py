@@ -43,11 +43,7 @@ from aiohttp import web
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 
 from streams.dialers.twilio.callbacks import Callbacks
-from streams.dialers.twilio.client import (
-    REQUEST_TIMEOUT_SECONDS,
-    TwilioAccount,
-    twilio_client,
-)
+from streams.dialers.twilio.client import TwilioAccount, TwilioApi, twilio_client
 from streams.dialers.twilio.commands import CommandHandler
 from streams.dialers.twilio.create import (
     STATUS_PATH,
@@ -56,6 +52,7 @@ from streams.dialers.twilio.create import (
     Creator,
 )
 from streams.dialers.twilio.feed import CommandFeed
+from streams.dialers.twilio.gate import AccountGate
 from streams.dialers.twilio.ledger import Ledger, safe_url
 from streams.dialers.twilio.lookup import Lookup
 from streams.dialers.twilio.producer import StatusProducer
@@ -69,8 +66,8 @@ from streams.topics import CALLS_DIAL, topic_name
 
 log = logging.getLogger(__name__)
 
-#: On stop, how long in-flight work may take to finish.
-SHUTDOWN_GRACE_SECONDS = REQUEST_TIMEOUT_SECONDS + 2.0
+#: On stop, how long in-flight work may take beyond one request's timeout.
+SHUTDOWN_EXTRA_SECONDS = 2.0
 #: How long the consumer may take to start.
 FEED_START_SECONDS = 30.0
 
@@ -89,6 +86,7 @@ class _Parts:
     reconciler: Reconciler
     commands: CommandHandler
     web_server: web.AppRunner
+    gate: AccountGate
 
 
 class TwilioDialer:
@@ -159,18 +157,32 @@ class TwilioDialer:
         runtime = Runtime(self._db_pool, self.counters)
         producer = StatusProducer(settings)
         client, http = twilio_client(account)
+        api = TwilioApi(client, account.request_timeout)
+        gate = AccountGate()
         reporter = Reporter(runtime, ledger, producer)
-        lookup = Lookup(runtime, reporter, ledger, client, account.from_number)
+        lookup = Lookup(
+            runtime,
+            reporter,
+            ledger,
+            api,
+            account.from_number,
+            settle=settings.twilio_list_settle_seconds,
+        )
         creator = Creator(
             runtime,
             reporter,
             lookup,
             ledger,
-            client,
-            limiter=CreateRateLimiter(settings.twilio_cps),
+            api,
+            # Every dialer of the account takes its share of the account's rate.
+            limiter=CreateRateLimiter(
+                settings.twilio_cps / settings.twilio_dialer_instances
+            ),
+            gate=gate,
             request=CallRequest.of(account, settings),
             rng=self._rng,
             crash=self.crash,
+            owner=self.instance_id,
         )
         reconciler = Reconciler(
             runtime,
@@ -178,10 +190,11 @@ class TwilioDialer:
             lookup,
             creator,
             ledger,
-            client,
+            api,
             reconcile_after_seconds=settings.reconcile_after_seconds,
+            from_number=account.from_number,
         )
-        callbacks = Callbacks(account, runtime, reporter, ledger, producer)
+        callbacks = Callbacks(account, runtime, reporter, ledger, producer, gate)
         return _Parts(
             runtime=runtime,
             producer=producer,
@@ -189,6 +202,7 @@ class TwilioDialer:
             reconciler=reconciler,
             commands=CommandHandler(runtime, reporter, creator, ledger),
             web_server=web.AppRunner(callbacks.app(), access_log=None),
+            gate=gate,
         )
 
     async def _main(self, stop: threading.Event) -> None:
@@ -206,6 +220,7 @@ class TwilioDialer:
                 dial_topic=self.dial_topic,
                 handle=parts.commands.handle,
                 loop=parts.runtime.loop,
+                held=lambda: parts.gate.closed,
             )
             feed.start()
             await asyncio.to_thread(feed.ready.wait, FEED_START_SECONDS)
@@ -235,10 +250,11 @@ class TwilioDialer:
             ) from None
         self.web_port = runner.addresses[0][1] if runner.addresses else None
         log.info(
-            "twilio dialer: %s -> Twilio (%s, %g calls/s) -> %s; webhooks on :%s"
-            " at %s%s; ledger %s",
+            "twilio dialer: %s -> Twilio (%s, %g calls/s of the account's %g) -> %s;"
+            " webhooks on :%s at %s%s; ledger %s",
             self.dial_topic,
             self.account.api_base_url or "api.twilio.com",
+            self.settings.twilio_cps / self.settings.twilio_dialer_instances,
             self.settings.twilio_cps,
             parts.producer.topic,
             self.web_port,
@@ -256,7 +272,9 @@ class TwilioDialer:
         if feed is not None:
             feed.fetching.clear()
             await asyncio.to_thread(feed.idle.wait, 5)
-        cut_short = await parts.runtime.finish_tasks(SHUTDOWN_GRACE_SECONDS)
+        cut_short = await parts.runtime.finish_tasks(
+            self.account.request_timeout + SHUTDOWN_EXTRA_SECONDS
+        )
         if cut_short:
             log.warning(
                 "%d dials were cut short by the stop; the next start recovers"

@@ -5,8 +5,8 @@ Group `<TOPIC_PREFIX>twilio-dialer`, no auto-commit, static membership (a dialer
 restarted after a crash takes its partitions back at once). An offset is committed once
 every command up to it has its outcome in the ledger and the status that outcome
 produced is delivered; a command that failed unexpectedly keeps its offset uncommitted,
-so it comes back after a restart. Beyond `MAX_IN_FLIGHT` unfinished commands the
-consumer pauses.
+so it comes back after a restart. Beyond `MAX_IN_FLIGHT` unfinished commands, and while
+`held()` says so (Twilio refuses the account), the consumer pauses.
 """
 
 from __future__ import annotations
@@ -99,6 +99,7 @@ class CommandFeed(threading.Thread):
         dial_topic: str,
         handle: Handle,
         loop: asyncio.AbstractEventLoop,
+        held: Callable[[], bool] = lambda: False,
     ):
         super().__init__(name="dialer-consumer", daemon=True)
         self.settings = settings
@@ -114,6 +115,7 @@ class CommandFeed(threading.Thread):
         self.dial_topic = dial_topic
         self.handle = handle
         self.loop = loop
+        self.held = held
         self.offsets = Offsets()
         self.fetching = threading.Event()
         self.fetching.set()
@@ -138,7 +140,11 @@ class CommandFeed(threading.Thread):
         last_commit = 0.0
         try:
             while not self.closing.is_set():
-                if self.fetching.is_set() and self.offsets.in_flight() < MAX_IN_FLIGHT:
+                if (
+                    self.fetching.is_set()
+                    and not self.held()
+                    and self.offsets.in_flight() < MAX_IN_FLIGHT
+                ):
                     self._pause(consumer, False)
                     for message in consumer.consume(200, timeout=0.2):
                         self._on_message(message)

@@ -29,10 +29,8 @@ status IN ('dialing','calling') GROUP BY business_id` must never show more than
 only when the limiter granted its dial, and stops being live before the dialer tells the
 limiter that the call ended.
 
-Schema changes are migrations: `MIGRATIONS` is an ordered list of steps; `schema_version`
-records the ones applied; `Ledger.migrate()` (run by the dialer at start) applies the
-missing ones in order, in one transaction (PostgreSQL and SQLite both have transactional
-DDL) under a lock, so a failed step leaves the schema as it was.
+Schema changes are Alembic revisions (`streams.dialers.twilio.schema`); `Ledger.migrate()`
+(run by the dialer at start) applies the missing ones in one transaction.
 
 SQLite (`sqlite:///path`) is the embedded default; PostgreSQL
 (`postgresql://...` or `postgresql+psycopg://...`, driver psycopg 3) is supported.
@@ -43,32 +41,22 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import sqlite3
-import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import (
-    Column,
-    DateTime,
-    Engine,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    func,
-    inspect,
-    select,
-    text,
-    update,
-)
+from sqlalchemy import select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import Connection
 
-from streams.errors import StreamsError
+from streams.dialers.twilio import schema
+from streams.dialers.twilio.schema import (
+    READ_ONLY,
+    jobs,
+    make_engine,
+    normalize_url,
+)
+from streams.dialers.twilio.schema import LedgerError as LedgerError
+from streams.dialers.twilio.schema import safe_url as safe_url
 from streams.topics import TERMINAL_STATUSES
 
 #: The design note's live statuses, counted by its verification query.
@@ -97,82 +85,6 @@ ACTIVE_CALLS_QUERY = (
     " WHERE status IN ('dialing','calling') GROUP BY business_id"
     " ORDER BY business_id"
 )
-
-
-def _jobs_v1(meta: MetaData) -> Table:
-    """`outbound_call_jobs` as migration 1 creates it. Never edit: a change to the table
-    is a new migration step (and a new column in `jobs` below)."""
-    return Table(
-        "outbound_call_jobs",
-        meta,
-        Column("id", Integer, primary_key=True, autoincrement=True),
-        Column("dial_id", String(255), nullable=False, unique=True),
-        Column("lead_id", String(255), nullable=False),
-        Column("business_id", String(255), nullable=False),
-        Column("phone", String(32), nullable=False),
-        Column("attempt", Integer, nullable=False),
-        Column("dial_by", DateTime(timezone=True), nullable=False),
-        Column("call_sid", String(64), unique=True),
-        Column("status", String(16), nullable=False),
-        Column("twilio_status", String(16)),
-        Column("sequence", Integer),
-        Column("error_code", Integer),
-        Column("error_message", Text),
-        Column("create_requests", Integer, nullable=False, default=0),
-        Column("create_sent_at", DateTime(timezone=True)),
-        Column("reported_status", String(16)),
-        Column("reported_sequence", Integer),
-        Column("created_at", DateTime(timezone=True), nullable=False),
-        Column("updated_at", DateTime(timezone=True), nullable=False),
-        Column("last_heard_at", DateTime(timezone=True)),
-    )
-
-
-metadata = MetaData()
-#: The table as the queries see it: version 1's, so far.
-jobs = _jobs_v1(metadata)
-
-schema_version = Table(
-    "schema_version",
-    metadata,
-    Column("version", Integer, primary_key=True),
-    Column("description", String(200), nullable=False),
-    Column("applied_at", DateTime(timezone=True), nullable=False),
-)
-
-
-def _migration_1(conn: Connection) -> None:
-    _jobs_v1(MetaData()).create(conn)
-    conn.execute(
-        text(
-            "CREATE INDEX ix_outbound_call_jobs_status_business"
-            " ON outbound_call_jobs (status, business_id)"
-        )
-    )
-
-
-def _migration_2(conn: Connection) -> None:
-    conn.execute(
-        text(
-            "CREATE INDEX ix_outbound_call_jobs_status_last_heard"
-            " ON outbound_call_jobs (status, last_heard_at)"
-        )
-    )
-
-
-#: Ordered schema changes: (version, description, step). Append, never edit.
-MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
-    (1, "outbound_call_jobs with its status index", _migration_1),
-    (2, "index for the reconciler's scan of silent live calls", _migration_2),
-]
-
-
-#: Execution option marking a connection that only reads (SQLite: no write lock).
-READ_ONLY = "ledger_read_only"
-
-
-class LedgerError(StreamsError):
-    """The ledger cannot be used (unreachable, or a schema newer than this code)."""
 
 
 def utcnow() -> _dt.datetime:
@@ -213,6 +125,12 @@ class Job:
     reported_status: str | None = None
     reported_sequence: int | None = None
     last_heard_at: _dt.datetime | None = None
+    queue_seconds: float | None = None
+    sip_response_code: int | None = None
+    owner: str | None = None
+    owned_until: _dt.datetime | None = None
+    cancel_requested_at: _dt.datetime | None = None
+    report_due_at: _dt.datetime | None = None
 
     @property
     def live(self) -> bool:
@@ -240,6 +158,9 @@ class Job:
             "created_at",
             "updated_at",
             "last_heard_at",
+            "owned_until",
+            "cancel_requested_at",
+            "report_due_at",
         ):
             data[name] = _aware(data[name])
         return cls(**data)
@@ -264,55 +185,6 @@ def transition(
     )
 
 
-def safe_url(url: str) -> str:
-    """A database URL without its password, for logs and messages."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<database url>"
-
-
-def normalize_url(url: str) -> str:
-    """`postgresql://` is served by psycopg 3 (the driver we depend on)."""
-    parsed = make_url(url)
-    if parsed.drivername == "postgresql":
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return parsed.render_as_string(hide_password=False)
-
-
-def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine with the transaction behaviour the ledger relies on."""
-    url = normalize_url(url)
-    if url.startswith("sqlite"):
-        engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}
-        )
-
-        @event.listens_for(engine, "connect")
-        def _sqlite_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
-            # Let SQLAlchemy, not pysqlite, decide when transactions begin, and let
-            # readers (the ops query, tests) read while the dialer writes.
-            dbapi_connection.isolation_level = None
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-            cursor.close()
-
-        @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Connection) -> None:
-            # Writers take the write lock up front: a read-then-write transaction then
-            # cannot fail half-way on a lock upgrade, and rows read are rows we may
-            # update. Readers (`_reading`) only take a snapshot.
-            if conn.get_execution_options().get(READ_ONLY):
-                conn.exec_driver_sql("BEGIN")
-            else:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-        return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=2, pool_pre_ping=True)
-
-
 class Ledger:
     """The ledger over one database. Thread-safe: each call is its own transaction."""
 
@@ -320,7 +192,6 @@ class Ledger:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url, pool_size=pool_size)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        self._migrate_lock = threading.Lock()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -332,44 +203,14 @@ class Ledger:
 
     # -- schema --------------------------------------------------------------------------
 
-    def version(self) -> int:
+    def version(self) -> str | None:
+        """The ledger's schema revision; None before any."""
         with self._reading() as conn:
-            if not inspect(conn).has_table("schema_version"):
-                return 0
-            return conn.execute(
-                select(func.coalesce(func.max(schema_version.c.version), 0))
-            ).scalar_one()
+            return schema.current(conn)
 
-    def migrate(self) -> list[int]:
-        """Apply the missing migrations in order; return the versions applied."""
-        applied: list[int] = []
-        with self._migrate_lock, self.engine.begin() as conn:
-            if not self.is_sqlite:
-                # One migrating process at a time; others wait, then find nothing to do.
-                conn.execute(text("SELECT pg_advisory_xact_lock(4242001)"))
-            if not inspect(conn).has_table("schema_version"):
-                schema_version.create(conn)
-            current = conn.execute(
-                select(func.coalesce(func.max(schema_version.c.version), 0))
-            ).scalar_one()
-            latest = MIGRATIONS[-1][0]
-            if current > latest:
-                raise LedgerError(
-                    f"the ledger's schema is version {current}, newer than"
-                    f" this code's {latest}: upgrade the dialer"
-                )
-            for version, description, step in MIGRATIONS:
-                if version <= current:
-                    continue
-                with conn.begin_nested():
-                    step(conn)
-                    conn.execute(
-                        schema_version.insert().values(
-                            version=version, description=description, applied_at=utcnow()
-                        )
-                    )
-                applied.append(version)
-        return applied
+    def migrate(self) -> list[str]:
+        """Apply the missing revisions in order; return those applied."""
+        return schema.migrate(self.engine)
 
     def ping(self) -> None:
         with self._reading() as conn:
@@ -412,32 +253,67 @@ class Ledger:
             return [Job.from_row(r) for r in conn.execute(query)]
 
     def without_call_sid(
-        self, created_before: _dt.datetime | None = None, limit: int = 500
+        self,
+        created_before: _dt.datetime | None = None,
+        limit: int = 500,
+        *,
+        unowned_at: _dt.datetime | None = None,
     ) -> list[Job]:
-        """Live rows whose call Twilio has not confirmed to us (or not created yet)."""
+        """Live rows whose call Twilio has not confirmed to us (or not created yet);
+        with `unowned_at`, only those no dialer owns at that moment."""
         query = select(jobs).where(jobs.c.status.in_(LIVE), jobs.c.call_sid.is_(None))
         if created_before is not None:
             query = query.where(jobs.c.created_at < created_before)
+        if unowned_at is not None:
+            query = query.where(
+                jobs.c.owned_until.is_(None) | (jobs.c.owned_until < unowned_at)
+            )
         with self._reading() as conn:
             return [
                 Job.from_row(r)
                 for r in conn.execute(query.order_by(jobs.c.id).limit(limit))
             ]
 
-    def unreported_terminal(
-        self, updated_before: _dt.datetime, limit: int = 500
+    def report_due(
+        self, due_before: _dt.datetime | None = None, limit: int = 500
     ) -> list[Job]:
-        """Terminal rows whose terminal status never reached `calls.status`."""
+        """The outbox: rows whose current status has not reached `calls.status` yet,
+        oldest change first."""
+        query = select(jobs).where(jobs.c.report_due_at.is_not(None))
+        if due_before is not None:
+            query = query.where(jobs.c.report_due_at < due_before)
+        query = query.order_by(jobs.c.report_due_at, jobs.c.id).limit(limit)
+        with self._reading() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def queued_past_dial_by(
+        self, now: _dt.datetime, asked_before: _dt.datetime, limit: int = 500
+    ) -> list[Job]:
+        """Calls Twilio still holds `queued` after their dial's `dial_by`, whose cancel
+        was not asked for since `asked_before`."""
         query = (
             select(jobs)
             .where(
-                jobs.c.status.in_(TERMINAL_STATUSES),
-                jobs.c.updated_at < updated_before,
-                (jobs.c.reported_status.is_(None))
-                | (jobs.c.reported_status != jobs.c.twilio_status),
+                jobs.c.status.in_(LIVE),
+                jobs.c.call_sid.is_not(None),
+                jobs.c.twilio_status == "queued",
+                jobs.c.dial_by < now,
+                jobs.c.cancel_requested_at.is_(None)
+                | (jobs.c.cancel_requested_at < asked_before),
             )
-            .order_by(jobs.c.id)
+            .order_by(jobs.c.dial_by)
             .limit(limit)
+        )
+        with self._reading() as conn:
+            return [Job.from_row(r) for r in conn.execute(query)]
+
+    def dials_to(self, phones: Iterable[str], created_after: _dt.datetime) -> list[Job]:
+        """Rows created after `created_after` that dial one of these numbers."""
+        phones = list(phones)
+        if not phones:
+            return []
+        query = select(jobs).where(
+            jobs.c.phone.in_(phones), jobs.c.created_at > created_after
         )
         with self._reading() as conn:
             return [Job.from_row(r) for r in conn.execute(query)]
@@ -467,11 +343,14 @@ class Ledger:
         attempt: int,
         dial_by: _dt.datetime,
         refused_reason: str | None = None,
+        owner: str | None = None,
+        owned_for: float = 0.0,
         now: _dt.datetime | None = None,
     ) -> tuple[bool, Job]:
         """Insert the command's row: `dialing`, or directly `canceled` with
         `refused_reason` for a command that will not be dialed. (False, existing row)
-        when the dial_id is already there."""
+        when the dial_id is already there. `owner` owns the row's create for
+        `owned_for` seconds: no other dialer recovers it meanwhile."""
         now = now or utcnow()
         values = dict(
             dial_id=dial_id,
@@ -485,10 +364,17 @@ class Ledger:
             updated_at=now,
         )
         if refused_reason is None:
-            values.update(status=DIALING)
+            values.update(
+                status=DIALING,
+                owner=owner,
+                owned_until=now + _dt.timedelta(seconds=owned_for) if owner else None,
+            )
         else:
             values.update(
-                status="canceled", twilio_status="canceled", error_message=refused_reason
+                status="canceled",
+                twilio_status="canceled",
+                error_message=refused_reason,
+                report_due_at=now,
             )
         # Both dialects say "insert unless the dial_id is there" the same way.
         insert = sqlite.insert if self.is_sqlite else postgresql.insert
@@ -517,7 +403,13 @@ class Ledger:
         )
 
     def begin_create(
-        self, dial_id: str, expected_requests: int, now: _dt.datetime | None = None
+        self,
+        dial_id: str,
+        expected_requests: int,
+        now: _dt.datetime | None = None,
+        *,
+        owner: str | None = None,
+        owned_for: float = 0.0,
     ) -> Job | None:
         """Compare-and-set before sending a create request: bump `create_requests` from
         `expected_requests` if the row is still live and without a call. None when
@@ -536,6 +428,8 @@ class Ledger:
                     create_requests=expected_requests + 1,
                     create_sent_at=now,
                     updated_at=now,
+                    owner=owner,
+                    owned_until=now + _dt.timedelta(seconds=owned_for) if owner else None,
                 )
             )
             if result.rowcount != 1:
@@ -551,6 +445,8 @@ class Ledger:
         status: str,
         sequence: int | None = None,
         now: _dt.datetime | None = None,
+        *,
+        queue_seconds: float | None = None,
     ) -> tuple[bool, Job | None]:
         """Record that Twilio has call `call_sid` for this dial (from the create's answer,
         a lookup, or a callback), with its status. (changed, row); the row keeps a call
@@ -563,6 +459,8 @@ class Ledger:
             if job.call_sid not in (None, call_sid):
                 return False, job
             values: dict[str, Any] = {"last_heard_at": now}
+            if queue_seconds is not None:
+                values["queue_seconds"] = queue_seconds
             changed = False
             if job.call_sid is None:
                 values["call_sid"] = call_sid
@@ -577,7 +475,7 @@ class Ledger:
                 )
                 changed = True
             if changed:
-                values["updated_at"] = now
+                values.update(updated_at=now, report_due_at=now)
             return changed, self._update(conn, dial_id, **values)
 
     def apply_status(
@@ -589,6 +487,7 @@ class Ledger:
         call_sid: str | None = None,
         error_code: int | None = None,
         error_message: str | None = None,
+        sip_response_code: int | None = None,
         now: _dt.datetime | None = None,
     ) -> tuple[bool, Job | None]:
         """A status from Twilio (callback or fetch). (changed, row after); (False, None)
@@ -622,9 +521,13 @@ class Ledger:
                     sequence=sequence if sequence is not None else job.sequence,
                 )
                 if status in TERMINAL_STATUSES:
-                    values.update(error_code=error_code, error_message=error_message)
+                    values.update(
+                        error_code=error_code,
+                        error_message=error_message,
+                        sip_response_code=sip_response_code,
+                    )
             if changed:
-                values["updated_at"] = now
+                values.update(updated_at=now, report_due_at=now)
             return changed, self._update(conn, dial_id, **values)
 
     def finish(
@@ -653,6 +556,16 @@ class Ledger:
                 error_code=error_code,
                 error_message=error_message,
                 updated_at=now,
+                report_due_at=now,
+            )
+
+    def request_cancel(self, dial_id: str, now: _dt.datetime | None = None) -> None:
+        """We asked Twilio to cancel this row's queued call (its answer decides)."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.dial_id == dial_id)
+                .values(cancel_requested_at=now or utcnow())
             )
 
     def touch(self, dial_id: str, now: _dt.datetime | None = None) -> None:
@@ -665,11 +578,16 @@ class Ledger:
             )
 
     def mark_reported(self, dial_id: str, status: str, sequence: int | None) -> None:
-        """`status` (with `sequence`) was delivered to `calls.status`."""
+        """`status` (with `sequence`) was delivered to `calls.status`; the row leaves the
+        outbox when that is its current status."""
         with self.engine.begin() as conn:
             job = self._locked(conn, dial_id)
             if job is None:
                 return
+            if (job.twilio_status, job.sequence) == (status, sequence):
+                conn.execute(
+                    update(jobs).where(jobs.c.dial_id == dial_id).values(report_due_at=None)
+                )
             if job.reported_status is not None and job.reported_status in TERMINAL_STATUSES:
                 return
             if (

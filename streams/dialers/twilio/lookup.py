@@ -7,9 +7,11 @@ are listed (newest first), and a call created between the row's creation (minus
 row's, unless another ledger row owns that SID; the earliest such call wins. (A status
 callback carrying the `dial_id` also adopts its call, see `callbacks`.)
 
-So a dial is never created twice unless Twilio's list lags its creates by more than
-`SETTLE_SECONDS`, or another system calls the same number from our number in the same
-seconds.
+Twilio's reads are eventually consistent, with no documented bound: a call a failed
+create made may be missing from the list for a while. So nothing is concluded from one
+empty list: a dial is sent again only after `TWILIO_LIST_SETTLE_SECONDS` past the moment
+its request could no longer be in flight, and a second look after that (`settled`). A
+call that shows up later still, with no row owning it, is hung up by the reconciler.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import logging
 import time
 from collections.abc import Iterable
 
-from twilio.rest import Client
 from twilio.rest.api.v2010.account.call import CallInstance
 
-from streams.dialers.twilio.client import REQUEST_TIMEOUT_SECONDS
+from streams.dialers.twilio.client import TwilioApi
 from streams.dialers.twilio.ledger import Job, Ledger
 from streams.dialers.twilio.report import Reporter
 from streams.dialers.twilio.runtime import Runtime
@@ -29,20 +30,17 @@ from streams.topics import CALL_STATUSES
 
 log = logging.getLogger(__name__)
 
-#: After a create request could no longer be in flight, how long Twilio's call list may
-#: take to show the call.
-SETTLE_SECONDS = 5.0
 #: Clock skew allowed between us and Twilio when matching a call to a dial.
 LOOKUP_SKEW_SECONDS = 5.0
 #: Newest calls to a number looked at when matching.
 LOOKUP_LIMIT = 50
 
 
-def creation_window(job: Job, now: float) -> tuple[float, float]:
+def creation_window(job: Job, now: float, request_timeout: float) -> tuple[float, float]:
     """When Twilio may have created this row's call (epoch seconds, both included)."""
     low = job.created_at.timestamp() - LOOKUP_SKEW_SECONDS - 1.0  # 1 s resolution
     last_sent = (job.create_sent_at or job.created_at).timestamp()
-    high = max(last_sent, now) + REQUEST_TIMEOUT_SECONDS + LOOKUP_SKEW_SECONDS
+    high = max(last_sent, now) + request_timeout + LOOKUP_SKEW_SECONDS
     return low, high
 
 
@@ -57,11 +55,11 @@ def created_within(
     ]
 
 
-def settled(job: Job, now: float) -> bool:
+def settled(job: Job, now: float, request_timeout: float, settle: float) -> bool:
     """Whether the row's last create request can no longer be in flight, nor its call
     still missing from Twilio's list (so a lookup that finds nothing is final)."""
     sent = (job.create_sent_at or job.created_at).timestamp()
-    return now >= sent + REQUEST_TIMEOUT_SECONDS + SETTLE_SECONDS
+    return now >= sent + request_timeout + settle
 
 
 class Lookup:
@@ -72,24 +70,22 @@ class Lookup:
         runtime: Runtime,
         reporter: Reporter,
         ledger: Ledger,
-        client: Client,
+        api: TwilioApi,
         from_number: str,
+        settle: float,
     ):
         self.runtime = runtime
         self.reporter = reporter
         self.ledger = ledger
-        self.client = client
+        self.api = api
         self.from_number = from_number
+        self.settle = settle
 
     async def find(self, job: Job) -> CallInstance | None:
         """The call Twilio has for this row, if any; raises `REQUEST_ERRORS`."""
-        calls = await self.client.calls.list_async(
-            to=job.phone,
-            from_=self.from_number,
-            limit=LOOKUP_LIMIT,
-            page_size=LOOKUP_LIMIT,
-        )
-        candidates = created_within(calls, creation_window(job, time.time()))
+        calls = await self.api.calls_to(job.phone, self.from_number, LOOKUP_LIMIT)
+        window = creation_window(job, time.time(), self.api.timeout)
+        candidates = created_within(calls, window)
         if not candidates:
             return None
         owned = await self.runtime.db(
@@ -118,3 +114,14 @@ class Lookup:
             call.sid,
             status,
         )
+
+    async def find_after_settling(self, job: Job) -> CallInstance | None:
+        """Look for the row's call once its list had `settle` seconds to show it, and once
+        more `settle` seconds later before concluding there is none; raises
+        `REQUEST_ERRORS`."""
+        for _ in range(2):
+            await self.runtime.wait(self.settle)
+            found = await self.find(job)
+            if found is not None:
+                return found
+        return None

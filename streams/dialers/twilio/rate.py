@@ -16,13 +16,14 @@ BACKOFF_BASE_SECONDS, BACKOFF_CAP_SECONDS = 0.25, 8.0
 
 class CreateRateLimiter:
     """Twilio's calls-per-second as a token bucket whose tokens come back one window
-    after the request that used them has been answered.
+    after the request that used them was sent.
 
     `max(1, floor(cps))` tokens and a window of `max(1, 1/cps)` seconds: a token is taken
-    before a create request and returns a window after Twilio's answer arrived (so a
-    window after Twilio received the request, whatever the network did). Hence at most
-    that many creates reach Twilio in any window, e.g. 2 in any second for
-    `TWILIO_CPS=2`, 1 per 2 s for 0.5. Waiters are served in arrival order.
+    before a create request and returns a window after the request left, so a request
+    Twilio never answers holds no token. Hence at most that many creates leave in any
+    window, e.g. 2 in any second for `TWILIO_CPS=2`, 1 per 2 s for 0.5; should the
+    network bunch them, Twilio queues the extra call for a moment rather than refusing
+    it. Waiters are served in arrival order.
 
     `clock` must be the running loop's clock (or run at its pace): waits are the loop's.
     """
@@ -83,7 +84,7 @@ class CreateRateLimiter:
             self._notify()  # the next in line may go now
 
     def release(self, used: bool = True) -> None:
-        """The request is answered (`used`), or was never sent (token back at once)."""
+        """The request was sent (`used`), or never will be (token back at once)."""
         self._held -= 1
         if used:
             self._returning.append(self._clock() + self.window)

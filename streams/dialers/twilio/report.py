@@ -1,9 +1,12 @@
 """Ledger first, then Kafka: every change to a dial's row, and the status it reports.
 
-A change is applied to the ledger (one transaction), and only if the row changed (or
-its terminal status was never reported) is the row's status produced to
-`calls.status`; once the broker has it, the ledger records it as reported. Per dial the
-change and the produce happen under one lock, so Kafka's order is the ledger's order.
+A change is applied to the ledger (one transaction, which also puts the row in the
+outbox: `report_due_at`), and only if the row changed (or its terminal status was never
+reported) is the row's status produced to `calls.status`; once the broker has it, the
+ledger records it as reported and the row leaves the outbox. Per dial the change and
+the produce happen under one lock, so Kafka's order is the ledger's order. `deliver`
+produces a row's status from the outbox: the webhook's way (the callback is answered
+once the ledger has it) and the reconciler's, for deliveries that failed.
 """
 
 from __future__ import annotations
@@ -27,17 +30,15 @@ FAILURES = ("failed", "canceled", "busy", "no-answer")
 Change = Callable[[], tuple[bool, Job | None]]
 
 
-def status_record(
-    job: Job, status: str, sequence: int | None, at: float | None = None
-) -> CallStatus:
-    """The `calls.status` record of a row in `status` (at `at`, or now)."""
+def status_record(job: Job, status: str, sequence: int | None) -> CallStatus:
+    """The `calls.status` record of a row in `status`, now."""
     failure = status in FAILURES
     return CallStatus(
         dial_id=job.dial_id,
         lead_id=job.lead_id,
         business_id=job.business_id,
         status=status,
-        at=to_iso(time.time() if at is None else at),
+        at=to_iso(time.time()),
         call_sid=job.call_sid,
         sequence=sequence,
         reason=job.error_message if failure else None,
@@ -54,9 +55,7 @@ class Reporter:
         self.producer = producer
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
-    async def change(
-        self, dial_id: str, change: Change, at: float | None = None
-    ) -> tuple[bool, Job | None]:
+    async def change(self, dial_id: str, change: Change) -> tuple[bool, Job | None]:
         """Apply a ledger change; report the row's status if it changed (or if its
         terminal status was never reported), after the broker has it. (reported, row)."""
         async with self._dial_lock(dial_id):
@@ -65,7 +64,7 @@ class Reporter:
                 return changed, job
             if not (changed or (job.terminal and job.unreported)):
                 return False, job
-            status = status_record(job, job.twilio_status, job.sequence, at)
+            status = status_record(job, job.twilio_status, job.sequence)
             delivery = self.producer.produce(status)
         await asyncio.wait_for(delivery, DELIVERY_TIMEOUT_SECONDS)
         await self.runtime.db(
@@ -101,3 +100,18 @@ class Reporter:
                 del self._locks[dial_id]
             else:
                 self._locks[dial_id] = (lock, users - 1)
+
+    async def deliver(self, dial_id: str) -> bool:
+        """Deliver the row's current status if it is still in the outbox (not yet in
+        `calls.status`); whether there was one to deliver."""
+        async with self._dial_lock(dial_id):
+            job = await self.runtime.db(self.ledger.get, dial_id)
+            if job is None or job.report_due_at is None or job.twilio_status is None:
+                return False
+            status = status_record(job, job.twilio_status, job.sequence)
+            delivery = self.producer.produce(status)
+        await asyncio.wait_for(delivery, DELIVERY_TIMEOUT_SECONDS)
+        await self.runtime.db(
+            self.ledger.mark_reported, job.dial_id, status.status, status.sequence
+        )
+        return True

@@ -88,7 +88,7 @@ class Runtime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def spawn(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, object], what: str) -> None:
         """Run `coro` as a tracked task; its failure is logged, not raised."""
 
         async def guarded() -> None:
