@@ -322,8 +322,10 @@ def reject(
     business_id: str | None = None,
 ) -> Effects:
     """A record we cannot use: dead-letter it, keyed by its business when known. When
-    it is a lead request whose ids were readable (`lead_id` and `business_id`), the CRM
-    gets that lead's outcome too: `rejected`.
+    it is a lead request whose ids were readable (`lead_id` and `business_id`) and that
+    lead is not known yet, the CRM gets that lead's outcome too: `rejected`. A bad
+    record naming a lead we hold (a malformed duplicate) ends nothing: that lead has its
+    own outcome to come, and a lead gets one.
 
     Applied once like any event, so a redelivered bad record is dead-lettered once and
     the cursor moves past it."""
@@ -341,7 +343,12 @@ def reject(
                 source.value,
             ),
         )
-        if lead_id and business_id:
+        known = (
+            lead_id is not None
+            and business_id is not None
+            and step.peek(lead_key(business_id, lead_id)) is not None
+        )
+        if lead_id and business_id and not known:
             step.emit(
                 LEADS_OUTCOMES,
                 business_id,
