@@ -249,9 +249,9 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
             state.pop(key, None) if value is None else state.__setitem__(key, value)
         for business in BUSINESSES:  # the value's head times are the heads' own
             value = read_business(state.get, business)
-            heads: dict[int, str] = {}
+            heads: dict[str, str] = {}
             for queued in waiting_leads(state.get, business):
-                heads.setdefault(queued.level, queued.lead_id)
+                heads.setdefault(queued.queue, queued.lead_id)
             since = [
                 read_lead(state.get, business, lead)["waiting_since"]
                 for lead in heads.values()
@@ -692,7 +692,7 @@ def test_a_table_written_before_the_types_is_read_and_carried_on():
     table.offsets.update({LEADS_REQUESTS: 5, CALLS_STATUS: 2})
     view = describe_business(table.state.get, "A", 104.0, RULES)
     assert (len(view["active"]), view["waiting"], view["held_statuses"]) == (3, 1, 1)
-    assert waiting_leads(table.state.get, "A") == [QueuedLead(0, 0, "L4")]
+    assert waiting_leads(table.state.get, "A") == [QueuedLead("0", 0, "L4")]
 
     # the untagged wake entries still wake the business: its silent dials are resent
     resent = table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(104.0)), 104.0)
