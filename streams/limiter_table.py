@@ -235,6 +235,10 @@ STATUS_ACTIONS: dict[tuple[str, str | None], StatusAction] = {
 #: priority, so they are next.
 FRONT_LEVEL = MAX_PRIORITY + 1
 
+#: A business waiting for a calling window to open is woken this often at least (it
+#: looks again): a wake entry never outlives its business by more than this.
+WINDOW_WAKE_AT_MOST = 600.0
+
 #: How a lead's state may move (None: not known yet), and on what. Any other move is a
 #: bug, and raises.
 LEAD_MOVES: dict[tuple[LeadState | None, LeadState], str] = {
@@ -1639,7 +1643,8 @@ def _next_wake(step: _Step, bid: str, business: Business) -> float | None:
         for name in business["queues"]:  # rule 11: woken when a closed window opens
             if not _zone_open(step, bid, window, name):
                 zone = queue_parts(name)[1] or window.timezone
-                times.append(next_open(window, zone, step.now))
+                opens = next_open(window, zone, step.now)
+                times.append(min(opens, step.now + WINDOW_WAKE_AT_MOST))
     return min(times) if times else None
 
 
@@ -1652,8 +1657,8 @@ def _schedule(step: _Step, due: WakeEntry, bucket: int) -> int:
     cursor's second, when that one is past); the bucket it went to."""
     partition = step.source.partition
     cursor = step.get(wake_cursor_key(partition))
-    if cursor is None:
-        step.put(wake_cursor_key(partition), [bucket, 0])
+    if cursor is None:  # from now on: the first entry may be far ahead of the next ones
+        step.put(wake_cursor_key(partition), [min(bucket, math.floor(step.now)), 0])
     else:
         bucket = max(bucket, WakeCursor(*cast(list[int], cursor)).second)
     size = _wake_size(step, partition, bucket)
