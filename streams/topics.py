@@ -426,6 +426,8 @@ class RetryPolicy:
             isinstance(d, (int, float)) and not isinstance(d, bool) for d in delays
         ):
             raise ValueError("retry delays must be a list of seconds")
+        if attempts is None:  # as on the command line: one more than the delays
+            attempts = len(delays) + 1
         if not _is_int(attempts):
             raise ValueError("retry max_attempts must be an integer of at least 1")
         policy = cls(tuple(on), tuple(float(d) for d in delays), attempts)
