@@ -22,7 +22,7 @@ import math
 import re
 import zoneinfo
 from collections.abc import Callable
-from typing import Any, Final, Literal, TypeGuard, TypeVar, cast, get_args
+from typing import Any, ClassVar, Final, Literal, TypeGuard, TypeVar, cast, get_args
 
 import orjson
 
@@ -442,6 +442,33 @@ class RetryPolicy:
         )
 
 
+#: JSON Schema of a calling window as `business.control` carries it.
+WINDOW_SCHEMA: Fields = {
+    "type": "object",
+    "required": ["start", "end", "days", "timezone"],
+    "properties": {
+        "start": {"type": "string", "pattern": r"^\d{1,2}:\d{2}(:\d{2})?$"},
+        "end": {"type": "string", "pattern": r"^\d{1,2}:\d{2}(:\d{2})?$"},
+        "days": {"type": "array", "items": {"enum": list(WEEKDAYS)}, "minItems": 1},
+        "timezone": {"type": "string"},
+    },
+}
+#: JSON Schema of a retry policy as `business.control` carries it.
+RETRY_SCHEMA: Fields = {
+    "type": "object",
+    "required": ["on", "delays"],
+    "properties": {
+        "on": {"type": "array", "items": {"enum": list(RETRYABLE_STATUSES)}, "minItems": 1},
+        "delays": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0},
+            "minItems": 1,
+        },
+        "max_attempts": {"type": "integer", "minimum": 1},
+    },
+}
+
+
 def _duration_text(seconds: float) -> str:
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size and seconds % size == 0:
@@ -450,6 +477,28 @@ def _duration_text(seconds: float) -> str:
 
 
 _R = TypeVar("_R", bound="Record")
+
+#: JSON Schema of an identifier (`lead_id`, `business_id`, `dial_id`, `run_id`).
+_ID: Fields = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": _MAX_ID_LENGTH,
+    "pattern": r"\S",
+}
+#: JSON Schema of a time the worker writes, and of one it reads (epoch seconds too).
+_TIME: Fields = {"type": "string", "format": "date-time"}
+_INPUT_TIME: Fields = {"anyOf": [_TIME, {"type": "number"}]}
+
+
+def _field(
+    doc: str, default: Any = dataclasses.MISSING, *, present: bool = False, **schema: Any
+) -> Any:
+    """A record's field with its meaning and its JSON Schema (`present`: always in the
+    JSON, even when null): the published schemas and the AsyncAPI document
+    (`streams/schemas.py`) are generated from these."""
+    return dataclasses.field(
+        default=default, metadata={"doc": doc, "schema": schema, "present": present}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -480,14 +529,38 @@ class LeadRequest(Record):
     dialed earlier), `expires_at` (never dialed later: it ends `expired`), and the
     called party's IANA `timezone`, in which calling windows judge it."""
 
-    lead_id: str
-    business_id: str
-    phone: str
-    priority: int = 0
-    run_id: str | None = None
-    not_before: str | None = None
-    expires_at: str | None = None
-    timezone: str | None = None
+    lead_id: str = _field(
+        "unique per business; an id seen before is ignored while its record is kept",
+        **_ID,
+    )
+    business_id: str = _field("the business; equal to the record's key", **_ID)
+    phone: str = _field("E.164, like +14155550100", type="string", pattern=_E164.pattern)
+    priority: int = _field(
+        "0-9, higher first, then arrival",
+        0,
+        type="integer",
+        minimum=MIN_PRIORITY,
+        maximum=MAX_PRIORITY,
+    )
+    run_id: str | None = _field(
+        "the bulk run it belongs to (withdrawn together)", None, **_ID
+    )
+    not_before: str | None = _field("never dialed earlier", None, **_INPUT_TIME)
+    expires_at: str | None = _field(
+        "never dialed at or after it: then it ends expired (not-dialed-before-expiry);"
+        " later than not_before",
+        None,
+        **_INPUT_TIME,
+    )
+    timezone: str | None = _field(
+        "IANA zone of the called party, in which calling windows judge it; an unknown"
+        " zone is rejected",
+        None,
+        type="string",
+    )
+
+    #: Besides its fields: a record with `withdraw` is a withdrawal, not a lead.
+    SCHEMA_RULES: ClassVar[Fields] = {"not": {"required": ["withdraw"]}}
 
     @classmethod
     def decode(cls, value: bytes | None, key: bytes | None) -> LeadRequest:
@@ -544,10 +617,20 @@ class Withdrawal(Record):
     withdraws one lead, `{business_id, run_id, withdraw: true}` every lead of a run not
     yet dialed, including those that arrive later. A lead on a call is not hung up."""
 
-    business_id: str
-    lead_id: str | None = None
-    run_id: str | None = None
-    withdraw: bool = True
+    business_id: str = _field("the business; equal to the record's key", **_ID)
+    lead_id: str | None = _field("the lead to withdraw (or run_id)", None, **_ID)
+    run_id: str | None = _field("the run to withdraw (or lead_id)", None, **_ID)
+    withdraw: bool = _field(
+        "always true: what makes it a withdrawal", True, present=True, const=True
+    )
+
+    #: Besides its fields: it names a lead or a run, not both.
+    SCHEMA_RULES: ClassVar[Fields] = {
+        "oneOf": [
+            {"required": ["lead_id"], "not": {"required": ["run_id"]}},
+            {"required": ["run_id"], "not": {"required": ["lead_id"]}},
+        ]
+    }
 
     @classmethod
     def from_fields(cls, data: Fields, key: bytes | None) -> Withdrawal:
@@ -583,15 +666,27 @@ def decode_lead_request(value: bytes | None, key: bytes | None) -> LeadRequest |
 class CallStatus(Record):
     """`calls.status`, from the dialer: Twilio's CallStatus for one dial."""
 
-    dial_id: str
-    lead_id: str
-    business_id: str
-    status: str
-    at: str
-    call_sid: str | None = None
-    sequence: int | None = None
-    reason: str | None = None
-    error_code: int | None = None
+    dial_id: str = _field("the dial_id of the command", **_ID)
+    lead_id: str = _field("that of the command", **_ID)
+    business_id: str = _field("that of the command; equal to the record's key", **_ID)
+    status: str = _field(
+        "Twilio's CallStatus: queued, initiated, ringing, in-progress (live); completed,"
+        " busy, failed, no-answer, canceled (terminal)",
+        enum=list(CALL_STATUSES),
+    )
+    at: str = _field("when the dialer saw it", **_INPUT_TIME)
+    call_sid: str | None = _field("the call's id at the carrier", None, type="string")
+    sequence: int | None = _field(
+        "orders statuses of one phase (Twilio's SequenceNumber)", None, type="integer"
+    )
+    reason: str | None = _field(
+        "dial-deadline-passed with canceled: the dialer refused a stale command",
+        None,
+        type="string",
+    )
+    error_code: int | None = _field(
+        "the carrier's error code of a failed call", None, type="integer"
+    )
 
     @classmethod
     def decode(cls, value: bytes | None, key: bytes | None) -> CallStatus:
@@ -632,8 +727,8 @@ class CallStatus(Record):
 class Tick(Record):
     """`limiter.ticks`: the clock, as events, so that only the agent writes state."""
 
-    partition: int
-    at: str
+    partition: int = _field("the partition it is for", type="integer", minimum=0)
+    at: str = _field("when the worker's timer sent it", **_INPUT_TIME)
 
     @classmethod
     def decode(cls, value: bytes | None, key: bytes | None) -> Tick:
@@ -656,11 +751,20 @@ class BusinessControl(Record):
     (MAX_OUTBOUND_CALLS_PER_BUSINESS, CALLING_HOURS, RETRY_ON).
     """
 
-    business_id: str
-    limit: int | None = None
-    paused: bool = False
-    window: CallingWindow | None = None
-    retry: RetryPolicy | None = None
+    business_id: str = _field("the business; equal to the record's key", **_ID)
+    limit: int | None = _field(
+        "its calls in flight at most; null: MAX_OUTBOUND_CALLS_PER_BUSINESS",
+        None,
+        type="integer",
+        minimum=0,
+    )
+    paused: bool = _field("no new dials; waiting leads stay", False, type="boolean")
+    window: CallingWindow | None = _field(
+        "its calling window; null: the default (CALLING_HOURS)", None, **WINDOW_SCHEMA
+    )
+    retry: RetryPolicy | None = _field(
+        "its retries; null: the default (RETRY_ON)", None, **RETRY_SCHEMA
+    )
 
     @classmethod
     def decode(cls, value: bytes | None, key: bytes | None) -> BusinessControl:
@@ -717,13 +821,21 @@ def _nested(value: object, parse: Callable[[Fields], _N]) -> _N | None:
 class DialCommand(Record):
     """`calls.dial`, to the dialer. Never place it after `dial_by`; dedupe on `dial_id`."""
 
-    dial_id: str
-    lead_id: str
-    business_id: str
-    phone: str
-    attempt: int
-    granted_at: str
-    dial_by: str
+    dial_id: str = _field(
+        "business_id:lead_id:attempt; the same on every resend: dedupe on it", **_ID
+    )
+    lead_id: str = _field("from the lead request", **_ID)
+    business_id: str = _field("from the lead request; the record's key", **_ID)
+    phone: str = _field("from the lead request", type="string")
+    attempt: int = _field(
+        "1, then one more per retry and per refused stale command",
+        type="integer",
+        minimum=1,
+    )
+    granted_at: str = _field("when the worker granted the slot", **_TIME)
+    dial_by: str = _field(
+        "never place the call after it (report canceled, dial-deadline-passed)", **_TIME
+    )
 
     @classmethod
     def decode(cls, value: bytes | None, key: bytes | None = None) -> DialCommand:
@@ -742,14 +854,26 @@ class LeadOutcome(Record):
     for an attempt that will be retried; every lead gets exactly one final outcome.
     `attempt` is that of the last dial (0: never dialed)."""
 
-    lead_id: str
-    business_id: str
-    outcome: str
-    dial_id: str | None = None
-    call_sid: str | None = None
-    reason: str | None = None
-    attempt: int | None = None
-    final: bool = True
+    lead_id: str = _field("the lead", **_ID)
+    business_id: str = _field("its business; the record's key", **_ID)
+    outcome: str = _field(
+        "a terminal call status, expired, rejected or withdrawn", enum=list(OUTCOMES)
+    )
+    dial_id: str | None = _field("of the attempt's dial", None, **_ID)
+    call_sid: str | None = _field("of the attempt's call", None, type="string")
+    reason: str | None = _field(
+        "why: the dialer's reason or error, the lease, the expiry, the validation error",
+        None,
+        type="string",
+    )
+    attempt: int | None = _field(
+        "the attempt of the last dial (0: never dialed)", None, type="integer", minimum=0
+    )
+    final: bool = _field(
+        "false for an attempt that will be retried; one final outcome per lead",
+        True,
+        type="boolean",
+    )
 
     @classmethod
     def decode(cls, value: bytes | None, key: bytes | None = None) -> LeadOutcome:
@@ -765,12 +889,16 @@ class DeadLetter(Record):
     `key` and `value` are base64 of the original bytes (null when the record had none).
     """
 
-    reason: str
-    topic: str
-    partition: int
-    offset: int
-    key: str | None
-    value: str | None
+    reason: str = _field("one line: what was wrong", type="string")
+    topic: str = _field("where the original record was", type="string")
+    partition: int = _field("its partition", type="integer", minimum=0)
+    offset: int = _field("its offset", type="integer", minimum=0)
+    key: str | None = _field(
+        "base64 of the original key (null: none)", type=["string", "null"], present=True
+    )
+    value: str | None = _field(
+        "base64 of the original value (null: none)", type=["string", "null"], present=True
+    )
 
     @classmethod
     def of(
