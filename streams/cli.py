@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 from streams.devtools.broker_command import MAX_NODES, run_broker
 from streams.devtools.demo.command import run_demo
@@ -238,9 +239,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- parser --------------------------------------------------------------------------
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments end in one line that names the cause and where help is, exit 2:
+    argparse's usage dump before it buries the cause in scripts' logs."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrorParser(
         prog="streams",
         formatter_class=formatter,
         epilog=EPILOG,
