@@ -25,9 +25,16 @@ exactly as the worker drives it (read = dict.get, writes applied in order).
    all granted at once; the table's size as the worker's changelog and store hold it
    (JSON of every key and value), while the calls are live and after every call ended.
    Resident memory of the dict store is reported alongside (RSS growth, approximate).
+4. This core against another version's (`--versus REF`, main by default), in the same
+   run: REF's `streams` package is exported from git to a temporary directory and both
+   cores are driven by `bench.core_driver` in a process each, through the same events
+   (leads of no run, which every version accepts) in `empty`, `waiting-1` and
+   `waiting-B`, one repeat of one core after one of the other (which goes first
+   alternates), so both see the same machine. Reported: each core's median and the
+   cost ratio, this core's time per event over REF's.
 
     python -m bench.core [--backlog 100000] [--cycles 2000] [--repeats 7]
-                         [--businesses 100000] [--json-only]
+                         [--businesses 100000] [--versus main] [--json-only]
 
 Prints one JSON line per measurement, then a human summary.
 """
@@ -40,99 +47,27 @@ import gc
 import json
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
-from streams import limiter_table as core
+from bench.core_driver import LEADS, Business, Table, cycle, new_business
 from streams.limiter_state import read_business, waiting_count
-from streams.settings import Settings
-from streams.topics import CALLS_DIAL, CallStatus, LeadRequest, Tick, Withdrawal, to_iso
+from streams.topics import Tick, Withdrawal, to_iso
 
-LEADS = "leads.requests"
-STATUS = "calls.status"
 TICKS = "limiter.ticks"
-LIVE = ("queued", "initiated", "ringing", "in-progress")
-
-
-class Table:
-    """A dict store driven like the worker drives its Faust table."""
-
-    def __init__(self) -> None:
-        self.data: dict = {}
-        self.offsets = collections.Counter()
-        self.now = 1_700_000_000.0
-        self.rules = Settings().rules()
-
-    def feed(self, topic: str, event) -> core.Effects:
-        offset = self.offsets[topic]
-        self.offsets[topic] += 1
-        self.now += 0.001
-        effects = core.process(
-            self.data.get, event, core.Source(topic, 0, offset), self.now, self.rules
-        )
-        data = self.data
-        for key, value in effects.writes:
-            if value is not None:
-                data[key] = value
-            else:
-                data.pop(key, None)
-        return effects
-
-
-class Business:
-    """One business driven through the core: leads in, its oldest call's statuses."""
-
-    def __init__(self, table: Table, business_id: str):
-        self.table, self.bid = table, business_id
-        self.live: collections.deque = (
-            collections.deque()
-        )  # (dial_id, lead_id), oldest first
-        self.next_lead = 0
-        self.time_in_queue = []
-
-    def lead(self, run_id: str = "cycle", not_before: str | None = None) -> None:
-        lead_id = f"L{self.next_lead:07d}"
-        self.next_lead += 1
-        request = LeadRequest(
-            lead_id, self.bid, "+14155550100", run_id=run_id, not_before=not_before
-        )
-        self._granted(self.table.feed(LEADS, request))
-
-    def finish_oldest(self, final: str = "completed") -> None:
-        dial_id, lead_id = self.live.popleft()
-        for sequence, status in enumerate(LIVE + (final,)):
-            at = to_iso(self.table.now)
-            effects = self.table.feed(
-                STATUS,
-                CallStatus(
-                    dial_id=dial_id,
-                    lead_id=lead_id,
-                    business_id=self.bid,
-                    status=status,
-                    at=at,
-                    call_sid="CA" + dial_id[-8:],
-                    sequence=sequence,
-                ),
-            )
-            self._granted(effects)
-
-    def _granted(self, effects: core.Effects) -> None:
-        for emit in effects.emits:
-            if emit.topic == CALLS_DIAL:
-                self.live.append((emit.record.dial_id, emit.record.lead_id))
 
 
 def prepare(config: str) -> Business:
     """A business in the steady state of configuration `config` (see the docstring)."""
     kind, _, size_text = config.partition("-")
     size = int(size_text or 0)
-    table = Table()
-    business = Business(table, "biz-under-test")
-    # Some other businesses, so the table is not trivially small.
-    for i in range(200):
-        Business(table, f"other-{i}").lead()
-    calls = 2 if kind in ("empty", "scheduled") else 3
+    business, calls = new_business(config, cycle_run="cycle")
+    table = business.table
     for _ in range(calls):
         business.lead()
     if kind == "waiting":
@@ -149,16 +84,6 @@ def prepare(config: str) -> Business:
         business.lead()
     assert len(business.live) == calls, (len(business.live), calls)
     return business
-
-
-def cycle(business: Business, cycles: int) -> float:
-    """Run `cycles` cycles (6 events each); return the seconds they took."""
-    gc.collect()
-    began = time.perf_counter()
-    for _ in range(cycles):
-        business.lead()
-        business.finish_oldest()
-    return time.perf_counter() - began
 
 
 def counts(business: Business) -> tuple[int, int]:
@@ -264,6 +189,120 @@ def bench_withdrawal(size: int, repeats: int = 5) -> dict:
     }
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Core:
+    """One version of the core in a process of its own, serving `bench.core_driver`."""
+
+    def __init__(self, name: str, directory: Path, configs: list[str]) -> None:
+        self.name = name
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.core_driver", "--serve", *configs],
+            cwd=directory,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        ready = self._answer()
+        self.streams = ready["streams"]
+        if not Path(self.streams).resolve().is_relative_to(directory.resolve()):
+            self.close()
+            raise SystemExit(f"the {name} core imported {self.streams}, not its own")
+
+    def _answer(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {self.name} core's process ended")
+        return json.loads(line)
+
+    def cycle(self, config: str, cycles: int) -> tuple[float, int]:
+        assert self.process.stdin is not None
+        self.process.stdin.write(f"{config} {cycles}\n")
+        self.process.stdin.flush()
+        answer = self._answer()
+        return answer["seconds"], answer["waiting"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write("quit\n")
+            self.process.stdin.close()
+            self.process.wait(timeout=60)
+
+
+def commit_of(ref: str) -> str | None:
+    """REF's abbreviated commit, or None when this checkout has no such ref."""
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", f"{ref}^{{commit}}"],
+        capture_output=True,
+        text=True,
+    )
+    return found.stdout.strip() if found.returncode == 0 else None
+
+
+def export(commit: str, into: Path) -> None:
+    """The commit's `streams` package and this checkout's driver into `into`."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "streams"],
+        check=True,
+        capture_output=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    (into / "bench").mkdir()
+    for name in ("__init__.py", "core_driver.py"):
+        shutil.copy(ROOT / "bench" / name, into / "bench" / name)
+
+
+def bench_versus(
+    ref: str, commit: str, backlog: int, cycles: int, repeats: int
+) -> list[dict]:
+    configs = ["empty", "waiting-1", f"waiting-{backlog}"]
+    directory = Path(tempfile.mkdtemp(prefix="bench-core-"))
+    cores: list[Core] = []
+    try:
+        export(commit, directory)
+        print(f"# preparing this core and {ref} ({commit})", file=sys.stderr, flush=True)
+        cores = [Core("this", ROOT, configs), Core(ref, directory, configs)]
+        for core in cores:  # warm-up
+            for config in configs:
+                core.cycle(config, max(50, cycles // 10))
+        samples = {(c.name, config): [] for c in cores for config in configs}
+        backlogs: dict[tuple[str, str], set[int]] = collections.defaultdict(set)
+        for repeat in range(repeats):
+            for config in configs:
+                for core in cores if repeat % 2 == 0 else cores[::-1]:
+                    seconds, waiting = core.cycle(config, cycles)
+                    samples[core.name, config].append(cycles * 6 / seconds)
+                    backlogs[core.name, config].add(waiting)
+    finally:
+        for core in cores:
+            core.close()
+        shutil.rmtree(directory)
+    results = []
+    for config in configs:
+        this = statistics.median(samples["this", config])
+        other = statistics.median(samples[ref, config])
+        # Both cores held the same backlog throughout, or the comparison is void.
+        assert backlogs["this", config] == backlogs[ref, config], backlogs
+        results.append(
+            {
+                "bench": "core.versus",
+                "config": config,
+                "versus": ref,
+                "versus_commit": commit,
+                "waiting": sorted(backlogs["this", config]),
+                "events_per_s_median": round(this),
+                "versus_events_per_s_median": round(other),
+                "cost_vs_versus": round(other / this, 3),
+                "cycles": cycles,
+                "repeats": repeats,
+            }
+        )
+    return results
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -352,10 +391,24 @@ def main(argv: list[str] | None = None) -> int:
         default=100_000,
         help="businesses for the state-size figure (0 skips it)",
     )
+    parser.add_argument(
+        "--versus",
+        default="main",
+        metavar="REF",
+        help="git ref of the core to compare with in the same run (default main;"
+        " an empty string skips it)",
+    )
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args(argv)
+    commit = commit_of(args.versus) if args.versus else None
+    if args.versus and commit is None:
+        parser.error(f"--versus {args.versus}: no such git ref in {ROOT}")
     results = bench_backlog(args.backlog, args.cycles, args.repeats)
     results.append(bench_withdrawal(args.backlog))
+    if args.versus and commit is not None:
+        results += bench_versus(
+            args.versus, commit, args.backlog, args.cycles, args.repeats
+        )
     if args.businesses:
         results += bench_state(args.businesses)
     for result in results:
@@ -376,6 +429,15 @@ def main(argv: list[str] | None = None) -> int:
         f"  target: every configuration <= 1.2x empty: worst x{worst}"
         f" -> {'MET' if worst <= 1.2 else 'MISSED'}"
     )
+    versus = [r for r in results if r["bench"] == "core.versus"]
+    if versus:
+        print("this core against another version's, same events, interleaved:")
+    for r in versus:
+        print(
+            f"  {r['config']:>17}: {r['events_per_s_median']:>8,} events/s here,"
+            f" {r['versus_events_per_s_median']:>8,} on {r['versus']}"
+            f" ({r['versus_commit']}): cost x{r['cost_vs_versus']} of {r['versus']}'s"
+        )
     for r in results:
         if r["bench"] == "core.withdrawal":
             print(
