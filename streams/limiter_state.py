@@ -28,7 +28,7 @@ only), unless the value is already a copy.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple, TypedDict, cast
 
 from streams.topics import CallStatus, DeadLetter, Outcome
@@ -248,19 +248,36 @@ Cursors = dict[str, int]
 
 #: A sentinel no value equals: every field without a default is kept.
 _KEPT = object()
+#: The defaults that are lists, of which every decoded value needs a copy of its own.
+_LEAD_LISTS = tuple(k for k, v in LEAD_DEFAULTS.items() if isinstance(v, list))
+_BUSINESS_LISTS = tuple(k for k, v in BUSINESS_DEFAULTS.items() if isinstance(v, list))
 
 
-def _with_defaults(value: object, defaults: dict[str, object]) -> dict[str, Any]:
-    data: dict[str, Any] = dict(cast(dict[str, Any], value))
+def _with_defaults(
+    value: object, defaults: dict[str, object], lists: tuple[str, ...]
+) -> dict[str, Any]:
+    # One merge, then fresh copies of the mutable defaults only: this runs on every
+    # event, so it is kept to the few fields that can be missing.
+    data: dict[str, Any] = {**defaults, **cast(dict[str, Any], value)}
+    for key in lists:
+        if data[key] is defaults[key]:
+            data[key] = list(cast(list[object], defaults[key]))
+    return data
+
+
+def _without_defaults(
+    record: Mapping[str, object], defaults: dict[str, object]
+) -> dict[str, object]:
+    data = dict(record)
     for key, default in defaults.items():
-        if key not in data:
-            data[key] = list(default) if isinstance(default, list) else default
+        if data.get(key, _KEPT) == default:
+            del data[key]
     return data
 
 
 def decode_business(value: object) -> Business:
     """A business from its JSON."""
-    data = _with_defaults(value, BUSINESS_DEFAULTS)
+    data = _with_defaults(value, BUSINESS_DEFAULTS, _BUSINESS_LISTS)
     data["queues"] = {name: QueueLevel(*q) for name, q in data["queues"].items()}
     if "orphans" in data:  # written before the rename
         data["held"] = data.pop("orphans")
@@ -270,24 +287,20 @@ def decode_business(value: object) -> Business:
 
 
 def encode_business(business: Business) -> dict[str, object]:
-    data: dict[str, object] = {
-        k: v for k, v in business.items() if BUSINESS_DEFAULTS.get(k, _KEPT) != v
-    }
+    data = _without_defaults(business, BUSINESS_DEFAULTS)
     data["queues"] = {name: list(q) for name, q in business["queues"].items()}
     return data
 
 
 def decode_lead(value: object) -> Lead:
-    data = _with_defaults(value, LEAD_DEFAULTS)
+    data = _with_defaults(value, LEAD_DEFAULTS, _LEAD_LISTS)
     queue, position = data["queued_at"]
     data["queued_at"] = QueuePosition(str(queue), position)  # a level number before
     return cast(Lead, data)
 
 
 def encode_lead(lead: Lead) -> dict[str, object]:
-    data: dict[str, object] = {
-        k: v for k, v in lead.items() if LEAD_DEFAULTS.get(k, _KEPT) != v
-    }
+    data = _without_defaults(lead, LEAD_DEFAULTS)
     data["queued_at"] = list(lead["queued_at"])
     return data
 

@@ -19,9 +19,11 @@ from hypothesis import event as statistic
 from hypothesis import strategies as st
 
 from streams.limiter_state import (
+    BUSINESS_DEFAULTS,
     QueuedLead,
     business_key,
     decode_business,
+    encode_business,
     is_business_key,
     key_kind,
     read_business,
@@ -787,6 +789,18 @@ def _table_as_written_before_the_types() -> dict:
         "wn\x1f0\x1f104": 1,
         "wn\x1f0\x1f3701": 1,
     }
+
+
+def test_values_without_the_new_fields_get_defaults_of_their_own():
+    """Fields a value lacks (written before them, or left out at their default) are
+    filled in on reading; a list filled in is the value's own, never one shared."""
+    old = {"active": {}, "queues": {}, "held": {}, "paused": False, "limit": None}
+    first, second = decode_business(dict(old)), decode_business(dict(old))
+    assert {k: first[k] for k in BUSINESS_DEFAULTS} == BUSINESS_DEFAULTS
+    first["runs"].append("r1")
+    assert second["runs"] == [] and BUSINESS_DEFAULTS["runs"] == []
+    assert not set(encode_business(second)) & set(BUSINESS_DEFAULTS), "left out"
+    assert encode_business(first)["runs"] == ["r1"], "a value not at its default is kept"
 
 
 def test_a_table_written_before_the_types_is_read_and_carried_on():
