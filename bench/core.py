@@ -393,13 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--versus",
-        default="main",
         metavar="REF",
-        help="git ref of the core to compare with in the same run (default main;"
-        " an empty string skips it)",
+        help="git ref of the core to compare with in the same run (default main, when"
+        " this checkout has it; an empty string skips it)",
     )
     parser.add_argument("--json-only", action="store_true")
     args = parser.parse_args(argv)
+    if args.versus is None:  # the default: main, if there is one to compare with
+        args.versus = "main" if commit_of("main") else ""
+        if not args.versus:
+            print("# no git ref main here: no comparison", file=sys.stderr, flush=True)
     commit = commit_of(args.versus) if args.versus else None
     if args.versus and commit is None:
         parser.error(f"--versus {args.versus}: no such git ref in {ROOT}")
