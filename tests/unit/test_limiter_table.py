@@ -273,9 +273,18 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     assert set(outcomes) == set(world.leads), "a lead was lost or invented"
     assert all(len(v) == 1 for v in outcomes.values()), outcomes
     kinds = collections.Counter(note.kind for note in world.notes)
-    shown = ("outcome-withdrawn", "retry-scheduled", "lead-released", "refill-deferred")
+    shown = (
+        "outcome-withdrawn",
+        "outcome-expired",
+        "lead-scheduled",
+        "retry-scheduled",
+        "dial-refused",
+        "lead-released",
+        "refill-deferred",
+    )
     for kind in shown:
         statistic(f"{kind}: {'yes' if kinds[kind] else 'no'}")
+    statistic(f"granted under a window: {'yes' if world.grants_in_window else 'no'}")
     statistic(f"crashed: {'yes' if world.generation else 'no'}")
 
     # No grant broke a rule of time, window or withdrawal; no dial could be placed past

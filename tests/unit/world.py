@@ -141,6 +141,8 @@ class World:
         )
         #: grants and dial commands that broke a rule of time, window or withdrawal
         self.bad_grants: list[str] = []
+        #: grants decided under a calling window, to show the windows were exercised
+        self.grants_in_window = 0
         self.runs: set[tuple[str, str]] = set()
 
     # -- the CRM -------------------------------------------------------------------
@@ -353,6 +355,7 @@ class World:
         if not new:
             return  # a resend: its dial_by was checked at the grant
         zone = request.timezone or (window.timezone if window else "UTC")
+        self.grants_in_window += window is not None
         if window is not None and not window_open(window, zone, self.now):
             self.bad_grants.append(f"{dial.dial_id}: granted outside its window")
         if window is not None and not window_open(window, zone, dial_by - 0.001):
