@@ -12,7 +12,10 @@ from streams.cli import main
     [
         (["worker", "--bogus"], "unrecognized arguments: --bogus"),
         (["business", "set-limit"], "the following arguments are required"),
-        (["business", "set-limit", "biz-1", "three"], "limit must be an integer, got 'three'"),
+        (
+            ["business", "set-limit", "biz-1", "three"],
+            "limit must be an integer, got 'three'",
+        ),
         (["no-such-command"], "invalid choice: 'no-such-command'"),
     ],
 )
