@@ -98,6 +98,13 @@ def midday_zone(now: float) -> tuple[str, float]:
     return f"Etc/GMT{-offset:+d}" if offset else "Etc/GMT", offset
 
 
+def midnight_zone(midday_offset: float) -> str:
+    """A fixed-offset zone where it is about midnight, twelve hours from the midday one,
+    east or west so that it exists (Etc/GMT-14 to Etc/GMT+12)."""
+    offset = midday_offset - 12 if midday_offset >= 0 else midday_offset + 12
+    return f"Etc/GMT{-offset:+d}" if offset else "Etc/GMT"
+
+
 def wall(now: float, offset: float) -> str:
     moment = datetime.datetime.fromtimestamp(now + offset * 3600, datetime.timezone.utc)
     return moment.strftime("%H:%M:%S")
@@ -191,7 +198,7 @@ def test_leads_are_judged_in_their_own_zones(deployment):
     worker.wait_serving()
     now = time.time()
     zone_in, offset = midday_zone(now)
-    zone_out = f"Etc/GMT{-(offset - 12):+d}" if offset != 12 else "Etc/GMT"  # midnight
+    zone_out = midnight_zone(offset)
     streams(
         deployment,
         worker,
