@@ -65,9 +65,11 @@ format: setup
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# docs/settings.md's table is generated from streams/settings.py (a test fails on drift).
+# docs/settings.md's table is generated from streams/settings.py, docs/contract/ from
+# streams/topics.py (a test fails on drift of either).
 docs: setup
 	$(BIN)/python -m streams.settings --write docs/settings.md
+	$(BIN)/python -m streams.schemas --write docs/contract
 
 clean:
 	-$(BIN)/streams broker stop

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import NoReturn
@@ -25,11 +26,13 @@ from streams.kafka import preflight
 from streams.kafka.admin import ensure_topics
 from streams.ops.control.command import run_business
 from streams.ops.lag.command import run_lag
+from streams.ops.runs.command import run_show, run_withdraw
 from streams.ops.status.command import run_status
 from streams.ops.status.model import parse_workers
 from streams.ops.top.command import run_top
 from streams.service import configure_logging, stop_on_signals
 from streams.settings import Settings, environment_variables
+from streams.topics import CallingWindow, RetryPolicy, from_iso, known_zone, to_iso
 
 EPILOG = "settings (environment variables, with defaults):\n" + "\n".join(
     f"  {var}={default!s}" for var, default in environment_variables().items()
@@ -61,6 +64,31 @@ def _limit_arg(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"limit must be 0 or more, got {value}")
     return value
+
+
+def _zone_arg(text: str) -> str:
+    if not known_zone(text):
+        raise argparse.ArgumentTypeError(
+            f"expected an IANA time zone like Europe/Paris, got {text!r}"
+        )
+    return text
+
+
+def _time_arg(text: str) -> str:
+    """ISO-8601 with a zone, or `+30s`/`+10m`/`+2h` from now: as ISO-8601 UTC."""
+    try:
+        if text.startswith("+"):
+            return to_iso(time.time() + _seconds(text[1:]))
+        return to_iso(from_iso(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected ISO-8601 with a zone (2026-03-02T15:00:00+01:00) or +10m,"
+            f" got {text!r}"
+        ) from None
+
+
+def _seconds(text: str) -> float:
+    return RetryPolicy.parse("busy", text).delays[0]
 
 
 # -- commands ------------------------------------------------------------------------
@@ -97,7 +125,16 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 def cmd_produce_leads(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    leads = lead_source(args.file, args.count, args.businesses, args.run_id, args.seed)
+    leads = lead_source(
+        args.file,
+        args.count,
+        args.businesses,
+        args.run_id,
+        args.seed,
+        not_before=args.not_before,
+        expires_at=args.expires_at,
+        timezone=args.timezone,
+    )
     sent = produce_leads(_connected(settings), leads)
     print(f"sent {sent} leads to {settings.topic_prefix}leads.requests")
     return 0
@@ -121,20 +158,42 @@ def cmd_dialer(args: argparse.Namespace) -> int:
 
 
 def _twilio_dialer(settings: Settings, args: argparse.Namespace) -> int:
-    _connected(settings.require_twilio())
     configure_logging(args.verbose, noisy=("twilio", "aiohttp.access", "alembic"))
     # The Twilio library, aiohttp and SQLAlchemy take a quarter of a second to import;
     # only this command needs them.
+    from streams.dialers.twilio.client import TwilioAccount
     from streams.dialers.twilio.dialer import TwilioDialer
 
+    # A wrong setting is named before Kafka is tried, whatever the network.
+    TwilioAccount.from_settings(settings)
+    _connected(settings)
     TwilioDialer(settings, seed=args.seed).run(stop_on_signals())
     return 0
 
 
 def cmd_business(args: argparse.Namespace) -> int:
-    limit = getattr(args, "limit", None)
-    return run_business(
-        _connected(Settings.from_env()), args.action, args.business_id, limit
+    settings = Settings.from_env()
+    change: int | CallingWindow | RetryPolicy | None = getattr(args, "limit", None)
+    try:
+        if args.action == "set-window":
+            change = CallingWindow.parse(args.hours, args.days, args.tz)
+        elif args.action == "set-retry":
+            change = RetryPolicy.parse(args.on, args.delays, args.max_attempts)
+    except ValueError as exc:
+        raise StreamsError(f"business {args.action}: {exc}") from None
+    return run_business(_connected(settings), args.action, args.business_id, change)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if args.action == "withdraw":
+        return run_withdraw(_connected(settings), args.business_id, args.run_id)
+    return run_show(
+        parse_workers(args.workers, settings.worker_web_port),
+        args.business_id,
+        args.run_id,
+        as_json=args.json,
+        timeout=args.timeout,
     )
 
 
@@ -213,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
         " more than its limit of calls in flight.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    workers_help = (
+        "the workers' web views, host:port[,host:port...]; each serves the"
+        " partitions it owns (default: localhost:WORKER_WEB_PORT)"
+    )
 
     worker = sub.add_parser(
         "worker",
@@ -298,7 +361,26 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument(
         "--run-id",
         default=uuid.uuid4().hex[:8],
-        help="prefix of generated lead ids (default: random)",
+        help="the bulk run the generated leads belong to (their run_id, and the prefix"
+        " of their lead ids; default: random)",
+    )
+    produce.add_argument(
+        "--not-before",
+        type=_time_arg,
+        metavar="TIME",
+        help="never dial the generated leads earlier: ISO-8601 with a zone, or +10m",
+    )
+    produce.add_argument(
+        "--expires-at",
+        type=_time_arg,
+        metavar="TIME",
+        help="never dial them later (they end expired): ISO-8601 with a zone, or +1h",
+    )
+    produce.add_argument(
+        "--timezone",
+        type=_zone_arg,
+        metavar="ZONE",
+        help="the called parties' IANA time zone, in which calling windows judge them",
     )
     produce.add_argument("--seed", type=int, help="seed for generated phone numbers")
     produce.add_argument("--file", help="JSON-lines file of lead requests ('-' for stdin)")
@@ -342,14 +424,87 @@ def build_parser() -> argparse.ArgumentParser:
     )
     set_limit.add_argument("business_id")
     set_limit.add_argument("limit", type=_limit_arg)
+    set_window = business_sub.add_parser(
+        "set-window",
+        help="call only within these hours (a lead with a timezone is judged in its"
+        " zone); closing never ends a live call",
+    )
+    set_window.add_argument("business_id")
+    set_window.add_argument(
+        "--hours", required=True, metavar="HH:MM-HH:MM", help="like 09:00-20:00"
+    )
+    set_window.add_argument(
+        "--days", default="mon-sun", help="like mon-fri or mon,wed,fri (default mon-sun)"
+    )
+    set_window.add_argument(
+        "--tz",
+        default="UTC",
+        type=_zone_arg,
+        metavar="ZONE",
+        help="the business's zone, for leads without their own (default UTC)",
+    )
+    set_retry = business_sub.add_parser(
+        "set-retry",
+        help="retry calls that end with these statuses after these delays (a new"
+        " attempt each; dialer refusals count too)",
+    )
+    set_retry.add_argument("business_id")
+    set_retry.add_argument(
+        "--on", required=True, metavar="STATUS,...", help="like busy,no-answer"
+    )
+    set_retry.add_argument(
+        "--delays",
+        required=True,
+        metavar="DELAY,...",
+        help="like 10m,1h (the last one repeats)",
+    )
+    set_retry.add_argument(
+        "--max-attempts",
+        type=int,
+        metavar="N",
+        help="attempts in all (default: one more than the delays)",
+    )
     for action, text in (
         ("reset-limit", "go back to the default limit"),
         ("pause", "stop new dials; waiting leads stay queued"),
         ("resume", "dial again, filling every free slot at once"),
+        ("reset-window", "go back to the default calling window (CALLING_HOURS)"),
+        ("reset-retry", "go back to the default retries (RETRY_ON)"),
         ("show", "the business's configuration and live state"),
     ):
         business_sub.add_parser(action, help=text).add_argument("business_id")
     business.set_defaults(func=cmd_business)
+
+    run = sub.add_parser(
+        "run",
+        formatter_class=formatter,
+        epilog=EPILOG,
+        help="a bulk run of one business (the run_id of its leads): show, withdraw",
+    )
+    run_sub = run.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show_run = run_sub.add_parser(
+        "show",
+        help="leads received, waiting, scheduled, on a call, and outcomes so far"
+        " (from the workers' web views); exit 1 when no worker knows the run",
+    )
+    withdraw_run = run_sub.add_parser(
+        "withdraw",
+        help="end every lead of the run not yet dialed (withdrawn), including leads"
+        " of it that arrive later; calls in progress are not hung up",
+    )
+    for parser_ in (show_run, withdraw_run):
+        parser_.add_argument("business_id", metavar="BUSINESS")
+        parser_.add_argument("run_id", metavar="RUN")
+    show_run.add_argument("--workers", metavar="HOST:PORT,...", help=workers_help)
+    show_run.add_argument("--json", action="store_true", help="one JSON object instead")
+    show_run.add_argument(
+        "--timeout",
+        type=float,
+        default=3.0,
+        metavar="SECONDS",
+        help="wait this long for each worker (default 3)",
+    )
+    run.set_defaults(func=cmd_run)
 
     ledger = sub.add_parser("ledger", help="the Twilio dialer's SQL ledger (DATABASE_URL)")
     ledger_sub = ledger.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -417,10 +572,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lag.set_defaults(func=cmd_lag)
 
-    workers_help = (
-        "the workers' web views, host:port[,host:port...]; each serves the"
-        " partitions it owns (default: localhost:WORKER_WEB_PORT)"
-    )
     status = sub.add_parser(
         "status",
         formatter_class=formatter,

@@ -57,7 +57,6 @@ from streams.limiter_state import (
     waiting_count,
 )
 from streams.limiter_table import Effects, NoteKind
-from streams.topics import LeadOutcome
 
 #: How many businesses get their own `business_id` series in the per-business gauges.
 TOP_BUSINESSES = 20
@@ -127,7 +126,8 @@ DIALS_GRANTED = Counter(
 )
 OUTCOMES = Counter(
     "streams_outcomes_total",
-    "Leads that ended, by outcome (a terminal call status, expired or rejected).",
+    "Leads that ended for good, by final outcome (a terminal call status, expired,"
+    " rejected or withdrawn).",
     ["outcome"],
     registry=REGISTRY,
 )
@@ -299,6 +299,7 @@ OUTCOME_VALUES = (
     "canceled",
     "expired",
     "rejected",
+    "withdrawn",
 )
 for _outcome in OUTCOME_VALUES:
     OUTCOMES.labels(outcome=_outcome)
@@ -328,8 +329,8 @@ def metrics_text() -> tuple[bytes, str]:
 
 
 def observe_effects(effects: Effects) -> None:
-    """Count one event's decisions: each Note kind, and rejected leads (whose only note
-    is `dead-lettered`)."""
+    """Count one event's decisions: each Note kind, and each lead's final outcome (an
+    `outcome-*` note; an attempt retried later is not one)."""
     for note in effects.notes:
         DECISIONS.labels(kind=note.kind).inc()
         if note.kind.startswith("outcome-"):
@@ -337,10 +338,6 @@ def observe_effects(effects: Effects) -> None:
         counter = _NOTE_COUNTERS.get(note.kind)
         if counter is not None:
             counter.inc()
-    if not effects.replayed:
-        for emit in effects.emits:
-            if isinstance(emit.record, LeadOutcome) and emit.record.outcome == "rejected":
-                OUTCOMES.labels(outcome="rejected").inc()
 
 
 class BusinessSummary:

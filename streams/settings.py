@@ -18,6 +18,7 @@ from typing import Any
 from streams.errors import StreamsError
 from streams.kafka.properties import PropertiesError, client_properties
 from streams.limiter_table import Rules
+from streams.topics import CallingWindow, RetryPolicy, known_zone
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,14 @@ def _readable_file(name: str, raw: str) -> str:
             pass
     except OSError as exc:
         raise ConfigError(f"{name}: cannot read {raw}: {exc.strerror}") from None
+    return raw
+
+
+def _zone(name: str, raw: str) -> str:
+    if not known_zone(raw):
+        raise ConfigError(
+            f"{name} must be an IANA time zone like Europe/Paris, got {raw!r}"
+        )
     return raw
 
 
@@ -260,6 +269,28 @@ class Settings:
         "how long a finished lead's record is kept to refuse its id again (7 days);"
         " then it is forgotten",
     )
+    calling_hours: str | None = _setting(
+        None,
+        "default calling window of a business without its own (`streams business"
+        " set-window`), like `09:00-20:00`; unset: calls at any hour",
+    )
+    calling_days: str = _setting(
+        "mon-sun", "days of the default calling window, like `mon-fri` or `mon,wed,fri`"
+    )
+    calling_timezone: str = _setting(
+        "UTC",
+        "zone the default calling window is judged in, for leads without a `timezone`",
+    )
+    retry_on: str | None = _setting(
+        None,
+        "call statuses a business without its own retry policy (`streams business"
+        " set-retry`) retries, like `busy,no-answer`; unset: no retries",
+    )
+    retry_delays: str = _setting(
+        "10m,1h",
+        "delays before the default retries (the last repeats), like `10m,1h`; attempts"
+        " in all: `MAX_DIAL_ATTEMPTS`",
+    )
     tick_interval_seconds: float = _setting(
         1.0, "how often each partition gets a tick (the worker's clock)"
     )
@@ -376,6 +407,8 @@ class Settings:
                 "set TWILIO_VOICE_URL or TWILIO_TWIML, not both: an answered"
                 " call runs one voice flow"
             )
+        settings.default_window()
+        settings.default_retry()
         if settings.dial_ack_timeout_seconds >= settings.dial_deadline_seconds:
             raise ConfigError(
                 "DIAL_ACK_TIMEOUT_SECONDS must be shorter than"
@@ -398,6 +431,28 @@ class Settings:
                 )
         return self
 
+    def default_window(self) -> CallingWindow | None:
+        """The calling window of businesses without their own (None: any hour)."""
+        if self.calling_hours is None:
+            return None
+        try:
+            return CallingWindow.parse(
+                self.calling_hours, self.calling_days, self.calling_timezone
+            )
+        except ValueError as exc:
+            raise ConfigError(f"CALLING_HOURS/DAYS/TIMEZONE: {exc}") from None
+
+    def default_retry(self) -> RetryPolicy | None:
+        """The retry policy of businesses without their own (None: no retries)."""
+        if self.retry_on is None:
+            return None
+        try:
+            return RetryPolicy.parse(
+                self.retry_on, self.retry_delays, self.max_dial_attempts
+            )
+        except ValueError as exc:
+            raise ConfigError(f"RETRY_ON/RETRY_DELAYS: {exc}") from None
+
     def rules(self) -> Rules:
         """The limiter core's rules, built from these settings."""
         return Rules(
@@ -410,6 +465,8 @@ class Settings:
             orphan_hold=self.orphan_status_hold_seconds,
             max_attempts=self.max_dial_attempts,
             lead_retention=self.lead_retention_seconds,
+            window=self.default_window(),
+            retry=self.default_retry(),
         )
 
 
@@ -565,6 +622,11 @@ _ENVIRONMENT: dict[str, tuple[str, _Parser]] = {
     ),
     "max_dial_attempts": ("MAX_DIAL_ATTEMPTS", lambda n, r: _int(n, r, 1)),
     "lead_retention_seconds": ("LEAD_RETENTION_SECONDS", lambda n, r: _float(n, r, 1.0)),
+    "calling_hours": ("CALLING_HOURS", lambda n, r: r),
+    "calling_days": ("CALLING_DAYS", lambda n, r: r),
+    "calling_timezone": ("CALLING_TIMEZONE", _zone),
+    "retry_on": ("RETRY_ON", lambda n, r: r),
+    "retry_delays": ("RETRY_DELAYS", lambda n, r: r),
     "tick_interval_seconds": ("TICK_INTERVAL_SECONDS", lambda n, r: _float(n, r, 0.05)),
     "table_store": ("TABLE_STORE", _store),
     "worker_web_port": ("WORKER_WEB_PORT", _port),

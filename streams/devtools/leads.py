@@ -23,21 +23,38 @@ Lead = dict[str, Any]
 
 
 def lead_source(
-    path: str | None, count: int, businesses: int, run_id: str, seed: int | None
+    path: str | None,
+    count: int,
+    businesses: int,
+    run_id: str,
+    seed: int | None,
+    *,
+    not_before: str | None = None,
+    expires_at: str | None = None,
+    timezone: str | None = None,
 ) -> Iterator[Lead]:
     """`streams produce-leads`: the leads of the file at `path` ('-' for stdin), or
-    `count` generated ones over `businesses` businesses."""
+    `count` generated ones over `businesses` businesses, of run `run_id`, with the
+    optional schedule and zone."""
     if path:
         return file_leads(path)
     if count < 1 or businesses < 1:
         raise StreamsError("--count and --businesses must be at least 1")
-    return generated_leads(count, businesses, run_id, seed)
+    extra = {"not_before": not_before, "expires_at": expires_at, "timezone": timezone}
+    return generated_leads(
+        count, businesses, run_id, seed, {k: v for k, v in extra.items() if v}
+    )
 
 
 def generated_leads(
-    count: int, businesses: int, run_id: str, seed: int | None
+    count: int,
+    businesses: int,
+    run_id: str,
+    seed: int | None,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[Lead]:
-    """`count` leads spread round-robin over `businesses` businesses."""
+    """`count` leads of run `run_id` spread round-robin over `businesses` businesses,
+    with the `extra` fields."""
     rng = random.Random(seed)
     for n in range(count):
         yield {
@@ -45,6 +62,8 @@ def generated_leads(
             "business_id": f"biz-{n % businesses}",
             "phone": f"+1555{rng.randrange(10**7):07d}",
             "priority": 0,
+            "run_id": run_id,
+            **(extra or {}),
         }
 
 

@@ -49,21 +49,35 @@ def add_views(worker: Worker) -> None:
 
     @page("/businesses/{business_id}/")
     async def business(view: Any, request: Any, business_id: str) -> Any:
-        """One business; with ?lead=ID also where that lead stands and why it waits.
+        """One business and its open runs' figures; with ?lead=ID also where that lead
+        stands and why it waits, with ?run=ID that run's figures.
 
         404 when this worker does not own the business's partition (ask the others)
         or knows nothing of it."""
         if not worker.ready():
             return view.json({"ready": False}, status=503)
+        now = time.time()
         found: dict[str, Any] = dict(
-            core.describe_business(worker.units.get, business_id, time.time(), worker.rules)
+            core.describe_business(
+                worker.units.get, business_id, now, worker.rules, runs=True
+            )
         )
         lead_id = request.query.get("lead")
         if lead_id:
             found["lead"] = core.describe_lead(
-                worker.units.get, business_id, lead_id, worker.rules
+                worker.units.get, business_id, lead_id, worker.rules, now
             )
-        known = found["active"] or found["waiting"] or found.get("lead")
+        run_id = request.query.get("run")
+        if run_id:
+            found["run"] = core.describe_run(worker.units.get, business_id, run_id)
+        known = (
+            found["active"]
+            or found["waiting"]
+            or found["scheduled"]
+            or found["runs"]
+            or found.get("lead")
+            or found.get("run")
+        )
         return view.json(found, status=200 if known else 404)
 
     @page("/ready/")

@@ -151,6 +151,12 @@ def test_demo_runs_the_seed_scenario_within_the_limit(kafka_broker, tmp_path: Pa
         ), output
     assert f"overall peak: {LIMIT * len(BUSINESSES)} calls at once" in run.stdout, output
     assert "outcomes: 15 of 15 leads" in run.stdout, output
+    # The last business's run was withdrawn once its calls were placed: its waiting
+    # leads ended withdrawn and were never called, its calls went on.
+    assert f"withdrawing run {env_run_id(run.stdout)} of business C" in run.stdout, output
+    called = {line["lead_id"] for line in ledger_lines(ledger) if line["event"] == "placed"}
+    assert len({lead for lead in called if lead.startswith("C-")}) == LIMIT, called
+    assert "withdrawn 2" in run.stdout, output
     # The live view, without a terminal, printed plain progress lines, not a flood.
     progress = [line for line in run.stdout.splitlines() if line.startswith("[")]
     assert 2 <= len(progress) <= 40, progress
@@ -225,3 +231,14 @@ def test_ctrl_c_during_the_live_view_stops_everything(kafka_broker, tmp_path: Pa
     peaks = concurrency_from_ledger(the_ledger(tmp_path))
     assert peaks and max(peaks.values()) <= LIMIT, peaks
     assert f"every business stayed within {LIMIT} calls" in output, output
+
+
+def env_run_id(stdout: str) -> str:
+    """The demo's run id, from its banner (`streams demo · run ID`)."""
+    match = re.search(r"streams demo · run (\w+)", stdout)
+    assert match, stdout
+    return match.group(1)
+
+
+def ledger_lines(ledger: Path) -> list[dict]:
+    return [json.loads(line) for line in ledger.read_text().splitlines() if line.strip()]

@@ -163,3 +163,107 @@ def test_bad_arguments_fail_fast():
         "streams: error: TWILIO_ACCOUNT_SID is required by the Twilio"
         " dialer (or run `streams dialer --simulate`)\n"
     )
+
+
+def test_lead_requests_carry_runs_schedules_and_zones_and_withdrawals_decode():
+    from streams.topics import Withdrawal, decode_lead_request
+
+    lead = decode_lead_request(
+        json.dumps(
+            {
+                "lead_id": "L1",
+                "business_id": "A",
+                "phone": "+14155550100",
+                "run_id": "spring",
+                "not_before": "2026-03-02T15:00:00+01:00",
+                "expires_at": 1772467200,
+                "timezone": "Europe/Paris",
+            }
+        ).encode(),
+        b"A",
+    )
+    assert lead == LeadRequest(
+        "L1",
+        "A",
+        "+14155550100",
+        run_id="spring",
+        not_before="2026-03-02T14:00:00.000Z",
+        expires_at="2026-03-02T16:00:00.000Z",
+        timezone="Europe/Paris",
+    )
+    run = b'{"business_id": "A", "run_id": "spring", "withdraw": true}'
+    assert decode_lead_request(run, b"A") == Withdrawal("A", run_id="spring")
+    one = b'{"business_id": "A", "lead_id": "L1", "withdraw": true}'
+    assert decode_lead_request(one, b"A") == Withdrawal("A", lead_id="L1")
+
+
+@pytest.mark.parametrize(
+    "value, message, names_lead",
+    [
+        (
+            {"lead_id": "L1", "business_id": "A", "phone": "+1415", "timezone": "Mars/X"},
+            "not an IANA time zone",
+            True,
+        ),
+        (
+            {
+                "lead_id": "L1",
+                "business_id": "A",
+                "phone": "+14155550100",
+                "not_before": "2026-03-02T15:00:00Z",
+                "expires_at": "2026-03-02T14:00:00Z",
+            },
+            "later than not_before",
+            True,
+        ),
+        (
+            {"lead_id": "L1", "business_id": "A", "phone": "+1415", "not_before": "soon"},
+            "ISO-8601",
+            True,
+        ),
+        ({"business_id": "A", "lead_id": "L1", "withdraw": "yes"}, "must be true", False),
+        (
+            {"business_id": "A", "lead_id": "L1", "run_id": "R", "withdraw": True},
+            "either a lead_id or a run_id",
+            False,
+        ),
+        ({"business_id": "A", "withdraw": True}, "either a lead_id or a run_id", False),
+    ],
+)
+def test_bad_lead_records_say_why_and_a_bad_withdrawal_names_no_lead(
+    value, message, names_lead
+):
+    from streams.topics import decode_lead_request
+
+    with pytest.raises(InvalidRecord, match=message) as raised:
+        decode_lead_request(json.dumps(value).encode(), b"A")
+    assert (raised.value.lead_id == "L1") is names_lead
+
+
+def test_a_control_record_carries_window_and_retry_and_reads_old_records():
+    from streams.topics import BusinessControl, CallingWindow, RetryPolicy
+
+    control = BusinessControl(
+        "A",
+        2,
+        False,
+        CallingWindow.parse("09:00-20:00", "mon-fri", "Europe/Paris"),
+        RetryPolicy.parse("busy,no-answer", "10m,1h", 3),
+    )
+    assert control.to_dict()["window"] == {
+        "start": "09:00",
+        "end": "20:00",
+        "days": ["mon", "tue", "wed", "thu", "fri"],
+        "timezone": "Europe/Paris",
+    }
+    assert control.to_dict()["retry"] == {
+        "on": ["busy", "no-answer"],
+        "delays": [600, 3600],
+        "max_attempts": 3,
+    }
+    assert BusinessControl.decode(control.encode(), b"A") == control
+    old = b'{"business_id": "A", "limit": 2, "paused": true}'
+    assert BusinessControl.decode(old, b"A") == BusinessControl("A", 2, True)
+    bad = b'{"business_id": "A", "retry": {"on": ["completed"], "delays": [1]}}'
+    with pytest.raises(InvalidRecord, match="retry on completed"):
+        BusinessControl.decode(bad, b"A")

@@ -84,3 +84,24 @@ def test_a_lead_that_failed_before_its_decision_is_told_rejected_after_it_is_not
     assert letters(before) == ["internal error: RuntimeError('boom')"]
     after = failed({}.get, source, LEADS_REQUESTS, error, 5.0, RULES, decided=True)
     assert outcomes(after) == []
+
+
+def test_a_bad_record_naming_a_known_lead_is_dead_lettered_without_an_outcome():
+    """One lead, one final outcome: a phone-less record for a waiting lead must not end
+    it `rejected` while it goes on to be dialed and end again."""
+    state: dict = {}
+
+    def feed(topic: str, offset: int, key: bytes, value: bytes):
+        effects = decide(state.get, Source(topic, 0, offset, key, value), topic, 5.0, RULES)
+        for k, v in effects.writes:
+            state.pop(k, None) if v is None else state.__setitem__(k, v)
+        return effects
+
+    for n in range(4):  # three take the slots, L3 waits
+        feed(LEADS_REQUESTS, n, b"A", LeadRequest(f"L{n}", "A", "+14155550100").encode())
+    bad = feed(LEADS_REQUESTS, 4, b"A", b'{"lead_id": "L3", "business_id": "A"}')
+    assert outcomes(bad) == [], "the waiting lead L3 keeps its one outcome to come"
+    assert len(letters(bad)) == 1
+    done = CallStatus("A:L0:1", "L0", "A", "completed", to_iso(6.0)).encode()
+    granted = feed(CALLS_STATUS, 0, b"A", done)
+    assert [e.record.lead_id for e in granted.emits if e.topic == "calls.dial"] == ["L3"]

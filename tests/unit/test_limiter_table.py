@@ -11,15 +11,19 @@ what the dialer really did, not the limiter's own counters.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import event as statistic
 from hypothesis import strategies as st
 
 from streams.limiter_state import (
+    BUSINESS_DEFAULTS,
     QueuedLead,
     business_key,
     decode_business,
+    encode_business,
     is_business_key,
     key_kind,
     read_business,
@@ -42,12 +46,15 @@ from streams.topics import (
     LEADS_REQUESTS,
     LIMITER_TICKS,
     BusinessControl,
+    CallingWindow,
     CallStatus,
     LeadRequest,
+    RetryPolicy,
     Tick,
+    from_iso,
     to_iso,
 )
-from tests.unit.world import World
+from tests.unit.world import Malformed, World
 
 RULES = Rules(
     limit=3,
@@ -60,8 +67,27 @@ RULES = Rules(
     max_attempts=2,
     max_wakes_per_tick=4,
     lead_retention=3600,
+    max_skips_per_event=2,
 )
 BUSINESSES = ("A", "B", "C")
+RUNS = ("R1", "R2")
+ZONES = (None, "America/New_York", "Europe/Paris", "Asia/Kolkata")
+#: The model world starts a little before New York springs forward (07:00Z, 01:59:59
+#: EST to 03:00 EDT), so that windows open and close, and one opens at the jump.
+START = from_iso("2026-03-08T06:58:00Z")
+WINDOWS = (
+    CallingWindow.parse("01:58:30-01:59:30", "sun", "America/New_York"),
+    CallingWindow.parse("02:30-03:02", "sun", "America/New_York"),  # opens at the jump
+    CallingWindow.parse("06:59-07:03", "mon-sun", "UTC"),
+    CallingWindow.parse("07:59:30-08:01", "sat-sun", "Europe/Paris"),
+    CallingWindow.parse("06:58:05-06:58:25", "sun", "UTC"),  # closes within dial_by
+)
+RETRIES = (
+    RetryPolicy.parse("busy,no-answer", "5s,20s", 3),
+    RetryPolicy.parse("busy", "2s", 2),
+)
+#: The world's rules also retry by default, so that retries meet crashes often.
+WORLD_RULES = dataclasses.replace(RULES, retry=RetryPolicy.parse("no-answer", "3s", 3))
 
 ACTIONS = (
     "lead",
@@ -87,21 +113,59 @@ ACTIONS = (
     "commit",
     "crash",
     "control",
+    "control",
     "skip",
     "drop-unacked",
     "busy-coordinator",
     "marker",
+    "run-lead",
+    "run-lead",
+    "scheduled-lead",
+    "withdraw-lead",
+    "withdraw-run",
+    "jump",
+    "malformed-lead",
 )
 
 
 def run_world(data, rules: Rules, steps: int) -> World:
     world = World(rules, lambda n: data.draw(st.integers(0, n - 1)) if n > 1 else 0)
+    world.now = START
     for _ in range(steps):
         action = data.draw(st.sampled_from(ACTIONS))
         if action == "lead":
             world.request_lead(
                 data.draw(st.sampled_from(BUSINESSES)), data.draw(st.integers(0, 2))
             )
+        elif action == "run-lead":
+            world.request_lead(
+                data.draw(st.sampled_from(BUSINESSES)),
+                data.draw(st.integers(0, 1)),
+                run_id=data.draw(st.sampled_from(RUNS)),
+                expires_in=data.draw(st.sampled_from((None, None, 4.0, 30.0))),
+                timezone=data.draw(st.sampled_from(ZONES)),
+            )
+        elif action == "scheduled-lead":
+            world.request_lead(
+                data.draw(st.sampled_from(BUSINESSES)),
+                data.draw(st.integers(0, 1)),
+                run_id=data.draw(st.sampled_from((None,) + RUNS)),
+                not_before=data.draw(st.sampled_from((0.4, 2.5, 9.0, 60.0))),
+                expires_in=data.draw(st.sampled_from((None, 3.0, 40.0))),
+                timezone=data.draw(st.sampled_from(ZONES)),
+            )
+        elif action == "withdraw-lead":
+            world.withdraw_lead()
+        elif action == "withdraw-run":
+            world.withdraw_run(
+                data.draw(st.sampled_from(BUSINESSES)), data.draw(st.sampled_from(RUNS))
+            )
+        elif action == "malformed-lead":
+            world.malformed_lead(
+                data.draw(st.booleans()), data.draw(st.sampled_from(BUSINESSES))
+            )
+        elif action == "jump":
+            world.now += data.draw(st.sampled_from((30.0, 61.0)))
         elif action == "repeat-lead":
             world.repeat_lead()
         elif action == "junk-status":
@@ -137,6 +201,8 @@ def run_world(data, rules: Rules, steps: int) -> World:
                 data.draw(st.sampled_from(BUSINESSES)),
                 data.draw(st.one_of(st.none(), st.integers(0, 4))),
                 data.draw(st.booleans()),
+                data.draw(st.sampled_from((None,) + WINDOWS)),
+                data.draw(st.sampled_from((None,) + RETRIES)),
             )
     for business in BUSINESSES:  # back to defaults, so that every queue can drain
         world.control(business, None, False)
@@ -168,21 +234,25 @@ def quiesce(world: World) -> None:
         ):
             return
         world.now += 1.0
-    raise AssertionError("the world never quiesced")
+    unsettled = {k: v for k, v in world.state.items() if key_kind(k) in ("business", "run")}
+    raise AssertionError(f"the world never quiesced: {unsettled}")
 
 
 def _settled(world: World) -> bool:
     return not any(
-        (business := decode_business(v))["active"] or business["queues"] or business["held"]
+        (business := decode_business(v))["active"]
+        or business["queues"]
+        or business["held"]
+        or business["scheduled"]
         for k, v in world.state.items()
         if is_business_key(k)
     )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
-    world = run_world(data, RULES, steps=data.draw(st.integers(20, 160)))
+    world = run_world(data, WORLD_RULES, steps=data.draw(st.integers(20, 160)))
 
     # Never more live calls than the limit, per business, by the dialer's own record
     # (a business's own limit may have been raised up to highest_limit for a while);
@@ -191,16 +261,50 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
         assert peak <= world.highest_limit, f"business {business} had {peak} calls at once"
     assert not world.grants_over_limit, world.grants_over_limit
 
-    # Every lead gets exactly one (distinct) outcome; redelivery may repeat it verbatim.
+    # Every lead gets exactly one (distinct) final outcome; redelivery may repeat it
+    # verbatim. An attempt retried later is reported as not final, for a dial of its own.
     outcomes = collections.defaultdict(set)
+    retried = collections.defaultdict(set)
     for outcome in world.outputs[LEADS_OUTCOMES]:
-        outcomes[outcome.lead_id].add(outcome.outcome)
+        if outcome.final:
+            outcomes[outcome.lead_id].add(outcome.outcome)
+        else:
+            retried[outcome.lead_id].add(outcome.dial_id)
     assert set(outcomes) == set(world.leads), "a lead was lost or invented"
     assert all(len(v) == 1 for v in outcomes.values()), outcomes
+    kinds = collections.Counter(note.kind for note in world.notes)
+    shown = (
+        "outcome-withdrawn",
+        "outcome-expired",
+        "lead-scheduled",
+        "retry-scheduled",
+        "dial-refused",
+        "lead-released",
+        "refill-deferred",
+    )
+    for kind in shown:
+        statistic(f"{kind}: {'yes' if kinds[kind] else 'no'}")
+    statistic(f"granted under a window: {'yes' if world.grants_in_window else 'no'}")
+    statistic(f"crashed: {'yes' if world.generation else 'no'}")
 
-    # No lead is ever dialed twice (a refused dial is not a call).
+    # No grant broke a rule of time, window or withdrawal; no dial could be placed past
+    # the lead's expiry or its window's close.
+    assert not world.bad_grants, world.bad_grants
+
+    # No call is ever placed twice for one attempt of a lead (a refused dial is not a
+    # call), nor for more attempts than allowed, nor before not_before or after
+    # expires_at; a lead's calls are its retried attempts and at most one more.
     calls_per_lead = collections.Counter(call.lead_id for call in world.calls)
-    assert max(calls_per_lead.values(), default=0) <= 1, calls_per_lead
+    assert len({call.dial_id for call in world.calls}) == len(world.calls)
+    for lead_id, calls in calls_per_lead.items():
+        assert calls <= world.highest_attempts, (lead_id, calls)
+        assert calls <= len(retried[lead_id]) + 1, (lead_id, calls, retried[lead_id])
+    for call in world.calls:
+        request = world.leads[call.lead_id]
+        if request.not_before is not None:
+            assert call.placed_at >= from_iso(request.not_before), call
+        if request.expires_at is not None:
+            assert call.placed_at <= from_iso(request.expires_at), call
 
     # A lead that was really called never ends 'expired' unless a report was lost.
     # At quiescence nothing holds a slot, a waiting lead or a held status.
@@ -210,15 +314,27 @@ def test_invariants_hold_under_duplicates_reordering_loss_and_crashes(data):
     lettered = {
         letter.reason.split(" for unknown dial ")[1].split(": no grant")[0]
         for letter in world.outputs[LEADS_DEADLETTER]
+        if " for unknown dial " in letter.reason
     }
     assert lettered == world.junk_dial_ids
+    # Every malformed lead request is dead-lettered (once per offset).
+    malformed = {
+        offset
+        for offset, appended in enumerate(world.logs[LEADS_REQUESTS])
+        if appended is not None and isinstance(appended.record, Malformed)
+    }
+    assert {
+        letter.offset
+        for letter in world.outputs[LEADS_DEADLETTER]
+        if letter.topic == LEADS_REQUESTS
+    } == malformed
 
     # Once the retention has passed, the leads are forgotten and the state holds only
     # the partition's bookkeeping: it does not grow with the leads ever handled.
     world.now += RULES.lead_retention + 1
 
     def leftovers() -> dict:
-        kinds = ("lead", "business", "wake-entry", "wake-size", "held")
+        kinds = ("lead", "business", "wake-entry", "wake-size", "held", "run", "run-lead")
         return {k: v for k, v in world.state.items() if key_kind(k) in kinds}
 
     for _ in range(1000):  # each tick visits at most max_wakes_per_tick entries
@@ -249,9 +365,9 @@ def test_waiting_leads_are_released_by_priority_then_arrival(requests):
             state.pop(key, None) if value is None else state.__setitem__(key, value)
         for business in BUSINESSES:  # the value's head times are the heads' own
             value = read_business(state.get, business)
-            heads: dict[int, str] = {}
+            heads: dict[str, str] = {}
             for queued in waiting_leads(state.get, business):
-                heads.setdefault(queued.level, queued.lead_id)
+                heads.setdefault(queued.queue, queued.lead_id)
             since = [
                 read_lead(state.get, business, lead)["waiting_since"]
                 for lead in heads.values()
@@ -684,6 +800,18 @@ def _table_as_written_before_the_types() -> dict:
     }
 
 
+def test_values_without_the_new_fields_get_defaults_of_their_own():
+    """Fields a value lacks (written before them, or left out at their default) are
+    filled in on reading; a list filled in is the value's own, never one shared."""
+    old = {"active": {}, "queues": {}, "held": {}, "paused": False, "limit": None}
+    first, second = decode_business(dict(old)), decode_business(dict(old))
+    assert {k: first[k] for k in BUSINESS_DEFAULTS} == BUSINESS_DEFAULTS
+    first["runs"].append("r1")
+    assert second["runs"] == [] and BUSINESS_DEFAULTS["runs"] == []
+    assert not set(encode_business(second)) & set(BUSINESS_DEFAULTS), "left out"
+    assert encode_business(first)["runs"] == ["r1"], "a value not at its default is kept"
+
+
 def test_a_table_written_before_the_types_is_read_and_carried_on():
     """A worker upgraded in place reads the changelog its predecessor wrote: every
     value in today's shapes goes on through the rules as if nothing had changed."""
@@ -692,7 +820,7 @@ def test_a_table_written_before_the_types_is_read_and_carried_on():
     table.offsets.update({LEADS_REQUESTS: 5, CALLS_STATUS: 2})
     view = describe_business(table.state.get, "A", 104.0, RULES)
     assert (len(view["active"]), view["waiting"], view["held_statuses"]) == (3, 1, 1)
-    assert waiting_leads(table.state.get, "A") == [QueuedLead(0, 0, "L4")]
+    assert waiting_leads(table.state.get, "A") == [QueuedLead("0", 0, "L4")]
 
     # the untagged wake entries still wake the business: its silent dials are resent
     resent = table.feed(LIMITER_TICKS, Tick(partition=0, at=to_iso(104.0)), 104.0)

@@ -14,16 +14,25 @@ dialer is an honest one (dedupes on dial_id, honours dial_by, calls never ring o
 longer than allowed) whose status reports can be duplicated, delayed (so reordered) or
 lost. The true calls it places are recorded as intervals, independently of anything
 the limiter says.
+
+The CRM sends leads of runs, some scheduled (`not_before`), some expiring, some in a
+time zone of their own, and withdraws leads and runs; controls set calling windows
+and retry policies. Every grant is checked against the state it was decided on (no
+lead granted before its time, after its expiry, outside its window, or withdrawn), and
+its `dial_by` against the lead's expiry and its window's close, which an honest dialer
+never places a call after.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import datetime
 import json
+import zoneinfo
 from collections.abc import Callable
 
-from streams.limiter_state import read_business
+from streams.limiter_state import read_business, read_lead, read_run
 from streams.limiter_table import Rules, Source
 from streams.shell.decide import decide
 from streams.shell.driver import (
@@ -50,10 +59,14 @@ from streams.topics import (
     LEADS_REQUESTS,
     LIMITER_TICKS,
     BusinessControl,
+    CallingWindow,
     CallStatus,
+    DialCommand,
     LeadRequest,
     Record,
+    RetryPolicy,
     Tick,
+    Withdrawal,
     from_iso,
     record_key,
     to_iso,
@@ -66,8 +79,19 @@ INPUTS = (LEADS_REQUESTS, CALLS_STATUS, LIMITER_TICKS, BUSINESS_CONTROL)
 class Appended:
     """A record in a topic's log, and when it was appended (its Kafka timestamp)."""
 
-    record: Record
+    record: Record | Malformed
     at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Malformed:
+    """A record as raw bytes the worker cannot use (it names its business)."""
+
+    business_id: str
+    value: bytes
+
+    def encode(self) -> bytes:
+        return self.value
 
 
 @dataclasses.dataclass
@@ -112,18 +136,64 @@ class World:
         self.notes: list = []
         self.highest_limit = rules.limit
         self.grants_over_limit: list[str] = []
+        self.highest_attempts = max(
+            rules.max_attempts, rules.retry.max_attempts if rules.retry else 0
+        )
+        #: grants and dial commands that broke a rule of time, window or withdrawal
+        self.bad_grants: list[str] = []
+        #: grants decided under a calling window, to show the windows were exercised
+        self.grants_in_window = 0
+        self.runs: set[tuple[str, str]] = set()
 
     # -- the CRM -------------------------------------------------------------------
 
-    def request_lead(self, business_id: str, priority: int) -> None:
+    def request_lead(
+        self,
+        business_id: str,
+        priority: int,
+        run_id: str | None = None,
+        not_before: float | None = None,
+        expires_in: float | None = None,
+        timezone: str | None = None,
+    ) -> None:
+        """A lead; `not_before` and `expires_in` are seconds from now."""
         lead = LeadRequest(
             lead_id=f"L{len(self.leads)}",
             business_id=business_id,
             phone=f"+1415555{len(self.leads):04d}",
             priority=priority,
+            run_id=run_id,
+            not_before=None if not_before is None else to_iso(self.now + not_before),
+            expires_at=None
+            if expires_in is None
+            else to_iso(self.now + (not_before or 0) + expires_in),
+            timezone=timezone,
         )
         self.leads[lead.lead_id] = lead
+        if run_id is not None:
+            self.runs.add((business_id, run_id))
         self.append(LEADS_REQUESTS, lead)
+
+    def malformed_lead(self, known: bool, business_id: str) -> None:
+        """A lead request without a phone: naming a lead already sent (which it must not
+        end) or a new one (which ends `rejected`, its id spent)."""
+        if known and self.leads:
+            lead = list(self.leads.values())[self.choose(len(self.leads))]
+            lead_id, business_id = lead.lead_id, lead.business_id
+        else:
+            lead_id = f"L{len(self.leads)}"
+            self.leads[lead_id] = LeadRequest(lead_id, business_id, "+14155550100")
+        value = json.dumps({"lead_id": lead_id, "business_id": business_id}).encode()
+        self.logs[LEADS_REQUESTS].append(Appended(Malformed(business_id, value), self.now))
+
+    def withdraw_lead(self) -> None:
+        if self.leads:
+            lead = list(self.leads.values())[self.choose(len(self.leads))]
+            self.append(LEADS_REQUESTS, Withdrawal(lead.business_id, lead_id=lead.lead_id))
+
+    def withdraw_run(self, business_id: str, run_id: str) -> None:
+        self.runs.add((business_id, run_id))
+        self.append(LEADS_REQUESTS, Withdrawal(business_id, run_id=run_id))
 
     def repeat_lead(self) -> None:
         if self.leads:
@@ -144,10 +214,21 @@ class World:
             ),
         )
 
-    def control(self, business_id: str, limit: int | None, paused: bool) -> None:
+    def control(
+        self,
+        business_id: str,
+        limit: int | None,
+        paused: bool,
+        window: CallingWindow | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
         if limit is not None:
             self.highest_limit = max(self.highest_limit, limit)
-        self.append(BUSINESS_CONTROL, BusinessControl(business_id, limit, paused))
+        if retry is not None:
+            self.highest_attempts = max(self.highest_attempts, retry.max_attempts)
+        self.append(
+            BUSINESS_CONTROL, BusinessControl(business_id, limit, paused, window, retry)
+        )
 
     # -- the worker ----------------------------------------------------------------
 
@@ -252,6 +333,46 @@ class World:
                 )
                 if len(business["active"]) > limit or business["paused"]:
                     self.grants_over_limit.append(note.message)
+        granted = {n.lead_id for n in effects.notes if n.kind == "dial-granted"}
+        for emit in effects.emits:
+            if emit.topic == CALLS_DIAL:
+                self._check_dial(emit.record, emit.record.lead_id in granted)
+
+    def _check_dial(self, dial: DialCommand, new: bool) -> None:
+        """Rules 10-12 at the decision: the lead's time has come and not passed, its
+        window is open, it is not withdrawn; and the command cannot be placed later
+        than its expiry or its window's close."""
+        request = self.leads[dial.lead_id]
+        dial_by = from_iso(dial.dial_by)
+        expires = None if request.expires_at is None else from_iso(request.expires_at)
+        if expires is not None and dial_by > expires + 0.001:
+            self.bad_grants.append(f"{dial.dial_id}: dial_by after expires_at")
+        business = read_business(self.units.get, dial.business_id)
+        window = None
+        if business is not None and business["window"] is not None:
+            window = CallingWindow.from_dict(business["window"])
+        window = window or self.rules.window
+        if not new:
+            return  # a resend: its dial_by was checked at the grant
+        zone = request.timezone or (window.timezone if window else "UTC")
+        self.grants_in_window += window is not None
+        if window is not None and not window_open(window, zone, self.now):
+            self.bad_grants.append(f"{dial.dial_id}: granted outside its window")
+        if window is not None and not window_open(window, zone, dial_by - 0.001):
+            self.bad_grants.append(f"{dial.dial_id}: dial_by past its window's close")
+        if request.not_before is not None and self.now < from_iso(request.not_before):
+            self.bad_grants.append(f"{dial.dial_id}: granted before not_before")
+        if expires is not None and self.now >= expires:
+            self.bad_grants.append(f"{dial.dial_id}: granted at or after expires_at")
+        lead = read_lead(self.units.get, dial.business_id, dial.lead_id)
+        run = (
+            None
+            if request.run_id is None
+            else read_run(self.units.get, dial.business_id, request.run_id)
+        )
+        withdrawn = lead is not None and lead["withdrawn"]
+        if withdrawn or (run is not None and run["withdrawn"]):
+            self.bad_grants.append(f"{dial.dial_id}: granted though withdrawn")
 
     @property
     def state(self) -> dict:
@@ -364,7 +485,7 @@ class World:
         script += (
             [(self.now + ring, "in-progress"), (ended, "completed")]
             if answered
-            else [(ended, "no-answer")]
+            else [(ended, ("no-answer", "busy")[self.choose(2)])]
         )
         for seq, (at, status) in enumerate(script):
             self.reports.append(
@@ -418,6 +539,14 @@ class World:
                 peak = max(peak, live)
             peaks[business] = peak
         return peaks
+
+
+def window_open(window: CallingWindow, zone: str, at: float) -> bool:
+    """The definition of an open window, written apart from the core's calendar: the
+    wall clock of `zone` at `at` is on one of its days, within its hours."""
+    local = datetime.datetime.fromtimestamp(at, zoneinfo.ZoneInfo(zone))
+    second = local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6
+    return local.weekday() in window.days and window.start <= second < window.end
 
 
 def _apply(table: dict, key: str, value) -> None:

@@ -17,6 +17,7 @@ from rich.live import Live
 
 from streams.devtools.demo.model import (
     Scenario,
+    WithdrawalPlan,
     demo_namespace,
     demo_overrides,
     seed_leads,
@@ -31,6 +32,7 @@ from streams.devtools.demo.readers import (
 from streams.devtools.demo.view import plain_line, render, summarize
 from streams.devtools.leads import produce_leads
 from streams.errors import StreamsError
+from streams.ops.runs.reader import send_withdrawal
 from streams.settings import Settings, settings_environment
 
 DEMO_DIR = ".streams-demo"
@@ -53,8 +55,10 @@ def watch(
     view: WorkerView,
     reader: OutcomeReader,
     timeout: float,
+    plan: WithdrawalPlan | None = None,
 ) -> bool:
-    """Show the run until every lead has an outcome (True) or `timeout` passes (False)."""
+    """Show the run until every lead has an outcome (True) or `timeout` passes (False);
+    withdraw the run of `plan` when it is due."""
     console = demo.console
     period = 1.0 / REFRESH_PER_SECOND
     deadline = time.monotonic() + timeout
@@ -62,6 +66,15 @@ def watch(
     def step() -> bool:
         reader.poll()
         ledger.read()
+        if plan is not None and plan.due(ledger.calls):
+            send_withdrawal(demo.settings, plan.business, plan.run_id)
+            plan.sent = True
+            console.print(
+                f"withdrawing run {plan.run_id} of business {plan.business}: its waiting"
+                " leads end withdrawn ⛔, its calls in progress are not hung up",
+                highlight=False,
+                soft_wrap=True,
+            )
         view.fetch(timeout=period)
         demo.check_worker_alive("while the demo ran")
         if not demo.dialer_alive():
@@ -192,7 +205,9 @@ def run_demo(
             highlight=False,
             soft_wrap=True,
         )
-        finished = watch(demo, scenario, ledger, view, reader, timeout)
+        last = chr(ord("A") + businesses - 1)
+        plan = WithdrawalPlan(last, run_id, after_calls=min(limit, leads_per_business))
+        finished = watch(demo, scenario, ledger, view, reader, timeout, plan)
         if not finished:
             console.print(
                 f"✘ timed out after {timeout:g}s with"

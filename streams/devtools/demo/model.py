@@ -96,8 +96,8 @@ def restore_text(restore: Mapping[str, Any]) -> str:
 
 
 def seed_leads(businesses: int, leads_per_business: int, run_id: str) -> list[Lead]:
-    """The scenario: businesses A, B, C..., each with its leads, sent one business after
-    the other."""
+    """The scenario: businesses A, B, C..., each with its leads (the demo's run), sent one
+    business after the other."""
     leads = []
     for b in range(businesses):
         business = chr(ord("A") + b)
@@ -109,6 +109,7 @@ def seed_leads(businesses: int, leads_per_business: int, run_id: str) -> list[Le
                     "business_id": business,
                     "phone": f"+1{AREA_CODES[b]}555{line:04d}",
                     "priority": 0,
+                    "run_id": run_id,
                 }
             )
     return leads
@@ -131,6 +132,20 @@ class Scenario:
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
+
+
+@dataclasses.dataclass
+class WithdrawalPlan:
+    """The demo withdraws one business's run once that business has `after_calls` calls
+    placed: its waiting leads end withdrawn, the calls in progress go on."""
+
+    business: str
+    run_id: str
+    after_calls: int
+    sent: bool = False
+
+    def due(self, calls: LiveCalls) -> bool:
+        return not self.sent and calls.peak.get(self.business, 0) >= self.after_calls
 
 
 class LiveCalls:

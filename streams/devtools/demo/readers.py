@@ -136,7 +136,7 @@ class OutcomeReader:
                 outcome = LeadOutcome.decode(value)
             except (ValueError, TypeError):
                 continue
-            if outcome.lead_id in self.lead_ids:
+            if outcome.lead_id in self.lead_ids and outcome.final:  # a retry goes on
                 self.outcomes.setdefault(outcome.lead_id, outcome)  # outputs may repeat
 
     def done(self) -> bool:

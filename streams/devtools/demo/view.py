@@ -24,6 +24,7 @@ OUTCOME_STYLES = {
     "canceled": "red",
     "expired": "red",
     "rejected": "red",
+    "withdrawn": "magenta",
 }
 LIVE, WAITING, EARLIER_LIVE = "✅", "⏳", "📞"
 #: More glyphs than this in one cell are shown as a count.

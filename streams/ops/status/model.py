@@ -169,22 +169,27 @@ def count_active(business: dict[str, Any]) -> int:
 
 
 def totals(businesses: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Businesses, active calls, waiting leads and the oldest wait over `businesses`."""
-    n = active = waiting = 0
+    """Businesses, active calls, waiting and scheduled leads and the oldest wait over
+    `businesses`."""
+    n = active = waiting = scheduled = 0
     oldest: float | None = None
     for business in businesses:
         n += 1
         active += count_active(business)
         waiting += int(business.get("waiting") or 0)
+        scheduled += int(business.get("scheduled") or 0)
         age = business.get("oldest_waiting_seconds")
         if age is not None and (oldest is None or age > oldest):
             oldest = age
-    return {
+    found: dict[str, Any] = {
         "businesses": n,
         "active": active,
         "waiting": waiting,
         "oldest_waiting_seconds": oldest,
     }
+    if scheduled:  # only where leads are scheduled: runs are a feature not all use
+        found["scheduled"] = scheduled
+    return found
 
 
 # -- one business --------------------------------------------------------------------

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from streams.ops.formatting import format_age
+from streams.ops.runs.view import run_lines
 from streams.ops.status.model import Found, Merged, Reply, count_active, natural_key, totals
 from streams.topics import to_iso
 
@@ -32,6 +33,12 @@ def business_line(business: dict[str, Any]) -> str:
         )
     else:
         parts.append("none waiting")
+    scheduled = int(business.get("scheduled") or 0)
+    if scheduled:
+        parts.append(f"{scheduled} scheduled")
+    runs = int(business.get("open_runs") or 0)
+    if runs:
+        parts.append(f"{runs} open run{'s' if runs != 1 else ''}")
     held = business.get("held_statuses") or 0
     if held:
         parts.append(f"{held} status{'es' if held != 1 else ''} held for an unknown dial")
@@ -108,12 +115,26 @@ def lead_lines(
             f"lead {lead_id}: on a call (attempt {attempt}), dial {dial_id}{phase};"
             " it holds one of the business's slots"
         ]
+    if state == "scheduled":
+        return [f"lead {lead_id}: scheduled (attempt {attempt}) for {lead.get('due')}"]
     if state == "done":
         return [
             f"lead {lead_id}: done, outcome {lead.get('outcome')}"
             + (f" (dial {dial_id}, attempt {attempt})" if dial_id else "")
         ]
     return [f"lead {lead_id}: {state} (attempt {attempt})"]
+
+
+def policy_lines(business: dict[str, Any]) -> list[str]:
+    """The business's calling window and retries, when it has any."""
+    lines = []
+    if business.get("window"):
+        default = " (default)" if business.get("window_default") else ""
+        lines.append(f"  calling window: {business['window']}{default}")
+    if business.get("retry"):
+        default = " (default)" if business.get("retry_default") else ""
+        lines.append(f"  retries: {business['retry']}{default}")
+    return lines
 
 
 def workers_line(replies: Sequence[Reply], counts: dict[str, int] | None = None) -> str:
@@ -141,6 +162,8 @@ def format_all(merged: Merged) -> list[str]:
         f"{total['businesses']:,} business{'es' if total['businesses'] != 1 else ''}:"
         f" {total['active']:,} active, {total['waiting']:,} waiting"
     )
+    if total.get("scheduled"):
+        summary += f", {total['scheduled']:,} scheduled"
     if total["oldest_waiting_seconds"] is not None:
         summary += f", oldest wait {format_age(total['oldest_waiting_seconds'])}"
     lines.append(summary)
@@ -180,6 +203,10 @@ def format_one(found: Found) -> list[str]:
         )
     )
     lines.extend(active_lines(found.business))
+    for line in policy_lines(found.business):
+        lines.append(line)
+    for run in found.business.get("runs") or ():
+        lines.extend("  " + line for line in run_lines(run))
     if found.lead_id:
         lines.extend(
             lead_lines(found.business_id, found.lead_id, found.lead, found.business)

@@ -38,6 +38,8 @@ class Row:
     paused: bool
     worker: str = ""
     outcomes: tuple[tuple[str, int], ...] = ()  # since the worker started, most first
+    scheduled: int = 0  # leads waiting for their time (not_before, a retry's delay)
+    runs: int = 0  # runs with leads not yet final
 
     @property
     def state(self) -> str:
@@ -86,10 +88,12 @@ class Totals:
     oldest: float | None = None
     dials: int = 0
     paused: int = 0
+    scheduled: int = 0
+    runs: int = 0
 
 
 def totals_of(rows: Iterable[Row]) -> Totals:
-    n = active = waiting = dials = paused = 0
+    n = active = waiting = dials = paused = scheduled = runs = 0
     oldest: float | None = None
     for row in rows:
         n += 1
@@ -97,9 +101,11 @@ def totals_of(rows: Iterable[Row]) -> Totals:
         waiting += row.waiting
         dials += row.dials
         paused += row.paused
+        scheduled += row.scheduled
+        runs += row.runs
         if row.oldest is not None and (oldest is None or row.oldest > oldest):
             oldest = row.oldest
-    return Totals(n, active, waiting, oldest, dials, paused)
+    return Totals(n, active, waiting, oldest, dials, paused, scheduled, runs)
 
 
 class DialCounter:
@@ -190,6 +196,8 @@ def build_rows(merged: Merged, dials: DialCounter) -> list[Row]:
                         key=lambda kv: (-kv[1], kv[0]),
                     )
                 ),
+                int(business.get("scheduled") or 0),
+                int(business.get("open_runs") or 0),
             )
         )
     return rows

@@ -113,6 +113,10 @@ def header(
         (f"  waiting{waiting_icon} {t.waiting:,}", "cyan"),
         (f"  oldest wait {format_age(t.oldest) if t.oldest is not None else '-'}", ""),
     ]
+    if t.scheduled:
+        second.append((f"  scheduled {t.scheduled:,}", ""))
+    if t.runs:
+        second.append((f"  open runs {t.runs:,}", ""))
     if t.paused:
         second.append((f"  paused {t.paused:,}", "yellow"))
     granted = top.counter_total("dial-granted")
@@ -160,12 +164,19 @@ def header(
     return lines
 
 
+def runs_shown(top: Top) -> bool:
+    """The scheduled and runs columns, only when some business has either."""
+    return bool(top.totals.scheduled or top.totals.runs)
+
+
 def columns(top: Top) -> list[str]:
     several = len(top.workers) > 1
     return (
         ["business"]
         + (["worker"] if several else [])
-        + ["active", "limit", "waiting", "oldest", "dials/min", "state", "outcomes"]
+        + ["active", "limit", "waiting"]
+        + (["sched", "runs"] if runs_shown(top) else [])
+        + ["oldest", "dials/min", "state", "outcomes"]
     )
 
 
@@ -186,6 +197,9 @@ def plain(top: Top, n: int | None, lag: LagState | None = None) -> str:
                 f"{r.active:,}",
                 "-" if r.limit is None else str(r.limit),
                 f"{r.waiting:,}",
+            ]
+            + ([f"{r.scheduled:,}", f"{r.runs:,}"] if runs_shown(top) else [])
+            + [
                 _age(r.oldest),
                 f"{r.dials:,}",
                 r.state,
@@ -196,7 +210,9 @@ def plain(top: Top, n: int | None, lag: LagState | None = None) -> str:
     table.append(
         ["total"]
         + ([""] if several else [])
-        + [f"{t.active:,}", "", f"{t.waiting:,}", _age(t.oldest), f"{t.dials:,}", "", ""]
+        + [f"{t.active:,}", "", f"{t.waiting:,}"]
+        + ([f"{t.scheduled:,}", f"{t.runs:,}"] if runs_shown(top) else [])
+        + [_age(t.oldest), f"{t.dials:,}", "", ""]
     )
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     left = {0, len(widths) - 2, len(widths) - 1} | ({1} if several else set())
@@ -267,6 +283,13 @@ def render(
         min_width=max(7, count_width + (1 + 2 * icons_waiting if icons_waiting else 0)),
         no_wrap=True,
     )
+    if runs_shown(top):
+        table.add_column(
+            "sched", justify="right", footer=f"{t.scheduled:,}", min_width=5, no_wrap=True
+        )
+        table.add_column(
+            "runs", justify="right", footer=f"{t.runs:,}", min_width=4, no_wrap=True
+        )
     table.add_column(
         "oldest", justify="right", footer=_age(t.oldest), min_width=6, no_wrap=True
     )
@@ -294,6 +317,13 @@ def render(
             active,
             "-" if r.limit is None else str(r.limit),
             waiting,
+        ]
+        if runs_shown(top):
+            cells += [
+                f"{r.scheduled:,}" if r.scheduled else Text("0", style="dim"),
+                f"{r.runs:,}" if r.runs else Text("0", style="dim"),
+            ]
+        cells += [
             _age(r.oldest),
             f"{r.dials:,}" if r.dials else Text("0", style="dim"),
             Text(r.state, style=_STATE_STYLES.get(r.state, "")),
