@@ -56,7 +56,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     percentile,
     rates,
     read_all,
@@ -74,6 +73,7 @@ from streams.topics import (
     record_key,
     topic_name,
 )
+from tests.support.ports import free_port
 
 TALK_SECONDS = "0.3,1.5"
 #: The producer sends whatever has come due this often.

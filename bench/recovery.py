@@ -75,7 +75,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     high_watermark,
     say,
     stop_process,
@@ -91,6 +90,7 @@ from streams.topics import (
     producer_config,
     topic_name,
 )
+from tests.support.ports import free_port
 
 APP_ID = "limiter"
 PHONE = "+14155550100"

@@ -63,7 +63,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     say,
     stop_process,
     tag,
@@ -87,6 +86,7 @@ from bench.slot_free import (
     record_times,
     split_delay,
 )
+from tests.support.ports import free_port
 
 TALK = (1.0, 2.0)
 #: A length no idle call reaches within any run.

@@ -38,7 +38,6 @@ from bench.common import (
     REPO,
     delete_topics,
     emit,
-    free_port,
     percentile,
     rates,
     read_all,
@@ -46,6 +45,7 @@ from bench.common import (
     stop_process,
     tag,
 )
+from tests.support.ports import free_port
 
 LIMIT = 3
 SETUP = (0.05, 0.3)
