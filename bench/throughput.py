@@ -317,6 +317,7 @@ def run_ours(
     records: list,
     profile_seconds: float = 0,
     variant: str = "",
+    source: Path = REPO,
 ) -> dict:
     env = {
         **os.environ,
@@ -333,14 +334,14 @@ def run_ours(
     produce(bootstrap, topic_name(LEADS_REQUESTS, prefix), records)
     dial = topic_name(CALLS_DIAL, prefix)
     command = (
-        [PYTHON, str(REPO / "bench" / "worker_variant.py")]
+        [PYTHON, str(source / "bench" / "worker_variant.py")]
         if variant
         else [PYTHON, "-m", "streams", "worker"]
     )
     name = f"ours-{variant}" if variant else "ours"
     with open(workdir / f"{name}.log", "wb") as log:
         process = subprocess.Popen(
-            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=source
         )
         try:
             extra = measured_run(
@@ -405,6 +406,14 @@ def main(argv: list[str] | None = None) -> int:
         default=1,
         help="measure every system this many times, interleaved; each figure is the median",
     )
+    parser.add_argument(
+        "--worker-source",
+        type=Path,
+        default=REPO,
+        metavar="DIR",
+        help="run ours from this checkout (e.g. a worktree of another commit: an A/B"
+        " of worker changes in one session); default: this one",
+    )
     parser.add_argument("--keep-topics", action="store_true")
     parser.add_argument(
         "--profile",
@@ -462,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                 records,
                 profile_seconds,
                 variant,
+                args.worker_source.resolve(),
             )
         measured = (
             {}
