@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test unit component integration lint format docs clean
+.PHONY: setup demo test test-cluster unit component integration lint format docs clean
 
 setup: $(VENV)/.installed
 
@@ -27,9 +27,14 @@ PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 
 test: setup
 	status=0; \
-	$(PYTEST) $(PARALLEL) -m "not alone" || status=$$?; \
-	$(PYTEST) -m alone || status=$$?; \
+	$(PYTEST) $(PARALLEL) -m "not alone and not cluster" || status=$$?; \
+	$(PYTEST) -m "alone and not cluster" || status=$$?; \
 	exit $$status
+
+# The slower proofs on the local 3-node cluster (replication, broker faults, SASL_SSL):
+# CI runs them as a step of their own after `make test`.
+test-cluster: setup
+	$(PYTEST) -m cluster
 
 unit: setup
 	$(PYTEST) $(PARALLEL) -m unit
@@ -39,8 +44,8 @@ component: setup
 
 integration: setup
 	status=0; \
-	$(PYTEST) $(PARALLEL) -m "integration and not alone" || status=$$?; \
-	$(PYTEST) -m "integration and alone" || status=$$?; \
+	$(PYTEST) $(PARALLEL) -m "integration and not alone and not cluster" || status=$$?; \
+	$(PYTEST) -m "integration and alone and not cluster" || status=$$?; \
 	exit $$status
 
 # The gates CI runs before the tests: ruff's lint and format check, then mypy.

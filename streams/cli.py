@@ -12,9 +12,11 @@ import argparse
 import json
 import sys
 import uuid
+from pathlib import Path
 
-from streams.devtools.broker import Broker
+from streams.devtools.broker_command import MAX_NODES, run_broker
 from streams.devtools.demo.command import run_demo
+from streams.devtools.kafka_properties import SECURITY_CHOICES
 from streams.devtools.leads import lead_source, produce_leads
 from streams.dialers.simulated import SimulatedDialer
 from streams.errors import StreamsError
@@ -77,16 +79,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    broker = Broker(port=args.port, controller_port=args.port + 1)
-    if args.action == "start":
-        started = broker.start()
-        print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
-    elif args.action == "stop":
-        stopped = broker.stop()
-        print(f"broker on {broker.bootstrap} {'stopped' if stopped else 'was not running'}")
-    else:
-        print(json.dumps(broker.status(), indent=2))
-    return 0
+    return run_broker(args.action, args.port, args.nodes, args.security, args.data_dir)
 
 
 def cmd_produce_leads(args: argparse.Namespace) -> int:
@@ -223,14 +216,46 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(func=cmd_topics_create)
 
     broker = sub.add_parser(
-        "broker", help="a local single-node Kafka (KRaft) for development and tests"
+        "broker",
+        formatter_class=formatter,
+        help="a local Kafka (KRaft) for development and tests: one node or a cluster",
+        description=(
+            "Start, stop or show a local Kafka run from Maven Central jars: one plaintext\n"
+            "node by default, or a cluster of --nodes KRaft nodes (replication factor 3,\n"
+            "min.insync.replicas 2, unclean leader election off) whose client listener\n"
+            "requires TLS and SCRAM with --security sasl_ssl. stop and status find a\n"
+            "cluster started with the same --port or --data-dir."
+        ),
     )
     broker.add_argument("action", choices=["start", "stop", "status"])
     broker.add_argument(
         "--port",
         type=int,
-        default=9092,
-        help="client port; the controller uses PORT+1 (default 9092)",
+        default=None,
+        help="first client port (default 9092, or the recorded cluster's); one node's"
+        " controller uses PORT+1, a cluster's nodes take PORT.. and their controllers"
+        " the ports after those",
+    )
+    broker.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help=f"start: number of KRaft nodes, 1 to {MAX_NODES} (default 1)",
+    )
+    broker.add_argument(
+        "--security",
+        choices=SECURITY_CHOICES,
+        default="plaintext",
+        help="start: sasl_ssl makes clients use TLS (a throwaway CA) and SCRAM; their"
+        " settings go to a client properties file for KAFKA_CLIENT_CONFIG (default"
+        " plaintext)",
+    )
+    broker.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="where the broker or cluster keeps its data (default .kafka/data-PORT, or"
+        " .kafka/cluster-PORT for a cluster)",
     )
     broker.set_defaults(func=cmd_broker)
 

@@ -26,6 +26,9 @@ RUN_DIR_ENV = "STREAMS_TEST_RUN_DIR"
 #: Fixtures that start a local program other than Kafka: a test using one is `component`.
 COMPONENT_FIXTURES = frozenset({"postgres_url", "promtool"})
 
+#: Fixtures that start a 3-node cluster: such a test is `cluster`, run in CI's cluster step.
+CLUSTER_FIXTURES = frozenset({"kafka_cluster", "kafka_cluster_sasl_ssl", "faulty_cluster"})
+
 #: The broker's log, when a failed run keeps it for a post-mortem.
 _KEPT_BROKER_LOG = pytest.StashKey[Path]()
 
@@ -38,6 +41,10 @@ def _shared_broker() -> SharedBroker:
     return SharedBroker(Path(os.environ[RUN_DIR_ENV]))
 
 
+# The 3-node cluster fixtures, plaintext and SASL_SSL, for any test that asks for them.
+pytest_plugins = ("tests.support.cluster",)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not _is_xdist_worker():
         # Set before xdist spawns its workers, which inherit the environment; created
@@ -47,11 +54,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """integration: uses the broker; component: PostgreSQL or promtool; unit: neither."""
+    """integration: uses the broker; cluster: a 3-node cluster; component: PostgreSQL or
+    promtool; unit: none of these."""
     for item in items:
         needs = set(getattr(item, "fixturenames", ()))
         if "kafka_broker" in needs:
             item.add_marker(pytest.mark.integration)
+        if needs & CLUSTER_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+            item.add_marker(pytest.mark.cluster)
         if needs & COMPONENT_FIXTURES:
             item.add_marker(pytest.mark.component)
         if not any(item.get_closest_marker(m) for m in ("integration", "component")):

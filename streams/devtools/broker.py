@@ -16,13 +16,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 
+from streams.devtools.kafka_properties import NodeAddress, single_node_properties
+from streams.devtools.private_files import write_private
 from streams.errors import StreamsError
+from streams.kafka.admin import quiet_client_config
 
 KAFKA_VERSION = "4.4.0"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -39,7 +43,7 @@ class BrokerError(StreamsError):
     """The local broker could not be resolved, started or stopped; the message says why."""
 
 
-def _say(message: str, end: str = "\n") -> None:
+def say(message: str, end: str = "\n") -> None:
     """Progress goes to stderr so that stdout stays clean for callers printing results."""
     print(message, end=end, file=sys.stderr, flush=True)
 
@@ -53,6 +57,13 @@ def _require(tool: str, hint: str) -> str:
 
 def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.splitlines()[-lines:])
+
+
+def admin_client(config: Mapping[str, Any]) -> AdminClient:
+    """An AdminClient with the given connection settings whose failures reach the caller
+    as exceptions: librdkafka's own log lines would interleave with the progress output
+    (a purged late metadata reply) or repeat every second (a node that is down)."""
+    return AdminClient({**quiet_client_config(config["bootstrap.servers"]), **config})
 
 
 def _command_line(pid: int) -> str:
@@ -71,6 +82,20 @@ def _command_line(pid: int) -> str:
         ["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, text=True
     )
     return ps.stdout
+
+
+def _process_state(pid: int) -> str:
+    """The one-letter state of a process (R, S, T for stopped, ...), empty if unknown."""
+    if Path("/proc/self").exists():
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return ""
+        return stat.rpartition(")")[2].split()[0]  # the name in parentheses may hold spaces
+    ps = subprocess.run(
+        ["ps", "-o", "state=", "-p", str(pid)], capture_output=True, text=True
+    )
+    return ps.stdout.strip()[:1]
 
 
 class Broker:
@@ -95,6 +120,7 @@ class Broker:
         self.lib_dir = Path(lib_dir).resolve()
         self.heap = heap
         self.host = host
+        self.node_id = 1
         # The JVM when this object started it: polling it reaps the child, which would
         # otherwise linger as a zombie that still looks alive.
         self._process: subprocess.Popen[bytes] | None = None
@@ -116,6 +142,19 @@ class Broker:
         return f"{self.host}:{self.port}"
 
     @property
+    def address(self) -> NodeAddress:
+        return NodeAddress(self.node_id, self.host, self.port, self.controller_port)
+
+    @property
+    def pid(self) -> int | None:
+        """This data dir's broker JVM if it runs (paused included), else None."""
+        return self._pid()
+
+    def client_config(self) -> dict[str, str]:
+        """How a client reaches this broker, by librdkafka's property names."""
+        return {"bootstrap.servers": self.bootstrap}
+
+    @property
     def log_file(self) -> Path:
         return self.data_dir / "broker.log"
 
@@ -132,6 +171,11 @@ class Broker:
         """Where Kafka keeps topic data and the KRaft metadata log."""
         return self.data_dir / "kraft-combined-logs"
 
+    @property
+    def metadata_dir(self) -> Path:
+        """Where the KRaft metadata log lives, with meta.properties once formatted."""
+        return self.log_dirs
+
     def resolve(self) -> None:
         """Download the broker jars once; later runs reuse ``lib_dir``, with no network."""
         if (self.lib_dir / KAFKA_JAR).exists():
@@ -142,7 +186,7 @@ class Broker:
                 " delete that directory to resolve the jars again"
             )
         mvn = _require("mvn", "install Maven 3.8+ to download the Kafka jars")
-        _say(f"resolving Apache Kafka {KAFKA_VERSION} jars with Maven (first run only)...")
+        say(f"resolving Apache Kafka {KAFKA_VERSION} jars with Maven (first run only)...")
         began = time.monotonic()
         # Download into a scratch directory and rename it at the end, so an interrupted
         # download is not taken for a complete lib dir next time.
@@ -172,7 +216,7 @@ class Broker:
             self.lib_dir.rmdir()  # empty, checked above
         partial.rename(self.lib_dir)
         jars = len(list(self.lib_dir.glob("*.jar")))
-        _say(f"resolved {jars} jars into {self.lib_dir} in {time.monotonic() - began:.0f}s")
+        say(f"resolved {jars} jars into {self.lib_dir} in {time.monotonic() - began:.0f}s")
 
     def start(self, timeout: float = 90) -> bool:
         """Start the broker in the background unless one already answers; True if it did.
@@ -183,17 +227,14 @@ class Broker:
         end of its log, and one launched here is then stopped rather than left half-started.
         """
         if self._metadata() is not None:
-            _say(f"Kafka broker already running at {self.bootstrap}")
+            say(f"Kafka broker already running at {self.bootstrap}")
             return False
         pid = self._pid()
         if pid is not None:
-            _say(f"Kafka broker (pid {pid}) is already starting; waiting for it")
+            say(f"Kafka broker (pid {pid}) is already starting; waiting for it")
             self._wait_ready(pid, timeout)
             return False
-        java = _require("java", "install a JDK 17+ (the Kafka 4 broker needs Java 17)")
-        self.resolve()
-        self._format(java)
-        pid = self._launch(java)
+        pid = self.launch()
         try:
             self._wait_ready(pid, timeout)
         except BaseException:
@@ -201,16 +242,32 @@ class Broker:
             raise
         return True
 
+    def launch(self) -> int:
+        """Format the storage if it is new and start the JVM without waiting for it to
+        serve; its pid. For nodes that can only serve together, as a quorum does."""
+        java = _require("java", "install a JDK 17+ (the Kafka 4 broker needs Java 17)")
+        self.resolve()
+        self._format(java)
+        return self._launch(java)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Wait until clients can use the launched broker; BrokerError if it exits first
+        or is not ready within ``timeout`` seconds."""
+        pid = self._pid()
+        if pid is None:
+            raise BrokerError(f"no Kafka broker runs from {self.data_dir}")
+        self._wait_ready(pid, timeout)
+
     def stop(self, timeout: float = 30) -> bool:
         """Stop with SIGTERM (a clean shutdown), SIGKILL after ``timeout``; False if none
         runs."""
         pid = self._pid()
         if pid is None:
-            _say(f"no Kafka broker running from {self.data_dir}")
+            say(f"no Kafka broker running from {self.data_dir}")
             return False
-        _say(f"stopping Kafka broker (pid {pid})...")
+        say(f"stopping Kafka broker (pid {pid})...")
         if not self._terminate(pid, timeout):
-            _say(f"Kafka broker did not stop within {timeout:g}s; killed it")
+            say(f"Kafka broker did not stop within {timeout:g}s; killed it")
         return True
 
     def kill(self) -> bool:
@@ -221,6 +278,30 @@ class Broker:
         self._signal(pid, signal.SIGKILL)
         self._wait_exit(pid, timeout=10)
         self.pid_file.unlink(missing_ok=True)
+        return True
+
+    def pause(self) -> bool:
+        """SIGSTOP the broker: a stalled node that keeps its sockets and sessions open
+        until the others' timeouts fire. Returns once it is stopped; False if none runs."""
+        return self._send(signal.SIGSTOP, paused=True)
+
+    def resume(self) -> bool:
+        """SIGCONT a paused broker; returns once it runs again. False if none runs."""
+        return self._send(signal.SIGCONT, paused=False)
+
+    def is_paused(self) -> bool:
+        pid = self._pid()
+        return pid is not None and _process_state(pid) == "T"
+
+    def _send(self, sig: signal.Signals, paused: bool) -> bool:
+        """Signals take effect asynchronously; wait until the process state shows it."""
+        pid = self._pid()
+        if pid is None:
+            return False
+        self._signal(pid, sig)
+        deadline = time.monotonic() + 10
+        while self.is_paused() != paused and time.monotonic() < deadline:
+            time.sleep(0.01)
         return True
 
     def restart(self, timeout: float = 90) -> bool:
@@ -244,34 +325,7 @@ class Broker:
         }
 
     def _server_properties(self) -> str:
-        controller = f"{self.host}:{self.controller_port}"
-        # Single node: every internal topic gets replication factor 1 (the defaults of 3
-        # would stall), few partitions so startup and first group join are quick. The
-        # offsets topic has no min ISR setting of its own; it uses min.insync.replicas.
-        return f"""\
-# Written by streams/devtools/broker.py on every start; edit the code, not this file.
-process.roles=broker,controller
-node.id=1
-controller.quorum.bootstrap.servers={controller}
-listeners=PLAINTEXT://{self.bootstrap},CONTROLLER://{controller}
-advertised.listeners=PLAINTEXT://{self.bootstrap}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={self.log_dirs}
-num.partitions=8
-auto.create.topics.enable=false
-min.insync.replicas=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=4
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
-share.coordinator.state.topic.num.partitions=4
-group.initial.rebalance.delay.ms=0
-"""
+        return single_node_properties(self.address, self.log_dirs)
 
     #: The JVM options Kafka's own bin/kafka-run-class.sh starts a broker with
     #: (KAFKA_JVM_PERFORMANCE_OPTS). Without them G1 aims at 200 ms pauses, not 20, and
@@ -295,21 +349,26 @@ group.initial.rebalance.delay.ms=0
         ]
 
     def _format(self, java: str) -> None:
-        """KRaft storage is formatted once with a new cluster id; later starts reuse it."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.properties_file.write_text(self._server_properties())
-        if (self.log_dirs / "meta.properties").exists():
+        """KRaft storage is formatted once; later starts reuse it. A directory found
+        empty (a replaced disk) is formatted alone, as an operator would with
+        --ignore-formatted. The properties may hold passwords: owner only."""
+        write_private(self.properties_file, self._server_properties())
+        directories = {self.log_dirs, self.metadata_dir}
+        if all((d / "meta.properties").exists() for d in directories):
             return
-        cluster_id = self._storage_tool(java, "random-uuid").split()[-1]
         self._storage_tool(
             java,
             "format",
-            "-t",
-            cluster_id,
             "-c",
             str(self.properties_file),
-            "--standalone",
+            "--ignore-formatted",
+            *self._format_arguments(java),
         )
+
+    def _format_arguments(self, java: str) -> list[str]:
+        """A new cluster id and a quorum of this one node."""
+        cluster_id = self._storage_tool(java, "random-uuid").split()[-1]
+        return ["-t", cluster_id, "--standalone"]
 
     def _storage_tool(self, java: str, *args: str) -> str:
         command = [*self._java_args(java), "kafka.tools.StorageTool", *args]
@@ -345,32 +404,33 @@ group.initial.rebalance.delay.ms=0
                 start_new_session=True,
             )
         self.pid_file.write_text(f"{self._process.pid}\n")
-        _say(f"started Kafka broker (pid {self._process.pid}), log: {self.log_file}")
+        say(f"started Kafka broker (pid {self._process.pid}), log: {self.log_file}")
         return self._process.pid
 
     def _wait_ready(self, pid: int, timeout: float) -> None:
-        _say(f"waiting for Kafka at {self.bootstrap}", end="")
+        say(f"waiting for Kafka at {self.bootstrap}", end="")
         began = time.monotonic()
-        while not self._ready():
+        while not self.is_ready():
             if not self._is_running(pid):
-                _say("")
+                say("")
                 self.pid_file.unlink(missing_ok=True)
                 raise BrokerError(
                     f"Kafka broker exited during startup; end of {self.log_file}:\n"
                     + self._log_tail()
                 )
             if time.monotonic() - began > timeout:
-                _say("")
+                say("")
                 raise BrokerError(
                     f"Kafka broker did not become ready at {self.bootstrap}"
                     f" within {timeout:g}s; "
                     f"end of {self.log_file}:\n{self._log_tail()}"
                 )
-            _say(".", end="")
+            say(".", end="")
             time.sleep(1)
-        _say(f" ready after {time.monotonic() - began:.1f}s")
+        say(f" ready after {time.monotonic() - began:.1f}s")
 
-    def _ready(self) -> bool:
+    def is_ready(self) -> bool:
+        """Whether clients can use the broker: it answers and accepts a topic's creation."""
         metadata = self._metadata()
         if metadata is None or not metadata.brokers:
             return False
@@ -385,9 +445,7 @@ group.initial.rebalance.delay.ms=0
         return True
 
     def _admin(self) -> AdminClient:
-        # log_level 4 (warning) hides librdkafka's info lines, such as purged late metadata
-        # replies, that would otherwise interleave with the progress output.
-        return AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 4})
+        return admin_client(self.client_config())
 
     def _metadata(self) -> ClusterMetadata | None:
         """Cluster metadata from whatever answers at ``bootstrap``, or None.
@@ -425,9 +483,22 @@ group.initial.rebalance.delay.ms=0
             return self._process.poll() is None
         return str(self.properties_file) in _command_line(pid)
 
+    def signal_stop(self) -> bool:
+        """Ask the broker to shut down cleanly without waiting; False if none runs."""
+        pid = self._pid()
+        if pid is None:
+            return False
+        self._signal_stop(pid)
+        return True
+
+    def _signal_stop(self, pid: int) -> None:
+        """SIGTERM; a paused broker is continued too, or it would never act on it."""
+        self._signal(pid, signal.SIGTERM)
+        self._signal(pid, signal.SIGCONT)
+
     def _terminate(self, pid: int, timeout: float) -> bool:
         """SIGTERM, then SIGKILL after ``timeout``; True if the broker shut down cleanly."""
-        self._signal(pid, signal.SIGTERM)
+        self._signal_stop(pid)
         clean = self._wait_exit(pid, timeout)
         if not clean:
             self._signal(pid, signal.SIGKILL)
