@@ -25,6 +25,8 @@ STYLE = {
     "ours-2-workers": ("tab:cyan", "D"),
     "seed-1-poller": ("tab:red", "s"),
     "seed-2-pollers": ("tab:orange", "^"),
+    "seed-callback-1-poller": ("tab:purple", "D"),
+    "seed-callback-2-pollers": ("tab:pink", "v"),
 }
 
 

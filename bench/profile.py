@@ -16,17 +16,22 @@ import re
 import sys
 
 GROUPS = {
-    # first matching group wins, checked leaf-first along the stack
+    # each sample goes to the part of its innermost frame that matches one
     "idle (event loop waiting: select/epoll)": re.compile(
         r"\b(select|poll|_run_once) \(.*selectors\.py"
     ),
-    "our core (limiter_table.process)": re.compile(r"limiter_table\.py"),
+    "our core (limiter_table.process, its state codec)": re.compile(
+        r"limiter_(table|state)\.py"
+    ),
     "logging (our log lines)": re.compile(r"logging/__init__\.py"),
     "metrics (prometheus_client)": re.compile(r"prometheus_client|streams/metrics\.py"),
     "Faust table set -> changelog send": re.compile(r"faust/tables/|faust/stores/"),
     "aiokafka producer/consumer": re.compile(r"aiokafka/"),
+    "our shell (agent, driver, units, outbox, decoding)": re.compile(
+        r"streams/(app|topics)\.py|streams/shell/"
+    ),
     "Faust stream/consumer/agent machinery": re.compile(
-        r"faust/(streams|transport|agents|channels|topics)"
+        r"faust/(streams|transport|agents|channels|topics|sensors|app)"
     ),
     "mode / asyncio other": re.compile(r"mode/|asyncio/"),
 }
@@ -44,6 +49,23 @@ def load(path: str) -> list[tuple[list[str], int]]:
     return stacks
 
 
+PLUMBING = "mode / asyncio other"
+
+
+def _part(frames: list[str]) -> str:
+    """The named part of the innermost frame that belongs to one, the event loop's
+    plumbing counting for whoever awaited through it: a sample in Faust's stream under
+    our agent is Faust's, one in asyncio under the outbox is the outbox's; only what no
+    other part called is the plumbing's."""
+    for frame in reversed(frames):
+        for name, pattern in GROUPS.items():
+            if name != PLUMBING and pattern.search(frame):
+                return name
+    if any(GROUPS[PLUMBING].search(frame) for frame in frames):
+        return PLUMBING
+    return "other"
+
+
 def summarise(path: str, top: int = 25) -> dict:
     stacks = load(path)
     total = sum(c for _, c in stacks)
@@ -54,12 +76,7 @@ def summarise(path: str, top: int = 25) -> dict:
         for frame in set(frames):
             inclusive[frame] += count
         own[frames[-1]] += count
-        for name, pattern in GROUPS.items():
-            if any(pattern.search(f) for f in reversed(frames)):
-                groups[name] += count
-                break
-        else:
-            groups["other"] += count
+        groups[_part(frames)] += count
     pct = lambda c: round(100 * c / total, 1)  # noqa: E731
     return {
         "file": path,

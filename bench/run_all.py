@@ -5,10 +5,12 @@
 
 Runs, in order, each as its own process (its command is logged in commands.txt):
   1. bench.core          per-event cost at backlog 0 / 1 / 100,000; state bytes
-  2. bench.throughput    raw Kafka, Faust pass-through, ours (+ diagnostic variants),
-                         with py-spy profiles of the Faust pass-through and ours
-  3. bench.seed_poller   the seed (1 and 2 pollers) and ours (1 and 2 workers) at
-                         100 / 1,000 / 10,000 businesses
+  2. bench.throughput    Faust's consume ceiling (two loops), Faust apps sending
+                         batched and per record, raw Kafka, ours (+ the decision
+                         summary and asyncio-loop variants), 3 interleaved passes each,
+                         with py-spy profiles of the batched Faust app and ours
+  3. bench.seed_poller   the seed (bulk and per-callback telephony, 1 and 2 pollers)
+                         and ours (1 and 2 workers) at 100 / 1,000 / 10,000 businesses
   4. bench.latency       lead -> dial latency at fixed offered loads, 3 workers, and
                          the true concurrency per business from the dialer's ledger
   5. bench.scale         slot-free -> next dial at 100 / 10,000 / 100,000 businesses
@@ -124,11 +126,13 @@ def main(argv: list[str] | None = None) -> int:
                 "--bootstrap",
                 args.bootstrap,
                 "--only",
-                "raw,faust,faust-table1,faust-table5,ours",
+                "raw,faust-consume,faust-take-consume,faust-batched,faust-send,ours",
                 "-n",
-                "3000" if q else "20000",
+                "5000" if q else "40000",
                 "--variants",
-                "quiet",
+                "summary,asyncio",
+                "--repeat",
+                "1" if q else "3",
                 "--profile",
                 "3" if q else "8",
                 "--workdir",
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             + [
                 "bench.profile",
                 str(out / "ours.pyspy.txt"),
-                str(out / "faust.pyspy.txt"),
+                str(out / "faust-batched.pyspy.txt"),
                 "--top",
                 "40",
             ],

@@ -17,9 +17,17 @@ transaction around count-and-start (the note shows none), autocommit. Here:
   is generous). `--pollers 2` runs both code paths at once, the second started half an
   interval later. The UPDATE is guarded with `AND status = 'queued'`, so two pollers
   never start the *same* lead twice (generous again: only the limit can break).
-* calls: a process playing the telephony side marks a call `calling` once it is
-  answered and `completed` when it ends, every 10 ms, from a length drawn per lead with
-  the simulated dialer's call model (`bench/slot_free.py`).
+* calls, two variants of the telephony side (`--telephony`), each call's length drawn
+  per lead with the simulated dialer's call model (`bench/slot_free.py`):
+  - `bulk` (systems `seed-N-poller(s)`): one process marks every answered call
+    `calling` and every ended call `completed` with two bulk UPDATEs every 10 ms. Kept
+    generous to the seed: a status costs it almost nothing.
+  - `callback` (systems `seed-callback-N-poller(s)`): as the seed's webhooks do, one
+    UPDATE of one row per status callback, in the order and number the simulated
+    dialer reports them to ours (queued, initiated, ringing, in-progress when answered,
+    then the final status: 4.8 per call), by one webhook process, autocommit. It hears
+    of each call from the poller that started it (as Twilio hears of it from the API
+    request), so finding new calls costs the database nothing.
 * the seed's verification query samples the table continuously in its own process:
 
     SELECT business_id, COUNT(*) FROM outbound_call_jobs
@@ -35,7 +43,8 @@ true peak concurrency from the rows' started/ended times. With --ours, our worke
 simulated dialer run the same workload on the broker.
 
     python -m bench.seed_poller --businesses 100 10000 [--pollers 1 2] [--ours]
-        [--bootstrap localhost:29092] [--out bench/results.jsonl]
+        [--telephony bulk callback] [--bootstrap localhost:29092]
+        [--out bench/results.jsonl]
 """
 
 from __future__ import annotations
@@ -59,6 +68,7 @@ CREATE TABLE outbound_call_jobs (
     business_id text NOT NULL,
     lead_id text NOT NULL,
     status text NOT NULL DEFAULT 'queued',
+    call_status text,
     ring_s double precision NOT NULL,
     length_s double precision NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
@@ -76,7 +86,7 @@ COUNT_ACTIVE = (
     " WHERE business_id = %s AND status IN ('dialing', 'calling')"
 )
 NEXT_QUEUED = (
-    "SELECT id FROM outbound_call_jobs WHERE business_id = %s"
+    "SELECT id, ring_s, length_s FROM outbound_call_jobs WHERE business_id = %s"
     " AND status = 'queued' ORDER BY id LIMIT 1"
 )
 START = (
@@ -95,8 +105,24 @@ def _connect(url: str):
     return psycopg.connect(url, autocommit=True)
 
 
-def poller(url: str, who: int, interval: float, delay: float, stop) -> None:
-    """One of the seed's code paths: count per business, start while below the limit."""
+#: What each status callback writes to its row (`callback` telephony).
+CALLBACK = {
+    "progress": "UPDATE outbound_call_jobs SET call_status = %s WHERE id = %s",
+    "answered": (
+        "UPDATE outbound_call_jobs SET status = 'calling', call_status = %s,"
+        " answered_at = clock_timestamp() WHERE id = %s"
+    ),
+    "ended": (
+        "UPDATE outbound_call_jobs SET status = 'completed', call_status = %s,"
+        " ended_at = clock_timestamp() WHERE id = %s"
+    ),
+}
+
+
+def poller(url: str, who: int, interval: float, delay: float, stop, calls=None) -> None:
+    """One of the seed's code paths: count per business, start while below the limit.
+    With `calls` (a queue), each call started is announced there to the telephony side:
+    (row id, started at, ring_s, length_s)."""
     conn = _connect(url)
     time.sleep(delay)
     passes = 0
@@ -118,7 +144,9 @@ def poller(url: str, who: int, interval: float, delay: float, stop) -> None:
                 row = conn.execute(NEXT_QUEUED, (business,)).fetchone()
                 if row is None:
                     break
-                conn.execute(START, (who, row[0]))
+                started = conn.execute(START, (who, row[0])).rowcount
+                if started and calls is not None:
+                    calls.put((row[0], time.time(), row[1], row[2]))
                 active += 1
         passes += 1
         stop.wait(interval)
@@ -141,6 +169,38 @@ def telephony(url: str, stop) -> None:
             " AND started_at + make_interval(secs => length_s) <= clock_timestamp()"
         )
         stop.wait(0.01)
+    conn.close()
+
+
+def callback_telephony(url: str, stop, calls) -> None:
+    """Calls report each status as it happens, one UPDATE of one row per callback, in
+    the simulated dialer's order: queued at once, initiated and ringing during set-up
+    (a third and two thirds of ring_s), in-progress at ring_s when the call is
+    answered, the final status at length_s."""
+    import heapq
+    import queue
+
+    conn = _connect(url)
+    due: list[tuple[float, int, str, str]] = []
+    while not stop.is_set():
+        try:
+            while True:
+                row, started, ring, length = calls.get_nowait()
+                answered = ring < length
+                heapq.heappush(due, (started, row, "progress", "queued"))
+                heapq.heappush(due, (started + ring / 3, row, "progress", "initiated"))
+                heapq.heappush(due, (started + 2 * ring / 3, row, "progress", "ringing"))
+                if answered:
+                    heapq.heappush(due, (started + ring, row, "answered", "in-progress"))
+                final = "completed" if answered else "no-answer"
+                heapq.heappush(due, (started + length, row, "ended", final))
+        except queue.Empty:
+            pass
+        now = time.time()
+        while due and due[0][0] <= now and not stop.is_set():
+            _, row, kind, status = heapq.heappop(due)
+            conn.execute(CALLBACK[kind], (status, row))
+        stop.wait(min(0.01, max(0.0, due[0][0] - now)) if due else 0.01)
     conn.close()
 
 
@@ -179,6 +239,7 @@ def run_seed(
     interval: float,
     cap_seconds: float,
     seed: int = 7,
+    telephony_kind: str = "bulk",
 ) -> dict:
     conn = _connect(url)
     conn.execute("DROP TABLE IF EXISTS outbound_call_jobs")
@@ -199,13 +260,17 @@ def run_seed(
     ctx = mp.get_context("fork")
     stop = ctx.Event()
     results = ctx.Queue()
+    calls = ctx.Queue() if telephony_kind == "callback" else None
     procs = [
-        ctx.Process(target=telephony, args=(url, stop)),
+        ctx.Process(target=telephony, args=(url, stop))
+        if calls is None
+        else ctx.Process(target=callback_telephony, args=(url, stop, calls)),
         ctx.Process(target=sampler, args=(url, stop, results)),
     ]
     procs += [
         ctx.Process(
-            target=poller, args=(url, who, interval, (who - 1) * interval / 2, stop)
+            target=poller,
+            args=(url, who, interval, (who - 1) * interval / 2, stop, calls),
         )
         for who in range(1, pollers + 1)
     ]
@@ -237,8 +302,10 @@ def run_seed(
             completed += 1
     conn.close()
     result = analyse(placed, ended, leads, float(stopped_at))
+    variant = "seed-callback" if telephony_kind == "callback" else "seed"
     result.update(
-        system=f"seed-{pollers}-poller{'s' if pollers > 1 else ''}",
+        system=f"{variant}-{pollers}-poller{'s' if pollers > 1 else ''}",
+        telephony=telephony_kind,
         businesses=businesses,
         leads_per_business=leads,
         talk_s=list(talk),
@@ -269,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pollers", type=int, nargs="+", default=[1, 2])
     parser.add_argument(
         "--interval", type=float, default=1.0, help="seconds between passes"
+    )
+    parser.add_argument(
+        "--telephony",
+        nargs="+",
+        choices=("bulk", "callback"),
+        default=["bulk", "callback"],
+        help="the seed's telephony side: bulk UPDATEs every 10 ms, or one UPDATE per"
+        " status callback (both by default, each a run of its own)",
     )
     parser.add_argument(
         "--talk",
@@ -317,13 +392,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for businesses, per in zip(args.businesses, leads, strict=True):
             if server is not None:
-                for pollers in args.pollers:
-                    say(f"seed, {pollers} poller(s): {businesses} businesses x {per} leads")
-                    record(
-                        run_seed(
-                            url, businesses, per, talk, pollers, args.interval, args.cap
+                for kind in args.telephony:
+                    for pollers in args.pollers:
+                        say(
+                            f"seed ({kind} telephony), {pollers} poller(s):"
+                            f" {businesses} businesses x {per} leads"
                         )
-                    )
+                        record(
+                            run_seed(
+                                url,
+                                businesses,
+                                per,
+                                talk,
+                                pollers,
+                                args.interval,
+                                args.cap,
+                                telephony_kind=kind,
+                            )
+                        )
             if args.ours or args.only_ours:
                 for workers in args.workers:
                     say(

@@ -38,6 +38,7 @@ from streams.limiter_state import business_id_of, is_business_key
 from streams.settings import Settings
 from streams.shell import faust_patches, web
 from streams.shell.decide import decide, failed
+from streams.shell.decision_log import DecisionLog
 from streams.shell.driver import (
     Answer,
     Driver,
@@ -47,7 +48,6 @@ from streams.shell.driver import (
     ReadAgain,
     ReadCommitted,
     ReadEnd,
-    Request,
     Steps,
     TakeOver,
 )
@@ -72,8 +72,8 @@ from streams.topics import (
 
 log = logging.getLogger(__name__)
 
-#: Notes worth more than INFO: a lease expiring means a status was lost somewhere.
-_WARNING_NOTES = {"lease-expired", "dead-lettered", "redelivered"}
+#: How often the decision summary is logged when decisions are at DEBUG.
+DECISION_SUMMARY_SECONDS = 1.0
 
 
 def _freeze_survivors() -> None:
@@ -178,6 +178,11 @@ class Limiter:
         self.app.timer(metrics.REFRESH_SECONDS, name="metrics")(self._refresh_metrics)
         self.restore = RestoreProgress()
         self.app.add_dependency(DuringRestore(self))
+        self.decisions = DecisionLog(log, settings.decision_log_level)
+        if self.decisions.summarised:
+            self.app.timer(DECISION_SUMMARY_SECONDS, name="decisions")(self._log_decisions)
+        #: topic -> its child of metrics.EVENTS (labels() costs a lookup per event)
+        self._event_counters: dict[str, Any] = {}
         web.add_views(self)
 
     # -- the agent -----------------------------------------------------------------
@@ -193,7 +198,9 @@ class Limiter:
 
     async def _run(self, steps: Steps) -> None:
         """Perform what the driver asks, feeding it the answers, until it is done.
-        Whenever too much awaits the broker, the agent waits first (backpressure)."""
+        Whenever too much awaits the broker, the agent waits first (backpressure).
+        Handling a record awaits nothing, so it is called, not awaited: most records
+        ask for nothing else."""
         answer: Answer = None
         while True:
             try:
@@ -204,13 +211,16 @@ class Limiter:
                 await self.outbox.room()
             if request is None:
                 return
-            answer = await self._perform(request)
+            if isinstance(request, Handle):
+                self.handle(request.source, request.statuses_read_until)
+                answer = None
+            else:
+                answer = await self._perform(request)
 
-    async def _perform(self, request: Request) -> Answer:
+    async def _perform(
+        self, request: TakeOver | ReadCommitted | ReadAgain | IsAssigned | ReadEnd
+    ) -> Answer:
         match request:
-            case Handle(source, statuses_read_until):
-                self.handle(source, statuses_read_until)
-                return None
             case TakeOver(partition):
                 self._take_over(partition)
                 return None
@@ -229,18 +239,22 @@ class Limiter:
     def handle(self, source: core.Source, statuses_read_until: float | None) -> None:
         """Decide one record and apply its effects; any exception dead-letters it and
         the agent goes on (Faust would otherwise ack the event and lose it)."""
-        metrics.EVENTS.labels(topic=source.topic).inc()
+        counter = self._event_counters.get(source.topic)
+        if counter is None:
+            counter = metrics.EVENTS.labels(topic=source.topic)
+            self._event_counters[source.topic] = counter
+        counter.inc()
         topic = self._base_names[source.topic]
         decided = False
+        began = time.perf_counter()
         try:
-            with metrics.EVENT_SECONDS.time():
-                self.faults.raise_if_due(source.topic, source.partition, source.offset)
-                now = time.time()
-                effects = decide(
-                    self.units.get, source, topic, now, self.rules, statuses_read_until
-                )
-                decided = True
-                self._apply(source, effects)
+            self.faults.raise_if_due(source.topic, source.partition, source.offset)
+            now = time.time()
+            effects = decide(
+                self.units.get, source, topic, now, self.rules, statuses_read_until
+            )
+            decided = True
+            self._apply(source, effects)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -249,6 +263,7 @@ class Limiter:
             self._apply(
                 source, failed(self.units.get, source, topic, exc, now, self.rules, decided)
             )
+        metrics.EVENT_SECONDS.observe(time.perf_counter() - began)
         self.lag.processed(source.topic, source.partition, source.timestamp)
 
     def _apply(self, source: core.Source, effects: core.Effects) -> None:
@@ -264,8 +279,7 @@ class Limiter:
             self.counters[note.kind] += 1
             if note.kind.startswith("outcome-") and note.business_id is not None:
                 self.outcomes_by_business[note.business_id][note.kind[8:]] += 1
-            level = logging.WARNING if note.kind in _WARNING_NOTES else logging.INFO
-            log.log(level, "%s", note.message)
+            self.decisions.note(note)
         metrics.observe_effects(effects)
 
     # -- what the driver asks of Kafka -----------------------------------------------
@@ -342,6 +356,9 @@ class Limiter:
                 await self.ticks.send(value=tick.encode(), partition=tp.partition)
 
     # -- what ops see ------------------------------------------------------------
+
+    async def _log_decisions(self) -> None:
+        self.decisions.summary(DECISION_SUMMARY_SECONDS)
 
     async def _refresh_metrics(self) -> None:
         """Recompute the gauges: consumer lag always, the table's figures when it is

@@ -223,14 +223,32 @@ class Outbox:
         self._store().apply_changelog_batch(events, to_key=_same, to_value=_same)
 
     async def _send_records(self, producer: AIOKafkaProducer, unit: Unit) -> None:
-        futures = []
+        """Send the unit's records as one record batch per topic and partition, placed by
+        the producer's own partitioner (murmur2 of the key, as `producer.send` places a
+        record), not waiting for delivery: a future per batch, not per record."""
+        batches: dict[tuple[str, int], Any] = {}
+        futures: list[asyncio.Future] = []
         try:
             for emit, value in zip(unit.emits, unit.values, strict=True):
-                futures.append(
-                    await producer.send(
-                        self._outputs[emit.topic], value=value, key=emit.key.encode("utf-8")
+                topic = self._outputs[emit.topic]
+                key = emit.key.encode("utf-8")
+                partition = await self._partition(producer, topic, key)
+                batch = batches.get((topic, partition))
+                if batch is None:
+                    batch = batches[(topic, partition)] = producer.create_batch()
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    futures.append(
+                        await producer.send_batch(batch, topic, partition=partition)
                     )
-                )
+                    batch = batches[(topic, partition)] = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise RecordTooLargeError(f"a {len(value)}-byte record to {topic}")
+            for (topic, partition), batch in batches.items():
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+        except FATAL_ERRORS as exc:
+            log.critical("cannot send records: %r; stopping", exc)
+            await self._on_fatal(exc)
+            raise
         except (KafkaError, OSError) as exc:
             log.warning(
                 "sending records failed (%r); retrying in %.0f s", exc, RETRY_SECONDS
@@ -242,7 +260,7 @@ class Outbox:
             return
         done = asyncio.gather(*futures)
         self._sent.add(done)
-        self.counts["records"] += len(futures)
+        self.counts["records"] += len(unit.emits)
 
         def delivered(result: asyncio.Future) -> None:
             self._sent.discard(done)
@@ -259,6 +277,12 @@ class Outbox:
                 self._progress.set()
 
         done.add_done_callback(delivered)
+
+    async def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+        """The partition `producer.send` would place a record with `key` in."""
+        if not producer._metadata.partitions_for_topic(topic):
+            await producer.client._wait_on_metadata(topic)
+        return int(producer._partition(topic, None, None, None, key, None))
 
     async def _client(self) -> AIOKafkaProducer:
         if self._producer is None:

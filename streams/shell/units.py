@@ -101,6 +101,11 @@ class Units:
         self._in_flight: dict[int, Unit] = {}
         #: partition -> unit number -> unit whose emits are not all delivered yet.
         self._undelivered: dict[int, dict[int, Unit]] = {}
+        #: Kept with `_undelivered` (`_hold`, `_release`): the agent asks after every
+        #: event whether too much is pending, and summing over every unit cost more
+        #: than the question was worth.
+        self._undelivered_records = 0
+        self._undelivered_size: dict[int, int] = {}
 
     # -- what the core reads -------------------------------------------------------
 
@@ -164,7 +169,7 @@ class Units:
             return None
         unit = Unit(partition, next(self._numbers))
         unit.add_emits(emits)
-        self._undelivered.setdefault(partition, {})[unit.number] = unit
+        self._hold(unit)
         return unit
 
     def has_open(self) -> bool:
@@ -182,7 +187,7 @@ class Units:
     def _close(self, partition: int) -> None:
         unit = self._open.pop(partition)
         if unit.emits:
-            self._undelivered.setdefault(partition, {})[unit.number] = unit
+            self._hold(unit)
         waiting = [
             e
             for pending in self._undelivered.get(partition, {}).values()
@@ -214,9 +219,20 @@ class Units:
     def delivered(self, unit: Unit) -> None:
         """The broker acknowledged every record `unit` emitted."""
         waiting = self._undelivered.get(unit.partition, {})
-        waiting.pop(unit.number, None)
+        if waiting.pop(unit.number, None) is not None:
+            self._undelivered_records -= len(unit.emits)
+            self._undelivered_size[unit.partition] -= unit.emits_size
         if not waiting:
             self._undelivered.pop(unit.partition, None)
+            self._undelivered_size.pop(unit.partition, None)
+
+    def _hold(self, unit: Unit) -> None:
+        """Keep `unit` until its emits are delivered."""
+        self._undelivered.setdefault(unit.partition, {})[unit.number] = unit
+        self._undelivered_records += len(unit.emits)
+        self._undelivered_size[unit.partition] = (
+            self._undelivered_size.get(unit.partition, 0) + unit.emits_size
+        )
 
     def newest(self) -> int:
         """The number of the newest unit begun so far (-1: none)."""
@@ -230,23 +246,17 @@ class Units:
         return min(numbers, default=None)
 
     def undelivered_count(self) -> int:
-        return sum(
-            len(unit.emits)
-            for by_unit in self._undelivered.values()
-            for unit in by_unit.values()
-        )
+        return self._undelivered_records
 
     def undelivered_bytes(self) -> int:
         """The largest undelivered record of any partition, in bytes (roughly)."""
-        return max((self._undelivered_bytes(p) for p in self._undelivered), default=0)
+        return max(self._undelivered_size.values(), default=0)
 
     def overlay_size(self) -> int:
         return len(self._overlay)
 
     def _undelivered_bytes(self, partition: int) -> int:
-        return sum(
-            unit.emits_size for unit in self._undelivered.get(partition, {}).values()
-        )
+        return self._undelivered_size.get(partition, 0)
 
 
 def _record_size(key: bytes, value: bytes | None) -> int:

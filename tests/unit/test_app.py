@@ -31,3 +31,28 @@ def test_the_worker_reads_every_input_topic_under_its_prefix():
         "t7.limiter.ticks",
         "t7.business.control",
     }
+
+
+def test_the_worker_runs_on_uvloop(monkeypatch):
+    """Measured faster for less CPU per record; Faust's own `--loop uvloop` does this."""
+    import uvloop
+
+    from streams import worker
+
+    class Stop(Exception):
+        pass
+
+    def stop(settings):
+        raise Stop
+
+    # The first thing after the loop policy: Kafka is not needed to see it.
+    monkeypatch.setattr(worker.preflight, "connect", stop)
+    before = asyncio.get_event_loop_policy()
+    try:
+        try:
+            worker.run_worker(Settings.from_env({}))
+        except Stop:
+            pass
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    finally:
+        asyncio.set_event_loop_policy(before)

@@ -120,3 +120,31 @@ def test_commits_wait_for_units_begun_before_them_only():
     units.durable(taken[0])
     units.delivered(taken[0])
     assert units.oldest_pending() > newest, "what began later does not hold a commit"
+
+
+def test_the_pending_figures_the_agent_checks_follow_every_unit():
+    """Backpressure asks after every event how many records await delivery and how
+    large a partition's undelivered record is; kept as units come and go, the answers
+    must match a count over the units themselves, also after a delivery repeated."""
+    store: dict = {}
+    units = Units(store.get, _encode)
+    landed = []
+    for n in range(6):
+        units.add(n % 2, Effects([(f"k{n}", n)], [_outcome(f"L{n}")] * (n % 3), []))
+        landed += _land(units, store)
+    resent = Units(store.get, _encode).resend(0)
+    assert resent is not None
+
+    def counted() -> tuple[int, int]:
+        held = [u for u in landed if u.emits and u not in delivered]
+        sizes = [sum(u.emits_size for u in held if u.partition == p) for p in (0, 1)]
+        return sum(len(u.emits) for u in held), max(sizes)
+
+    delivered: list = []
+    assert (units.undelivered_count(), units.undelivered_bytes()) == counted() != (0, 0)
+    for unit in landed:
+        units.delivered(unit)
+        units.delivered(unit)  # a second acknowledgement changes nothing
+        delivered.append(unit)
+        assert (units.undelivered_count(), units.undelivered_bytes()) == counted()
+    assert (units.undelivered_count(), units.undelivered_bytes()) == (0, 0)
