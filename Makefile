@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-cluster chaos-cluster unit component integration lint format docs clean
+.PHONY: setup demo test test-cluster test-chaos chaos-cluster unit component integration lint format docs clean
 
 setup: $(VENV)/.installed
 
@@ -27,14 +27,21 @@ PARALLEL := -n $(TEST_WORKERS) --dist worksteal
 
 test: setup
 	status=0; \
-	$(PYTEST) $(PARALLEL) -m "not alone and not cluster" || status=$$?; \
-	$(PYTEST) -m "alone and not cluster" || status=$$?; \
+	$(PYTEST) $(PARALLEL) -m "not alone and not cluster and not chaos" || status=$$?; \
+	$(PYTEST) -m "alone and not cluster and not chaos" || status=$$?; \
 	exit $$status
 
 # The slower proofs on the local 3-node cluster (replication, broker faults, SASL_SSL):
 # CI runs them as a step of their own after `make test`.
 test-cluster: setup
 	$(PYTEST) -m cluster
+
+# The Twilio dialer under worker, dialer and Twilio faults (hung requests, a lagging call
+# list, 5xx after the call was made, CPS queueing): the short run as a test, then the full
+# run, which counts the calls at the fake Twilio. CI runs it as a step of its own.
+test-chaos: setup
+	$(PYTEST) -m chaos
+	$(BIN)/python -m bench.chaos --dialer twilio --leads 600 --businesses 60 --seed 7
 
 # Every broker fault in turn (bench/cluster_faults.py) under load on a 3-node cluster of
 # its own, two workers and the simulated dialer; exits 1 on any violation. CI's last step.

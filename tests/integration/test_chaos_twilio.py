@@ -1,7 +1,7 @@
 """The short fault-injection run with the Twilio dialer (bench/chaos.py --dialer twilio):
 a worker SIGKILL, a rebalance and a dialer SIGKILL, while the fake Twilio hangs
 requests, lags its call list, answers 5xx to creates that made the call and queues calls
-beyond its CPS. The full run is a CI step of its own."""
+beyond its CPS. `make test-chaos` runs it, then the full run, as a CI step of its own."""
 
 from __future__ import annotations
 
@@ -14,8 +14,7 @@ from bench import chaos
 from streams.devtools.broker import Broker
 
 
-@pytest.mark.slow
-@pytest.mark.alone
+@pytest.mark.chaos
 def test_no_call_above_a_limit_nor_twice_with_twilio_as_unkind_as_it_is(
     kafka_broker: Broker, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

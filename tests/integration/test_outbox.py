@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.limiter_table import Effects, Emit
+from streams.settings import Settings
 from streams.shell.outbox import Outbox
 from streams.shell.units import Units, encode_json
 from streams.topics import LEADS_OUTCOMES, LeadOutcome
@@ -110,7 +111,7 @@ def test_a_unit_s_records_leave_as_one_batch_per_partition_where_murmur2_puts_th
     async def send_all() -> None:
         outbox = Outbox(
             units,
-            bootstrap,
+            Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": bootstrap}),
             changelog,
             {LEADS_OUTCOMES: outcomes},
             lambda: store,

@@ -226,7 +226,8 @@ def test_a_callback_is_answered_at_once_and_its_live_status_delivered_later(
     """Kafka refuses the first `initiated` status: the callback is still answered 204 at
     once (Twilio would not retry a 5xx), and the status reaches calls.status from the
     ledger's outbox while the call is still live."""
-    fake.ring_seconds, fake.talk_seconds, fake.answer_ratio = (0.3, 0.3), (4.0, 4.0), 1.0
+    # Calls long enough that the status is seen while the call is still live.
+    fake.ring_seconds, fake.talk_seconds, fake.answer_ratio = (0.3, 0.3), (20.0, 20.0), 1.0
     real_produce = StatusProducer.produce
     refused: list[str] = []
 
