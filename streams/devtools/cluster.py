@@ -487,26 +487,36 @@ class Cluster:
             time.sleep(0.2)
 
     def under_replicated(self, timeout: float = 10) -> list[tuple[str, int]]:
-        """Partitions, Kafka's internal ones included, with a replica out of sync."""
-        metadata = self._admin().list_topics(timeout=timeout)
-        return sorted(
-            (name, number)
-            for name, topic in metadata.topics.items()
-            for number, partition in topic.partitions.items()
-            if len(partition.isrs) < len(partition.replicas)
-        )
+        """Partitions, Kafka's internal ones included, with a replica out of sync in
+        the metadata of any running node: each node answers from its own cache, and a
+        node just resumed or restarted can still report the in-sync set it last knew."""
+        lagging: set[tuple[str, int]] = set()
+        for node in self.nodes:
+            if node.pid is None or node.is_paused():
+                continue
+            metadata = admin_client(node.client_config()).list_topics(timeout=timeout)
+            lagging.update(
+                (name, number)
+                for name, topic in metadata.topics.items()
+                for number, partition in topic.partitions.items()
+                if len(partition.isrs) < len(partition.replicas)
+            )
+        return sorted(lagging)
 
-    def wait_fully_replicated(self, timeout: float = 90) -> None:
-        """Wait until every replica of every partition is in sync, e.g. between the
-        steps of a rolling restart or after a lost disk."""
+    def wait_fully_replicated(self, timeout: float = 90, settle: int = 3) -> None:
+        """Wait until every replica of every partition is in sync, on ``settle``
+        checks in a row, e.g. between the steps of a rolling restart or after a lost
+        disk."""
         deadline = time.monotonic() + timeout
         lagging: list[tuple[str, int]] | str = []
+        clean = 0
         while time.monotonic() < deadline:
             try:
                 lagging = self.under_replicated()
             except KafkaException as exc:
                 lagging = str(exc)
-            if lagging == []:
+            clean = clean + 1 if lagging == [] else 0
+            if clean >= settle:
                 return
             time.sleep(0.5)
         raise BrokerError(f"replicas still out of sync after {timeout:g}s: {lagging}")

@@ -14,8 +14,7 @@ from bench import chaos
 from streams.devtools.broker import Broker
 
 
-@pytest.mark.slow
-@pytest.mark.alone
+@pytest.mark.chaos
 def test_guarantees_hold_through_a_worker_kill_and_a_rebalance(
     kafka_broker: Broker, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -308,6 +308,8 @@ def test_sigkilled_dialer_never_calls_twice_and_loses_no_lead(deployment, fake, 
 
 
 @integration
+# Its CPS is counted where the fake receives the creates, hence the serial phase.
+@pytest.mark.alone
 def test_backlog_longer_than_dial_by_is_refused_never_dialed(deployment, fake, sqlite_url):
     """CPS 1 and 30 businesses each granted 3 dials at once: most commands cannot be
     placed before their dial_by; they are reported stale and never reach Twilio."""

@@ -38,6 +38,7 @@ import logging
 import random
 import socket
 import threading
+import time
 
 from aiohttp import web
 from twilio.http.async_http_client import AsyncTwilioHttpClient
@@ -68,6 +69,11 @@ log = logging.getLogger(__name__)
 
 #: On stop, how long in-flight work may take beyond one request's timeout.
 SHUTDOWN_EXTRA_SECONDS = 2.0
+#: The whole stop fits in this, inside deploy/'s 30 s grace period, even when Kafka is
+#: gone and every commit and flush would wait out its own timeout.
+STOP_BUDGET_SECONDS = 25.0
+#: Kept back from in-flight dials for committing offsets and flushing statuses.
+STOP_RESERVE_SECONDS = 6.0
 #: How long the consumer may take to start.
 FEED_START_SECONDS = 30.0
 
@@ -269,11 +275,19 @@ class TwilioDialer:
         feed: CommandFeed | None,
         reconciler: asyncio.Task[None] | None,
     ) -> None:
+        deadline = time.monotonic() + STOP_BUDGET_SECONDS
+
+        def left(reserve: float = 0.0) -> float:
+            return max(0.5, deadline - reserve - time.monotonic())
+
         if feed is not None:
             feed.fetching.clear()
-            await asyncio.to_thread(feed.idle.wait, 5)
+            await asyncio.to_thread(feed.idle.wait, min(5.0, left(STOP_RESERVE_SECONDS)))
         cut_short = await parts.runtime.finish_tasks(
-            self.account.request_timeout + SHUTDOWN_EXTRA_SECONDS
+            min(
+                self.account.request_timeout + SHUTDOWN_EXTRA_SECONDS,
+                left(STOP_RESERVE_SECONDS),
+            )
         )
         if cut_short:
             log.warning(
@@ -287,9 +301,15 @@ class TwilioDialer:
                 await reconciler
         if feed is not None:
             feed.closing.set()
-            await asyncio.to_thread(feed.join, 30)
+            await asyncio.to_thread(feed.join, left(STOP_RESERVE_SECONDS / 2))
+            if feed.is_alive():
+                log.warning(
+                    "dial command offsets not committed before stopping (Kafka does"
+                    " not answer); their commands come back after restart and the"
+                    " ledger skips the dials already made"
+                )
         await parts.web_server.cleanup()
-        remaining = await asyncio.to_thread(parts.producer.close, 10)
+        remaining = await asyncio.to_thread(parts.producer.close, min(10.0, left()))
         if remaining:
             log.warning(
                 "%d call statuses were not delivered before stopping;"
