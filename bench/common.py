@@ -35,6 +35,24 @@ def tag() -> str:
     return uuid.uuid4().hex[:8]
 
 
+def worker_env(
+    bootstrap: str, prefix: str, partitions: int, app_id: str = "limiter", **variables: str
+) -> dict[str, str]:
+    """The environment of the processes a benchmark starts: this one's (security
+    included), on the benchmark's own topics, with `variables` on top. An inherited
+    WORKER_INSTANCE_ID is dropped: two workers must not share one static identity."""
+    env = {
+        **os.environ,
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "TOPIC_PREFIX": prefix,
+        "STREAMS_APP_ID": app_id,
+        "TOPIC_PARTITIONS": str(partitions),
+        **variables,
+    }
+    env.pop("WORKER_INSTANCE_ID", None)
+    return env
+
+
 def settings_for(bootstrap: str, **variables: str) -> Settings:
     """The settings of a benchmark's clients: the environment's (security included),
     at `bootstrap`, with `variables` on top."""

@@ -63,6 +63,7 @@ from bench.common import (
     settings_for,
     stop_process,
     tag,
+    worker_env,
 )
 from streams.kafka import admin, clients
 from streams.settings import Settings
@@ -89,13 +90,7 @@ class Deployment:
         self.prefix = f"bench{tag()}.lat."
         self.workdir = workdir
         self.ledger = workdir / "dialer.jsonl"
-        self.env = {
-            **os.environ,
-            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "TOPIC_PREFIX": self.prefix,
-            "STREAMS_APP_ID": "limiter",
-            "TOPIC_PARTITIONS": str(partitions),
-        }
+        self.env = worker_env(bootstrap, self.prefix, partitions)
         self.settings = Settings.from_env(self.env)
         self.worker_count = workers
         self.processes: list[subprocess.Popen] = []

@@ -52,7 +52,6 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import os
 import random
 import shutil
 import subprocess
@@ -78,6 +77,7 @@ from bench.common import (
     settings_for,
     stop_process,
     tag,
+    worker_env,
 )
 from streams import limiter_table as core
 from streams.kafka import admin, clients
@@ -431,18 +431,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown store(s) {', '.join(unknown)}")
     prefix = f"bench{tag()}.recovery."
     workdir = Path(tempfile.mkdtemp(prefix="bench-recovery-"))
-    env = {
-        **os.environ,
+    env = worker_env(
+        args.bootstrap,
+        prefix,
+        args.partitions,
+        APP_ID,
         **LONG_TIMERS,
-        "KAFKA_BOOTSTRAP_SERVERS": args.bootstrap,
-        "TOPIC_PREFIX": prefix,
-        "STREAMS_APP_ID": APP_ID,
-        "TOPIC_PARTITIONS": str(args.partitions),
         # One address for every run: a static member must come back under the address
         # it had (Faust's assignor asserts it; docs/settings.md, WORKER_INSTANCE_ID).
-        "WORKER_WEB_PORT": str(free_port()),
-    }
-    env.pop("WORKER_INSTANCE_ID", None)
+        WORKER_WEB_PORT=str(free_port()),
+    )
     if not args.dynamic:
         env["WORKER_INSTANCE_ID"] = f"{prefix}worker-1"
     settings = Settings.from_env(env)

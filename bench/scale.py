@@ -48,7 +48,6 @@ import collections
 import datetime as dt
 import json
 import multiprocessing as mp
-import os
 import random
 import subprocess
 import sys
@@ -66,6 +65,7 @@ from bench.common import (
     say,
     stop_process,
     tag,
+    worker_env,
 )
 from bench.recovery import (
     LONG_TIMERS,
@@ -181,17 +181,14 @@ def run_ours(
     from streams.topics import LEADS_REQUESTS, changelog_topic, record_key, topic_name
 
     prefix = f"bench{tag()}.scale."
-    env = {
-        **os.environ,
+    env = worker_env(
+        bootstrap,
+        prefix,
+        partitions,
         **LONG_TIMERS,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "TOPIC_PREFIX": prefix,
-        "STREAMS_APP_ID": "limiter",
-        "TOPIC_PARTITIONS": str(partitions),
-        "WORKER_WEB_PORT": str(free_port()),
-        "STREAMS_DATA_DIR": str(workdir / "data"),
-    }
-    env.pop("WORKER_INSTANCE_ID", None)
+        WORKER_WEB_PORT=str(free_port()),
+        STREAMS_DATA_DIR=str(workdir / "data"),
+    )
     settings = Settings.from_env(env)
     changelog = changelog_topic(prefix, "limiter")
     try:

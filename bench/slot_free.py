@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from bench.common import (
     say,
     stop_process,
     tag,
+    worker_env,
 )
 from tests.support.ports import free_port
 
@@ -230,15 +230,13 @@ def run_ours(
     from streams.topics import LEADS_REQUESTS, record_key, topic_name
 
     prefix = f"bench{tag()}.slot."
-    env = {
-        **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "TOPIC_PREFIX": prefix,
-        "STREAMS_APP_ID": "limiter",
-        "TOPIC_PARTITIONS": str(partitions),
-        "WORKER_WEB_PORT": str(free_port()),
-        "STREAMS_DATA_DIR": str(workdir / "data"),
-    }
+    env = worker_env(
+        bootstrap,
+        prefix,
+        partitions,
+        WORKER_WEB_PORT=str(free_port()),
+        STREAMS_DATA_DIR=str(workdir / "data"),
+    )
     settings = Settings.from_env(env)
     try:
         admin.create_topics(settings)

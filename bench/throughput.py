@@ -60,6 +60,7 @@ from bench.common import (
     stop_process,
     tag,
     wait_count,
+    worker_env,
 )
 from streams.kafka import admin, clients
 from streams.settings import Settings
@@ -316,16 +317,14 @@ def run_ours(
     variant: str = "",
     source: Path = REPO,
 ) -> dict:
-    env = {
-        **os.environ,
-        "BENCH_VARIANT": variant,
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "TOPIC_PREFIX": prefix,
-        "STREAMS_APP_ID": "limiter",
-        "TOPIC_PARTITIONS": str(partitions),
-        "WORKER_WEB_PORT": str(free_port()),
-        "STREAMS_DATA_DIR": str(workdir / "ours"),
-    }
+    env = worker_env(
+        bootstrap,
+        prefix,
+        partitions,
+        BENCH_VARIANT=variant,
+        WORKER_WEB_PORT=str(free_port()),
+        STREAMS_DATA_DIR=str(workdir / "ours"),
+    )
     settings = Settings.from_env(env)
     admin.create_topics(settings)
     produce(bootstrap, topic_name(LEADS_REQUESTS, prefix), records)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 
 from streams import metrics
+from streams.dialers.twilio.rate import wait_for_any
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +74,7 @@ class AccountGate:
             wait = None if self._probing else self._probe_at - now
             if deadline is not None:
                 wait = deadline - now if wait is None else min(wait, deadline - now)
-            waiters = [
-                asyncio.ensure_future(self._changed.wait()),
-                asyncio.ensure_future(cancel.wait()),
-            ]
-            try:
-                await asyncio.wait(
-                    waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                )
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
+            await wait_for_any(self._changed, cancel, timeout=wait)
 
     def refused(self, problem: str) -> None:
         """Twilio refused the account: close (or stay closed, backing off longer)."""

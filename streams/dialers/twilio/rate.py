@@ -69,16 +69,7 @@ class CreateRateLimiter:
                 wait = min(self._returning) - now if first and self._returning else None
                 if deadline is not None:
                     wait = deadline - now if wait is None else min(wait, deadline - now)
-                waiters = [asyncio.ensure_future(self._changed.wait())]
-                if cancel is not None:
-                    waiters.append(asyncio.ensure_future(cancel.wait()))
-                try:
-                    await asyncio.wait(
-                        waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-                    )
-                finally:
-                    for waiter in waiters:
-                        waiter.cancel()
+                await wait_for_any(self._changed, cancel, timeout=wait)
         finally:
             self._queue.remove(ticket)
             self._notify()  # the next in line may go now
@@ -96,3 +87,13 @@ def backoff_seconds(failures: int, rng: random.Random) -> float:
     return min(
         BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (failures - 1)
     ) * rng.uniform(0.5, 1.0)
+
+
+async def wait_for_any(*events: asyncio.Event | None, timeout: float | None) -> None:
+    """Return when one of `events` is set or `timeout` seconds have passed."""
+    waiters = [asyncio.ensure_future(event.wait()) for event in events if event is not None]
+    try:
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
