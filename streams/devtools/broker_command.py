@@ -7,6 +7,7 @@ recorded in its data dir so that ``stop`` and ``status`` find it without flags.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -19,8 +20,20 @@ MAX_NODES = 9
 
 
 def _single(port: int | None, data_dir: Path | None) -> Broker:
-    port = port or DEFAULT_PORT
+    port = port or (data_dir and _recorded_port(data_dir)) or DEFAULT_PORT
     return Broker(port=port, controller_port=port + 1, data_dir=data_dir)
+
+
+def _recorded_port(data_dir: Path) -> int | None:
+    """The client port a single node started in ``data_dir`` listens on, so that
+    ``stop`` and ``status`` with only ``--data-dir`` name the right address."""
+    with contextlib.suppress(OSError):
+        for line in (data_dir / "server.properties").read_text().splitlines():
+            if line.startswith("listeners="):
+                for listener in line.removeprefix("listeners=").split(","):
+                    if listener.startswith("PLAINTEXT://"):
+                        return int(listener.rsplit(":", 1)[1])
+    return None
 
 
 def _cluster_dir(port: int | None, data_dir: Path | None) -> Path:

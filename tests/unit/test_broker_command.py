@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.devtools.broker import BrokerError
+from streams.devtools.broker import Broker, BrokerError
 from streams.devtools.broker_command import run_broker
 from streams.devtools.cluster import Cluster, offsets_partition
+from streams.devtools.kafka_properties import single_node_properties
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -79,6 +80,18 @@ def test_stop_of_a_recorded_cluster_that_is_down(tmp_path: Path) -> None:
     assert run.stdout == (
         "cluster on localhost:29001,localhost:29002,localhost:29003 was not running\n"
     )
+
+
+def test_a_single_node_found_by_its_data_dir_is_named_by_its_own_port(
+    tmp_path: Path,
+) -> None:
+    node = Broker(port=29092, controller_port=29093, data_dir=tmp_path)
+    node.properties_file.write_text(single_node_properties(node.address, node.log_dirs))
+    run = _cli("stop", "--data-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "broker on localhost:29092 was not running\n"
+    status = json.loads(_cli("status", "--data-dir", str(tmp_path)).stdout)
+    assert (status["running"], status["bootstrap"]) == (False, "localhost:29092")
 
 
 def test_a_recorded_cluster_is_not_restarted_as_another(tmp_path: Path) -> None:
