@@ -7,13 +7,13 @@ recorded in its data dir so that ``stop`` and ``status`` find it without flags.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 
 from streams.devtools.broker import REPO_ROOT, Broker, BrokerError
 from streams.devtools.cluster import Cluster
 from streams.devtools.kafka_properties import Security
+from streams.kafka.properties import parse_properties
 
 DEFAULT_PORT = 9092
 MAX_NODES = 9
@@ -27,13 +27,13 @@ def _single(port: int | None, data_dir: Path | None) -> Broker:
 def _recorded_port(data_dir: Path) -> int | None:
     """The client port a single node started in ``data_dir`` listens on, so that
     ``stop`` and ``status`` with only ``--data-dir`` name the right address."""
-    with contextlib.suppress(OSError):
-        for line in (data_dir / "server.properties").read_text().splitlines():
-            if line.startswith("listeners="):
-                for listener in line.removeprefix("listeners=").split(","):
-                    if listener.startswith("PLAINTEXT://"):
-                        return int(listener.rsplit(":", 1)[1])
-    return None
+    try:
+        text = (data_dir / "server.properties").read_text()
+    except OSError:
+        return None
+    listeners = parse_properties(text).get("listeners", "").split(",")
+    plaintext = [url for url in listeners if url.startswith("PLAINTEXT://")]
+    return int(plaintext[0].rsplit(":", 1)[1]) if plaintext else None
 
 
 def _cluster_dir(port: int | None, data_dir: Path | None) -> Path:

@@ -304,8 +304,8 @@ class TwilioDialer:
             await asyncio.to_thread(feed.join, left(STOP_RESERVE_SECONDS / 2))
             if feed.is_alive():
                 log.warning(
-                    "dial command offsets not committed before stopping (Kafka does"
-                    " not answer); their commands come back after restart and the"
+                    "the dial command consumer did not close in time, so offsets may"
+                    " be uncommitted; their commands come back after restart and the"
                     " ledger skips the dials already made"
                 )
         await parts.web_server.cleanup()
